@@ -1,0 +1,3 @@
+from resreap.cli import main
+
+main()

@@ -1,0 +1,35 @@
+"""The errors resreap's domain code raises; only the CLI turns them into text."""
+
+
+class ResreapError(Exception):
+    """Base of every error resreap reports to the user as one line."""
+
+    exit_code = 1
+
+
+class UsageError(ResreapError):
+    """A bad option value: the user must change the command line."""
+
+    exit_code = 2
+
+
+class NotRoot(ResreapError):
+    """The operation needs root (or CAP_BPF/CAP_NET_ADMIN/CAP_SYS_PTRACE)."""
+
+
+class BackendUnavailable(ResreapError):
+    """The chosen event source cannot run here; the message says why and
+    what to install or do."""
+
+
+class KernelQueryError(ResreapError):
+    """A netlink sock_diag request failed."""
+
+
+class ProcessGone(ResreapError):
+    """The process exited or its pid now names another process.  A normal
+    outcome for a watchdog, never a crash."""
+
+    def __init__(self, pid: int, why: str = "exited") -> None:
+        super().__init__(f"pid {pid} {why}")
+        self.pid = pid

@@ -1,0 +1,77 @@
+"""One interface over the event sources, and the choice between them.
+
+Everything downstream (timers, owners, policy, kill engine, output) sees
+only ``Transition`` batches and cannot tell which source produced them.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import NamedTuple
+
+from resreap.errors import BackendUnavailable, UsageError
+from resreap.model import Kind, Transition
+from resreap.sockets import SocketTable
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "bpf", "proc")
+
+
+class EventSource(abc.ABC):
+    """Streams CLOSE_WAIT transitions.
+
+    ``start`` attaches and then reports the sockets already in CLOSE_WAIT
+    (they produce no event of their own).  ``read`` waits at most
+    ``timeout`` seconds and returns everything that arrived, oldest first.
+    ``latency`` is the longest an event may wait before ``read`` returns it.
+    """
+
+    name: str = ""
+    latency: float = 0.0
+
+    @abc.abstractmethod
+    def start(self) -> list[Transition]: ...
+
+    @abc.abstractmethod
+    def read(self, timeout: float) -> list[Transition]: ...
+
+    def lost(self) -> int:
+        """Events dropped before they reached us, since start."""
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def seed_transitions(table: SocketTable, now: float) -> list[Transition]:
+    """The sockets in CLOSE_WAIT right now, in every network namespace."""
+    return [Transition(Kind.EXISTING, ns.diag.sock, now) for ns in table.close_wait()]
+
+
+class Selected(NamedTuple):
+    source: EventSource
+    fallback_reason: str | None  # why ``auto`` did not get BPF
+
+
+def open_source(backend: str, table: SocketTable, *, latency: float,
+                poll_interval: float | None = None) -> Selected:
+    """Build the source asked for; ``auto`` prefers BPF and falls back to
+    polling with the reason."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend in ("auto", "bpf"):
+        try:
+            from resreap.bpf_events import BpfSource
+
+            return Selected(BpfSource(table, latency=latency), None)
+        except BackendUnavailable as exc:
+            if backend == "bpf":
+                raise
+            reason = str(exc)
+    else:
+        reason = None
+    from resreap.poll_events import PollSource
+
+    return Selected(PollSource(table, interval=poll_interval or latency), reason)

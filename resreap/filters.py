@@ -1,0 +1,107 @@
+"""The filters trace and watch share: -f PAT, -F HOST:PORT, -p PID."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Iterable, NamedTuple
+
+from resreap.errors import UsageError
+from resreap.model import SockId
+
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class EndpointPattern(NamedTuple):
+    """A foreign endpoint to ignore: a network (None: any host) and a port
+    (None: any port)."""
+
+    network: Network | None
+    port: int | None
+    text: str
+
+    def matches(self, sock: SockId) -> bool:
+        if self.port is not None and sock.rport != self.port:
+            return False
+        if self.network is None:
+            return True
+        raw = sock.raddr
+        if len(raw) == 16 and raw.startswith(_V4_MAPPED):
+            raw = raw[12:]  # a v4 peer on a dual-stack socket
+        addr = ipaddress.ip_address(raw)
+        return addr.version == self.network.version and addr in self.network
+
+
+def _parse_host(host: str, text: str) -> Network | None:
+    if host in ("*", ""):
+        return None
+    try:
+        return ipaddress.ip_network(host, strict=False)
+    except ValueError:
+        raise UsageError(
+            f"bad endpoint {text!r}: {host!r} is not an IP address or CIDR "
+            "(examples: 127.0.0.1:2049, 10.0.0.0/8:*, [::1]:80, *:6379)") from None
+
+
+def _parse_port(port: str, text: str) -> int | None:
+    if port == "*":
+        return None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"bad endpoint {text!r}: port {port!r} is not 1-65535 or *")
+    return int(port)
+
+
+def parse_endpoint(text: str) -> EndpointPattern:
+    """HOST:PORT, [IPv6]:PORT, CIDR:PORT, *:PORT, HOST:* or a bare HOST."""
+    raw = text.strip()
+    if not raw:
+        raise UsageError("bad endpoint '': expected HOST:PORT")
+    if raw.startswith("["):
+        host, sep, rest = raw[1:].partition("]")
+        if not sep:
+            raise UsageError(f"bad endpoint {text!r}: missing ']'")
+        if rest and not rest.startswith(":"):
+            raise UsageError(f"bad endpoint {text!r}: expected [IPv6]:PORT")
+        port = rest[1:] if rest else "*"
+        return EndpointPattern(_parse_host(host, text), _parse_port(port, text), text)
+    if raw.count(":") > 1:  # a bare IPv6 address or network, any port
+        return EndpointPattern(_parse_host(raw, text), None, text)
+    host, sep, port = raw.partition(":")
+    return EndpointPattern(_parse_host(host, text), _parse_port(port if sep else "*", text), text)
+
+
+def parse_command_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"bad -f pattern {pattern!r}: {exc}") from None
+
+
+class Filters(NamedTuple):
+    command: re.Pattern[str] | None = None
+    ignore: tuple[EndpointPattern, ...] = ()
+    pids: frozenset[int] = frozenset()
+
+    @classmethod
+    def parse(cls, command: str | None, ignore: Iterable[str], pids: Iterable[int]) -> "Filters":
+        pids = frozenset(pids)
+        for pid in pids:
+            if pid <= 0:
+                raise UsageError(f"bad -p value {pid}: a pid is a positive number")
+        return cls(parse_command_pattern(command), tuple(parse_endpoint(t) for t in ignore), pids)
+
+    def ignores(self, sock: SockId) -> bool:
+        return any(p.matches(sock) for p in self.ignore)
+
+    @property
+    def selects_processes(self) -> bool:
+        return self.command is not None or bool(self.pids)
+
+    def wants(self, pid: int, cmdline: str) -> bool:
+        if self.pids and pid not in self.pids:
+            return False
+        return self.command is None or self.command.search(cmdline) is not None

@@ -1,0 +1,78 @@
+"""How records look on a terminal and as JSON lines.  Pure functions: only
+the CLI prints."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Iterable
+
+from resreap.model import Owner, format_addr
+from resreap.trace import ProcSummary, TraceRecord
+
+# C0/C1 controls and DEL: a hostile process name must not drive the terminal.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(text: str) -> str:
+    """Printable form of untrusted text (comm, command lines)."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def _who(owners: tuple[Owner, ...]) -> tuple[str, str]:
+    if not owners:
+        return "-", "-"
+    first = owners[0]
+    pid = str(first.pid) if len(owners) == 1 else f"{first.pid}+{len(owners) - 1}"
+    return pid, safe(first.comm)
+
+
+HEADER = f"{'TIME':<8} {'EVENT':<8} {'PID':>7} {'COMM':<12} LOCAL -> REMOTE  AGE"
+
+
+def trace_line(rec: TraceRecord) -> str:
+    pid, comm = _who(rec.owners)
+    age = f" {rec.age:.1f}s" if rec.age is not None else ""
+    return (f"{clock(rec.ts)} {rec.kind.name:<8} {pid:>7} {comm:<12.12} "
+            f"{rec.sock.local} -> {rec.sock.remote}{age}")
+
+
+def trace_json(rec: TraceRecord) -> str:
+    obj = {
+        "ts": round(rec.ts, 6),
+        "event": rec.kind.value,
+        "pids": [o.pid for o in rec.owners],
+        "comms": [o.comm for o in rec.owners],
+        "family": rec.sock.family,
+        "laddr": format_addr(rec.sock.family, rec.sock.laddr),
+        "lport": rec.sock.lport,
+        "raddr": format_addr(rec.sock.family, rec.sock.raddr),
+        "rport": rec.sock.rport,
+    }
+    if rec.age is not None:
+        obj["age"] = round(rec.age, 6)
+    if rec.netns is not None:
+        obj["netns"] = rec.netns
+    return json.dumps(obj, ensure_ascii=True)
+
+
+def summary_lines(rows: Iterable[ProcSummary]) -> list[str]:
+    rows = list(rows)
+    if not rows:
+        return ["no process was seen with a socket in CLOSE_WAIT"]
+    lines = [f"{'PID':>7} {'COMM':<16} {'ENTERED':>8} {'OPEN':>7} {'LONGEST':>9}"]
+    for r in rows:
+        lines.append(f"{r.owner.pid:>7} {safe(r.owner.comm):<16.16} {r.entered:>8} "
+                     f"{r.still_open:>7} {r.longest:>8.1f}s")
+    return lines
+
+
+def summary_json(rows: Iterable[ProcSummary]) -> str:
+    return json.dumps({"summary": [
+        {"pid": r.owner.pid, "comm": r.owner.comm, "entered": r.entered,
+         "open": r.still_open, "longest": round(r.longest, 3)} for r in rows]})

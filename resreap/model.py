@@ -1,0 +1,87 @@
+"""Typed values shared by every module: sockets, transitions, owners."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from typing import NamedTuple
+
+# Linux TCP states (include/net/tcp_states.h).
+TCP_ESTABLISHED = 1
+TCP_CLOSE = 7
+TCP_CLOSE_WAIT = 8
+TCP_LAST_ACK = 9
+TCP_LISTEN = 10
+
+TCP_STATE_NAMES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1",
+    5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT",
+    9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
+}
+
+_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+
+class Kind(enum.Enum):
+    """What happened to a socket, as every event source reports it."""
+
+    EXISTING = "existing"  # already in CLOSE_WAIT when the source started
+    ENTER = "enter"        # moved into CLOSE_WAIT
+    EXIT = "exit"          # left CLOSE_WAIT (closed by its owner, or reset)
+
+
+class SockId(NamedTuple):
+    """A TCP connection as its own host sees it.  Addresses are raw network
+    order bytes (4 or 16): cheap to hash, formatted only for output."""
+
+    family: int  # 4 or 6
+    laddr: bytes
+    lport: int
+    raddr: bytes
+    rport: int
+
+    @property
+    def local(self) -> str:
+        return format_endpoint(self.family, self.laddr, self.lport)
+
+    @property
+    def remote(self) -> str:
+        return format_endpoint(self.family, self.raddr, self.rport)
+
+
+class Transition(NamedTuple):
+    """One change of a socket's CLOSE_WAIT status.
+
+    ``ts`` is CLOCK_MONOTONIC seconds (the clock of bpf_ktime_get_ns and of
+    time.monotonic), so deadlines are exact however late a batch is read.
+    ``cpu_pid`` is the task that was on the CPU: a hint for debugging only,
+    never the owner (softirq runs the transition on whoever is there).
+    """
+
+    kind: Kind
+    sock: SockId
+    ts: float
+    cpu_pid: int = 0
+
+
+class Owner(NamedTuple):
+    """A process holding a socket, identified by pid and start time so that a
+    recycled pid is never mistaken for it."""
+
+    pid: int
+    start: int  # /proc/PID/stat starttime, clock ticks since boot
+    comm: str
+
+
+def format_addr(family: int, raw: bytes) -> str:
+    if family == 4:
+        return str(ipaddress.IPv4Address(raw))
+    if raw.startswith(_V4_MAPPED_PREFIX):
+        return "::ffff:" + str(ipaddress.IPv4Address(raw[12:]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def format_endpoint(family: int, raw: bytes, port: int) -> str:
+    if family == 4:
+        return f"{format_addr(4, raw)}:{port}"
+    return f"[{format_addr(6, raw)}]:{port}"

@@ -1,0 +1,70 @@
+"""Network namespaces in use on the host, and netlink sockets inside them.
+
+Containers have their own TCP tables: a socket leak inside one is invisible
+to a netlink socket opened in the host namespace.  A netlink socket stays
+bound to the namespace it was created in, so we create one per namespace by
+entering it from a short-lived thread (setns changes only the calling thread).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import threading
+
+from resreap.errors import KernelQueryError
+
+CLONE_NEWNET = 0x40000000
+NETLINK_SOCK_DIAG = 4
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def namespaces(proc_root: str = "/proc") -> dict[int, int]:
+    """Map each network namespace inode in use to one pid inside it."""
+    found: dict[int, int] = {}
+    for name in os.listdir(proc_root):
+        if not name.isdigit():
+            continue
+        try:
+            ino = os.stat(f"{proc_root}/{name}/ns/net").st_ino
+        except OSError:  # exited, or a kernel thread without a namespace link
+            continue
+        found.setdefault(ino, int(name))
+    return found
+
+
+def own_namespace(proc_root: str = "/proc") -> int:
+    return os.stat(f"{proc_root}/self/ns/net").st_ino
+
+
+def netlink_socket_in(pid: int | None, proc_root: str = "/proc") -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket in the network namespace of ``pid``
+    (``None``: our own)."""
+    if pid is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+    result: list[object] = []
+
+    def enter() -> None:
+        try:
+            fd = os.open(f"{proc_root}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                        NETLINK_SOCK_DIAG))
+        except OSError as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=enter, name=f"netns-{pid}")
+    worker.start()
+    worker.join()
+    got = result[0]
+    if isinstance(got, OSError):
+        raise KernelQueryError(f"cannot enter the network namespace of pid {pid}: {got.strerror}")
+    assert isinstance(got, socket.socket)
+    return got

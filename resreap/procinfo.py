@@ -1,0 +1,80 @@
+"""What resreap needs to know about a process, read from /proc.
+
+Identity is pid + start time: a pid alone can name another process by the
+time we act on it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from resreap.errors import ProcessGone
+
+PF_KTHREAD = 0x00200000
+
+
+class ProcInfo(NamedTuple):
+    pid: int
+    start: int        # starttime, clock ticks since boot (field 22 of stat)
+    ppid: int
+    comm: str
+    cmdline: str      # argv joined by spaces; may hold any byte, escape on output
+    kthread: bool
+
+
+def read_stat(pid: int, proc_root: str = "/proc") -> tuple[int, int, str, bool]:
+    """(start, ppid, comm, kthread) of ``pid``; raises ProcessGone."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid) from exc
+    # comm is in parentheses and may itself contain ") ": split at the last.
+    head, _, tail = raw.rpartition(b") ")
+    comm = head.partition(b" (")[2].decode("utf-8", "backslashreplace")
+    fields = tail.split()
+    ppid = int(fields[1])
+    flags = int(fields[6])
+    start = int(fields[19])
+    return start, ppid, comm, bool(flags & PF_KTHREAD)
+
+
+def start_time(pid: int, proc_root: str = "/proc") -> int:
+    return read_stat(pid, proc_root)[0]
+
+
+def read(pid: int, proc_root: str = "/proc") -> ProcInfo:
+    start, ppid, comm, kthread = read_stat(pid, proc_root)
+    try:
+        with open(f"{proc_root}/{pid}/cmdline", "rb") as f:
+            argv = f.read()
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid) from exc
+    cmdline = argv.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
+    if start_time(pid, proc_root) != start:
+        raise ProcessGone(pid, "was replaced while being read")
+    return ProcInfo(pid, start, ppid, comm, cmdline or f"[{comm}]", kthread)
+
+
+def ancestors(pid: int, proc_root: str = "/proc") -> set[int]:
+    """``pid`` and every process above it up to init."""
+    chain = set()
+    while pid > 0 and pid not in chain:
+        chain.add(pid)
+        try:
+            pid = read_stat(pid, proc_root)[1]
+        except ProcessGone:
+            break
+    return chain
+
+
+def alive(pid: int, start: int, proc_root: str = "/proc") -> bool:
+    try:
+        return start_time(pid, proc_root) == start
+    except ProcessGone:
+        return False
+
+
+def my_pid() -> int:
+    return os.getpid()

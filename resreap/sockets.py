@@ -1,0 +1,107 @@
+"""The host's TCP sockets across every network namespace in use.
+
+Wraps one sock_diag connection per namespace.  Namespaces come and go with
+containers: the set is refreshed on a slow period and whenever a lookup
+finds nothing in the known ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, NamedTuple
+
+from resreap import netns
+from resreap.errors import KernelQueryError
+from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, SockId
+from resreap.sockdiag import DiagSock, SockDiag
+
+log = logging.getLogger(__name__)
+
+
+class NsSock(NamedTuple):
+    netns: int
+    diag: DiagSock
+
+
+class SocketTable:
+    def __init__(self, proc_root: str = "/proc", refresh_every: float = 30.0) -> None:
+        self.proc_root = proc_root
+        self.refresh_every = refresh_every
+        self._own = netns.own_namespace(proc_root)
+        self._diag: dict[int, SockDiag] = {}
+        self._refreshed = float("-inf")
+        self.refresh()
+
+    def close(self) -> None:
+        for diag in self._diag.values():
+            diag.close()
+        self._diag.clear()
+
+    def refresh(self) -> None:
+        """Open sock_diag in new namespaces, drop the ones no process uses."""
+        self._refreshed = time.monotonic()
+        live = netns.namespaces(self.proc_root)
+        live.setdefault(self._own, 0)
+        for ino in list(self._diag):
+            if ino not in live:
+                self._diag.pop(ino).close()
+        for ino, pid in live.items():
+            if ino in self._diag:
+                continue
+            try:
+                nl = netns.netlink_socket_in(None if ino == self._own else pid, self.proc_root)
+            except KernelQueryError as exc:
+                log.debug("netns %d skipped: %s", ino, exc)  # its last process left
+                continue
+            self._diag[ino] = SockDiag(nl)
+
+    def _maybe_refresh(self) -> None:
+        if time.monotonic() - self._refreshed >= self.refresh_every:
+            self.refresh()
+
+    @property
+    def namespaces(self) -> list[int]:
+        return list(self._diag)
+
+    def _each(self):
+        for ino, diag in list(self._diag.items()):
+            yield ino, diag
+
+    def dump(self, states: Iterable[int]) -> list[NsSock]:
+        self._maybe_refresh()
+        states = tuple(states)
+        out: list[NsSock] = []
+        for ino, diag in self._each():
+            try:
+                out.extend(NsSock(ino, d) for d in diag.dump(states))
+            except KernelQueryError as exc:
+                log.debug("netns %d dump failed: %s", ino, exc)
+        return out
+
+    def close_wait(self) -> list[NsSock]:
+        return self.dump((TCP_CLOSE_WAIT,))
+
+    def listeners(self) -> list[NsSock]:
+        return self.dump((TCP_LISTEN,))
+
+    def lookup(self, sock: SockId, retry_new_namespaces: bool = True) -> list[NsSock]:
+        """Every namespace's socket with this exact 4-tuple (usually one)."""
+        self._maybe_refresh()
+        found = self._lookup(sock)
+        if not found and retry_new_namespaces and time.monotonic() - self._refreshed > 1.0:
+            self.refresh()
+            found = self._lookup(sock)
+        return found
+
+    def _lookup(self, sock: SockId) -> list[NsSock]:
+        found = []
+        for ino, diag in self._each():
+            try:
+                hit = diag.lookup(sock)
+            except KernelQueryError as exc:
+                log.debug("netns %d lookup failed: %s", ino, exc)
+                continue
+            if hit is not None:
+                found.append(NsSock(ino, hit))
+        return found

@@ -1,0 +1,125 @@
+"""`resreap trace`: the live stream of CLOSE_WAIT transitions with their
+owners, and a per-process summary at the end."""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+from resreap import procinfo
+from resreap.errors import ProcessGone
+from resreap.events import EventSource
+from resreap.filters import Filters
+from resreap.model import Kind, Owner, SockId, Transition
+from resreap.owners import OwnerResolver, resolve_close_wait
+from resreap.tracker import CloseWaitTable
+
+
+class TraceRecord(NamedTuple):
+    ts: float                   # unix seconds
+    kind: Kind
+    sock: SockId
+    owners: tuple[Owner, ...]   # empty: closed before its owner could be read
+    age: float | None           # on exit: seconds spent in CLOSE_WAIT
+    netns: int | None
+
+
+class ProcSummary(NamedTuple):
+    owner: Owner
+    entered: int
+    still_open: int
+    longest: float
+
+
+class _Stats:
+    __slots__ = ("entered", "longest")
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.longest = 0.0
+
+
+class Tracer:
+    def __init__(self, source: EventSource, resolver: OwnerResolver, filters: Filters) -> None:
+        self.source = source
+        self.resolver = resolver
+        self.filters = filters
+        self.table = CloseWaitTable()
+        self.stats: dict[Owner, _Stats] = {}
+        self._cmdlines: dict[Owner, str] = {}
+        # Kernel timestamps are CLOCK_MONOTONIC; show wall-clock time.
+        self._wall_offset = time.time() - time.monotonic()
+
+    def start(self) -> list[TraceRecord]:
+        self.resolver.learn_listeners()
+        return self._handle(self.source.start())
+
+    def step(self, timeout: float) -> list[TraceRecord]:
+        return self._handle(self.source.read(timeout))
+
+    def _cmdline(self, owner: Owner) -> str:
+        cmd = self._cmdlines.get(owner)
+        if cmd is None:
+            try:
+                cmd = procinfo.read(owner.pid, self.resolver.proc_root).cmdline
+            except ProcessGone:
+                cmd = ""
+            if len(self._cmdlines) > 4096:
+                self._cmdlines.clear()
+            self._cmdlines[owner] = cmd
+        return cmd
+
+    def _wanted(self, owners: tuple[Owner, ...]) -> bool:
+        if not self.filters.selects_processes:
+            return True
+        return any(self.filters.wants(o.pid, self._cmdline(o)) for o in owners)
+
+    def _handle(self, batch: list[Transition]) -> list[TraceRecord]:
+        fresh = []
+        order: list[tuple[Transition, object]] = []
+        for t in batch:
+            if self.filters.ignores(t.sock):
+                continue
+            entry, new = self.table.apply(t)
+            if t.kind is Kind.EXIT:
+                order.append((t, entry))
+            elif new:
+                fresh.append(entry)
+                order.append((t, entry))
+        # Resolve the whole batch at once; a socket that entered and left
+        # inside one batch is gone already and stays without owner.
+        resolved = resolve_close_wait(self.resolver, [e.sock for e in fresh])
+        for entry in fresh:
+            hit = resolved.get(entry.sock)
+            entry.owners = hit.owners if hit else ()
+            entry.netns = hit.netns if hit else None
+            for owner in entry.owners:
+                self.stats.setdefault(owner, _Stats()).entered += 1
+        out = []
+        for t, entry in order:
+            owners = (entry.owners or ()) if entry is not None else ()
+            if not self._wanted(owners):
+                continue
+            age = None
+            if t.kind is Kind.EXIT and entry is not None:
+                age = max(0.0, t.ts - entry.entered)
+                for owner in owners:
+                    stats = self.stats.get(owner)
+                    if stats:
+                        stats.longest = max(stats.longest, age)
+            out.append(TraceRecord(t.ts + self._wall_offset, t.kind, t.sock, owners, age,
+                                   entry.netns if entry is not None else None))
+        return out
+
+    def summary(self) -> list[ProcSummary]:
+        now = time.monotonic()
+        open_count: dict[Owner, int] = {}
+        longest: dict[Owner, float] = {o: s.longest for o, s in self.stats.items()}
+        for entry in self.table:
+            for owner in entry.owners or ():
+                open_count[owner] = open_count.get(owner, 0) + 1
+                longest[owner] = max(longest.get(owner, 0.0), now - entry.entered)
+        rows = [ProcSummary(o, s.entered, open_count.get(o, 0), longest.get(o, 0.0))
+                for o, s in self.stats.items() if self._wanted((o,))]
+        rows.sort(key=lambda r: (-r.still_open, -r.entered, r.owner.pid))
+        return rows
