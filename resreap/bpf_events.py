@@ -105,8 +105,8 @@ class BpfSource(EventSource):
                 diag.seek(0)
                 raise BackendUnavailable(
                     f"the BPF program did not load ({exc}): {_first_error(diag.read())}") from exc
-        self._events = self._bpf["events"]
-        self._counts = self._bpf["counts"]
+        self._events = self._bpf[b"events"]
+        self._counts = self._bpf[b"counts"]
         self._events.open_ring_buffer(self._on_event)
 
     def _on_event(self, _ctx, data, _size) -> int:

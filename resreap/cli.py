@@ -60,11 +60,14 @@ def fail(exc: ResreapError) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
-def _stop_on_sigterm() -> None:
+def _stop_on_signals() -> None:
+    """End cleanly on INT and TERM, even when started with SIGINT ignored
+    (a background job of a non-interactive shell inherits SIG_IGN)."""
     def handler(_signo, _frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def _setup_logging(debug: bool) -> None:
@@ -107,15 +110,16 @@ def trace(
     from resreap import formatting
     from resreap.events import open_source
     from resreap.filters import Filters
-    from resreap.owners import OwnerResolver
+    from resreap.owners import OwnerResolver, check_privileges
     from resreap.sockets import SocketTable
     from resreap.trace import Tracer
 
     _setup_logging(debug)
-    _stop_on_sigterm()
+    _stop_on_signals()
     tracer = None
     try:
         filters = Filters.parse(command_pattern, ignore or (), pid or ())
+        check_privileges()
         table = SocketTable()
         selected = open_source(backend, table, latency=0.1)
         if selected.fallback_reason:

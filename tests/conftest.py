@@ -1,0 +1,90 @@
+"""Shared fixtures.  Kernel tests (marked ``kernel``) need root and BPF; with
+RESREAP_REQUIRE_KERNEL=1 (scripts/test, CI) every skipped test is turned into
+a failure, so a CI run can never pass without the kernel tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import Actor  # noqa: E402
+
+REQUIRE_KERNEL = os.environ.get("RESREAP_REQUIRE_KERNEL") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_KERNEL and report.skipped:
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"test skipped but RESREAP_REQUIRE_KERNEL=1: {reason}"
+
+
+def _bpf_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    from resreap.bpf_events import check_usable
+    from resreap.errors import ResreapError
+
+    try:
+        check_usable()
+    except ResreapError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def bpf_ready():
+    problem = _bpf_problem()
+    if problem:
+        pytest.skip(f"BPF unavailable: {problem}")
+
+
+@pytest.fixture(scope="session")
+def root_ready():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+@pytest.fixture
+def actors():
+    """Start actors with ``actors(role, *args)``; every one is reaped."""
+    started: list[Actor] = []
+
+    def start(role: str, *args, **kw) -> Actor:
+        actor = Actor(role, *args, **kw)
+        started.append(actor)
+        return actor
+
+    yield start
+    for actor in reversed(started):
+        actor.reap()
+
+
+@pytest.fixture
+def netns(root_ready):
+    """A fresh network namespace with loopback up; deleted afterwards."""
+    name = f"resreap-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def resreap_bin() -> str:
+    exe = Path(sys.executable).with_name("resreap")
+    if not exe.exists():
+        pytest.skip("resreap is not installed in this Python's environment (run scripts/setup)")
+    return str(exe)

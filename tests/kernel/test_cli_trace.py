@@ -1,0 +1,119 @@
+"""`resreap trace` as an operator runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+
+def start_trace(resreap_bin, *args, env=None):
+    return subprocess.Popen([resreap_bin, "trace", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_stderr(proc, text: str, timeout: float = 15) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if ready:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+    assert text in seen, seen
+    return seen
+
+
+def stop(proc, timeout=10):
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, out, err
+
+
+def test_json_stream_and_summary(resreap_bin, actors):
+    server = actors("leaky-server", "127.0.0.1")
+    early = actors("clients", "127.0.0.1", server.port, 1)
+    early.send("close", "CLOSED")
+    proc = start_trace(resreap_bin, "--json")
+    try:
+        wait_for_stderr(proc, "Ctrl-C to end")
+        client = actors("clients", "127.0.0.1", server.port, 2)
+        client.send("close", "CLOSED")
+        time.sleep(0.5)
+        server.send("close", "CLOSED")
+        time.sleep(0.5)
+    finally:
+        rc, out, err = stop(proc)
+    assert rc == 0, err
+    objs = [json.loads(line) for line in out.splitlines()]
+    mine = [o for o in objs if o.get("lport") == server.port]
+    events = sorted(o["event"] for o in mine)
+    assert events == ["enter", "enter", "existing", "exit", "exit", "exit"]
+    for o in mine:
+        assert o["pids"] == [server.pid] and o["family"] == 4
+        assert o["laddr"] == o["raddr"] == "127.0.0.1" and isinstance(o["ts"], float)
+        assert ("age" in o) == (o["event"] == "exit")
+    assert all(0 <= o["age"] < 10 for o in mine if o["event"] == "exit")
+    summary = [o for o in objs if "summary" in o][0]["summary"]
+    row = [r for r in summary if r["pid"] == server.pid][0]
+    assert row["entered"] == 3 and row["open"] == 0
+
+
+def test_human_output_and_ctrl_c(resreap_bin, actors):
+    server = actors("leaky-server", "127.0.0.1")
+    proc = start_trace(resreap_bin, "-p", str(server.pid))
+    try:
+        wait_for_stderr(proc, "Ctrl-C to end")
+        actors("clients", "127.0.0.1", server.port, 2).send("close", "CLOSED")
+        time.sleep(0.5)
+    finally:
+        rc, out, err = stop(proc)
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["TIME", "EVENT", "PID", "COMM"]
+    enters = [ln for ln in lines if " ENTER " in ln]
+    assert len(enters) == 2 and all(str(server.pid) in ln and len(ln) < 80 for ln in enters)
+    assert "ENTERED" in err and str(server.pid) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-F", "not-an-ip:80"], "bad endpoint"),
+    (["-f", "(["], "bad -f pattern"),
+    (["--backend", "carrier-pigeon"], "unknown backend"),
+])
+def test_bad_options_are_one_line_and_exit_2(resreap_bin, args, needle):
+    run = subprocess.run([resreap_bin, "trace", *args], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2
+    assert needle in run.stderr and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+def test_not_root_is_one_line(resreap_bin):
+    run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          resreap_bin, "trace"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1
+    assert "must run as root" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_bcc_missing_is_one_line_with_the_fix(resreap_bin, tmp_path):
+    fake = tmp_path / "bcc"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    run = subprocess.run([resreap_bin, "trace", "--backend", "bpf"], capture_output=True,
+                         text=True, timeout=30, env=env)
+    assert run.returncode == 1
+    assert "python3-bpfcc" in run.stderr and run.stderr.count("\n") == 1

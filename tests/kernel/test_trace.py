@@ -1,0 +1,182 @@
+"""trace against real processes and sockets: who owns what."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from resreap.events import open_source
+from resreap.filters import Filters
+from resreap.model import Kind
+from resreap.owners import OwnerResolver
+from resreap.sockets import SocketTable
+from resreap.trace import Tracer
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+
+@pytest.fixture(params=["bpf"])
+def backend(request):
+    return request.param
+
+
+class Harness:
+    def __init__(self, backend: str, filters: Filters = Filters()) -> None:
+        self.table = SocketTable()
+        self.source = open_source(backend, self.table, latency=0.05).source
+        self.tracer = Tracer(self.source, OwnerResolver(self.table), filters)
+        self.records = list(self.tracer.start())
+
+    def until(self, pred, timeout: float = 5.0) -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not pred(self.records):
+            self.records.extend(self.tracer.step(0.05))
+        return self.records
+
+    def on_port(self, port: int, kind: Kind | None = None) -> list:
+        return [r for r in self.records
+                if r.sock.lport == port and (kind is None or r.kind is kind)]
+
+    def close(self) -> None:
+        self.source.close()
+        self.table.close()
+
+
+@pytest.fixture
+def harness(backend):
+    made = []
+
+    def make(filters: Filters = Filters()) -> Harness:
+        h = Harness(backend, filters)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def enter_owners(h: Harness, port: int, want: int) -> list[set[int]]:
+    h.until(lambda _: len(h.on_port(port, Kind.ENTER)) >= want)
+    return [{o.pid for o in r.owners} for r in h.on_port(port, Kind.ENTER)]
+
+
+def test_owner_is_the_server_not_the_client_that_closed(harness, actors):
+    server = actors("leaky-server", "127.0.0.1")
+    h = harness()
+    client = actors("clients", "127.0.0.1", server.port, 3)
+    client.send("close", "CLOSED")
+    owners = enter_owners(h, server.port, 3)
+    assert owners == [{server.pid}] * 3
+    assert all(client.pid not in o for o in owners)
+
+
+def test_socket_shared_after_fork_lists_both_holders(harness, actors):
+    server = actors("leaky-server", "127.0.0.1")
+    client = actors("clients", "127.0.0.1", server.port, 2)
+    server.send("count", "COUNT")
+    time.sleep(0.1)  # the accept thread has taken both connections
+    child = int(server.send("fork", "CHILD").split()[1])
+    h = harness()
+    client.send("close", "CLOSED")
+    owners = enter_owners(h, server.port, 2)
+    assert owners == [{server.pid, child}] * 2
+
+
+def test_socket_passed_over_unix_socket_belongs_to_the_receiver(harness, actors):
+    server = actors("passing-server", "127.0.0.1")
+    worker = int(server.facts["worker"])
+    client = actors("clients", "127.0.0.1", server.port, 2)
+    time.sleep(0.2)  # accepted and passed on
+    h = harness()
+    client.send("close", "CLOSED")
+    owners = enter_owners(h, server.port, 2)
+    assert owners == [{worker}] * 2
+
+
+def test_accept_queue_of_a_server_that_never_accepts(harness, actors):
+    server = actors("stuck-server", "127.0.0.1")
+    h = harness()
+    client = actors("clients", "127.0.0.1", server.port, 2)
+    client.send("close", "CLOSED")
+    owners = enter_owners(h, server.port, 2)
+    assert owners == [{server.pid}] * 2
+
+
+def test_ipv6(harness, actors):
+    server = actors("leaky-server", "::1")
+    h = harness()
+    client = actors("clients", "::1", server.port, 2)
+    client.send("close", "CLOSED")
+    owners = enter_owners(h, server.port, 2)
+    assert owners == [{server.pid}] * 2
+    rec = h.on_port(server.port, Kind.ENTER)[0]
+    assert rec.sock.family == 6 and rec.sock.local == f"[::1]:{server.port}"
+
+
+def test_server_inside_a_network_namespace(harness, actors, netns):
+    server = actors("leaky-server", "127.0.0.1", netns=netns)
+    h = harness()
+    client = actors("clients", "127.0.0.1", server.port, 2, netns=netns)
+    client.send("close", "CLOSED")
+    owners = enter_owners(h, server.port, 2)
+    assert owners == [{server.pid}] * 2
+    host_ns = h.table.namespaces
+    rec = h.on_port(server.port, Kind.ENTER)[0]
+    assert rec.netns in host_ns and rec.netns != h.tracer.resolver.table._own
+
+
+def test_sockets_in_close_wait_before_start_are_reported(harness, actors):
+    server = actors("leaky-server", "127.0.0.1")
+    client = actors("clients", "127.0.0.1", server.port, 3)
+    client.send("close", "CLOSED")
+    time.sleep(0.2)
+    h = harness()
+    existing = h.on_port(server.port, Kind.EXISTING)
+    assert len(existing) == 3
+    assert all({o.pid for o in r.owners} == {server.pid} for r in existing)
+
+
+def test_exit_reports_time_spent_in_close_wait(harness, actors):
+    server = actors("leaky-server", "127.0.0.1")
+    h = harness()
+    client = actors("clients", "127.0.0.1", server.port, 2)
+    client.send("close", "CLOSED")
+    enter_owners(h, server.port, 2)
+    time.sleep(0.3)
+    server.send("close", "CLOSED")
+    h.until(lambda _: len(h.on_port(server.port, Kind.EXIT)) >= 2)
+    exits = h.on_port(server.port, Kind.EXIT)
+    assert len(exits) == 2
+    assert all(0.25 <= r.age < 5 for r in exits)
+    assert all({o.pid for o in r.owners} == {server.pid} for r in exits)
+    summary = {row.owner.pid: row for row in h.tracer.summary()}
+    assert summary[server.pid].entered == 2 and summary[server.pid].still_open == 0
+
+
+def test_ignored_foreign_endpoint_is_not_reported(harness, actors):
+    server = actors("leaky-server", "127.0.0.1")
+    client = actors("clients", "127.0.0.1", server.port, 2)
+    ports = [int(p) for p in client.facts["ports"].split(",")]
+    h = harness(Filters.parse(None, [f"127.0.0.1:{ports[0]}"], ()))
+    client.send("close", "CLOSED")
+    h.until(lambda _: len(h.on_port(server.port, Kind.ENTER)) >= 1)
+    time.sleep(0.2)
+    h.until(lambda _: False, timeout=0.2)
+    assert [r.sock.rport for r in h.on_port(server.port, Kind.ENTER)] == [ports[1]]
+
+
+def test_command_and_pid_filters_select_owners(harness, actors):
+    server = actors("leaky-server", "127.0.0.1")
+    other = actors("stuck-server", "127.0.0.1")
+    h = harness(Filters.parse("leaky-server", [], ()))
+    hp = harness(Filters.parse(None, [], [other.pid]))
+    for srv in (server, other):
+        actors("clients", "127.0.0.1", srv.port, 1).send("close", "CLOSED")
+    for hh in (h, hp):
+        hh.until(lambda _: False, timeout=0.5)
+    assert len(h.on_port(server.port, Kind.ENTER)) == 1
+    assert h.on_port(other.port) == []
+    assert len(hp.on_port(other.port, Kind.ENTER)) == 1
+    assert hp.on_port(server.port) == []

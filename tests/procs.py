@@ -1,0 +1,97 @@
+"""Starting, talking to and always reaping the test's actor processes."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ACTORS = Path(__file__).resolve().parent / "actors.py"
+
+
+class Actor:
+    """One actor process.  ``facts`` holds what it printed with READY."""
+
+    def __init__(self, role: str, *args: str, netns: str | None = None,
+                 python: str = sys.executable) -> None:
+        argv = [python, str(ACTORS), role, *map(str, args)]
+        if netns:
+            argv = ["ip", "netns", "exec", netns, *argv]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        line = self.expect("READY", timeout=10)
+        self.facts = dict(kv.split("=", 1) for kv in line.split()[1:])
+        self.pid = int(self.facts.get("pid", self.proc.pid))
+
+    def expect(self, word: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"actor exited before {word!r} (rc={self.proc.poll()})")
+            if line.startswith(word):
+                return line.strip()
+        raise TimeoutError(f"actor did not say {word!r} within {timeout}s")
+
+    def send(self, command: str, reply: str | None = None) -> str | None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.expect(reply) if reply else None
+
+    @property
+    def port(self) -> int:
+        return int(self.facts["port"])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_dead(self, timeout: float) -> bool:
+        try:
+            self.proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def reap(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(") ")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,50 @@
+import ipaddress
+import json
+
+from resreap.formatting import safe, summary_lines, trace_json, trace_line
+from resreap.model import Kind, Owner, SockId
+from resreap.trace import ProcSummary, TraceRecord
+
+SOCK = SockId(4, ipaddress.IPv4Address("127.0.0.1").packed, 8080,
+              ipaddress.IPv4Address("127.0.0.1").packed, 51234)
+
+
+def rec(kind=Kind.EXIT, owners=(Owner(1234, 99, "fe-server"),), age=1.5):
+    return TraceRecord(1700000000.25, kind, SOCK, owners, age, 4026531833)
+
+
+def test_trace_line_fits_80_columns_and_shows_everything():
+    line = trace_line(rec())
+    assert len(line) < 80
+    assert "EXIT" in line and "1234" in line and "fe-server" in line
+    assert "127.0.0.1:8080 -> 127.0.0.1:51234" in line and line.endswith("1.5s")
+
+
+def test_trace_line_with_several_owners_and_none():
+    two = trace_line(rec(owners=(Owner(1, 1, "a"), Owner(2, 1, "b"))))
+    assert " 1+1 " in two
+    assert " - " in trace_line(rec(owners=()))
+
+
+def test_json_fields():
+    obj = json.loads(trace_json(rec()))
+    assert obj == {"ts": 1700000000.25, "event": "exit", "pids": [1234], "comms": ["fe-server"],
+                   "family": 4, "laddr": "127.0.0.1", "lport": 8080, "raddr": "127.0.0.1",
+                   "rport": 51234, "age": 1.5, "netns": 4026531833}
+    assert "age" not in json.loads(trace_json(rec(kind=Kind.ENTER, age=None)))
+
+
+def test_hostile_names_are_escaped():
+    evil = "x\x1b[2J\nrm -rf /\x07\x9b"
+    out = safe(evil)
+    assert "\x1b" not in out and "\n" not in out and "\x07" not in out and "\x9b" not in out
+    assert "\\x1b" in out and "\\x0a" in out
+    line = trace_line(rec(owners=(Owner(5, 1, evil),)))
+    assert "\x1b" not in line and "\n" not in line
+
+
+def test_summary():
+    rows = [ProcSummary(Owner(7, 1, "srv"), 3, 2, 4.25)]
+    lines = summary_lines(rows)
+    assert "ENTERED" in lines[0] and "7" in lines[1] and "4.2s" in lines[1]
+    assert "no process" in summary_lines([])[0]
