@@ -95,6 +95,7 @@ class BpfSource(EventSource):
         self.table = table
         self.latency = latency
         self._batch: list[Transition] = []
+        self._lost = 0
         cflags = [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
                   f"-DWAKEUP_EVERY={WAKEUP_EVERY}"]
         with tempfile.NamedTemporaryFile("w+", prefix="resreap-bcc-") as diag:
@@ -134,10 +135,14 @@ class BpfSource(EventSource):
         return batch
 
     def lost(self) -> int:
-        return int(self._counts.sum(0).value)
+        if self._bpf is not None:
+            self._lost = int(self._counts.sum(0).value)
+        return self._lost
 
     def submitted(self) -> int:
-        return int(self._counts.sum(1).value)
+        return int(self._counts.sum(1).value) if self._bpf is not None else 0
 
     def close(self) -> None:
-        self._bpf.cleanup()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None

@@ -143,6 +143,7 @@ def trace(
     if tracer is None:
         return
     lost = tracer.source.lost()
+    tracer.source.close()
     rows = tracer.summary()
     try:
         if json_out:
@@ -155,8 +156,167 @@ def trace(
             typer.echo(f"resreap: warning: {lost} event(s) were lost in the kernel", err=True)
     except KeyboardInterrupt:
         pass
-    tracer.source.close()
+
+
+LimitOpt = Annotated[int, typer.Option(
+    "--limit", "-l", metavar="N",
+    help="Reap a process holding at least N counting sockets (distinct sockets, not fds).")]
+GraceOpt = Annotated[float, typer.Option(
+    "--grace", "-i", metavar="SEC",
+    help="A socket counts once it has been in CLOSE_WAIT this long (the original's "
+         "interval between its two snapshots).")]
+HookOpt = Annotated[Optional[str], typer.Option(
+    "--hook", "-c", metavar="CMD",
+    help="Run CMD with /bin/sh before any signal; non-zero exit spares the process this "
+         "round.  Facts arrive as RESREAP_PID, RESREAP_COMM, RESREAP_CMDLINE, "
+         "RESREAP_COUNT, RESREAP_SOCKETS, RESREAP_OLDEST, RESREAP_SIGNAL.")]
+SignalOpt = Annotated[str, typer.Option(
+    "--signal", "-s", metavar="SIG", help="Signal to send (name or number).")]
+FirstSignalOpt = Annotated[Optional[str], typer.Option(
+    "--first-signal", "-S", metavar="SIG",
+    help="A signal sent before -s, e.g. QUIT so that a JVM prints its stacks.")]
+WaitOpt = Annotated[float, typer.Option(
+    "--wait", "-w", metavar="SEC", help="Wait after each signal before the next and SIGKILL.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", "-d", help="Log what would be done; kill nothing.")]
+LogFileOpt = Annotated[Optional[str], typer.Option(
+    "--log-file", metavar="PATH", help="Also log to PATH (reopened after logrotate or SIGHUP).")]
+HookTimeoutOpt = Annotated[float, typer.Option(
+    "--hook-timeout", metavar="SEC", help="Cut off a hook that runs longer (the process is spared).")]
+MaxRateOpt = Annotated[str, typer.Option(
+    "--max-rate", metavar="N/SEC",
+    help="Reap one command line at most N times per SEC seconds; past that, kills wait "
+         "and a warning says so.")]
+PollOpt = Annotated[Optional[float], typer.Option(
+    "--poll-interval", metavar="SEC",
+    help="Polling backend only: seconds between polls (default: a quarter of -i).")]
+
+
+def _positive(name: str, value: float, minimum: float = 0.0) -> None:
+    from resreap.errors import UsageError
+
+    if not value >= minimum or value != value or value == float("inf"):
+        raise UsageError(f"bad {name} value {value!r}: must be a number >= {minimum:g}")
+
+
+@app.command(context_settings=CONTEXT, epilog="""\b
+Examples:
+  resreap watch                      reap holders of >= 2 sockets stuck 2s in CLOSE_WAIT
+  resreap watch -l 2 -f ^java        only Java processes
+  resreap watch -F 127.0.0.1:2049    ignore sockets whose peer is 127.0.0.1:2049
+  resreap watch -d -D                dry run with every event and timer logged
+  resreap watch -S QUIT -s TERM -w 5 stacks first, then TERM, SIGKILL after 5s
+  resreap watch -c 'logger -t resreap "reaping $RESREAP_PID ($RESREAP_COUNT)"'
+  resreap watch --json --log-file /var/log/resreap.log
+""")
+def watch(
+    command_pattern: PatternOpt = None,
+    ignore: IgnoreOpt = None,
+    pid: PidOpt = None,
+    limit: LimitOpt = 2,
+    grace: GraceOpt = 2.0,
+    hook: HookOpt = None,
+    sig: SignalOpt = "TERM",
+    first_signal: FirstSignalOpt = None,
+    wait: WaitOpt = 2.0,
+    dry_run: DryRunOpt = False,
+    debug: DebugOpt = False,
+    backend: BackendOpt = "auto",
+    log_file: LogFileOpt = None,
+    json_out: JsonOpt = False,
+    hook_timeout: HookTimeoutOpt = 10.0,
+    max_rate: MaxRateOpt = "3/60",
+    poll_interval: PollOpt = None,
+    version: VersionOpt = None,
+) -> None:
+    """Kill processes that hold TCP sockets stuck in CLOSE_WAIT.
+
+    A socket counts once it has stayed in CLOSE_WAIT for the grace period
+    (-i).  A process holding at least -l counting sockets is reaped: the
+    hook (-c) runs, then -S, -s, a wait of -w after each, and SIGKILL if it
+    is still alive, all through pidfds so that a recycled pid is never hit.
+    Its supervisor is expected to restart it.  Every decision is logged on
+    one line (stderr, --log-file); --json makes them JSON lines.
+    """
+    from resreap import decisionlog
+    from resreap.events import open_source
+    from resreap.filters import Filters
+    from resreap.killer import Plan, parse_signal
+    from resreap.owners import OwnerResolver, check_privileges
+    from resreap.policy import Limits, parse_rate
+    from resreap.sockets import SocketTable
+    from resreap.watch import WatchConfig, Watcher
+
+    _stop_on_signals()
+    watcher = None
+    try:
+        filters = Filters.parse(command_pattern, ignore or (), pid or ())
+        _positive("-l", limit, 1)
+        _positive("-i", grace)
+        _positive("-w", wait)
+        _positive("--hook-timeout", hook_timeout)
+        if poll_interval is not None:
+            _positive("--poll-interval", poll_interval, 0.01)
+        max_kills, per = parse_rate(max_rate)
+        plan = Plan(signal=parse_signal(sig),
+                    first_signal=parse_signal(first_signal) if first_signal else None,
+                    wait=wait, hook=hook, hook_timeout=hook_timeout, dry_run=dry_run)
+        try:
+            handlers = decisionlog.configure(debug=debug, json_lines=json_out, log_file=log_file)
+        except OSError as exc:
+            from resreap.errors import UsageError
+
+            raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror}") from None
+        signal.signal(signal.SIGHUP, lambda *_: decisionlog.reopen(handlers))
+        check_privileges()
+        table = SocketTable()
+        # Events may wait in the ring this long; deadlines use kernel
+        # timestamps, so this bounds work per wakeup, not timer accuracy.
+        latency = min(0.25, max(0.01, grace / 4))
+        selected = open_source(backend, table, latency=latency,
+                               poll_interval=poll_interval or max(0.05, grace / 4))
+        config = WatchConfig(Limits(limit, grace, max_kills, per), plan, filters)
+        watcher = Watcher(selected.source, OwnerResolver(table), config)
+        from resreap.decisionlog import decision
+
+        if selected.fallback_reason:
+            decision("backend", logging.WARNING, backend="proc", reason=selected.fallback_reason,
+                     note=f"polling every {selected.source.latency:g}s: detection up to one "
+                          "interval late")
+        decision("start", logging.WARNING, backend=selected.source.name, limit=limit,
+                 grace=grace, plan=watcher._plan_text(), dry_run=dry_run,
+                 filter=command_pattern or "", ignore=list(ignore or ()),
+                 namespaces=len(table.namespaces), note="Ctrl-C to end")
+        watcher.run()
+    except KeyboardInterrupt:
+        pass
+    except ResreapError as exc:
+        fail(exc)
+    if watcher is not None:
+        from resreap.decisionlog import decision
+
+        try:
+            lost = watcher.source.lost()
+            watcher.shutdown(timeout=min(10.0, wait * 2 + 1))
+            decision("stop", logging.WARNING, lost_events=lost,
+                     reaped=sum(1 for o in watcher.outcomes
+                                if o.result in ("terminated", "killed")))
+        except KeyboardInterrupt:
+            pass
 
 
 def main() -> None:
-    app()
+    """Run the app; usage errors are one line and exit 2, like ours."""
+    try:
+        from typer._click import exceptions as click_exc  # typer >= 0.26 vendors click
+    except ImportError:  # pragma: no cover - older typer with click installed
+        import click.exceptions as click_exc  # type: ignore[no-redef]
+    try:
+        code = app(standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message() if hasattr(exc, "format_message") else str(exc))
+        sys.exit(0)
+    except click_exc.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "resreap"
+        typer.echo(f"resreap: error: {exc.format_message()} (see: {cmd} --help)", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -140,9 +140,10 @@ def clients(host: str, port: str, count: str) -> None:
             print("CLOSED", flush=True)
 
 
-def ignore_term(host: str) -> None:
-    """A leaky server that ignores SIGTERM (a JVM in a coma)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def ignoring_server(host: str, names: str = "TERM") -> None:
+    """A leaky server that ignores some signals (a JVM in a coma)."""
+    for name in names.split(","):
+        signal.signal(getattr(signal, "SIG" + name), signal.SIG_IGN)
     leaky_server(host)
 
 
@@ -151,8 +152,9 @@ ROLES = {
     "stuck-server": stuck_server,
     "passing-server": passing_server,
     "clients": clients,
-    "ignore-term": ignore_term,
+    "ignoring-server": ignoring_server,
 }
 
 if __name__ == "__main__":
-    ROLES[sys.argv[1]](*sys.argv[2:])
+    # tag=... arguments only mark the command line (for -f in tests).
+    ROLES[sys.argv[1]](*[a for a in sys.argv[2:] if not a.startswith("tag=")])

@@ -1,0 +1,96 @@
+"""How decisions are logged: one line each, as text or JSON.
+
+Domain code calls ``decision(event, message-fields...)``; the CLI decides
+where lines go (stderr, --log-file) and in which form.  Values that come
+from other processes (names, command lines) are escaped, never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import time
+from typing import Any
+
+from resreap.formatting import safe
+
+log = logging.getLogger("resreap.decisions")
+
+_QUOTE = set(' "\'=\\')
+
+
+def decision(event: str, level: int = logging.INFO, /, **fields: Any) -> None:
+    if log.isEnabledFor(level):
+        log.log(level, event, extra={"fields": fields})
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_text_value(v) for v in value) or "-"
+    text = safe(str(value))
+    if not text or _QUOTE & set(text):
+        return json.dumps(text, ensure_ascii=True)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        stamp += f".{int(record.msecs):03d}"
+        fields = getattr(record, "fields", None)
+        if fields is None:  # an ordinary log call
+            text = safe(record.getMessage())
+        else:
+            text = record.msg + "".join(f" {k}={_text_value(v)}" for k, v in fields.items())
+        if record.exc_info:
+            text += " | " + safe(self.formatException(record.exc_info).replace("\n", " | "))
+        return f"{stamp} {record.levelname.lower()} {text}"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower()}
+        fields = getattr(record, "fields", None)
+        if fields is None:
+            obj["event"] = "log"
+            obj["message"] = record.getMessage()
+        else:
+            obj["event"] = record.msg
+            obj.update({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
+        return json.dumps(obj, ensure_ascii=True, default=str)
+
+
+def configure(*, debug: bool, json_lines: bool, log_file: str | None,
+              stream=None) -> list[logging.Handler]:
+    """Send resreap's logs to ``stream`` (stderr) and ``log_file``.  The file
+    handler reopens the file when logrotate moves it; SIGHUP reopens it too."""
+    import sys
+
+    formatter: logging.Formatter = JsonFormatter() if json_lines else TextFormatter()
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if log_file:
+        handlers.append(logging.handlers.WatchedFileHandler(log_file))
+    root = logging.getLogger("resreap")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+    return handlers
+
+
+def reopen(handlers: list[logging.Handler]) -> None:
+    for handler in handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()

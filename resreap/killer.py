@@ -1,0 +1,274 @@
+"""How a process is killed: pre-kill hook, optional first signal, signal,
+wait, SIGKILL, all through a pidfd so that a recycled pid is never hit.
+
+Each kill runs in its own thread so that a slow one (a hook, a -w wait)
+delays no other.  A process that exits on its own on the way is a normal
+outcome, not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, NamedTuple
+
+from resreap import procinfo
+from resreap.errors import ProcessGone, UsageError
+from resreap.model import SockId
+
+log = logging.getLogger(__name__)
+
+HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+
+
+def parse_signal(text: str) -> signal.Signals:
+    """TERM, SIGTERM, term or 15."""
+    raw = text.strip().upper()
+    try:
+        if raw.isdigit():
+            return signal.Signals(int(raw))
+        return signal.Signals[raw if raw.startswith("SIG") else "SIG" + raw]
+    except (KeyError, ValueError):
+        raise UsageError(f"unknown signal {text!r} (examples: TERM, QUIT, 9)") from None
+
+
+class Plan(NamedTuple):
+    """What to do to a process, from the command line."""
+
+    signal: signal.Signals = signal.SIGTERM
+    first_signal: signal.Signals | None = None
+    wait: float = 2.0
+    hook: str | None = None
+    hook_timeout: float = 10.0
+    dry_run: bool = False
+
+
+class Target(NamedTuple):
+    """A process that crossed the limit, and the facts that made it."""
+
+    info: procinfo.ProcInfo
+    sockets: tuple[SockId, ...]
+    oldest: float  # seconds the oldest counted socket has been in CLOSE_WAIT
+
+
+class Outcome(NamedTuple):
+    target: Target
+    result: str            # see RESULTS
+    signals: tuple[str, ...]
+    hook_status: str | None
+    took: float
+    detail: str = ""
+
+
+RESULTS = {
+    "terminated": "exited after a signal",
+    "killed": "needed SIGKILL",
+    "exited": "exited on its own before any signal",
+    "spared": "the hook said no",
+    "replaced": "its pid names another process now",
+    "dry-run": "nothing done",
+    "failed": "could not be signalled",
+}
+
+
+def hook_env(target: Target, plan: Plan) -> dict[str, str]:
+    """The facts a hook receives, as environment variables: never pasted
+    into the command string, which is attacker-controlled text."""
+    env = dict(os.environ)
+    env.update({
+        "RESREAP_PID": str(target.info.pid),
+        "RESREAP_COMM": target.info.comm,
+        "RESREAP_CMDLINE": target.info.cmdline,
+        "RESREAP_COUNT": str(len(target.sockets)),
+        "RESREAP_OLDEST": f"{target.oldest:.3f}",
+        "RESREAP_SOCKETS": " ".join(f"{s.local}->{s.remote}" for s in target.sockets),
+        "RESREAP_SIGNAL": plan.signal.name,
+    })
+    return {k: v.replace("\0", "") for k, v in env.items()}
+
+
+def _run_hook(target: Target, plan: Plan) -> tuple[bool, str]:
+    """Run the hook; (go ahead?, status text)."""
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", plan.hook], env=hook_env(target, plan),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        return False, f"could not start: {exc.strerror}"
+    try:
+        rc = proc.wait(plan.hook_timeout)
+    except subprocess.TimeoutExpired:
+        # Its own session: the whole hook, children included, is cut off.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        return False, f"timed out after {plan.hook_timeout:g}s"
+    return rc == 0, f"exit {rc}"
+
+
+class _Handle:
+    """A process pinned by a pidfd (or, before Linux 5.3, by pid + start
+    time re-checked right before each signal)."""
+
+    def __init__(self, pid: int, start: int, proc_root: str) -> None:
+        self.pid, self.start, self.proc_root = pid, start, proc_root
+        self.fd: int | None = None
+        if HAVE_PIDFD:
+            try:
+                self.fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                raise ProcessGone(pid) from None
+            except OSError:  # kernel without pidfd_open
+                self.fd = None
+        # Opened on the right process only if it is still the one we chose.
+        if not procinfo.alive(pid, start, proc_root):
+            self.close()
+            raise ProcessGone(pid, "was replaced by another process")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def exited(self, timeout: float = 0.0) -> bool:
+        if self.fd is not None:
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            return bool(poller.poll(max(0, int(timeout * 1000))))
+        deadline = time.monotonic() + timeout
+        while True:
+            if not procinfo.alive(self.pid, self.start, self.proc_root) or _zombie(self.pid, self.proc_root):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    def send(self, sig: signal.Signals) -> bool:
+        """False if the process is gone already."""
+        try:
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, sig)
+            else:
+                if not procinfo.alive(self.pid, self.start, self.proc_root):
+                    return False
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _zombie(pid: int, proc_root: str) -> bool:
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b") ")[2][:1] in (b"Z", b"X")
+    except OSError:
+        return True
+
+
+def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
+    """The kill sequence for one process (blocking)."""
+    began = time.monotonic()
+    info = target.info
+    sent: list[str] = []
+
+    def done(result: str, hook: str | None = None, detail: str = "") -> Outcome:
+        return Outcome(target, result, tuple(sent), hook, time.monotonic() - began, detail)
+
+    if plan.dry_run:
+        return done("dry-run")
+    try:
+        handle = _Handle(info.pid, info.start, proc_root)
+    except ProcessGone as exc:
+        return done("replaced" if "replaced" in str(exc) else "exited")
+    try:
+        hook_status = None
+        if plan.hook:
+            ok, hook_status = _run_hook(target, plan)
+            if not ok:
+                return done("spared", hook_status)
+        if handle.exited():
+            return done("exited", hook_status)
+        signals = [s for s in (plan.first_signal, plan.signal) if s is not None]
+        for sig in signals:
+            if not handle.send(sig):
+                return done("exited" if not sent else "terminated", hook_status)
+            sent.append(sig.name)
+            if handle.exited(plan.wait):
+                return done("terminated", hook_status)
+        if not handle.send(signal.SIGKILL):
+            return done("terminated", hook_status)
+        sent.append("SIGKILL")
+        if handle.exited(5.0):
+            return done("killed", hook_status)
+        return done("failed", hook_status, "still alive 5s after SIGKILL (D state?)")
+    finally:
+        handle.close()
+
+
+class Killer:
+    """Runs kill sequences concurrently, one thread each, and hands back the
+    outcomes.  A pid already in progress is not started twice."""
+
+    def __init__(self, plan: Plan, proc_root: str = "/proc", max_running: int = 32,
+                 notify: Callable[[], None] | None = None) -> None:
+        self.plan = plan
+        self.proc_root = proc_root
+        self.max_running = max_running
+        self._notify = notify
+        self._lock = threading.Lock()
+        self._running: dict[int, threading.Thread] = {}
+        self._finished: list[Outcome] = []
+
+    def busy(self, pid: int) -> bool:
+        with self._lock:
+            return pid in self._running
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def submit(self, target: Target) -> bool:
+        pid = target.info.pid
+        with self._lock:
+            if pid in self._running or len(self._running) >= self.max_running:
+                return False
+            worker = threading.Thread(target=self._work, args=(target,),
+                                      name=f"kill-{pid}", daemon=True)
+            self._running[pid] = worker
+        worker.start()
+        return True
+
+    def _work(self, target: Target) -> None:
+        try:
+            outcome = execute(target, self.plan, self.proc_root)
+        except Exception as exc:  # never lose a worker silently
+            log.exception("kill sequence for pid %d failed", target.info.pid)
+            outcome = Outcome(target, "failed", (), None, 0.0, repr(exc))
+        with self._lock:
+            self._finished.append(outcome)
+            self._running.pop(target.info.pid, None)
+        if self._notify:
+            self._notify()
+
+    def finished(self) -> list[Outcome]:
+        with self._lock:
+            out, self._finished = self._finished, []
+        return out
+
+    def join(self, timeout: float) -> None:
+        """Wait for running sequences, at most ``timeout`` seconds in all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                workers = list(self._running.values())
+            if not workers or time.monotonic() >= deadline:
+                return
+            workers[0].join(max(0.0, deadline - time.monotonic()))

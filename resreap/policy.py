@@ -1,0 +1,125 @@
+"""When does a process cross the limit: counting sockets per process, who
+may be reaped, and how often the same command may be reaped."""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import NamedTuple
+
+from resreap import procinfo
+from resreap.errors import ProcessGone, UsageError
+from resreap.filters import Filters
+from resreap.model import Owner, SockId
+
+
+class Limits(NamedTuple):
+    limit: int = 2          # -l: counting sockets that make a process a target
+    grace: float = 2.0      # -i: seconds in CLOSE_WAIT before a socket counts
+    max_kills: int = 3      # storm bound: kills of one command line ...
+    per: float = 60.0       # ... per this many seconds
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """N/SECONDS, e.g. 3/60."""
+    n, sep, per = text.partition("/")
+    try:
+        count, seconds = int(n), float(per)
+    except ValueError:
+        count, seconds = 0, 0.0
+    if not sep or count < 1 or seconds <= 0:
+        raise UsageError(f"bad --max-rate {text!r}: expected N/SECONDS with N >= 1, e.g. 3/60")
+    return count, seconds
+
+
+class Counter:
+    """Counting sockets (in CLOSE_WAIT past the grace) per holding process.
+    Distinct sockets, not fds: a socket on two fds counts once."""
+
+    def __init__(self) -> None:
+        self.by_owner: dict[Owner, set[SockId]] = collections.defaultdict(set)
+
+    def add(self, sock: SockId, owners: tuple[Owner, ...]) -> None:
+        for owner in owners:
+            self.by_owner[owner].add(sock)
+
+    def remove(self, sock: SockId, owners: tuple[Owner, ...]) -> None:
+        for owner in owners:
+            socks = self.by_owner.get(owner)
+            if socks is not None:
+                socks.discard(sock)
+                if not socks:
+                    del self.by_owner[owner]
+
+    def count(self, owner: Owner) -> int:
+        return len(self.by_owner.get(owner, ()))
+
+
+def protected_pids(proc_root: str = "/proc") -> set[int]:
+    """Never signalled: init, kthreadd, resreap itself and its ancestors
+    (killing the shell or supervisor that runs us would be a disaster)."""
+    return {1, 2} | procinfo.ancestors(os.getpid(), proc_root)
+
+
+class Verdict(NamedTuple):
+    ok: bool
+    why: str
+
+
+class Eligibility:
+    """Who may be reaped: the filters, the protected set, kernel threads."""
+
+    def __init__(self, filters: Filters, proc_root: str = "/proc") -> None:
+        self.filters = filters
+        self.proc_root = proc_root
+        self.protected = protected_pids(proc_root)
+
+    def check(self, info: procinfo.ProcInfo) -> Verdict:
+        if info.pid in self.protected:
+            return Verdict(False, "protected (init, resreap or one of its ancestors)")
+        if info.kthread:
+            return Verdict(False, "a kernel thread")
+        if not self.filters.wants(info.pid, info.cmdline):
+            return Verdict(False, "does not match -f/-p")
+        return Verdict(True, "")
+
+    def info(self, owner: Owner) -> procinfo.ProcInfo:
+        info = procinfo.read(owner.pid, self.proc_root)
+        if info.start != owner.start:
+            raise ProcessGone(owner.pid, "was replaced by another process")
+        return info
+
+
+class StormGuard:
+    """Bounds how often one command line is reaped: a supervisor restarting
+    a command that leaks again within seconds must not turn resreap into a
+    kill loop.  Past the bound, kills wait for the window to allow them."""
+
+    def __init__(self, max_kills: int, per: float) -> None:
+        self.max_kills = max_kills
+        self.per = per
+        self._kills: dict[str, collections.deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> collections.deque[float]:
+        times = self._kills.setdefault(key, collections.deque())
+        while times and times[0] <= now - self.per:
+            times.popleft()
+        return times
+
+    def next_allowed(self, key: str, now: float | None = None) -> float:
+        """0 if a kill is allowed now, else the monotonic time it will be."""
+        now = time.monotonic() if now is None else now
+        times = self._recent(key, now)
+        if len(times) < self.max_kills:
+            return 0.0
+        return times[0] + self.per
+
+    def record(self, key: str, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        times = self._recent(key, now)
+        times.append(now)
+        if len(self._kills) > 4096:  # bounded: forget idle commands
+            for k in [k for k, v in self._kills.items() if not v]:
+                del self._kills[k]
+        return len(times)

@@ -1,0 +1,289 @@
+"""watch against real leaking processes: the right one dies, peers live."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from procs import pid_alive
+from watchrun import WatchRun
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+FAST = ["-i", "0.5", "-w", "0.5"]
+
+
+@pytest.fixture
+def tag():
+    return f"tag=rr{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def watch(resreap_bin):
+    runs = []
+
+    def start(*args) -> WatchRun:
+        run = WatchRun(resreap_bin, *args)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        assert run.stop() == 0, "\n".join(run.lines)
+
+
+def leak(actors, role, host, tag, n=3, netns=None):
+    server = actors(role, host, tag, netns=netns)
+    client = actors("clients", host, server.port, n, tag, netns=netns)
+    return server, client
+
+
+def wait_dead(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not pid_alive(pid)
+
+
+@pytest.mark.parametrize("role,host", [("leaky-server", "127.0.0.1"), ("leaky-server", "::1"),
+                                       ("stuck-server", "127.0.0.1")])
+def test_leaker_is_reaped_and_its_peer_survives(watch, actors, tag, role, host):
+    server, client = leak(actors, role, host, tag)
+    run = watch("-f", tag.split("=")[1], *FAST)
+    client.send("close", "CLOSED")
+    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
+    assert reap["count"] == 3 and reap["limit"] == 2 and reap["oldest"] >= 0.5
+    assert run.outcome(server.pid)["result"] == "terminated"
+    assert server.wait_dead(5)
+    assert client.alive()
+    assert not run.find(lambda e: e["event"] in ("reap", "would-reap") and e["pid"] == client.pid)
+
+
+def test_leaker_in_a_network_namespace(watch, actors, tag, netns):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag, netns=netns)
+    run = watch("-f", tag.split("=")[1], *FAST)
+    client.send("close", "CLOSED")
+    assert run.outcome(server.pid)["result"] == "terminated"
+    assert server.wait_dead(5) and client.alive()
+
+
+def test_fd_receiver_is_reaped_not_the_sender(watch, actors, tag):
+    server, client = leak(actors, "passing-server", "127.0.0.1", tag)
+    worker = int(server.facts["worker"])
+    time.sleep(0.2)
+    run = watch("-f", tag.split("=")[1], *FAST)
+    client.send("close", "CLOSED")
+    assert run.outcome(worker)["result"] == "terminated"
+    assert wait_dead(worker)
+    assert server.alive() and client.alive()
+
+
+def test_forked_holders_are_both_reaped(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    server.send("count", "COUNT")
+    time.sleep(0.1)
+    child = int(server.send("fork", "CHILD").split()[1])
+    run = watch("-f", tag.split("=")[1], *FAST)
+    client.send("close", "CLOSED")
+    assert run.outcome(server.pid)["result"] == "terminated"
+    assert run.outcome(child)["result"] == "terminated"
+    assert client.alive()
+
+
+def test_sockets_present_at_start_are_reaped(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    client.send("close", "CLOSED")
+    time.sleep(0.2)
+    run = watch("-f", tag.split("=")[1], *FAST)
+    assert run.wait_for(lambda e: e["event"] == "existing")["sockets"] >= 3
+    assert run.outcome(server.pid)["result"] == "terminated"
+
+
+def test_below_the_limit_survives(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag, n=1)
+    run = watch("-f", tag.split("=")[1], "-D", *FAST)
+    client.send("close", "CLOSED")
+    run.wait_for(lambda e: e.get("message", "").startswith(f"pid {server.pid} ")
+                 and "below the limit 2" in e["message"])
+    time.sleep(0.5)
+    assert server.alive()
+    assert not run.find(lambda e: e["event"] == "reap")
+
+
+def test_closing_within_the_grace_survives(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    run = watch("-f", tag.split("=")[1], "-i", "1.5", "-D")
+    client.send("close", "CLOSED")
+    time.sleep(0.3)
+    server.send("close", "CLOSED")
+    run.wait_for(lambda e: e.get("message", "").startswith("event exit"))
+    time.sleep(1.6)
+    assert server.alive()
+    assert not run.find(lambda e: e["event"] == "reap")
+
+
+def test_term_ignored_means_sigkill_after_wait(watch, actors, tag):
+    server, client = leak(actors, "ignoring-server", "127.0.0.1", tag)
+    run = watch("-f", tag.split("=")[1], "-i", "0.5", "-w", "0.7")
+    client.send("close", "CLOSED")
+    out = run.outcome(server.pid)
+    assert out["result"] == "killed" and out["signals"] == ["SIGTERM", "SIGKILL"]
+    assert out["took"] >= 0.7
+    assert server.wait_dead(5) and client.alive()
+
+
+def test_first_signal_then_signal_then_sigkill(watch, actors, tag):
+    server = actors("ignoring-server", "127.0.0.1", "QUIT,TERM", tag)
+    client = actors("clients", "127.0.0.1", server.port, 2, tag)
+    run = watch("-f", tag.split("=")[1], "-S", "QUIT", "-s", "TERM", "-i", "0.5", "-w", "0.3")
+    client.send("close", "CLOSED")
+    out = run.outcome(server.pid)
+    assert out["signals"] == ["SIGQUIT", "SIGTERM", "SIGKILL"] and out["result"] == "killed"
+
+
+def test_kills_run_concurrently(watch, actors, tag):
+    pairs = [leak(actors, "ignoring-server", "127.0.0.1", tag) for _ in range(2)]
+    run = watch("-f", tag.split("=")[1], "-i", "0.5", "-w", "1.5")
+    began = time.monotonic()
+    for _, client in pairs:
+        client.send("close", "CLOSED")
+    for server, _ in pairs:
+        assert run.outcome(server.pid, timeout=15)["result"] == "killed"
+    # Two sequential 1.5 s waits would take over 3 s.
+    assert time.monotonic() - began < 3.0
+
+
+def test_filter_mismatch_spares(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    run = watch("-f", "^no-such-command", "-D", *FAST)
+    client.send("close", "CLOSED")
+    spare = run.wait_for(lambda e: e["event"] == "spare" and e["pid"] == server.pid)
+    assert "-f" in spare["reason"]
+    assert server.alive() and not run.find(lambda e: e["event"] == "reap")
+
+
+def test_ignored_endpoint_does_not_count(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    ports = client.facts["ports"].split(",")
+    ignore = [a for p in ports[:2] for a in ("-F", f"127.0.0.1:{p}")]
+    run = watch("-f", tag.split("=")[1], "-D", *ignore, *FAST)
+    client.send("close", "CLOSED")
+    run.wait_for(lambda e: "below the limit" in e.get("message", ""))
+    time.sleep(0.5)
+    assert server.alive() and not run.find(lambda e: e["event"] == "reap")
+
+
+def test_hook_gets_the_facts_in_its_environment(watch, actors, tag, tmp_path):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    facts = tmp_path / "facts"
+    run = watch("-f", tag.split("=")[1], "-c", f"env | grep ^RESREAP_ > {facts}", *FAST)
+    client.send("close", "CLOSED")
+    out = run.outcome(server.pid)
+    assert out["result"] == "terminated" and out["hook"] == "exit 0"
+    env = dict(line.split("=", 1) for line in facts.read_text().splitlines())
+    assert env["RESREAP_PID"] == str(server.pid) and env["RESREAP_COUNT"] == "3"
+    assert env["RESREAP_COMM"] and tag in env["RESREAP_CMDLINE"]
+    for port in client.facts["ports"].split(","):
+        assert f"127.0.0.1:{server.port}->127.0.0.1:{port}" in env["RESREAP_SOCKETS"]
+
+
+def test_hook_nonzero_spares_the_process(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    run = watch("-f", tag.split("=")[1], "-c", "exit 3", *FAST)
+    client.send("close", "CLOSED")
+    out = run.outcome(server.pid)
+    assert out["result"] == "spared" and out["hook"] == "exit 3" and out["signals"] == []
+    assert server.alive()
+
+
+def test_hung_hook_is_cut_off(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    run = watch("-f", tag.split("=")[1], "-c", "sleep 30", "--hook-timeout", "0.5", *FAST)
+    client.send("close", "CLOSED")
+    out = run.outcome(server.pid)
+    assert out["result"] == "spared" and "timed out" in out["hook"] and out["took"] < 5
+    assert server.alive()
+
+
+def test_hostile_command_line_is_never_executed(watch, actors, tag, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = f"tag=x;touch {marker};$(touch {marker})`touch {marker}`\n\x1b[2J"
+    server = actors("leaky-server", "127.0.0.1", evil, tag)
+    client = actors("clients", "127.0.0.1", server.port, 2, tag)
+    seen = tmp_path / "seen"
+    run = watch("-f", tag.split("=")[1], "-c", f'printf %s "$RESREAP_CMDLINE" > {seen}', *FAST)
+    client.send("close", "CLOSED")
+    assert run.outcome(server.pid)["result"] == "terminated"
+    assert not marker.exists()
+    assert evil in seen.read_text()
+    reap = run.wait_for(lambda e: e["event"] == "reap")
+    assert evil in reap["cmd"]  # JSON carries it exactly, escaped
+    assert all("\x1b" not in line for line in run.lines)
+
+
+def test_dry_run_kills_nothing(watch, actors, tag):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    run = watch("-f", tag.split("=")[1], "-d", *FAST)
+    client.send("close", "CLOSED")
+    run.wait_for(lambda e: e["event"] == "would-reap" and e["pid"] == server.pid)
+    assert run.outcome(server.pid)["result"] == "dry-run"
+    time.sleep(0.6)
+    assert server.alive()
+
+
+def test_text_log_file(resreap_bin, actors, tag, tmp_path):
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    logfile = tmp_path / "resreap.log"
+    proc = subprocess.Popen([resreap_bin, "watch", "-f", tag.split("=")[1], *FAST,
+                             "--log-file", str(logfile)], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        client.send("close", "CLOSED")
+        assert server.wait_dead(10)
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    text = logfile.read_text()
+    reap = [ln for ln in text.splitlines() if " reap " in ln]
+    assert len(reap) == 1 and f"pid={server.pid}" in reap[0] and "count=3" in reap[0]
+    assert f"outcome pid={server.pid}" in text and "result=terminated" in text
+
+
+def test_recycled_pid_is_never_signalled():
+    """The kill engine acts on pid + start time: a pid that now names
+    another process (here: same pid, other start time) is left alone."""
+    from resreap import procinfo
+    from resreap.killer import Plan, Target, execute
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        info = procinfo.read(victim.pid)
+        stale = info._replace(start=info.start - 1)
+        out = execute(Target(stale, (), 5.0), Plan(wait=0.2))
+        assert out.result == "replaced" and out.signals == ()
+        assert victim.poll() is None
+        out = execute(Target(info, (), 5.0), Plan(wait=0.2))
+        assert out.result == "terminated" and out.signals == ("SIGTERM",)
+        assert victim.wait(5) == -signal.SIGTERM
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_protected_processes_are_refused(tmp_path):
+    from resreap import procinfo
+    from resreap.filters import Filters
+    from resreap.policy import Eligibility
+
+    elig = Eligibility(Filters())
+    assert not elig.check(procinfo.read(1)).ok
+    assert not elig.check(procinfo.read(os.getpid())).ok       # our ancestors
+    assert not elig.check(procinfo.read(os.getppid())).ok
+    assert elig.check(procinfo.read(os.getpid())._replace(pid=10**7)).ok

@@ -1,0 +1,65 @@
+"""`resreap watch --json` as a subprocess, with its decision log parsed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+
+
+class WatchRun:
+    def __init__(self, resreap_bin: str, *args: str, timeout: float = 20) -> None:
+        self.proc = subprocess.Popen([resreap_bin, "watch", "--json", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            self.wait_for(lambda e: e["event"] == "start", timeout=timeout)
+        except Exception:
+            self.stop()
+            raise
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def events(self) -> list[dict]:
+        out = []
+        for line in list(self.lines):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "non-json", "line": line})
+        return out
+
+    def find(self, pred) -> list[dict]:
+        return [e for e in self.events if pred(e)]
+
+    def wait_for(self, pred, timeout: float = 10) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hits = self.find(pred)
+            if hits:
+                return hits[0]
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no matching log line within {timeout}s; log:\n" + "\n".join(self.lines))
+
+    def outcome(self, pid: int, timeout: float = 10) -> dict:
+        return self.wait_for(lambda e: e["event"] == "outcome" and e["pid"] == pid, timeout)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
