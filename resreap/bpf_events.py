@@ -57,8 +57,7 @@ def _first_error(text: str) -> str:
 def check_usable() -> None:
     """Raise, with the fix in the message, unless BPF can run here."""
     if os.geteuid() != 0:
-        raise NotRoot("the BPF backend needs root (or CAP_BPF and CAP_PERFMON): "
-                      "run with sudo, or use --backend proc")
+        raise NotRoot("the BPF backend needs root (or CAP_BPF and CAP_PERFMON): run with sudo")
     try:
         import bcc  # noqa: F401
     except ImportError as exc:
@@ -74,7 +73,7 @@ def check_usable() -> None:
     if not BPF.tracepoint_exists(*TRACEPOINT):
         raise BackendUnavailable(
             f"this kernel ({platform.release()}) has no {':'.join(TRACEPOINT)} tracepoint "
-            "(Linux 4.16+ has it): use --backend proc")
+            "(Linux 4.16+ has it)")
     release = platform.release()
     if not (os.path.exists(f"/lib/modules/{release}/build")
             or os.path.exists("/sys/kernel/kheaders.tar.xz")):
@@ -104,8 +103,14 @@ class BpfSource(EventSource):
                     self._bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
             except Exception as exc:  # bcc raises bare Exception for every failure
                 diag.seek(0)
+                text = diag.read()
+                if "Operation not permitted" in text or "Operation not permitted" in str(exc):
+                    raise BackendUnavailable(
+                        "not permitted to load BPF programs (needs CAP_BPF and CAP_PERFMON, "
+                        "or CAP_SYS_ADMIN; a container must be granted them)") from exc
                 raise BackendUnavailable(
-                    f"the BPF program did not load ({exc}): {_first_error(diag.read())}") from exc
+                    f"the BPF program did not load: {_first_error(text) if text.strip() else exc}"
+                ) from exc
         self._events = self._bpf[b"events"]
         self._counts = self._bpf[b"counts"]
         self._events.open_ring_buffer(self._on_event)

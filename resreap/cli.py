@@ -126,12 +126,13 @@ def trace(
             typer.echo(f"resreap: BPF unavailable ({selected.fallback_reason}); "
                        f"polling every {selected.source.latency:g}s instead", err=True)
         tracer = Tracer(selected.source, OwnerResolver(table), filters)
+        existing = tracer.start()
         typer.echo(f"Tracing TCP CLOSE_WAIT transitions ({selected.source.name} backend, "
                    f"{len(table.namespaces)} network namespace(s)). Ctrl-C to end.", err=True)
         emit = formatting.trace_json if json_out else formatting.trace_line
         if not json_out:
             _print(formatting.HEADER)
-        for rec in tracer.start():
+        for rec in existing:
             _print(emit(rec))
         while True:
             for rec in tracer.step(selected.source.latency):
@@ -282,6 +283,8 @@ def watch(
             decision("backend", logging.WARNING, backend="proc", reason=selected.fallback_reason,
                      note=f"polling every {selected.source.latency:g}s: detection up to one "
                           "interval late")
+        # Attach and seed first: "start" means resreap is watching now.
+        watcher.start()
         decision("start", logging.WARNING, backend=selected.source.name, limit=limit,
                  grace=grace, plan=watcher._plan_text(), dry_run=dry_run,
                  filter=command_pattern or "", ignore=list(ignore or ()),

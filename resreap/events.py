@@ -68,7 +68,7 @@ def open_source(backend: str, table: SocketTable, *, latency: float,
             return Selected(BpfSource(table, latency=latency), None)
         except BackendUnavailable as exc:
             if backend == "bpf":
-                raise
+                raise BackendUnavailable(f"{exc}; --backend proc polls instead") from exc
             reason = str(exc)
     else:
         reason = None

@@ -1,19 +1,23 @@
 """The host's TCP sockets across every network namespace in use.
 
-Wraps one sock_diag connection per namespace.  Namespaces come and go with
-containers: the set is refreshed on a slow period and whenever a lookup
-finds nothing in the known ones.
+Wraps one sock_diag connection per namespace, or /proc/PID/net/tcp{,6}
+where sock_diag is unavailable (old or stripped kernels; forced with
+RESREAP_SOCKET_TABLE=procfs).  Namespaces come and go with containers: the
+set is refreshed on a slow period and whenever a lookup finds nothing in
+the known ones.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Iterable, NamedTuple
 
 from resreap import netns
 from resreap.errors import KernelQueryError
 from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, SockId
+from resreap.procnet import ProcNetTcp
 from resreap.sockdiag import DiagSock, SockDiag
 
 log = logging.getLogger(__name__)
@@ -24,14 +28,40 @@ class NsSock(NamedTuple):
     diag: DiagSock
 
 
+MODES = ("auto", "sock_diag", "procfs")
+
+
 class SocketTable:
-    def __init__(self, proc_root: str = "/proc", refresh_every: float = 30.0) -> None:
+    def __init__(self, proc_root: str = "/proc", refresh_every: float = 30.0,
+                 mode: str | None = None) -> None:
         self.proc_root = proc_root
         self.refresh_every = refresh_every
+        self.mode = mode or os.environ.get("RESREAP_SOCKET_TABLE", "auto")
+        if self.mode not in MODES:
+            raise KernelQueryError(f"RESREAP_SOCKET_TABLE={self.mode!r}: use one of {', '.join(MODES)}")
         self._own = netns.own_namespace(proc_root)
-        self._diag: dict[int, SockDiag] = {}
+        self._diag: dict[int, SockDiag | ProcNetTcp] = {}
         self._refreshed = float("-inf")
         self.refresh()
+
+    @property
+    def kind(self) -> str:
+        """Which reader serves the namespaces: sock_diag or procfs."""
+        kinds = {"procfs" if isinstance(d, ProcNetTcp) else "sock_diag" for d in self._diag.values()}
+        return "+".join(sorted(kinds)) or "none"
+
+    def _open(self, ino: int, pid: int) -> SockDiag | ProcNetTcp:
+        mine = ino == self._own
+        if self.mode != "procfs":
+            try:
+                diag = SockDiag(netns.netlink_socket_in(None if mine else pid, self.proc_root))
+                diag.dump(())  # an empty-filter probe: fails where sock_diag is missing
+                return diag
+            except (KernelQueryError, OSError) as exc:
+                if self.mode == "sock_diag":
+                    raise KernelQueryError(f"sock_diag unavailable: {exc}") from exc
+                log.debug("netns %d: sock_diag unavailable (%s), reading /proc", ino, exc)
+        return ProcNetTcp("self" if mine else pid, self.proc_root)
 
     def close(self) -> None:
         for diag in self._diag.values():
@@ -47,14 +77,17 @@ class SocketTable:
             if ino not in live:
                 self._diag.pop(ino).close()
         for ino, pid in live.items():
+            if isinstance(self._diag.get(ino), ProcNetTcp) and ino != self._own:
+                # Read through a process of that namespace: keep it a live one.
+                self._diag[ino] = ProcNetTcp(pid, self.proc_root)
             if ino in self._diag:
                 continue
             try:
-                nl = netns.netlink_socket_in(None if ino == self._own else pid, self.proc_root)
+                self._diag[ino] = self._open(ino, pid)
             except KernelQueryError as exc:
+                if self.mode == "sock_diag":
+                    raise
                 log.debug("netns %d skipped: %s", ino, exc)  # its last process left
-                continue
-            self._diag[ino] = SockDiag(nl)
 
     def _maybe_refresh(self) -> None:
         if time.monotonic() - self._refreshed >= self.refresh_every:

@@ -115,7 +115,7 @@ class Watcher:
         self._check_lost(now)
 
     def run(self) -> None:
-        self.start()
+        """Loop forever; call ``start`` first."""
         while True:
             self.step()
 

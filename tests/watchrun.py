@@ -10,8 +10,9 @@ import time
 
 
 class WatchRun:
-    def __init__(self, resreap_bin: str, *args: str, timeout: float = 20) -> None:
-        self.proc = subprocess.Popen([resreap_bin, "watch", "--json", *args],
+    def __init__(self, resreap_bin: str, *args: str, timeout: float = 20,
+                 env: dict | None = None) -> None:
+        self.proc = subprocess.Popen([resreap_bin, "watch", "--json", *args], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -13,18 +13,23 @@ from resreap.owners import OwnerResolver
 from resreap.sockets import SocketTable
 from resreap.trace import Tracer
 
-pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+pytestmark = [pytest.mark.kernel]
 
 
-@pytest.fixture(params=["bpf"])
+@pytest.fixture(params=["bpf", "proc", "procfs"])
 def backend(request):
+    """Every scenario against each event source: BPF, polling sock_diag,
+    and polling /proc/net/tcp (hosts without sock_diag)."""
+    request.getfixturevalue("bpf_ready" if request.param == "bpf" else "root_ready")
     return request.param
 
 
 class Harness:
     def __init__(self, backend: str, filters: Filters = Filters()) -> None:
-        self.table = SocketTable()
-        self.source = open_source(backend, self.table, latency=0.05).source
+        self.table = SocketTable(mode="procfs" if backend == "procfs" else "auto")
+        source_kind = "bpf" if backend == "bpf" else "proc"
+        self.source = open_source(source_kind, self.table, latency=0.05).source
+        assert self.source.name == source_kind
         self.tracer = Tracer(self.source, OwnerResolver(self.table), filters)
         self.records = list(self.tracer.start())
 

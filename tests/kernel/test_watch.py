@@ -14,9 +14,16 @@ import pytest
 from procs import pid_alive
 from watchrun import WatchRun
 
-pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+pytestmark = [pytest.mark.kernel]
 
 FAST = ["-i", "0.5", "-w", "0.5"]
+
+
+@pytest.fixture(params=["bpf", "proc", "procfs"])
+def backend(request):
+    """Every scenario against each event source (see test_trace.py)."""
+    request.getfixturevalue("bpf_ready" if request.param == "bpf" else "root_ready")
+    return request.param
 
 
 @pytest.fixture
@@ -25,12 +32,18 @@ def tag():
 
 
 @pytest.fixture
-def watch(resreap_bin):
+def watch(resreap_bin, backend):
     runs = []
+    env = dict(os.environ)
+    if backend == "procfs":
+        env["RESREAP_SOCKET_TABLE"] = "procfs"
 
     def start(*args) -> WatchRun:
-        run = WatchRun(resreap_bin, *args)
+        run = WatchRun(resreap_bin, "--backend", "bpf" if backend == "bpf" else "proc",
+                       *args, env=env)
         runs.append(run)
+        assert run.find(lambda e: e["event"] == "start")[0]["backend"] == (
+            "bpf" if backend == "bpf" else "proc")
         return run
 
     yield start
@@ -120,7 +133,9 @@ def test_closing_within_the_grace_survives(watch, actors, tag):
     server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
     run = watch("-f", tag.split("=")[1], "-i", "1.5", "-D")
     client.send("close", "CLOSED")
-    time.sleep(0.3)
+    # Long enough for a poller (every 1.5/4 s) to see it, well inside the grace.
+    run.wait_for(lambda e: e.get("message", "").startswith("event enter"))
+    time.sleep(0.8)
     server.send("close", "CLOSED")
     run.wait_for(lambda e: e.get("message", "").startswith("event exit"))
     time.sleep(1.6)
@@ -237,7 +252,7 @@ def test_dry_run_kills_nothing(watch, actors, tag):
     assert server.alive()
 
 
-def test_text_log_file(resreap_bin, actors, tag, tmp_path):
+def test_text_log_file(resreap_bin, actors, tag, tmp_path, bpf_ready):
     server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
     logfile = tmp_path / "resreap.log"
     proc = subprocess.Popen([resreap_bin, "watch", "-f", tag.split("=")[1], *FAST,
@@ -256,12 +271,16 @@ def test_text_log_file(resreap_bin, actors, tag, tmp_path):
     assert f"outcome pid={server.pid}" in text and "result=terminated" in text
 
 
-def test_recycled_pid_is_never_signalled():
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_recycled_pid_is_never_signalled(monkeypatch, root_ready, pidfd):
     """The kill engine acts on pid + start time: a pid that now names
-    another process (here: same pid, other start time) is left alone."""
-    from resreap import procinfo
+    another process (here: same pid, other start time) is left alone.  Also
+    without pidfds (Linux < 5.3), where identity is re-checked right before
+    each signal."""
+    from resreap import killer, procinfo
     from resreap.killer import Plan, Target, execute
 
+    monkeypatch.setattr(killer, "HAVE_PIDFD", pidfd)
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         info = procinfo.read(victim.pid)
@@ -277,7 +296,7 @@ def test_recycled_pid_is_never_signalled():
         victim.wait()
 
 
-def test_protected_processes_are_refused(tmp_path):
+def test_protected_processes_are_refused(root_ready):
     from resreap import procinfo
     from resreap.filters import Filters
     from resreap.policy import Eligibility
