@@ -3,74 +3,47 @@
 A single ring buffer keeps events in order (per-CPU perf buffers can deliver
 a socket's exit before its enter).  The kernel side wakes us once per batch,
 and we also drain on a short timer, so a quiet host costs a few wakeups a
-second and a busy one about 1.5 us per event instead of a wakeup per event.
+second and a busy one a batch decode per wakeup instead of a wakeup per
+event.  The program is compiled by a short-lived helper process
+(bpf_loader): this process never loads bcc or LLVM.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import platform
 import socket
-import tempfile
-from pathlib import Path
+import struct
+import subprocess
+import sys
+import time
 
+from resreap.bpf_loader import BPF_SOURCE
 from resreap.errors import BackendUnavailable, NotRoot
 from resreap.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, Kind, SockId, Transition
+from resreap.ringbuf import PerCpuCounters, RingBuffer
 from resreap.sockets import SocketTable
 
-# The kernel program ships inside the package (pyproject.toml copies the
-# top-level bpf/ there); a source checkout uses bpf/ itself.
-_HERE = Path(__file__).resolve().parent
-BPF_DIR = _HERE / "bpf" if (_HERE / "bpf").is_dir() else _HERE.parent / "bpf"
-BPF_SOURCE = BPF_DIR / "resreap.bpf.c"
-
 TRACEPOINT = ("sock", "inet_sock_set_state")
-# 4 MiB: at 100k events/s of 64 bytes a 0.1 s drain needs 640 KiB.
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+# 4 MiB: at 100k events/s of 72 bytes a 0.25 s drain needs 1.8 MiB.
 RINGBUF_PAGES = 1024
 WAKEUP_EVERY = 256
-
-
-@contextlib.contextmanager
-def _stderr_to(path: str):
-    """bcc's compiler writes diagnostics straight to fd 2; keep them for the
-    error message instead of spraying them over the terminal."""
-    saved = os.dup(2)
-    with open(path, "wb") as sink:
-        os.dup2(sink.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _first_error(text: str) -> str:
-    for line in text.splitlines():
-        if "error" in line.lower():
-            return line.strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "no diagnostics"
+LOAD_TIMEOUT = 120.0  # compiling takes about a second; a loaded host more
 
 
 def check_usable() -> None:
-    """Raise, with the fix in the message, unless BPF can run here."""
+    """Raise, with the fix in the message, unless BPF can run here.  The
+    last checks (bcc, compiling, permission) happen in the loader."""
     if os.geteuid() != 0:
         raise NotRoot("the BPF backend needs root (or CAP_BPF and CAP_PERFMON): run with sudo")
-    try:
-        import bcc  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "bcc is not importable: apt-get install python3-bpfcc and use a venv made "
-            "with --system-site-packages (scripts/setup does both)") from exc
-    if not (os.path.isdir("/sys/kernel/tracing/events")
-            or os.path.isdir("/sys/kernel/debug/tracing/events")):
+    mounted = [t for t in TRACEFS if os.path.isdir(f"{t}/events")]
+    if not mounted:
         raise BackendUnavailable(
             "tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
-    from bcc import BPF
-
-    if not BPF.tracepoint_exists(*TRACEPOINT):
+    if not any(os.path.isdir(f"{t}/events/{TRACEPOINT[0]}/{TRACEPOINT[1]}") for t in mounted):
         raise BackendUnavailable(
             f"this kernel ({platform.release()}) has no {':'.join(TRACEPOINT)} tracepoint "
             "(Linux 4.16+ has it)")
@@ -84,70 +57,100 @@ def check_usable() -> None:
         raise BackendUnavailable(f"the BPF program is missing from the install: {BPF_SOURCE}")
 
 
+def _load() -> tuple[dict, list[int]]:
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with mine:
+        try:
+            helper = subprocess.Popen(
+                [sys.executable, "-m", "resreap.bpf_loader", str(theirs.fileno()),
+                 str(RINGBUF_PAGES), str(WAKEUP_EVERY)],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        mine.settimeout(LOAD_TIMEOUT)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(mine, 65536, 8)
+        except (socket.timeout, OSError) as exc:
+            helper.kill()
+            raise BackendUnavailable(f"the BPF loader did not answer: {exc}") from None
+        finally:
+            helper.wait()
+    if not msg:
+        raise BackendUnavailable(f"the BPF loader exited with status {helper.returncode}")
+    info = json.loads(msg)
+    if "error" in info:
+        for fd in fds:
+            os.close(fd)
+        raise BackendUnavailable(info["error"])
+    return info, fds
+
+
+def _record_struct(layout: dict) -> tuple[struct.Struct, list[str]]:
+    """A decoder for the C struct, built from the layout bcc derived."""
+    fmt, names, at = "=", [], 0
+    for name, offset, code in sorted(layout["fields"], key=lambda f: f[1]):
+        fmt += "x" * (offset - at) + code
+        at = offset + struct.calcsize("=" + code)
+        names.append(name)
+    fmt += "x" * (layout["size"] - at)
+    return struct.Struct(fmt), names
+
+
 class BpfSource(EventSource):
     name = "bpf"
 
     def __init__(self, table: SocketTable, *, latency: float = 0.1) -> None:
         check_usable()
-        from bcc import BPF
-
         self.table = table
         self.latency = latency
+        info, fds = _load()
+        # The perf event fd keeps the program attached for as long as we live.
+        self._perf_fd, events_fd, counts_fd = fds
+        self._ring = RingBuffer(events_fd, info["ringbuf_bytes"])
+        self._counts = PerCpuCounters(counts_fd)
+        self._fds = fds
+        decoder, names = _record_struct(info["layout"])
+        self._unpack = decoder.unpack_from
+        want = ("ts_ns", "cpu_pid", "family", "sport", "dport", "newstate", "saddr", "daddr")
+        self._pick = [names.index(n) for n in want]
         self._batch: list[Transition] = []
         self._lost = 0
-        cflags = [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
-                  f"-DWAKEUP_EVERY={WAKEUP_EVERY}"]
-        with tempfile.NamedTemporaryFile("w+", prefix="resreap-bcc-") as diag:
-            try:
-                with _stderr_to(diag.name):
-                    self._bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
-            except Exception as exc:  # bcc raises bare Exception for every failure
-                diag.seek(0)
-                text = diag.read()
-                if "Operation not permitted" in text or "Operation not permitted" in str(exc):
-                    raise BackendUnavailable(
-                        "not permitted to load BPF programs (needs CAP_BPF and CAP_PERFMON, "
-                        "or CAP_SYS_ADMIN; a container must be granted them)") from exc
-                raise BackendUnavailable(
-                    f"the BPF program did not load: {_first_error(text) if text.strip() else exc}"
-                ) from exc
-        self._events = self._bpf[b"events"]
-        self._counts = self._bpf[b"counts"]
-        self._events.open_ring_buffer(self._on_event)
 
-    def _on_event(self, _ctx, data, _size) -> int:
-        e = self._events.event(data)
-        if e.family == socket.AF_INET:
-            sock = SockId(4, bytes(e.saddr)[:4], e.sport, bytes(e.daddr)[:4], e.dport)
+    def _on_record(self, buf, offset: int) -> None:
+        rec = self._unpack(buf, offset)
+        ts, cpu_pid, family, sport, dport, newstate, saddr, daddr = (rec[i] for i in self._pick)
+        if family == socket.AF_INET:
+            sock = SockId(4, saddr[:4], sport, daddr[:4], dport)
         else:
-            sock = SockId(6, bytes(e.saddr), e.sport, bytes(e.daddr), e.dport)
-        kind = Kind.ENTER if e.newstate == TCP_CLOSE_WAIT else Kind.EXIT
-        self._batch.append(Transition(kind, sock, e.ts_ns / 1e9, e.cpu_pid))
-        return 0
+            sock = SockId(6, saddr, sport, daddr, dport)
+        kind = Kind.ENTER if newstate == TCP_CLOSE_WAIT else Kind.EXIT
+        self._batch.append(Transition(kind, sock, ts / 1e9, cpu_pid))
 
     def start(self) -> list[Transition]:
-        # Attached already (bcc attaches TRACEPOINT_PROBE at load): seeding
-        # after attaching means no socket falls between the two.
-        import time
-
+        # Attached already: seeding after attaching means no socket falls
+        # between the two (a duplicate keeps the earlier time).
         return seed_transitions(self.table, time.monotonic())
 
     def read(self, timeout: float) -> list[Transition]:
-        self._bpf.ring_buffer_poll(max(0, int(timeout * 1000)))
-        # The kernel wakes us only once per batch: drain what a trickle left.
-        self._bpf.ring_buffer_consume()
+        if self._ring is None:
+            return []
+        self._ring.wait(timeout)
+        self._ring.consume(self._on_record)
         batch, self._batch = self._batch, []
         return batch
 
     def lost(self) -> int:
-        if self._bpf is not None:
-            self._lost = int(self._counts.sum(0).value)
+        if self._ring is not None:
+            self._lost = self._counts.sum(0)
         return self._lost
 
     def submitted(self) -> int:
-        return int(self._counts.sum(1).value) if self._bpf is not None else 0
+        return self._counts.sum(1) if self._ring is not None else 0
 
     def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+            for fd in self._fds:
+                os.close(fd)

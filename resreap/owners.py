@@ -101,6 +101,24 @@ class FdIndex:
                     found.setdefault(inode, set()).add(pid)
         return found
 
+    def children(self, pids: Iterable[int]) -> set[int]:
+        """Direct children of ``pids`` (prefork servers hand accepted
+        sockets to their workers).  Empty where the kernel lacks
+        CONFIG_PROC_CHILDREN: the full scan still finds them."""
+        out: set[int] = set()
+        for pid in pids:
+            try:
+                tids = os.listdir(f"{self.proc_root}/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"{self.proc_root}/{pid}/task/{tid}/children") as f:
+                        out.update(int(c) for c in f.read().split())
+                except OSError:
+                    continue
+        return out
+
     def all_pids(self) -> list[int]:
         return [int(n) for n in os.listdir(self.proc_root) if n.isdigit()]
 
@@ -116,6 +134,7 @@ class FdIndex:
                 missing.add(inode)
         if missing:
             hints = set(hints)
+            hints |= self.children(hints)
             if hints:
                 for inode, pids in self._scan_pids(hints, missing).items():
                     result[inode] = pids

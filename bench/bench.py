@@ -1,0 +1,331 @@
+"""resreap's benchmark: cost and latency against the polling tools.
+
+    sudo scripts/bench [--sizes 1000,10000,20000,50000,100000] [--tools bpf,proc,netstat,ss]
+
+For each size N it builds N idle established loopback connections (spread
+over holder processes: the hard fd limit is 20000 per process) inside a
+network namespace of its own, then runs each tool in turn through three
+phases and prints one table:
+
+  idle   CPU seconds per minute with N idle connections
+  leak   K leaking processes, staggered; detection latency = time of the
+         first signal - (time the leaker's sockets entered CLOSE_WAIT +
+         grace), p50 and p99
+  churn  R connections/s passing through CLOSE_WAIT (bench/churn.c):
+         the tool's CPU as % of one core, events lost, false kills
+
+Peak RSS is VmHWM of the tool's process.  Figures are compared as ratios
+measured in the same run: machines are noisy.  Results land in
+docs/benchmark.json and docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NS = "rrbench"
+PER_HOLDER = 9000          # 18000 fds: under the hard limit of 20000
+GRACE = 2.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def ns_exec(argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", NS, *argv]
+
+
+def make_netns() -> None:
+    subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    for cmd in (["ip", "link", "set", "lo", "up"],
+                ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
+                ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]):
+        subprocess.run(ns_exec(cmd), check=True)
+
+
+def spawn(argv: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            bufsize=1, **kw)
+
+
+def expect(proc: subprocess.Popen, word: str, timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return None
+        line = proc.stdout.readline()
+        if not line:
+            return None
+        if line.startswith(word):
+            return line.strip()
+    return None
+
+
+def reap(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def cpu_seconds(pid: int) -> float:
+    """On-CPU time of every thread (ns precision) plus waited-for children."""
+    total = 0.0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0]) / 1e9
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(") ")[2].split()
+        total += (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime, cstime
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
+class Tool:
+    """One contender, started and stopped around the three phases."""
+
+    def __init__(self, name: str, tag: str, resreap: str) -> None:
+        self.name = name
+        self.events: list[dict] = []
+        if name in ("bpf", "proc"):
+            # -f: the leakers and the churn generator are eligible, so a
+            # false kill of the churn server would show.
+            argv = [resreap, "watch", "--json", "--backend", name, "-f", f"{tag}|churn",
+                    "-i", str(GRACE), "-w", "1"]
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+            deadline = time.monotonic() + 120
+            while not any(e.get("event") == "start" for e in self.events):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"resreap ({name}) did not start")
+                time.sleep(0.05)
+        else:
+            self.proc = spawn(ns_exec([sys.executable, str(HERE / "pollers.py"), name, tag,
+                                       str(GRACE), "2"]))
+            if expect(self.proc, "READY", 600) is None:
+                raise RuntimeError(f"{name} poller did not start")
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def stop(self) -> dict:
+        rss = peak_rss_mb(self.proc.pid)
+        self.proc.send_signal(signal.SIGINT if self.name in ("bpf", "proc") else signal.SIGKILL)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        time.sleep(0.2)
+        stop = [e for e in self.events if e.get("event") == "stop"]
+        return {"peak_rss_mb": round(rss, 1),
+                "lost_events": stop[0]["lost_events"] if stop else None}
+
+
+def phase_idle(tool: Tool, seconds: float) -> float:
+    c0 = cpu_seconds(tool.proc.pid)
+    time.sleep(seconds)
+    return (cpu_seconds(tool.proc.pid) - c0) / seconds * 60
+
+
+def phase_leak(tool: Tool, tag: str, leakers: int, gap: float, wait_cap: float) -> dict:
+    servers, drivers = [], []
+    try:
+        for _ in range(leakers):
+            # Distinct command lines, as distinct services: one command line is
+            # rate-limited by the storm guard (--max-rate).
+            s = spawn(ns_exec([sys.executable, str(HERE / "workload.py"), "leaker", f"{tag}-{len(servers)}"]))
+            port = expect(s, "READY", 30).split()[1].split("=")[1]
+            d = spawn(ns_exec([sys.executable, str(HERE / "workload.py"), "leak", port]))
+            expect(d, "READY", 30)
+            servers.append(s)
+            drivers.append(d)
+        closed = []
+        for d in drivers:
+            d.stdin.write("close\n")
+            d.stdin.flush()
+            closed.append(float(expect(d, "CLOSED", 10).split()[1]))
+            time.sleep(gap)
+        latencies, missed = [], 0
+        deadline = time.monotonic() + GRACE + wait_cap
+        for s, t_closed in zip(servers, closed):
+            line = expect(s, "SIGNAL", max(0.1, deadline - time.monotonic()))
+            if line is None:
+                missed += 1
+            else:
+                latencies.append(float(line.split()[1]) - (t_closed + GRACE))
+        return {"latencies": latencies, "missed": missed}
+    finally:
+        reap(servers + drivers)
+
+
+def phase_churn(tool: Tool, churn_bin: str, rate: int, seconds: float, leaker_pids) -> dict:
+    c0 = cpu_seconds(tool.proc.pid)
+    before = len(tool.events)
+    churn = spawn(ns_exec([churn_bin, "7777", str(rate), str(seconds)]))
+    expect(churn, "READY", 10)
+    done = expect(churn, "DONE", seconds + 30)
+    cpu = cpu_seconds(tool.proc.pid) - c0
+    reap([churn])
+    made, took = (int(done.split()[1]), float(done.split()[2])) if done else (0, seconds)
+    reaps = [e for e in tool.events[before:] if e.get("event") == "reap"]
+    return {"cpu_pct": cpu / took * 100, "rate": made / took,
+            "false_kills": sum(1 for e in reaps if e["pid"] not in leaker_pids)
+            if tool.name in ("bpf", "proc") else None}
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def machine() -> dict:
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu": model,
+            "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+
+
+def run_size(n: int, args, churn_bin: str, resreap: str) -> list[dict]:
+    holders = []
+    rows = []
+    try:
+        left = n
+        while left > 0:
+            take = min(PER_HOLDER, left)
+            holders.append(spawn(ns_exec([sys.executable, str(HERE / "workload.py"), "hold", str(take)])))
+            left -= take
+        for h in holders:
+            if expect(h, "READY", 600) is None:
+                raise RuntimeError("a holder failed to set up its connections")
+        for name in args.tools:
+            tag = f"rrbench{uuid.uuid4().hex[:8]}"
+            print(f"  N={n:>6} {name:<8}", end="", flush=True, file=sys.stderr)
+            tool = Tool(name, tag, resreap)
+            try:
+                idle = phase_idle(tool, args.idle)
+                leak = phase_leak(tool, tag, args.leakers, args.gap, args.wait_cap)
+                churn = phase_churn(tool, churn_bin, args.churn, args.churn_secs, set())
+            finally:
+                end = tool.stop()
+            lat = leak["latencies"]
+            row = {"n": n, "tool": name, "idle_cpu_s_per_min": round(idle, 4),
+                   "lat_p50_ms": None if not lat else round(pct(lat, 0.5) * 1000, 1),
+                   "lat_p99_ms": None if not lat else round(pct(lat, 0.99) * 1000, 1),
+                   "leaks_missed": leak["missed"], "churn_rate": round(churn["rate"]),
+                   "churn_cpu_pct": round(churn["cpu_pct"], 2),
+                   "false_kills": churn["false_kills"], **end}
+            rows.append(row)
+            print(f" idle {row['idle_cpu_s_per_min']:.3f} cpu-s/min, p50 {row['lat_p50_ms']} ms",
+                  file=sys.stderr)
+    finally:
+        reap(holders)
+    return rows
+
+
+def fmt(v, spec="") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> list[str]:
+    head = ("| N | tool | idle CPU s/min | vs netstat | latency p50 ms | p99 ms | missed | "
+            f"churn conn/s | churn CPU % core | lost | false kills | peak RSS MB |")
+    lines = [head, "|" + "---|" * 12]
+    by_n: dict[int, dict[str, dict]] = {}
+    for r in rows:
+        by_n.setdefault(r["n"], {})[r["tool"]] = r
+    for r in rows:
+        base = by_n[r["n"]].get("netstat", {}).get("idle_cpu_s_per_min")
+        ratio = (f"{100 * r['idle_cpu_s_per_min'] / base:.2f}%" if base else "-")
+        lines.append(
+            f"| {r['n']} | {r['tool']} | {r['idle_cpu_s_per_min']:.3f} | {ratio} | "
+            f"{fmt(r['lat_p50_ms'])} | {fmt(r['lat_p99_ms'])} | {r['leaks_missed']} | "
+            f"{r['churn_rate']} | {r['churn_cpu_pct']:.1f} | {fmt(r['lost_events'])} | "
+            f"{fmt(r['false_kills'])} | {r['peak_rss_mb']} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,10000,20000,50000,100000")
+    ap.add_argument("--tools", default="bpf,proc,netstat,ss")
+    ap.add_argument("--idle", type=float, default=20.0, help="idle phase seconds")
+    ap.add_argument("--leakers", type=int, default=20)
+    ap.add_argument("--gap", type=float, default=0.25, help="seconds between leaks")
+    ap.add_argument("--wait-cap", type=float, default=40.0, help="max wait for a kill")
+    ap.add_argument("--churn", type=int, default=10000, help="connections/s")
+    ap.add_argument("--churn-secs", type=float, default=15.0)
+    ap.add_argument("--churn-bin", required=True)
+    ap.add_argument("--resreap", default=str(ROOT / ".venv" / "bin" / "resreap"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"))
+    args = ap.parse_args()
+    args.tools = args.tools.split(",")
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (sudo scripts/bench)")
+    make_netns()
+    rows: list[dict] = []
+    try:
+        for n in (int(x) for x in args.sizes.split(",")):
+            rows += run_size(n, args, args.churn_bin, args.resreap)
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
+    info = machine()
+    lines = table(rows)
+    print("\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps({"machine": info, "grace_s": GRACE,
+                                                    "settings": vars(args) | {"tools": args.tools},
+                                                    "rows": rows}, indent=1) + "\n")
+    Path(args.out + ".md").write_text(
+        f"# Benchmark results\n\nMachine: {info['cpus']} x {info['cpu']}, {info['mem_gb']} GiB, "
+        f"Linux {info['kernel']}, Python {info['python']}, {info['date']}.  Grace {GRACE:g} s, "
+        f"{args.leakers} leakers, churn {args.churn} conn/s for {args.churn_secs:g} s, idle "
+        f"phase {args.idle:g} s.  Produced by `sudo scripts/bench`; see docs/benchmarks.md for "
+        "what each column means.\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

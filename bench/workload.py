@@ -1,0 +1,65 @@
+"""Benchmark actors.  Run inside the benchmark's own network namespace.
+
+  workload.py hold CONNS         CONNS idle established loopback connections
+                                 (both ends held here: 2 fds each)
+  workload.py leaker TAG         a server that accepts 3 connections and never
+                                 closes them; on SIGTERM prints the
+                                 CLOCK_MONOTONIC time and exits
+  workload.py leak PORT          connects 3 clients, closes them on "close",
+                                 prints the CLOCK_MONOTONIC time of the close
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+
+
+def hold(conns: int) -> None:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4096)
+    port = srv.getsockname()[1]
+    held = []
+    for _ in range(conns):
+        c = socket.create_connection(("127.0.0.1", port))
+        s, _ = srv.accept()
+        held += (c, s)
+    print(f"READY held={conns} pid={os.getpid()}", flush=True)
+    sys.stdin.read()
+
+
+def leaker(_tag: str) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def on_term(_signo, _frame):
+        print(f"SIGNAL {time.monotonic():.6f}", flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"READY port={srv.getsockname()[1]} pid={os.getpid()}", flush=True)
+    held = [srv.accept()[0] for _ in range(3)]
+    while held:
+        time.sleep(3600)
+
+
+def leak(port: str) -> None:
+    clients = [socket.create_connection(("127.0.0.1", int(port))) for _ in range(3)]
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "close":
+            for c in clients:
+                c.close()
+            print(f"CLOSED {time.monotonic():.6f}", flush=True)
+            clients = []
+
+
+if __name__ == "__main__":
+    {"hold": lambda a: hold(int(a[0])), "leaker": lambda a: leaker(a[0]),
+     "leak": lambda a: leak(a[0])}[sys.argv[1]](sys.argv[2:])

@@ -1,0 +1,110 @@
+"""Reading a BPF ring buffer and a per-CPU counter map without bcc.
+
+The ring buffer is mmapped as the kernel lays it out (kernel/bpf/ringbuf.c):
+one page with the consumer position (ours to write), one with the producer
+position, then the data pages mapped twice in a row so that a record that
+wraps around the end is still contiguous.  Each record has an 8-byte header
+whose length word carries a BUSY bit (being written) and a DISCARD bit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import platform
+import select
+import struct
+from typing import Callable
+
+from resreap.errors import BackendUnavailable
+
+BUSY = 1 << 31
+DISCARD = 1 << 30
+HDR = 8
+_U64 = struct.Struct("=Q")
+_U32 = struct.Struct("=I")
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351,
+            "armv7l": 386, "i686": 357}
+BPF_MAP_LOOKUP_ELEM = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class RingBuffer:
+    def __init__(self, map_fd: int, size: int) -> None:
+        page = mmap.PAGESIZE
+        self.fd = map_fd
+        self.size = size
+        self.mask = size - 1
+        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                               offset=page)
+        self._base = page
+        self._poll = select.poll()
+        self._poll.register(map_fd, select.POLLIN)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the kernel wakes us (once per batch) or ``timeout``."""
+        self._poll.poll(max(0, int(timeout * 1000)))
+
+    def consume(self, handle: Callable[[mmap.mmap, int], None]) -> int:
+        """Call ``handle(buffer, offset)`` for every committed record."""
+        data, base, mask = self._data, self._base, self.mask
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(data, 0)[0]
+        done = 0
+        while cons < prod:
+            off = base + (cons & mask)
+            length = _U32.unpack_from(data, off)[0]
+            if length & BUSY:
+                break  # still being written: next time
+            if not length & DISCARD:
+                handle(data, off + HDR)
+                done += 1
+            cons += ((length & ~(BUSY | DISCARD)) + HDR + 7) & ~7
+        _U64.pack_into(self._cons, 0, cons)
+        return done
+
+    def close(self) -> None:
+        self._poll.unregister(self.fd)
+        self._cons.close()
+        self._data.close()
+
+
+def possible_cpus() -> int:
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+class _LookupAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64)]
+
+
+class PerCpuCounters:
+    """A BPF_PERCPU_ARRAY of u64: each slot summed over CPUs."""
+
+    def __init__(self, map_fd: int) -> None:
+        nr = _SYS_BPF.get(platform.machine())
+        if nr is None:
+            raise BackendUnavailable(f"no bpf() syscall number known for {platform.machine()}")
+        self.fd = map_fd
+        self._nr = nr
+        self._values = (ctypes.c_uint64 * possible_cpus())()
+        self._key = ctypes.c_uint32(0)
+
+    def sum(self, slot: int) -> int:
+        self._key.value = slot
+        attr = _LookupAttr(self.fd, 0, ctypes.addressof(self._key),
+                           ctypes.addressof(self._values), 0)
+        if _libc.syscall(self._nr, BPF_MAP_LOOKUP_ELEM, ctypes.byref(attr),
+                         ctypes.sizeof(attr)) != 0:
+            return 0
+        return sum(self._values)
