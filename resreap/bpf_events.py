@@ -29,7 +29,9 @@ from resreap.sockets import SocketTable
 TRACEPOINT = ("sock", "inet_sock_set_state")
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 # 4 MiB: at 100k events/s of 72 bytes a 0.25 s drain needs 1.8 MiB.
-RINGBUF_PAGES = 1024
+# RESREAP_RINGBUF_PAGES (a power of two) overrides it: the fault suite
+# shrinks it to force lost events.
+RINGBUF_PAGES = int(os.environ.get("RESREAP_RINGBUF_PAGES", "1024"))
 WAKEUP_EVERY = 256
 LOAD_TIMEOUT = 120.0  # compiling takes about a second; a loaded host more
 

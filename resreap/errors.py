@@ -33,3 +33,12 @@ class ProcessGone(ResreapError):
     def __init__(self, pid: int, why: str = "exited") -> None:
         super().__init__(f"pid {pid} {why}")
         self.pid = pid
+
+
+class ProcessUnreadable(ResreapError):
+    """/proc/PID could not be read in time (a process stuck in D state holds
+    its mmap lock).  The process is looked at again later."""
+
+    def __init__(self, pid: int, timeout: float) -> None:
+        super().__init__(f"pid {pid}: /proc read took over {timeout:g}s (D state?)")
+        self.pid = pid

@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple
 from resreap import procinfo
 from resreap.errors import ProcessGone, UsageError
 from resreap.model import SockId
+from resreap.owners import held_count
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class Target(NamedTuple):
     info: procinfo.ProcInfo
     sockets: tuple[SockId, ...]
     oldest: float  # seconds the oldest counted socket has been in CLOSE_WAIT
+    # Inodes of those sockets (0: still in an accept queue, held through the
+    # listener) and the limit, to re-check right before the first signal.
+    inodes: tuple[int, ...] = ()
+    limit: int = 0
 
 
 class Outcome(NamedTuple):
@@ -70,6 +75,7 @@ RESULTS = {
     "killed": "needed SIGKILL",
     "exited": "exited on its own before any signal",
     "spared": "the hook said no",
+    "resolved": "closed or passed on its sockets before any signal",
     "replaced": "its pid names another process now",
     "dry-run": "nothing done",
     "failed": "could not be signalled",
@@ -195,6 +201,12 @@ def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
                 return done("spared", hook_status)
         if handle.exited():
             return done("exited", hook_status)
+        if target.limit and target.inodes:
+            # The hook may have taken seconds: is it still guilty?
+            queued = sum(1 for i in target.inodes if not i)
+            held = queued + held_count(info.pid, [i for i in target.inodes if i], proc_root)
+            if held < target.limit:
+                return done("resolved", hook_status, f"holds {held} of them now")
         signals = [s for s in (plan.first_signal, plan.signal) if s is not None]
         for sig in signals:
             if not handle.send(sig):

@@ -150,6 +150,28 @@ class FdIndex:
         return result
 
 
+def held_count(pid: int, inodes: Iterable[int], proc_root: str = "/proc") -> int:
+    """How many of ``inodes`` ``pid`` holds right now.  Stateless (a fresh
+    scan of its fd table), so a kill thread may call it."""
+    wanted = {f"socket:[{i}]" for i in inodes}
+    if not wanted:
+        return 0
+    base = f"{proc_root}/{pid}/fd"
+    held = set()
+    try:
+        fds = os.listdir(base)
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            link = os.readlink(f"{base}/{fd}")
+        except OSError:
+            continue
+        if link in wanted:
+            held.add(link)
+    return len(held)
+
+
 def _wildcard(raw: bytes) -> bool:
     return not any(raw)
 

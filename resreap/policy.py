@@ -85,7 +85,7 @@ class Eligibility:
         return Verdict(True, "")
 
     def info(self, owner: Owner) -> procinfo.ProcInfo:
-        info = procinfo.read(owner.pid, self.proc_root)
+        info = procinfo.read_bounded(owner.pid, self.proc_root)
         if info.start != owner.start:
             raise ProcessGone(owner.pid, "was replaced by another process")
         return info

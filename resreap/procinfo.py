@@ -6,10 +6,11 @@ time we act on it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from typing import NamedTuple
 
-from resreap.errors import ProcessGone
+from resreap.errors import ProcessGone, ProcessUnreadable
 
 PF_KTHREAD = 0x00200000
 
@@ -78,3 +79,19 @@ def alive(pid: int, start: int, proc_root: str = "/proc") -> bool:
 
 def my_pid() -> int:
     return os.getpid()
+
+
+# Reading /proc/PID/cmdline takes the target's mmap lock: a process stuck in
+# D state while holding it makes the read hang.  Reads go through a few
+# worker threads and are given up after a timeout, so the event loop never
+# blocks; a stuck worker stays stuck, and later reads use the others.
+_READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="procread")
+
+
+def read_bounded(pid: int, proc_root: str = "/proc", timeout: float = 1.0) -> ProcInfo:
+    future = _READERS.submit(read, pid, proc_root)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise ProcessUnreadable(pid, timeout) from None

@@ -7,7 +7,7 @@ import time
 from typing import NamedTuple
 
 from resreap import procinfo
-from resreap.errors import ProcessGone
+from resreap.errors import ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.model import Kind, Owner, SockId, Transition
@@ -61,8 +61,8 @@ class Tracer:
         cmd = self._cmdlines.get(owner)
         if cmd is None:
             try:
-                cmd = procinfo.read(owner.pid, self.resolver.proc_root).cmdline
-            except ProcessGone:
+                cmd = procinfo.read_bounded(owner.pid, self.resolver.proc_root).cmdline
+            except (ProcessGone, ProcessUnreadable):
                 cmd = ""
             if len(self._cmdlines) > 4096:
                 self._cmdlines.clear()

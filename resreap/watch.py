@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from resreap import procinfo
 from resreap.decisionlog import decision
-from resreap.errors import ProcessGone
+from resreap.errors import ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.killer import Killer, Outcome, Plan, Target
@@ -31,6 +31,7 @@ RETRY_UNRESOLVED = 1.0
 # ours this often, so that no leak can hide behind a missed event.
 RECONCILE_EVERY = 60.0
 SAMPLE = 3  # endpoints named in a decision line
+UNREADABLE_RETRY = 10.0
 
 
 class WatchConfig(NamedTuple):
@@ -162,9 +163,15 @@ class Watcher:
         resolved = resolve_close_wait(self.resolver, pending)
         for sock in pending:
             hit = resolved.get(sock)
-            if hit is not None:
-                entry = self.table.get(sock)
-                entry.owners, entry.netns = hit.owners, hit.netns
+            if hit is None:
+                continue  # left CLOSE_WAIT: its exit is on the way
+            entry = self.table.get(sock)
+            entry.owners, entry.netns = hit.owners, hit.netns
+            if not hit.owners:
+                # Not found yet (the full scan is rate-limited): try again on
+                # the next wakeup, so that the deadline finds it resolved.
+                entry.owners = None
+                self._young.append(sock)
 
     # -- timers -----------------------------------------------------------
 
@@ -223,6 +230,11 @@ class Watcher:
             info = self.eligibility.info(owner)
         except ProcessGone:
             return  # its sockets' exits are on their way
+        except ProcessUnreadable as exc:
+            decision("unreadable", logging.WARNING, pid=owner.pid, comm=owner.comm,
+                     reason=str(exc), retry_in=UNREADABLE_RETRY)
+            self._deferred[owner] = now + UNREADABLE_RETRY
+            return
         verdict = self.eligibility.check(info)
         if not verdict.ok:
             if owner not in self._spared:
@@ -240,13 +252,16 @@ class Watcher:
                          note="this command keeps leaking after restarts: kills are rate-limited")
             self._deferred[owner] = allowed
             return
-        socks = self._verify(owner)
+        verified = self._verify(owner)
+        socks = list(verified)
         if len(socks) < self.limits.limit:
             if self._debug:
                 log.debug("pid %d: holds only %d counting socket(s) on re-check", owner.pid, len(socks))
             return
         oldest = max(now - self.table.entries[s].entered for s in socks)
-        target = Target(info, tuple(sorted(socks)), oldest)
+        ordered = tuple(sorted(socks))
+        target = Target(info, ordered, oldest, tuple(verified[s] for s in ordered),
+                        self.limits.limit)
         plan = self.config.plan
         decision("reap" if not plan.dry_run else "would-reap", logging.WARNING,
                  pid=info.pid, comm=info.comm, count=len(socks), limit=self.limits.limit,
@@ -268,18 +283,18 @@ class Watcher:
         steps += [plan.signal.name, f"wait {plan.wait:g}s", "SIGKILL"]
         return " > ".join(steps)
 
-    def _verify(self, owner: Owner) -> list[SockId]:
-        """The owner's counting sockets that are, right now, still in
-        CLOSE_WAIT and still held by it (it may have closed them or passed
-        them on since they counted)."""
+    def _verify(self, owner: Owner) -> dict[SockId, int]:
+        """The owner's counting sockets (with their inodes) that are, right
+        now, still in CLOSE_WAIT and still held by it (it may have closed
+        them or passed them on since they counted)."""
         socks = list(self.counter.by_owner.get(owner, ()))
         resolved = resolve_close_wait(self.resolver, socks)
-        held = []
+        held: dict[SockId, int] = {}
         for sock in socks:
             hit = resolved.get(sock)
             if hit is not None and any(o.pid == owner.pid and o.start == owner.start
                                        for o in hit.owners):
-                held.append(sock)
+                held[sock] = hit.inode
             else:
                 entry = self.table.get(sock)
                 self.counter.remove(sock, (owner,))

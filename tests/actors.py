@@ -147,7 +147,53 @@ def ignoring_server(host: str, names: str = "TERM") -> None:
     leaky_server(host)
 
 
+def flood(host: str, seconds: str) -> None:
+    """Connections that pass through CLOSE_WAIT as fast as Python can make
+    them (client closes first, server closes on EOF), for SECONDS."""
+    srv = listen(host, 4096)
+    port = srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.recv(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    say(port=port, pid=os.getpid())
+    made, end = 0, time.monotonic() + float(seconds)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while time.monotonic() < end:
+        c = socket.socket(family, socket.SOCK_STREAM)
+        c.connect((host, port))
+        c.close()
+        made += 1
+    print(f"DONE {made}", flush=True)
+    for _ in commands():
+        pass
+
+
+def fork_storm(seconds: str) -> None:
+    """Processes starting and exiting as fast as fork allows."""
+    say(pid=os.getpid())
+    made, end = 0, time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        made += 1
+    print(f"DONE {made}", flush=True)
+    for _ in commands():
+        pass
+
+
 ROLES = {
+    "flood": flood,
+    "fork-storm": fork_storm,
     "leaky-server": leaky_server,
     "stuck-server": stuck_server,
     "passing-server": passing_server,

@@ -18,7 +18,8 @@ class Actor:
 
     def __init__(self, role: str, *args: str, netns: str | None = None,
                  python: str = sys.executable) -> None:
-        argv = [python, str(ACTORS), role, *map(str, args)]
+        # bytes pass through as they are (invalid UTF-8 in a command line)
+        argv = [python, str(ACTORS), role, *(a if isinstance(a, bytes) else str(a) for a in args)]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -1,0 +1,54 @@
+"""The config file (/etc/resreap/resreap.toml): every watch option, by its
+long name with '_' or '-'.  Command-line flags override it; SIGHUP reloads
+it.  Example: packaging/resreap.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from resreap.errors import UsageError
+
+DEFAULT_PATH = "/etc/resreap/resreap.toml"
+
+# option name -> accepted types
+KEYS: dict[str, tuple[type, ...]] = {
+    "filter": (str,), "ignore": (list,), "pid": (list,), "limit": (int,),
+    "grace": (int, float), "hook": (str,), "signal": (str, int), "first_signal": (str, int),
+    "wait": (int, float), "dry_run": (bool,), "debug": (bool,), "backend": (str,),
+    "log_file": (str,), "json": (bool,), "hook_timeout": (int, float), "max_rate": (str,),
+    "poll_interval": (int, float), "metrics": (str,),
+}
+
+
+def load(path: str | None) -> dict[str, Any]:
+    """The settings in ``path`` (None: the default path if it exists)."""
+    if path is None:
+        if not Path(DEFAULT_PATH).exists():
+            return {}
+        path = DEFAULT_PATH
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config {path}: {exc}") from None
+    settings: dict[str, Any] = {}
+    for key, value in raw.get("watch", raw).items():
+        name = key.replace("-", "_")
+        if name not in KEYS:
+            raise UsageError(f"config {path}: unknown setting {key!r} "
+                             f"(known: {', '.join(sorted(KEYS))})")
+        if isinstance(value, bool) and bool not in KEYS[name]:
+            raise UsageError(f"config {path}: {key} = {value!r} is not a {KEYS[name][0].__name__}")
+        if not isinstance(value, KEYS[name]):
+            raise UsageError(f"config {path}: {key} = {value!r} is not a {KEYS[name][0].__name__}")
+        settings[name] = [str(v) if name == "ignore" else v for v in value] \
+            if isinstance(value, list) else (str(value) if name.endswith("signal") else value)
+    return settings

@@ -1,0 +1,113 @@
+"""`resreap doctor`: what this host offers resreap, one check per line,
+each with the fix when it fails."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import platform
+import subprocess
+import sys
+from typing import NamedTuple
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+
+class Check(NamedTuple):
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _kernel_config() -> dict[str, str]:
+    for path in ("/proc/config.gz", f"/boot/config-{platform.release()}"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as f:
+                return dict(line.strip().split("=", 1) for line in f
+                            if line.startswith("CONFIG_") and "=" in line)
+        except OSError:
+            continue
+    return {}
+
+
+def _version() -> tuple[int, int]:
+    parts = platform.release().split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def checks() -> list[Check]:
+    from resreap import bpf_events
+    from resreap.errors import ResreapError
+
+    out: list[Check] = []
+    root = os.geteuid() == 0
+    out.append(Check("root", OK if root else FAIL, f"euid {os.geteuid()}",
+                     "" if root else "run as root: sudo resreap ..."))
+    ver = _version()
+    out.append(Check("kernel", OK if ver >= (4, 16) else WARN, platform.release(),
+                     "" if ver >= (4, 16) else "Linux 4.16+ is needed for BPF; polling works"))
+    config = _kernel_config()
+    if config:
+        missing = [k for k in ("CONFIG_BPF_SYSCALL", "CONFIG_BPF_EVENTS", "CONFIG_INET_DIAG")
+                   if config.get(k) not in ("y", "m")]
+        out.append(Check("kernel config", OK if not missing else WARN,
+                         "BPF syscall, BPF events, inet_diag" if not missing
+                         else "missing: " + ", ".join(missing),
+                         "" if not missing else "a kernel built with them; polling works"))
+    else:
+        out.append(Check("kernel config", WARN, "no /proc/config.gz or /boot/config-*",
+                         "cannot tell; the checks below try the features directly"))
+    tracefs = [t for t in bpf_events.TRACEFS if os.path.isdir(f"{t}/events")]
+    out.append(Check("tracefs", OK if tracefs else FAIL, tracefs[0] if tracefs else "not mounted",
+                     "" if tracefs else "mount -t tracefs tracefs /sys/kernel/tracing"))
+    tp = any(os.path.isdir(f"{t}/events/sock/inet_sock_set_state") for t in tracefs)
+    out.append(Check("tracepoint", OK if tp else FAIL, "sock:inet_sock_set_state",
+                     "" if tp else "needs Linux 4.16+ (and tracefs); use --backend proc"))
+    btf = os.path.exists("/sys/kernel/btf/vmlinux")
+    out.append(Check("BTF", OK if btf else WARN, "/sys/kernel/btf/vmlinux" if btf else "absent",
+                     "" if btf else "not needed by resreap (it reads only tracepoint fields)"))
+    bcc = subprocess.run([sys.executable, "-c", "import bcc"], capture_output=True).returncode == 0
+    out.append(Check("bcc", OK if bcc else FAIL, "importable" if bcc else "not importable",
+                     "" if bcc else "apt-get install python3-bpfcc; venv with --system-site-packages"))
+    build = f"/lib/modules/{platform.release()}/build"
+    headers = os.path.exists(build)
+    out.append(Check("headers", OK if headers else FAIL,
+                     os.path.realpath(build) if headers else f"{build} missing",
+                     "" if headers else f"apt-get install linux-headers-{platform.release()} "
+                                        "(or scripts/setup links generic ones)"))
+    try:
+        from resreap.sockets import SocketTable
+
+        table = SocketTable(mode="sock_diag")
+        table.close_wait()
+        out.append(Check("sock_diag", OK, f"{len(table.namespaces)} network namespace(s)"))
+        table.close()
+    except (ResreapError, OSError) as exc:
+        out.append(Check("sock_diag", WARN, str(exc), "/proc/net/tcp is read instead (slower)"))
+    pidfd = hasattr(os, "pidfd_open")
+    if pidfd:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+        except OSError:
+            pidfd = False
+    out.append(Check("pidfd", OK if pidfd else WARN, "pidfd_open works" if pidfd else "unavailable",
+                     "" if pidfd else "Linux 5.3+; without it pid+start time are re-checked"))
+    if root:
+        try:
+            from resreap.sockets import SocketTable
+
+            source = bpf_events.BpfSource(SocketTable(), latency=0.1)
+            source.close()
+            out.append(Check("backend", OK, "auto would use bpf: the program loads and attaches"))
+        except ResreapError as exc:
+            out.append(Check("backend", WARN, f"auto would poll (proc): {exc}",
+                             "fix the FAIL lines above for BPF"))
+    else:
+        out.append(Check("backend", FAIL, "not root: neither backend can read /proc/PID/fd",
+                         "run as root"))
+    return out

@@ -1,0 +1,46 @@
+"""systemd's notify protocol (sd_notify), without libsystemd: a datagram to
+$NOTIFY_SOCKET.  READY=1 once watching; WATCHDOG=1 from the event loop, so
+a hung loop gets resreap restarted (WatchdogSec in the unit)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+class Notifier:
+    def __init__(self) -> None:
+        addr = os.environ.get("NOTIFY_SOCKET", "")
+        self._addr = "\0" + addr[1:] if addr.startswith("@") else addr
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        # Ping at half the watchdog period, as sd_watchdog_enabled() advises.
+        self.every = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        self._next = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._addr)
+
+    def send(self, message: str) -> None:
+        if not self._addr:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            try:
+                s.sendto(message.encode(), self._addr)
+            except OSError:
+                pass  # systemd gone or not listening: nothing to tell
+
+    def ready(self, status: str) -> None:
+        self.send(f"READY=1\nSTATUS={status}")
+
+    def alive(self) -> None:
+        if self.every is None:
+            return
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.every
+            self.send("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
