@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from typing import Annotated, NoReturn, Optional
 
 import typer
@@ -189,14 +190,59 @@ MaxRateOpt = Annotated[str, typer.Option(
          "and a warning says so.")]
 PollOpt = Annotated[Optional[float], typer.Option(
     "--poll-interval", metavar="SEC",
-    help="Polling backend only: seconds between polls (default: a quarter of -i).")]
+    help="Polling backend only: seconds between polls (default: half of -i; detection is at most one interval late).")]
+
+
+ConfigOpt = Annotated[Optional[str], typer.Option(
+    "--config", metavar="PATH",
+    help="Settings file (TOML); default /etc/resreap/resreap.toml when it exists.  "
+         "Flags override it; SIGHUP reloads it.")]
+MetricsOpt = Annotated[Optional[str], typer.Option(
+    "--metrics", metavar="ADDR:PORT",
+    help="Serve Prometheus metrics there, e.g. 127.0.0.1:9469.")]
 
 
 def _positive(name: str, value: float, minimum: float = 0.0) -> None:
     from resreap.errors import UsageError
 
-    if not value >= minimum or value != value or value == float("inf"):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+            or not value >= minimum or value == float("inf"):
         raise UsageError(f"bad {name} value {value!r}: must be a number >= {minimum:g}")
+
+
+def _merge(ctx: typer.Context, given: dict, config_path: Optional[str]) -> dict:
+    """Defaults < config file < command line."""
+    from resreap import config
+
+    settings = dict(given)
+    for name, value in config.load(config_path).items():
+        key = {"filter": "command_pattern", "signal": "sig", "json": "json_out"}.get(name, name)
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            settings[key] = value
+    return settings
+
+
+def _watch_config(st: dict):
+    """Validated domain settings from merged options (raises UsageError)."""
+    from resreap.filters import Filters
+    from resreap.killer import Plan, parse_signal
+    from resreap.policy import Limits, parse_rate
+    from resreap.watch import WatchConfig
+
+    filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or ())
+    _positive("-l", st["limit"], 1)
+    _positive("-i", st["grace"])
+    _positive("-w", st["wait"])
+    _positive("--hook-timeout", st["hook_timeout"])
+    if st["poll_interval"] is not None:
+        _positive("--poll-interval", st["poll_interval"], 0.01)
+    max_kills, per = parse_rate(st["max_rate"])
+    plan = Plan(signal=parse_signal(str(st["sig"])),
+                first_signal=parse_signal(str(st["first_signal"])) if st["first_signal"] else None,
+                wait=float(st["wait"]), hook=st["hook"], hook_timeout=float(st["hook_timeout"]),
+                dry_run=bool(st["dry_run"]))
+    return WatchConfig(Limits(int(st["limit"]), float(st["grace"]), max_kills, per), plan, filters)
 
 
 @app.command(context_settings=CONTEXT, epilog="""\b
@@ -208,8 +254,10 @@ Examples:
   resreap watch -S QUIT -s TERM -w 5 stacks first, then TERM, SIGKILL after 5s
   resreap watch -c 'logger -t resreap "reaping $RESREAP_PID ($RESREAP_COUNT)"'
   resreap watch --json --log-file /var/log/resreap.log
+  resreap watch --config /etc/resreap/resreap.toml --metrics 127.0.0.1:9469
 """)
 def watch(
+    ctx: typer.Context,
     command_pattern: PatternOpt = None,
     ignore: IgnoreOpt = None,
     pid: PidOpt = None,
@@ -227,6 +275,8 @@ def watch(
     hook_timeout: HookTimeoutOpt = 10.0,
     max_rate: MaxRateOpt = "3/60",
     poll_interval: PollOpt = None,
+    config_file: ConfigOpt = None,
+    metrics: MetricsOpt = None,
     version: VersionOpt = None,
 ) -> None:
     """Kill processes that hold TCP sockets stuck in CLOSE_WAIT.
@@ -239,72 +289,111 @@ def watch(
     one line (stderr, --log-file); --json makes them JSON lines.
     """
     from resreap import decisionlog
+    from resreap.decisionlog import decision
+    from resreap.errors import UsageError
     from resreap.events import open_source
-    from resreap.filters import Filters
-    from resreap.killer import Plan, parse_signal
     from resreap.owners import OwnerResolver, check_privileges
-    from resreap.policy import Limits, parse_rate
+    from resreap.sdnotify import Notifier
     from resreap.sockets import SocketTable
-    from resreap.watch import WatchConfig, Watcher
+    from resreap.watch import Watcher
 
+    given = {k: v for k, v in locals().items() if k in ctx.params}
     _stop_on_signals()
     watcher = None
+    notifier = Notifier()
     try:
-        filters = Filters.parse(command_pattern, ignore or (), pid or ())
-        _positive("-l", limit, 1)
-        _positive("-i", grace)
-        _positive("-w", wait)
-        _positive("--hook-timeout", hook_timeout)
-        if poll_interval is not None:
-            _positive("--poll-interval", poll_interval, 0.01)
-        max_kills, per = parse_rate(max_rate)
-        plan = Plan(signal=parse_signal(sig),
-                    first_signal=parse_signal(first_signal) if first_signal else None,
-                    wait=wait, hook=hook, hook_timeout=hook_timeout, dry_run=dry_run)
+        st = _merge(ctx, given, config_file)
+        config = _watch_config(st)
         try:
-            handlers = decisionlog.configure(debug=debug, json_lines=json_out, log_file=log_file)
+            handlers = decisionlog.configure(debug=bool(st["debug"]), json_lines=bool(st["json_out"]),
+                                             log_file=st["log_file"])
         except OSError as exc:
-            from resreap.errors import UsageError
-
-            raise UsageError(f"cannot open --log-file {log_file}: {exc.strerror}") from None
-        signal.signal(signal.SIGHUP, lambda *_: decisionlog.reopen(handlers))
+            raise UsageError(f"cannot open --log-file {st['log_file']}: {exc.strerror}") from None
+        reload_requested = []
+        signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
         check_privileges()
         table = SocketTable()
         # Events may wait in the ring this long; deadlines use kernel
         # timestamps, so this bounds work per wakeup, not timer accuracy.
-        latency = min(0.25, max(0.01, grace / 4))
-        selected = open_source(backend, table, latency=latency,
-                               poll_interval=poll_interval or max(0.05, grace / 4))
-        config = WatchConfig(Limits(limit, grace, max_kills, per), plan, filters)
-        watcher = Watcher(selected.source, OwnerResolver(table), config)
-        from resreap.decisionlog import decision
+        grace_s = config.limits.grace
+        latency = min(0.25, max(0.01, grace_s / 4))
+        selected = open_source(st["backend"], table, latency=latency,
+                               poll_interval=st["poll_interval"] or max(0.05, grace_s / 2))
+        exporter = None
+        if st["metrics"]:
+            from resreap.metrics import TOP, Exporter
 
+            exporter = Exporter(st["metrics"], selected.source.name)
+        last_snapshot = [0.0]
+
+        def tick(w: Watcher) -> None:
+            notifier.alive()
+            if exporter is not None and time.monotonic() - last_snapshot[0] >= 1.0:
+                last_snapshot[0] = time.monotonic()
+                exporter.snapshot = w.snapshot(TOP)
+            if reload_requested:
+                reload_requested.clear()
+                decisionlog.reopen(handlers)
+                try:
+                    fresh = _watch_config(_merge(ctx, given, config_file))
+                except ResreapError as exc:
+                    decision("reload", logging.ERROR, error=str(exc), note="keeping the old settings")
+                    return
+                w.reconfigure(fresh)
+                decision("reload", logging.WARNING, limit=fresh.limits.limit,
+                         grace=fresh.limits.grace, plan=w._plan_text(), dry_run=fresh.plan.dry_run)
+
+        watcher = Watcher(selected.source, OwnerResolver(table), config, tick=tick)
         if selected.fallback_reason:
             decision("backend", logging.WARNING, backend="proc", reason=selected.fallback_reason,
                      note=f"polling every {selected.source.latency:g}s: detection up to one "
                           "interval late")
         # Attach and seed first: "start" means resreap is watching now.
         watcher.start()
-        decision("start", logging.WARNING, backend=selected.source.name, limit=limit,
-                 grace=grace, plan=watcher._plan_text(), dry_run=dry_run,
-                 filter=command_pattern or "", ignore=list(ignore or ()),
-                 namespaces=len(table.namespaces), note="Ctrl-C to end")
+        decision("start", logging.WARNING, backend=selected.source.name,
+                 limit=config.limits.limit, grace=config.limits.grace, plan=watcher._plan_text(),
+                 dry_run=config.plan.dry_run, filter=st["command_pattern"] or "",
+                 ignore=list(st["ignore"] or ()), namespaces=len(table.namespaces),
+                 note="Ctrl-C to end")
+        notifier.ready(f"watching ({selected.source.name} backend)")
         watcher.run()
     except KeyboardInterrupt:
         pass
     except ResreapError as exc:
         fail(exc)
     if watcher is not None:
-        from resreap.decisionlog import decision
-
+        notifier.stopping()
         try:
             lost = watcher.source.lost()
-            watcher.shutdown(timeout=min(10.0, wait * 2 + 1))
+            watcher.shutdown(timeout=min(10.0, watcher.config.plan.wait * 2 + 1))
             decision("stop", logging.WARNING, lost_events=lost,
-                     reaped=sum(1 for o in watcher.outcomes
-                                if o.result in ("terminated", "killed")))
+                     reaped=watcher.results.get("terminated", 0) + watcher.results.get("killed", 0))
         except KeyboardInterrupt:
             pass
+
+
+@app.command(context_settings=CONTEXT, epilog="""\b
+Examples:
+  sudo resreap doctor                what works here, and what auto would pick
+  sudo resreap doctor --json         one JSON object per check
+""")
+def doctor(json_out: JsonOpt = False) -> None:
+    """Check this host: privileges, kernel, tracepoint, BTF, bcc, headers,
+    sock_diag, pidfd, and which backend auto would pick and why.  Exits 0
+    when resreap can run here (with either backend), 1 otherwise."""
+    import json
+
+    from resreap import doctor as doc
+
+    results = doc.checks()
+    for check in results:
+        if json_out:
+            _print(json.dumps(check._asdict()))
+        else:
+            fix = f"  -> {check.fix}" if check.fix else ""
+            _print(f"{check.status:<4} {check.name:<13} {check.detail}{fix}")
+    can_run = all(c.status != doc.FAIL for c in results if c.name in ("root",))
+    raise typer.Exit(0 if can_run else 1)
 
 
 def main() -> None:

@@ -65,6 +65,12 @@ class CloseWaitTable:
         if self.grace is not None:
             heapq.heappush(self._heap, (entry.entered + self.grace, entry.sock))
 
+    def set_grace(self, grace: float) -> None:
+        """Re-arm every pending timer for a new grace period."""
+        self.grace = grace
+        self._heap = [(e.entered + grace, e.sock) for e in self.entries.values() if not e.counted]
+        heapq.heapify(self._heap)
+
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:

@@ -50,7 +50,7 @@ def _endpoints(socks) -> list[str]:
 
 class Watcher:
     def __init__(self, source: EventSource, resolver: OwnerResolver, config: WatchConfig,
-                 killer: Killer | None = None) -> None:
+                 killer: Killer | None = None, tick=None) -> None:
         self.source = source
         self.resolver = resolver
         self.config = config
@@ -72,6 +72,11 @@ class Watcher:
         self._next_reconcile = 0.0
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.outcomes: list[Outcome] = []
+        # Called once per loop turn (sd_notify pings, config reloads).
+        self._tick = tick
+        self.events_seen = {"existing": 0, "enter": 0, "exit": 0}
+        self.results: dict[str, int] = {}
+        self.hook_failures = 0
 
     # -- the loop ---------------------------------------------------------
 
@@ -114,6 +119,41 @@ class Watcher:
             self._decide(touched, now)
         self._collect()
         self._check_lost(now)
+        if self._tick is not None:
+            self._tick(self)
+
+    def reconfigure(self, config: WatchConfig) -> None:
+        """New settings from a reloaded config file: they apply to the next
+        decisions; running kill sequences keep the plan they started with."""
+        self.config = config
+        self.limits = config.limits
+        self.filters = config.filters
+        self.eligibility = Eligibility(config.filters, self.proc_root)
+        self.storm.max_kills, self.storm.per = config.limits.max_kills, config.limits.per
+        self.killer.plan = config.plan
+        self._spared.clear()
+        if self.table.grace != config.limits.grace:
+            self.table.set_grace(config.limits.grace)
+        # Re-judge everyone over the (new) limit on the next turn.
+        now = time.monotonic()
+        for owner in list(self.counter.by_owner):
+            self._deferred.setdefault(owner, now)
+
+    def snapshot(self, top: int) -> dict:
+        """Figures for metrics: cheap enough to build once a second."""
+        import heapq
+
+        counts = [(len(socks), owner) for owner, socks in self.counter.by_owner.items()]
+        best = heapq.nlargest(top, counts, key=lambda c: c[0])
+        return {
+            "tracked": len(self.table),
+            "top": [(o.pid, o.comm, n) for n, o in best],
+            "other": sum(n for n, _ in counts) - sum(n for n, _ in best),
+            "outcomes": dict(self.results),
+            "hook_failures": self.hook_failures,
+            "events": dict(self.events_seen),
+            "lost": self._lost,
+        }
 
     def run(self) -> None:
         """Loop forever; call ``start`` first."""
@@ -138,6 +178,7 @@ class Watcher:
             if self.filters.ignore and ignores(t.sock):
                 continue
             entry, new = self.table.apply(t)
+            self.events_seen[t.kind.value] += 1
             if debug:
                 log.debug("event %s %s -> %s cpu_pid=%d (hint only)", t.kind.value,
                           t.sock.local, t.sock.remote, t.cpu_pid)
@@ -318,6 +359,11 @@ class Watcher:
                 fields["detail"] = outcome.detail
             decision("outcome", level if outcome.result != "dry-run" else logging.INFO, **fields)
             self.outcomes.append(outcome)
+            if len(self.outcomes) > 1000:  # bounded: a long-running daemon
+                del self.outcomes[:500]
+            self.results[outcome.result] = self.results.get(outcome.result, 0) + 1
+            if outcome.result == "spared":
+                self.hook_failures += 1
             if outcome.result in ("spared", "dry-run"):
                 # Spared this round: look again after another grace period.
                 self._reaped.discard(owner)

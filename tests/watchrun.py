@@ -54,6 +54,11 @@ class WatchRun:
     def outcome(self, pid: int, timeout: float = 10) -> dict:
         return self.wait_for(lambda e: e["event"] == "outcome" and e["pid"] == pid, timeout)
 
+    def outcome_result(self, pid: int, result: str, timeout: float = 10) -> bool:
+        """Wait for an outcome with this result (earlier ones, e.g. dry-run, may exist)."""
+        return bool(self.wait_for(lambda e: e["event"] == "outcome" and e["pid"] == pid
+                                  and e["result"] == result, timeout))
+
     def stop(self, timeout: float = 15) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)

@@ -1,0 +1,116 @@
+"""Operating it: config file and reload, metrics, systemd notify, doctor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from watchrun import WatchRun
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+
+@pytest.fixture
+def tag():
+    return f"tag=rr{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_config_file_with_flag_override_and_sighup_reload(resreap_bin, actors, tag, tmp_path):
+    conf = tmp_path / "resreap.toml"
+    conf.write_text(f'[watch]\nfilter = "{tag[4:]}"\nlimit = 7\ngrace = 0.5\nwait = 0.5\n'
+                    "dry_run = true\n")
+    run = WatchRun(resreap_bin, "--config", str(conf), "-l", "2")
+    try:
+        start = run.wait_for(lambda e: e["event"] == "start")
+        assert start["limit"] == 2 and start["filter"] == tag[4:] and start["dry_run"] is True
+        server = actors("leaky-server", "127.0.0.1", tag)
+        actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
+        run.wait_for(lambda e: e["event"] == "would-reap" and e["pid"] == server.pid)
+        assert server.alive()
+        conf.write_text(conf.read_text().replace("dry_run = true", "dry_run = false"))
+        run.proc.send_signal(signal.SIGHUP)
+        reload = run.wait_for(lambda e: e["event"] == "reload")
+        assert reload["dry_run"] is False and reload["limit"] == 2  # the flag still wins
+        assert run.outcome_result(server.pid, "terminated")
+        conf.write_text("limit = 'broken'\n")
+        run.proc.send_signal(signal.SIGHUP)
+        bad = run.wait_for(lambda e: e["event"] == "reload" and "error" in e)
+        assert "is not a int" in bad["error"] and run.proc.poll() is None
+    finally:
+        assert run.stop() == 0
+
+
+def test_metrics_are_scraped(resreap_bin, actors, tag):
+    port = free_port()
+    run = WatchRun(resreap_bin, "-f", tag[4:], "-i", "0.5", "-w", "0.5",
+                   "--metrics", f"127.0.0.1:{port}")
+    try:
+        server = actors("leaky-server", "127.0.0.1", tag)
+        actors("clients", "127.0.0.1", server.port, 3, tag).send("close", "CLOSED")
+        assert run.outcome_result(server.pid, "terminated")
+        deadline = time.monotonic() + 10
+        text = ""
+        while 'resreap_kills_total{result="terminated"} 1.0' not in text:
+            assert time.monotonic() < deadline, text
+            time.sleep(0.3)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'resreap_backend_info{backend="bpf"} 1.0' in text
+        enter = [ln for ln in text.splitlines() if ln.startswith('resreap_events_total{kind="enter"}')]
+        assert enter and float(enter[0].split()[-1]) >= 3
+        assert "resreap_events_lost_total 0.0" in text
+        assert "resreap_counting_sockets_other" in text
+    finally:
+        assert run.stop() == 0
+
+
+def test_systemd_ready_and_watchdog_notifications(resreap_bin, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
+    run = WatchRun(resreap_bin, "-f", "^no-such-process", env=env)
+    try:
+        got = []
+        deadline = time.monotonic() + 10
+        while not (any("READY=1" in m for m in got) and sum("WATCHDOG=1" in m for m in got) >= 3):
+            assert time.monotonic() < deadline, got
+            got.append(sock.recv(4096).decode())
+        assert any("STATUS=watching (bpf backend)" in m for m in got)
+    finally:
+        assert run.stop() == 0
+        sock.close()
+
+
+def test_doctor(resreap_bin):
+    run = subprocess.run([resreap_bin, "doctor"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = {ln.split()[1]: ln.split()[0] for ln in run.stdout.splitlines()}
+    for name in ("root", "tracepoint", "bcc", "headers", "sock_diag", "pidfd", "backend"):
+        assert lines[name] == "OK", run.stdout
+    assert "auto would use bpf" in run.stdout
+    js = subprocess.run([resreap_bin, "doctor", "--json"], capture_output=True, text=True,
+                        timeout=120)
+    checks = [json.loads(ln) for ln in js.stdout.splitlines()]
+    assert {c["name"] for c in checks} >= {"root", "bcc", "backend"}
+
+
+def test_doctor_not_root_fails(resreap_bin):
+    run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          resreap_bin, "doctor"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stdout.splitlines()[0].startswith("FAIL root")

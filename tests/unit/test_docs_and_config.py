@@ -1,0 +1,96 @@
+"""Every option is documented; the config file is validated."""
+
+from pathlib import Path
+
+import pytest
+import typer
+
+from resreap import config
+from resreap.cli import app
+from resreap.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def options():
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            for opt in param.opts + param.secondary_opts:
+                if opt.startswith("-"):
+                    yield name, opt
+
+
+@pytest.mark.parametrize("doc", ["README.md", "man/resreap.8"])
+def test_every_option_is_documented(doc):
+    text = (ROOT / doc).read_text().replace("\\-", "-")
+    missing = sorted({f"{cmd} {opt}" for cmd, opt in options() if opt not in text})
+    assert not missing, f"{doc} lacks: {missing}"
+
+
+def test_man_page_sections():
+    text = (ROOT / "man/resreap.8").read_text()
+    for section in ("SYNOPSIS", "OPTIONS", "EXAMPLES", "FIELDS", "OVERHEAD", "REQUIREMENTS",
+                    "SEE ALSO"):
+        assert f".SH {section}" in text
+
+
+def test_every_help_has_examples():
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert "Examples:" in (command.epilog or ""), name
+
+
+def test_example_config_loads_and_covers_every_setting(tmp_path):
+    example = ROOT / "packaging/resreap.toml"
+    assert config.load(str(example))["limit"] == 2
+    text = example.read_text()
+    assert all(key in text for key in config.KEYS)
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("limit = 'x'", "is not a int"),
+    ("nonsense = 1", "unknown setting"),
+    ("limit = [", "config"),
+    ("dry_run = 1", "is not a bool"),
+    ("limit = true", "is not a int"),
+])
+def test_bad_config_is_a_usage_error(tmp_path, body, needle):
+    f = tmp_path / "c.toml"
+    f.write_text(body + "\n")
+    with pytest.raises(UsageError, match=needle):
+        config.load(str(f))
+
+
+def test_config_accepts_dashes_and_a_watch_table(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[watch]\nhook-timeout = 3\nignore = ["127.0.0.1:2049"]\nsignal = 9\n')
+    assert config.load(str(f)) == {"hook_timeout": 3, "ignore": ["127.0.0.1:2049"], "signal": "9"}
+
+
+def test_missing_config_is_an_error_but_missing_default_is_not(tmp_path):
+    with pytest.raises(UsageError, match="cannot read config"):
+        config.load(str(tmp_path / "nope.toml"))
+    if not Path(config.DEFAULT_PATH).exists():
+        assert config.load(None) == {}
+
+
+def test_service_unit_and_daemonset_agree_with_the_code():
+    unit = (ROOT / "packaging/resreap.service").read_text()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "Restart=always" in unit
+    assert "ProtectSystem=strict" in unit and "NoNewPrivileges=yes" in unit
+    install = (ROOT / "scripts/install-service").read_text()
+    assert "/opt/resreap/venv" in install and "/opt/resreap/venv/bin/resreap" in unit
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "packaging/kubernetes/daemonset.yaml").read_text()))
+    ds = [d for d in docs if d["kind"] == "DaemonSet"][0]
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["hostPID"] is True
+    caps = spec["containers"][0]["securityContext"]["capabilities"]["add"]
+    assert {"BPF", "PERFMON", "SYS_PTRACE", "KILL"} <= set(caps)
+    cm = [d for d in docs if d["kind"] == "ConfigMap"][0]
+    (ROOT / "build").mkdir(exist_ok=True)
+    conf = ROOT / "build" / "cm.toml"
+    conf.write_text(cm["data"]["resreap.toml"])
+    assert config.load(str(conf))["dry_run"] is True
