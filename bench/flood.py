@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 NS = "rrflood"
 
@@ -109,18 +111,17 @@ def main() -> None:
                 break
             time.sleep(0.5)
         took = time.monotonic() - t0
-        with open(f"/proc/{watch.pid}/status") as f:
-            hwm = [int(l.split()[1]) for l in f if l.startswith("VmHWM")][0] / 1024
-        with open(f"/proc/{watch.pid}/stat") as f:
-            fields = f.read().rpartition(") ")[2].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        proc = psutil.Process(watch.pid)
+        hwm = proc.memory_full_info().uss / 2**20  # unique memory: what resreap itself costs
+        times = proc.cpu_times()
+        cpu = times.user + times.system
         watch.send_signal(signal.SIGINT)
         watch.wait(60)
         reaps = [e["pid"] for e in events if e.get("event") == "reap"]
         print(json.dumps({"processes": len(pids), "sockets": len(pids) * args.per,
                           "all_reaped": pids <= set(reaps), "reaped_twice": len(reaps) - len(set(reaps)),
                           "seconds_from_start_to_last_outcome": round(took, 1),
-                          "peak_rss_mb": round(hwm, 1), "cpu_s": round(cpu, 2)}))
+                          "uss_mb": round(hwm, 1), "cpu_s": round(cpu, 2)}))
     finally:
         leaker.stdin.close()
         leaker.wait(120)

@@ -9,24 +9,22 @@ Needs the churn generator: scripts/bench builds bench/.build/churn.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 NS = "rrsoak"
 
 
-def sample(pid: int) -> tuple[int, float, float]:
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    with open(f"/proc/{pid}/status") as f:
-        rss = [int(l.split()[1]) for l in f if l.startswith("VmRSS")][0] / 1024
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(") ")[2].split()
-    return fds, rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def sample(proc: psutil.Process) -> tuple[int, float, float]:
+    with proc.oneshot():
+        cpu = proc.cpu_times()
+        return proc.num_fds(), proc.memory_info().rss / 2**20, cpu.user + cpu.system
 
 
 def main() -> None:
@@ -51,8 +49,9 @@ def main() -> None:
         print(f"{'t (s)':>6} {'fds':>5} {'RSS MB':>7} {'CPU s':>7}", flush=True)
         began = time.monotonic()
         rows = []
+        proc = psutil.Process(watch.pid)
         while churn.poll() is None and time.monotonic() - began < seconds + 5:
-            fds, rss, cpu = sample(watch.pid)
+            fds, rss, cpu = sample(proc)
             rows.append((fds, rss))
             print(f"{time.monotonic() - began:>6.0f} {fds:>5} {rss:>7.1f} {cpu:>7.2f}", flush=True)
             time.sleep(30)

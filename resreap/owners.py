@@ -79,10 +79,13 @@ class FdIndex:
         found = self._scan_pids((pid,), {inode})
         return pid in found.get(inode, ())
 
-    def _scan_pids(self, pids: Iterable[int], wanted: set[int]) -> dict[int, set[int]]:
+    def _scan_pids(self, pids: Iterable[int], wanted: set[int],
+                   stop_when_found: bool = False) -> dict[int, set[int]]:
         found: dict[int, set[int]] = {}
         root = self.proc_root
         for pid in pids:
+            if stop_when_found and len(found) == len(wanted):
+                break
             base = f"{root}/{pid}/fd"
             try:
                 fds = os.listdir(base)
@@ -122,8 +125,10 @@ class FdIndex:
     def all_pids(self) -> list[int]:
         return [int(n) for n in os.listdir(self.proc_root) if n.isdigit()]
 
-    def holders(self, inodes: Iterable[int], hints: Iterable[int] = ()) -> dict[int, set[int]]:
-        """Map each inode to the pids holding it (absent: no holder found)."""
+    def holders(self, inodes: Iterable[int], hints: Iterable[int] = (),
+                full_scan: bool = True) -> dict[int, set[int]]:
+        """Map each inode to the pids holding it (absent: no holder found).
+        ``full_scan=False``: the cache and the hints only."""
         result: dict[int, set[int]] = {}
         missing: set[int] = set()
         for inode in inodes:
@@ -139,11 +144,20 @@ class FdIndex:
                 for inode, pids in self._scan_pids(hints, missing).items():
                     result[inode] = pids
                     missing.discard(inode)
-        if missing and time.monotonic() >= self._next_full:
+        if missing and full_scan and time.monotonic() >= self._next_full:
             began = time.monotonic()
             self.full_scans += 1
-            for inode, pids in self._scan_pids(self.all_pids(), missing).items():
-                result[inode] = pids
+            # Newest processes first (a leaking server was often just
+            # restarted), and stop once every socket has a holder: at 100k
+            # connections a complete scan costs about a second.  The
+            # holder's children are added (fork, prefork workers); a holder
+            # elsewhere is found when this one is gone and the socket stays.
+            order = sorted(self.all_pids(), reverse=True)
+            found = self._scan_pids(order, missing, stop_when_found=True)
+            kids = self.children({p for pids in found.values() for p in pids})
+            for inode, pids in self._scan_pids(kids, set(found)).items():
+                found[inode] |= pids
+            result.update(found)
             took = time.monotonic() - began
             self._next_full = began + took / self.full_scan_share
             log.debug("full /proc fd scan for %d socket(s) took %.3fs", len(missing), took)
@@ -243,7 +257,17 @@ class OwnerResolver:
         hints: set[int] = set()
         for ns in with_inode:
             hints |= self._hints(ns.diag.sock)
-        held = self.index.holders([ns.diag.inode for ns in with_inode], hints) if with_inode else {}
+        held = self.index.holders([ns.diag.inode for ns in with_inode], hints,
+                                  full_scan=False) if with_inode else {}
+        unfound = [ns for ns in with_inode if ns.diag.inode not in held]
+        if unfound:
+            # Before paying for a scan of every process, make sure the
+            # socket still exists: churn closes most of them within
+            # milliseconds, and scanning for those is pure waste.
+            still = [ns for ns in unfound if any(
+                hit.diag.inode == ns.diag.inode for hit in self.table.lookup(ns.diag.sock, False))]
+            if still:
+                held.update(self.index.holders([ns.diag.inode for ns in still]))  # hints: done
         for ns in with_inode:
             pids = held.get(ns.diag.inode)
             if pids:

@@ -42,6 +42,7 @@ class SocketTable:
         self._own = netns.own_namespace(proc_root)
         self._diag: dict[int, SockDiag | ProcNetTcp] = {}
         self._pid: dict[int, int] = {}
+        self._inuse: dict[tuple[int, int], int] = {}  # (netns, family) -> sockstat inuse
         self._refreshed = float("-inf")
         self.refresh()
 
@@ -53,17 +54,40 @@ class SocketTable:
         where = "self" if ino == self._own else self._pid.get(ino, "self")
         families = []
         for family, name, tag in ((4, "sockstat", "TCP:"), (6, "sockstat6", "TCP6:")):
+            self._inuse.pop((ino, family), None)
             try:
                 with open(f"{self.proc_root}/{where}/net/{name}") as f:
                     for line in f:
                         if line.startswith(tag):
                             fields = line.split()
-                            if int(fields[fields.index("inuse") + 1]) > 0:
+                            inuse = int(fields[fields.index("inuse") + 1])
+                            if inuse > 0:
                                 families.append(family)
+                                self._inuse[(ino, family)] = inuse
                             break
             except (OSError, ValueError, IndexError):
                 families.append(family)  # unknown: look
         return tuple(families)
+
+    def _with_established(self, ino: int, diag, families: tuple[int, ...]) -> tuple[int, ...]:
+        """Drop the families whose sockets are all listeners.  A LISTEN-only
+        dump skips the established hash, so it is cheap; where sockstat's
+        in-use count equals the listeners, there is nothing else to walk for
+        (typical of the host namespace on a container host)."""
+        keep = []
+        for family in families:
+            inuse = self._inuse.get((ino, family))
+            if inuse is None or inuse > 256:
+                keep.append(family)
+                continue
+            try:
+                listeners = len(diag.dump((TCP_LISTEN,), (family,)))
+            except KernelQueryError:
+                keep.append(family)
+                continue
+            if listeners < inuse:
+                keep.append(family)
+        return tuple(keep)
 
     @property
     def kind(self) -> str:
@@ -129,6 +153,8 @@ class SocketTable:
         out: list[NsSock] = []
         for ino, diag in self._each():
             families = self._families(ino)
+            if TCP_LISTEN not in states:
+                families = self._with_established(ino, diag, families)
             if not families:
                 continue
             try:

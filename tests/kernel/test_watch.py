@@ -71,7 +71,8 @@ def test_leaker_is_reaped_and_its_peer_survives(watch, actors, tag, role, host):
     run = watch("-f", tag.split("=")[1], *FAST)
     client.send("close", "CLOSED")
     reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
-    assert reap["count"] == 3 and reap["limit"] == 2 and reap["oldest"] >= 0.5
+    # Reaped the moment the 2nd socket counts; the 3rd may count in the same wakeup.
+    assert reap["count"] in (2, 3) and reap["limit"] == 2 and reap["oldest"] >= 0.5
     assert run.outcome(server.pid)["result"] == "terminated"
     assert server.wait_dead(5)
     assert client.alive()
