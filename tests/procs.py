@@ -11,6 +11,13 @@ import time
 from pathlib import Path
 
 ACTORS = Path(__file__).resolve().parent / "actors.py"
+# Waits (never behaviour) stretch by this factor on slow machines: under QEMU
+# emulation (.ci/guest-tests) everything takes several times longer.
+SLOWDOWN = float(os.environ.get("RESREAP_TEST_SLOWDOWN", "1"))
+
+
+def patience(seconds: float) -> float:
+    return seconds * SLOWDOWN
 
 
 class Actor:
@@ -29,6 +36,7 @@ class Actor:
         self.pid = int(self.facts.get("pid", self.proc.pid))
 
     def expect(self, word: str, timeout: float = 10) -> str:
+        timeout = patience(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
@@ -55,7 +63,7 @@ class Actor:
 
     def wait_dead(self, timeout: float) -> bool:
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(patience(timeout))
             return True
         except subprocess.TimeoutExpired:
             return False

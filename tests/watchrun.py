@@ -8,6 +8,8 @@ import subprocess
 import threading
 import time
 
+from procs import patience
+
 
 class WatchRun:
     def __init__(self, resreap_bin: str, *args: str, timeout: float = 20,
@@ -41,6 +43,7 @@ class WatchRun:
         return [e for e in self.events if pred(e)]
 
     def wait_for(self, pred, timeout: float = 10) -> dict:
+        timeout = patience(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             hits = self.find(pred)
@@ -63,7 +66,7 @@ class WatchRun:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(patience(timeout))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

@@ -13,6 +13,8 @@ from resreap.owners import OwnerResolver
 from resreap.sockets import SocketTable
 from resreap.trace import Tracer
 
+from procs import patience
+
 pytestmark = [pytest.mark.kernel]
 
 
@@ -34,7 +36,7 @@ class Harness:
         self.records = list(self.tracer.start())
 
     def until(self, pred, timeout: float = 5.0) -> list:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + patience(timeout)
         while time.monotonic() < deadline and not pred(self.records):
             self.records.extend(self.tracer.step(0.05))
         return self.records
@@ -81,7 +83,7 @@ def test_socket_shared_after_fork_lists_both_holders(harness, actors):
     server = actors("leaky-server", "127.0.0.1")
     client = actors("clients", "127.0.0.1", server.port, 2)
     server.send("count", "COUNT")
-    time.sleep(0.1)  # the accept thread has taken both connections
+    time.sleep(patience(0.1))  # the accept thread has taken both connections
     child = int(server.send("fork", "CHILD").split()[1])
     h = harness()
     client.send("close", "CLOSED")
@@ -93,7 +95,7 @@ def test_socket_passed_over_unix_socket_belongs_to_the_receiver(harness, actors)
     server = actors("passing-server", "127.0.0.1")
     worker = int(server.facts["worker"])
     client = actors("clients", "127.0.0.1", server.port, 2)
-    time.sleep(0.2)  # accepted and passed on
+    time.sleep(patience(0.2))  # accepted and passed on
     h = harness()
     client.send("close", "CLOSED")
     owners = enter_owners(h, server.port, 2)

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from procs import pid_alive
+from procs import patience, pid_alive
 from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel]
@@ -58,7 +58,7 @@ def leak(actors, role, host, tag, n=3, netns=None):
 
 
 def wait_dead(pid, timeout=10):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     return not pid_alive(pid)
@@ -90,7 +90,7 @@ def test_leaker_in_a_network_namespace(watch, actors, tag, netns):
 def test_fd_receiver_is_reaped_not_the_sender(watch, actors, tag):
     server, client = leak(actors, "passing-server", "127.0.0.1", tag)
     worker = int(server.facts["worker"])
-    time.sleep(0.2)
+    time.sleep(patience(0.2))  # accepted and passed on
     run = watch("-f", tag.split("=")[1], *FAST)
     client.send("close", "CLOSED")
     assert run.outcome(worker)["result"] == "terminated"
@@ -101,7 +101,7 @@ def test_fd_receiver_is_reaped_not_the_sender(watch, actors, tag):
 def test_forked_holders_are_both_reaped(watch, actors, tag):
     server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
     server.send("count", "COUNT")
-    time.sleep(0.1)
+    time.sleep(patience(0.1))  # the accept thread has taken both connections
     child = int(server.send("fork", "CHILD").split()[1])
     run = watch("-f", tag.split("=")[1], *FAST)
     client.send("close", "CLOSED")
