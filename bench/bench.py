@@ -198,7 +198,8 @@ def phase_leak(tool: Tool, tag: str, leakers: int, gap: float, wait_cap: float) 
 def phase_churn(tool: Tool, churn_bin: str, rate: int, seconds: float, leaker_pids) -> dict:
     c0 = cpu_seconds(tool.proc.pid)
     before = len(tool.events)
-    churn = spawn(ns_exec([churn_bin, "7777", str(rate), str(seconds)]))
+    # Outside the namespace's ephemeral range (1024-65000): never taken by a holder.
+    churn = spawn(ns_exec([churn_bin, "65432", str(rate), str(seconds)]))
     expect(churn, "READY", 10)
     done = expect(churn, "DONE", seconds + 30)
     cpu = cpu_seconds(tool.proc.pid) - c0

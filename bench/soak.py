@@ -42,7 +42,7 @@ def main() -> None:
     watch = subprocess.Popen([str(ROOT / ".venv/bin/resreap"), "watch", "--backend", args.backend,
                               "-f", "churn", "-i", "2"], stderr=subprocess.DEVNULL)
     seconds = args.minutes * 60
-    churn = subprocess.Popen(["ip", "netns", "exec", NS, args.churn_bin, "7000", str(args.rate),
+    churn = subprocess.Popen(["ip", "netns", "exec", NS, args.churn_bin, "65432", str(args.rate),
                               str(seconds)], stdout=subprocess.DEVNULL)
     try:
         time.sleep(3)
