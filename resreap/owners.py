@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from resreap import procinfo
 from resreap.errors import NotRoot, ProcessGone
@@ -35,6 +35,23 @@ def check_privileges() -> None:
     if os.geteuid() != 0:
         raise NotRoot("resreap must run as root: it reads every process's /proc/PID/fd "
                       "to find who holds a socket (try: sudo resreap ...)")
+
+
+def socket_fds(pid: int, proc_root: str = "/proc") -> Iterator[tuple[int, int]]:
+    """(fd, socket inode) for each socket ``pid`` holds; nothing if it is
+    gone or unreadable.  Stateless, so a kill thread may call it too."""
+    base = f"{proc_root}/{pid}/fd"
+    try:
+        fds = os.listdir(base)
+    except OSError:  # exited, or a kernel thread
+        return
+    for fd in fds:
+        try:
+            link = os.readlink(f"{base}/{fd}")
+        except OSError:
+            continue
+        if link.startswith(_SOCKET_PREFIX):
+            yield int(fd), int(link[8:-1])
 
 
 class FdIndex:
@@ -82,25 +99,12 @@ class FdIndex:
     def _scan_pids(self, pids: Iterable[int], wanted: set[int],
                    stop_when_found: bool = False) -> dict[int, set[int]]:
         found: dict[int, set[int]] = {}
-        root = self.proc_root
         for pid in pids:
             if stop_when_found and len(found) == len(wanted):
                 break
-            base = f"{root}/{pid}/fd"
-            try:
-                fds = os.listdir(base)
-            except OSError:  # exited, or a kernel thread
-                continue
-            for fd in fds:
-                try:
-                    link = os.readlink(f"{base}/{fd}")
-                except OSError:
-                    continue
-                if not link.startswith(_SOCKET_PREFIX):
-                    continue
-                inode = int(link[8:-1])
+            for fd, inode in socket_fds(pid, self.proc_root):
                 if inode in wanted:
-                    self._cache.setdefault(inode, {})[pid] = int(fd)
+                    self._cache.setdefault(inode, {})[pid] = fd
                     found.setdefault(inode, set()).add(pid)
         return found
 
@@ -165,25 +169,9 @@ class FdIndex:
 
 
 def held_count(pid: int, inodes: Iterable[int], proc_root: str = "/proc") -> int:
-    """How many of ``inodes`` ``pid`` holds right now.  Stateless (a fresh
-    scan of its fd table), so a kill thread may call it."""
-    wanted = {f"socket:[{i}]" for i in inodes}
-    if not wanted:
-        return 0
-    base = f"{proc_root}/{pid}/fd"
-    held = set()
-    try:
-        fds = os.listdir(base)
-    except OSError:
-        return 0
-    for fd in fds:
-        try:
-            link = os.readlink(f"{base}/{fd}")
-        except OSError:
-            continue
-        if link in wanted:
-            held.add(link)
-    return len(held)
+    """How many of ``inodes`` ``pid`` holds right now (a fresh scan)."""
+    wanted = set(inodes)
+    return len({inode for _fd, inode in socket_fds(pid, proc_root) if inode in wanted})
 
 
 def _wildcard(raw: bytes) -> bool:
