@@ -126,6 +126,17 @@ class FdIndex:
                     continue
         return out
 
+    def family(self, found: dict[int, set[int]]) -> set[int]:
+        """Parents and children of the holders found (not init/kthreadd)."""
+        pids = {p for holders in found.values() for p in holders}
+        near = self.children(pids)
+        for pid in pids:
+            try:
+                near.add(procinfo.read_stat(pid, self.proc_root)[1])
+            except ProcessGone:
+                continue
+        return near - pids - {0, 1, 2}
+
     def all_pids(self) -> list[int]:
         return [int(n) for n in os.listdir(self.proc_root) if n.isdigit()]
 
@@ -153,13 +164,14 @@ class FdIndex:
             self.full_scans += 1
             # Newest processes first (a leaking server was often just
             # restarted), and stop once every socket has a holder: at 100k
-            # connections a complete scan costs about a second.  The
-            # holder's children are added (fork, prefork workers); a holder
-            # elsewhere is found when this one is gone and the socket stays.
+            # connections a complete scan costs about a second.  Fork shares
+            # sockets within a family, so the holders' parents and children
+            # are scanned too (the first holder found may be the child); a
+            # holder elsewhere is found when this one is gone and the socket
+            # stays.
             order = sorted(self.all_pids(), reverse=True)
             found = self._scan_pids(order, missing, stop_when_found=True)
-            kids = self.children({p for pids in found.values() for p in pids})
-            for inode, pids in self._scan_pids(kids, set(found)).items():
+            for inode, pids in self._scan_pids(self.family(found), set(found)).items():
                 found[inode] |= pids
             result.update(found)
             took = time.monotonic() - began

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from procs import patience
+
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
 
@@ -21,7 +23,7 @@ def start_trace(resreap_bin, *args, env=None):
 
 def wait_for_stderr(proc, text: str, timeout: float = 15) -> str:
     seen = ""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while text not in seen and time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stderr], [], [], 0.2)
         if ready:
