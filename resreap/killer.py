@@ -243,6 +243,11 @@ class Killer:
             return pid in self._running
 
     @property
+    def full(self) -> bool:
+        with self._lock:
+            return len(self._running) >= self.max_running
+
+    @property
     def running(self) -> int:
         with self._lock:
             return len(self._running)

@@ -264,6 +264,11 @@ class Watcher:
                 continue
             if owner in self._reaped or self.killer.busy(owner.pid):
                 continue
+            if self.killer.full:
+                # Bounded concurrency: decide when a kill slot is free, so that
+                # a "reap" line always means a kill sequence started.
+                self._deferred[owner] = now + 0.05
+                continue
             self._consider(owner, now)
 
     def _consider(self, owner: Owner, now: float) -> None:
@@ -308,8 +313,9 @@ class Watcher:
                  pid=info.pid, comm=info.comm, count=len(socks), limit=self.limits.limit,
                  oldest=round(oldest, 3), sockets=_endpoints(socks), cmd=info.cmdline,
                  plan=self._plan_text())
-        if not self.killer.submit(target):
-            self._deferred[owner] = now + 0.1  # too many kills at once: soon
+        if not self.killer.submit(target):  # only if it filled up just now
+            log.warning("pid %d: kill slots full, deciding again shortly", owner.pid)
+            self._deferred[owner] = now + 0.05
             return
         self.storm.record(info.cmdline, now)
         self._reaped.add(owner)

@@ -210,3 +210,41 @@ def test_blocked_proc_read_never_blocks_the_caller(tmp_path):
     # Release the stuck reader thread (bounded: the FIFO gets a writer).
     with open(d / "cmdline", "wb") as w:
         w.write(b"x")
+
+
+def test_full_kill_slots_never_log_a_reap_twice(actors, tag, caplog):
+    """More leakers than kill slots (the 100k flood hit 32 at once): every
+    process gets exactly one "reap" line, and one kill."""
+    import logging
+
+    from resreap.events import open_source
+    from resreap.filters import Filters
+    from resreap.killer import Killer, Plan
+    from resreap.owners import OwnerResolver
+    from resreap.policy import Limits
+    from resreap.sockets import SocketTable
+    from resreap.watch import WatchConfig, Watcher
+
+    caplog.set_level(logging.INFO, logger="resreap.decisions")
+    table = SocketTable()
+    source = open_source("bpf", table, latency=0.05).source
+    plan = Plan(wait=0.5)
+    config = WatchConfig(Limits(limit=2, grace=0.3, max_kills=10, per=60), plan,
+                         Filters.parse(pattern(tag), [], []))
+    watcher = Watcher(source, OwnerResolver(table), config, Killer(plan, max_running=1))
+    try:
+        watcher.start()
+        servers = []
+        for _ in range(3):
+            server = actors("ignoring-server", "127.0.0.1", "TERM", f"{tag}-{len(servers)}")
+            actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
+            servers.append(server)
+        deadline = time.monotonic() + 30
+        while len(watcher.outcomes) < 3:
+            assert time.monotonic() < deadline, watcher.outcomes
+            watcher.step()
+    finally:
+        watcher.shutdown(5)
+    reaps = [r.fields["pid"] for r in caplog.records if r.msg == "reap"]
+    assert sorted(reaps) == sorted(s.pid for s in servers)
+    assert [o.result for o in watcher.outcomes] == ["killed"] * 3
