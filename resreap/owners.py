@@ -330,8 +330,14 @@ def resolve_close_wait(resolver: OwnerResolver, socks: list[SockId]) -> dict[Soc
             found.extend(ns for ns in table.lookup(sock) if ns.diag.state == TCP_CLOSE_WAIT)
     pids = resolver.pids(found)
     out: dict[SockId, Resolved] = {}
+    # One stat read and one shared tuple per holder set, not per socket: a
+    # flood is thousands of sockets held by a few processes.
+    by_holders: dict[frozenset[int], tuple[Owner, ...]] = {}
     for ns in found:
-        owners = tuple(resolver.owners(pids.get(ns.diag.sock, ())))
+        holders = frozenset(pids.get(ns.diag.sock, ()))
+        owners = by_holders.get(holders)
+        if owners is None:
+            owners = by_holders[holders] = tuple(resolver.owners(holders))
         prev = out.get(ns.diag.sock)
         if prev is not None:
             # The same 4-tuple in two namespaces: keep every holder.
