@@ -250,8 +250,9 @@ class OwnerResolver:
         if len(self._by_peer) > 65536:
             self._by_peer.clear()
 
-    def pids(self, socks: list[NsSock]) -> dict[SockId, set[int]]:
-        """The pids holding each socket; a socket with no holder is absent."""
+    def pids(self, socks: list[NsSock], full_scan: bool = True) -> dict[SockId, set[int]]:
+        """The pids holding each socket; a socket with no holder is absent.
+        ``full_scan=False``: the cache and the likely holders only."""
         result: dict[SockId, set[int]] = {}
         with_inode = [ns for ns in socks if ns.diag.inode]
         hints: set[int] = set()
@@ -260,7 +261,7 @@ class OwnerResolver:
         held = self.index.holders([ns.diag.inode for ns in with_inode], hints,
                                   full_scan=False) if with_inode else {}
         unfound = [ns for ns in with_inode if ns.diag.inode not in held]
-        if unfound:
+        if unfound and full_scan:
             # Before paying for a scan of every process, make sure the
             # socket still exists: churn closes most of them within
             # milliseconds, and scanning for those is pure waste.
@@ -313,11 +314,13 @@ class Resolved(NamedTuple):
 _DUMP_ABOVE = 256
 
 
-def resolve_close_wait(resolver: OwnerResolver, socks: list[SockId]) -> dict[SockId, Resolved]:
+def resolve_close_wait(resolver: OwnerResolver, socks: list[SockId],
+                       full_scan: bool = True) -> dict[SockId, Resolved]:
     """Check each socket against the kernel and find its owners.
 
     A socket absent from the result is no longer in CLOSE_WAIT (an exit we
-    have not read yet, or one that was lost): it must not count."""
+    have not read yet, or one that was lost): it must not count.
+    ``full_scan=False``: no scan of every process for unknown holders."""
     if not socks:
         return {}
     table = resolver.table
@@ -328,7 +331,7 @@ def resolve_close_wait(resolver: OwnerResolver, socks: list[SockId]) -> dict[Soc
     else:
         for sock in socks:
             found.extend(ns for ns in table.lookup(sock) if ns.diag.state == TCP_CLOSE_WAIT)
-    pids = resolver.pids(found)
+    pids = resolver.pids(found, full_scan)
     out: dict[SockId, Resolved] = {}
     # One stat read and one shared tuple per holder set, not per socket: a
     # flood is thousands of sockets held by a few processes.

@@ -201,7 +201,15 @@ class Watcher:
                    and e.owners is None and not e.counted]
         if not pending:
             return
-        resolved = resolve_close_wait(self.resolver, pending)
+        # Churn sockets live for milliseconds, leaks for the grace period: a
+        # scan of every process (a second at 100k connections) is only worth
+        # it once a socket has lasted a while, still well before its deadline.
+        settled = time.monotonic() - min(0.5, self.limits.grace / 4)
+        old_enough = [s for s in pending if self.table.get(s).entered <= settled]
+        resolved = resolve_close_wait(self.resolver, old_enough) if old_enough else {}
+        recent = [s for s in pending if s not in resolved and s not in old_enough]
+        if recent:
+            resolved.update(resolve_close_wait(self.resolver, recent, full_scan=False))
         for sock in pending:
             hit = resolved.get(sock)
             if hit is None:
