@@ -38,22 +38,39 @@ WAKEUP_EVERY = 256
 LOAD_TIMEOUT = 120.0  # compiling takes about a second; a loaded host more
 
 
+def mounted_tracefs() -> list[str]:
+    return [t for t in TRACEFS if os.path.isdir(f"{t}/events")]
+
+
+def has_tracepoint(mounted: list[str]) -> bool:
+    return any(os.path.isdir(f"{t}/events/{TRACEPOINT[0]}/{TRACEPOINT[1]}") for t in mounted)
+
+
+def kernel_headers() -> str | None:
+    """Where bcc will find headers for the running kernel, or None."""
+    build = f"/lib/modules/{platform.release()}/build"
+    if os.path.exists(build):
+        return os.path.realpath(build)
+    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        return "/sys/kernel/kheaders.tar.xz"
+    return None
+
+
 def check_usable() -> None:
     """Raise, with the fix in the message, unless BPF can run here.  The
     last checks (bcc, compiling, permission) happen in the loader."""
     if os.geteuid() != 0:
         raise NotRoot("the BPF backend needs root (or CAP_BPF and CAP_PERFMON): run with sudo")
-    mounted = [t for t in TRACEFS if os.path.isdir(f"{t}/events")]
+    mounted = mounted_tracefs()
     if not mounted:
         raise BackendUnavailable(
             "tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
-    if not any(os.path.isdir(f"{t}/events/{TRACEPOINT[0]}/{TRACEPOINT[1]}") for t in mounted):
+    if not has_tracepoint(mounted):
         raise BackendUnavailable(
             f"this kernel ({platform.release()}) has no {':'.join(TRACEPOINT)} tracepoint "
             "(Linux 4.16+ has it)")
     release = platform.release()
-    if not (os.path.exists(f"/lib/modules/{release}/build")
-            or os.path.exists("/sys/kernel/kheaders.tar.xz")):
+    if kernel_headers() is None:
         raise BackendUnavailable(
             f"no kernel headers for {release}: apt-get install linux-headers-{release}, "
             "or run scripts/setup, which links the distro's generic headers")
@@ -148,9 +165,6 @@ class BpfSource(EventSource):
         if self._ring is not None:
             self._lost = self._counts.sum(0)
         return self._lost
-
-    def submitted(self) -> int:
-        return self._counts.sum(1) if self._ring is not None else 0
 
     def close(self) -> None:
         if self._ring is not None:

@@ -341,7 +341,7 @@ def watch(
                     return
                 w.reconfigure(fresh)
                 decision("reload", logging.WARNING, limit=fresh.limits.limit,
-                         grace=fresh.limits.grace, plan=w._plan_text(), dry_run=fresh.plan.dry_run)
+                         grace=fresh.limits.grace, plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run)
 
         watcher = Watcher(selected.source, OwnerResolver(table), config, tick=tick)
         if selected.fallback_reason:
@@ -351,7 +351,7 @@ def watch(
         # Attach and seed first: "start" means resreap is watching now.
         watcher.start()
         decision("start", logging.WARNING, backend=selected.source.name,
-                 limit=config.limits.limit, grace=config.limits.grace, plan=watcher._plan_text(),
+                 limit=config.limits.limit, grace=config.limits.grace, plan=config.plan.describe(),
                  dry_run=config.plan.dry_run, filter=st["command_pattern"] or "",
                  ignore=list(st["ignore"] or ()), namespaces=len(table.namespaces),
                  note="Ctrl-C to end")

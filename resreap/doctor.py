@@ -62,10 +62,10 @@ def checks() -> list[Check]:
     else:
         out.append(Check("kernel config", WARN, "no /proc/config.gz or /boot/config-*",
                          "cannot tell; the checks below try the features directly"))
-    tracefs = [t for t in bpf_events.TRACEFS if os.path.isdir(f"{t}/events")]
+    tracefs = bpf_events.mounted_tracefs()
     out.append(Check("tracefs", OK if tracefs else FAIL, tracefs[0] if tracefs else "not mounted",
                      "" if tracefs else "mount -t tracefs tracefs /sys/kernel/tracing"))
-    tp = any(os.path.isdir(f"{t}/events/sock/inet_sock_set_state") for t in tracefs)
+    tp = bpf_events.has_tracepoint(tracefs)
     out.append(Check("tracepoint", OK if tp else FAIL, "sock:inet_sock_set_state",
                      "" if tp else "needs Linux 4.16+ (and tracefs); use --backend proc"))
     btf = os.path.exists("/sys/kernel/btf/vmlinux")
@@ -74,10 +74,9 @@ def checks() -> list[Check]:
     bcc = subprocess.run([sys.executable, "-c", "import bcc"], capture_output=True).returncode == 0
     out.append(Check("bcc", OK if bcc else FAIL, "importable" if bcc else "not importable",
                      "" if bcc else "apt-get install python3-bpfcc; venv with --system-site-packages"))
-    build = f"/lib/modules/{platform.release()}/build"
-    headers = os.path.exists(build)
+    headers = bpf_events.kernel_headers()
     out.append(Check("headers", OK if headers else FAIL,
-                     os.path.realpath(build) if headers else f"{build} missing",
+                     headers or f"/lib/modules/{platform.release()}/build missing",
                      "" if headers else f"apt-get install linux-headers-{platform.release()} "
                                         "(or scripts/setup links generic ones)"))
     try:

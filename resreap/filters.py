@@ -7,9 +7,8 @@ import re
 from typing import Iterable, NamedTuple
 
 from resreap.errors import UsageError
-from resreap.model import SockId
+from resreap.model import V4_MAPPED_PREFIX, SockId
 
-_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -28,7 +27,7 @@ class EndpointPattern(NamedTuple):
         if self.network is None:
             return True
         raw = sock.raddr
-        if len(raw) == 16 and raw.startswith(_V4_MAPPED):
+        if len(raw) == 16 and raw.startswith(V4_MAPPED_PREFIX):
             raw = raw[12:]  # a v4 peer on a dual-stack socket
         addr = ipaddress.ip_address(raw)
         return addr.version == self.network.version and addr in self.network

@@ -48,6 +48,13 @@ class Plan(NamedTuple):
     hook_timeout: float = 10.0
     dry_run: bool = False
 
+    def describe(self) -> str:
+        """The sequence in one line, e.g. 'hook > SIGQUIT > SIGTERM > wait 2s > SIGKILL'."""
+        steps = ["hook"] if self.hook else []
+        if self.first_signal:
+            steps.append(self.first_signal.name)
+        return " > ".join(steps + [self.signal.name, f"wait {self.wait:g}s", "SIGKILL"])
+
 
 class Target(NamedTuple):
     """A process that crossed the limit, and the facts that made it."""

@@ -19,7 +19,7 @@ TCP_STATE_NAMES = {
     9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
 }
 
-_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d
 
 
 class Kind(enum.Enum):
@@ -76,7 +76,7 @@ class Owner(NamedTuple):
 def format_addr(family: int, raw: bytes) -> str:
     if family == 4:
         return str(ipaddress.IPv4Address(raw))
-    if raw.startswith(_V4_MAPPED_PREFIX):
+    if raw.startswith(V4_MAPPED_PREFIX):
         return "::ffff:" + str(ipaddress.IPv4Address(raw[12:]))
     return str(ipaddress.IPv6Address(raw))
 

@@ -7,7 +7,6 @@ time we act on it.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 from typing import NamedTuple
 
 from resreap.errors import ProcessGone, ProcessUnreadable
@@ -76,9 +75,6 @@ def alive(pid: int, start: int, proc_root: str = "/proc") -> bool:
     except ProcessGone:
         return False
 
-
-def my_pid() -> int:
-    return os.getpid()
 
 
 # Reading /proc/PID/cmdline takes the target's mmap lock: a process stuck in

@@ -18,10 +18,6 @@ class Notifier:
         self.every = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
         self._next = 0.0
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._addr)
-
     def send(self, message: str) -> None:
         if not self._addr:
             return

@@ -8,6 +8,7 @@ states (about 0.04 s at 100k connections, against 0.5 s to parse
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from typing import Iterable, NamedTuple
@@ -119,7 +120,7 @@ class SockDiag:
                     code = -struct.unpack_from("=i", payload)[0]
                     if code == 0 or code == errno.ENOENT:
                         return found
-                    raise KernelQueryError(f"sock_diag: {os_strerror(code)}")
+                    raise KernelQueryError(f"sock_diag: {os.strerror(code)}")
                 if mtype == SOCK_DIAG_BY_FAMILY:
                     found.append(_parse(family, payload))
             if not flags & NLM_F_DUMP and found:
@@ -142,8 +143,3 @@ class SockDiag:
                 return found
         return None
 
-
-def os_strerror(code: int) -> str:
-    import os
-
-    return os.strerror(code)

@@ -11,7 +11,6 @@ import logging
 import time
 from typing import NamedTuple
 
-from resreap import procinfo
 from resreap.decisionlog import decision
 from resreap.errors import ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
@@ -320,23 +319,13 @@ class Watcher:
         decision("reap" if not plan.dry_run else "would-reap", logging.WARNING,
                  pid=info.pid, comm=info.comm, count=len(socks), limit=self.limits.limit,
                  oldest=round(oldest, 3), sockets=_endpoints(socks), cmd=info.cmdline,
-                 plan=self._plan_text())
+                 plan=plan.describe())
         if not self.killer.submit(target):  # only if it filled up just now
             log.warning("pid %d: kill slots full, deciding again shortly", owner.pid)
             self._deferred[owner] = now + 0.05
             return
         self.storm.record(info.cmdline, now)
         self._reaped.add(owner)
-
-    def _plan_text(self) -> str:
-        plan = self.config.plan
-        steps = []
-        if plan.hook:
-            steps.append("hook")
-        if plan.first_signal:
-            steps.append(plan.first_signal.name)
-        steps += [plan.signal.name, f"wait {plan.wait:g}s", "SIGKILL"]
-        return " > ".join(steps)
 
     def _verify(self, owner: Owner) -> dict[SockId, int]:
         """The owner's counting sockets (with their inodes) that are, right

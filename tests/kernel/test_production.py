@@ -114,3 +114,13 @@ def test_doctor_not_root_fails(resreap_bin):
                           resreap_bin, "doctor"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert run.stdout.splitlines()[0].startswith("FAIL root")
+
+
+def test_doctor_and_the_bpf_backend_judge_headers_alike():
+    """One predicate serves both: doctor must not call FAIL what BPF accepts."""
+    from resreap import bpf_events, doctor
+
+    headers = [c for c in doctor.checks() if c.name == "headers"][0]
+    assert (headers.status == doctor.OK) == (bpf_events.kernel_headers() is not None)
+    if bpf_events.kernel_headers():
+        assert headers.detail == bpf_events.kernel_headers()

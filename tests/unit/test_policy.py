@@ -86,3 +86,9 @@ def test_json_decision_line():
     obj = json.loads(JsonFormatter().format(_record("outcome", pid=5, signals=("SIGTERM",))))
     assert obj["event"] == "outcome" and obj["pid"] == 5 and obj["signals"] == ["SIGTERM"]
     assert obj["level"] == "warning" and isinstance(obj["ts"], float)
+
+
+def test_plan_describes_the_kill_sequence():
+    assert Plan().describe() == "SIGTERM > wait 2s > SIGKILL"
+    full = Plan(signal=signal.SIGTERM, first_signal=signal.SIGQUIT, wait=5, hook="true")
+    assert full.describe() == "hook > SIGQUIT > SIGTERM > wait 5s > SIGKILL"
