@@ -2,8 +2,9 @@
 
   workload.py hold CONNS         CONNS idle established loopback connections
                                  (both ends held here: 2 fds each)
-  workload.py leaker TAG         a server that accepts 3 connections and never
-                                 closes them; on SIGTERM prints the
+  workload.py leaker TAG         a server that accepts 3 connections, reads
+                                 each to its EOF and never closes them (the
+                                 eof-ignored leak); on SIGTERM prints the
                                  CLOCK_MONOTONIC time and exits
   workload.py leak PORT          connects 3 clients, closes them on "close",
                                  prints the CLOCK_MONOTONIC time of the close
@@ -45,6 +46,9 @@ def leaker(_tag: str) -> None:
     signal.signal(signal.SIGTERM, on_term)
     print(f"READY port={srv.getsockname()[1]} pid={os.getpid()}", flush=True)
     held = [srv.accept()[0] for _ in range(3)]
+    for conn in held:
+        while conn.recv(4096):
+            pass
     while held:
         time.sleep(3600)
 

@@ -16,10 +16,9 @@ import platform
 import socket
 import struct
 import subprocess
-import sys
 import time
 
-from resreap.bpf_loader import BPF_SOURCE
+from resreap.bpf_loader import BPF_SOURCE, CHILD_CWD, child_python
 from resreap.errors import BackendUnavailable, NotRoot
 from resreap.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, Kind, SockId, Transition
@@ -83,9 +82,9 @@ def _load() -> tuple[dict, list[int]]:
     with mine:
         try:
             helper = subprocess.Popen(
-                [sys.executable, "-m", "resreap.bpf_loader", str(theirs.fileno()),
-                 str(RINGBUF_PAGES), str(WAKEUP_EVERY)],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                child_python("-m", "resreap.bpf_loader", str(theirs.fileno()),
+                             str(RINGBUF_PAGES), str(WAKEUP_EVERY)),
+                pass_fds=[theirs.fileno()], cwd=CHILD_CWD, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         finally:
             theirs.close()
@@ -133,20 +132,24 @@ class BpfSource(EventSource):
         self._fds = fds
         decoder, names = _record_struct(info["layout"])
         self._unpack = decoder.unpack_from
-        want = ("ts_ns", "cpu_pid", "family", "sport", "dport", "newstate", "saddr", "daddr")
+        want = ("ts_ns", "cpu_pid", "family", "sport", "dport", "newstate", "saddr", "daddr",
+                "skaddr")
         self._pick = [names.index(n) for n in want]
         self._batch: list[Transition] = []
         self._lost = 0
 
     def _on_record(self, buf, offset: int) -> None:
         rec = self._unpack(buf, offset)
-        ts, cpu_pid, family, sport, dport, newstate, saddr, daddr = (rec[i] for i in self._pick)
+        ts, cpu_pid, family, sport, dport, newstate, saddr, daddr, skaddr = (
+            rec[i] for i in self._pick)
         if family == socket.AF_INET:
             sock = SockId(4, saddr[:4], sport, daddr[:4], dport)
         else:
             sock = SockId(6, saddr, sport, daddr, dport)
         kind = Kind.ENTER if newstate == TCP_CLOSE_WAIT else Kind.EXIT
-        self._batch.append(Transition(kind, sock, ts / 1e9, cpu_pid))
+        # The socket's kernel address tells two namespaces' sockets with the
+        # same 4-tuple apart; which namespace it is in is looked up later.
+        self._batch.append(Transition(kind, sock, ts / 1e9, cpu_pid, skaddr))
 
     def start(self) -> list[Transition]:
         # Attached already: seeding after attaching means no socket falls

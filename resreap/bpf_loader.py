@@ -34,6 +34,17 @@ _HERE = Path(__file__).resolve().parent
 BPF_DIR = _HERE / "bpf" if (_HERE / "bpf").is_dir() else _HERE.parent / "bpf"
 BPF_SOURCE = BPF_DIR / "resreap.bpf.c"
 TRACEPOINT = b"sock:inet_sock_set_state"
+# Where Python children run: a directory only root can write.
+CHILD_CWD = "/"
+
+
+def child_python(*args: str) -> list[str]:
+    """argv for a Python child that never imports from its working
+    directory: ``python -m`` and ``-c`` put the cwd (or '') first on
+    sys.path, and a user's json.py in /tmp would run as root.  -P (3.11+)
+    drops it; callers also run the child in CHILD_CWD."""
+    flags = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *flags, *args]
 
 
 @contextlib.contextmanager

@@ -165,8 +165,17 @@ LimitOpt = Annotated[int, typer.Option(
     help="Reap a process holding at least N counting sockets (distinct sockets, not fds).")]
 GraceOpt = Annotated[float, typer.Option(
     "--grace", "-i", metavar="SEC",
-    help="A socket counts once it has been in CLOSE_WAIT this long (the original's "
-         "interval between its two snapshots).")]
+    help="A socket whose EOF its process read and ignored counts once it has been in "
+         "CLOSE_WAIT this long (the original's interval between its two snapshots).")]
+StallOpt = Annotated[float, typer.Option(
+    "--stall", metavar="SEC",
+    help="A socket left unread (FIN not read) or never accepted counts only after this "
+         "long (at least -i): a busy server looks the same for a while.  Sockets still "
+         "sending never count.")]
+FdPercentOpt = Annotated[Optional[float], typer.Option(
+    "--fd-percent", metavar="P",
+    help="Also require the counting sockets to reach P% of the process's soft "
+         "RLIMIT_NOFILE (the fd exhaustion that takes a server down).")]
 HookOpt = Annotated[Optional[str], typer.Option(
     "--hook", "-c", metavar="CMD",
     help="Run CMD with /bin/sh before any signal; non-zero exit spares the process this "
@@ -225,6 +234,7 @@ def _merge(ctx: typer.Context, given: dict, config_path: Optional[str]) -> dict:
 
 def _watch_config(st: dict):
     """Validated domain settings from merged options (raises UsageError)."""
+    from resreap.errors import UsageError
     from resreap.filters import Filters
     from resreap.killer import Plan, parse_signal
     from resreap.policy import Limits, parse_rate
@@ -233,6 +243,11 @@ def _watch_config(st: dict):
     filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or ())
     _positive("-l", st["limit"], 1)
     _positive("-i", st["grace"])
+    _positive("--stall", st["stall"])
+    if st["fd_percent"] is not None:
+        _positive("--fd-percent", st["fd_percent"])
+        if not 0 < st["fd_percent"] <= 100:
+            raise UsageError(f"bad --fd-percent value {st['fd_percent']!r}: must be in (0, 100]")
     _positive("-w", st["wait"])
     _positive("--hook-timeout", st["hook_timeout"])
     if st["poll_interval"] is not None:
@@ -242,12 +257,18 @@ def _watch_config(st: dict):
                 first_signal=parse_signal(str(st["first_signal"])) if st["first_signal"] else None,
                 wait=float(st["wait"]), hook=st["hook"], hook_timeout=float(st["hook_timeout"]),
                 dry_run=bool(st["dry_run"]))
-    return WatchConfig(Limits(int(st["limit"]), float(st["grace"]), max_kills, per), plan, filters)
+    grace = float(st["grace"])
+    limits = Limits(int(st["limit"]), grace, max_kills, per, stall=max(grace, float(st["stall"])),
+                    fd_percent=float(st["fd_percent"]) if st["fd_percent"] is not None else None)
+    return WatchConfig(limits, plan, filters)
 
 
 @app.command(context_settings=CONTEXT, epilog="""\b
 Examples:
-  resreap watch                      reap holders of >= 2 sockets stuck 2s in CLOSE_WAIT
+  resreap watch                      reap holders of >= 2 leaked sockets (EOF ignored 2s,
+                                     or unread / never accepted 60s)
+  resreap watch --stall 300          give busy servers 5 minutes before unread counts
+  resreap watch --fd-percent 50      only once the leak is half the process's fd limit
   resreap watch -l 2 -f ^java        only Java processes
   resreap watch -F 127.0.0.1:2049    ignore sockets whose peer is 127.0.0.1:2049
   resreap watch -d -D                dry run with every event and timer logged
@@ -263,6 +284,8 @@ def watch(
     pid: PidOpt = None,
     limit: LimitOpt = 2,
     grace: GraceOpt = 2.0,
+    stall: StallOpt = 60.0,
+    fd_percent: FdPercentOpt = None,
     hook: HookOpt = None,
     sig: SignalOpt = "TERM",
     first_signal: FirstSignalOpt = None,
@@ -281,8 +304,11 @@ def watch(
 ) -> None:
     """Kill processes that hold TCP sockets stuck in CLOSE_WAIT.
 
-    A socket counts once it has stayed in CLOSE_WAIT for the grace period
-    (-i).  A process holding at least -l counting sockets is reaped: the
+    What counts is evidence from the kernel, not age alone: a socket whose
+    EOF the process read and ignored counts after the grace period (-i); one
+    left unread or never accepted after --stall; one still sending never; one
+    made by another user and passed in never counts against the receiver.
+    A process holding at least -l counting sockets is reaped: the
     hook (-c) runs, then -S, -s, a wait of -w after each, and SIGKILL if it
     is still alive, all through pidfds so that a recycled pid is never hit.
     Its supervisor is expected to restart it.  Every decision is logged on
@@ -341,7 +367,8 @@ def watch(
                     return
                 w.reconfigure(fresh)
                 decision("reload", logging.WARNING, limit=fresh.limits.limit,
-                         grace=fresh.limits.grace, plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run)
+                         grace=fresh.limits.grace, stall=fresh.limits.stall,
+                         plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run)
 
         watcher = Watcher(selected.source, OwnerResolver(table), config, tick=tick)
         if selected.fallback_reason:
@@ -351,7 +378,8 @@ def watch(
         # Attach and seed first: "start" means resreap is watching now.
         watcher.start()
         decision("start", logging.WARNING, backend=selected.source.name,
-                 limit=config.limits.limit, grace=config.limits.grace, plan=config.plan.describe(),
+                 limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
+                 fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
                  dry_run=config.plan.dry_run, filter=st["command_pattern"] or "",
                  ignore=list(st["ignore"] or ()), namespaces=len(table.namespaces),
                  note="Ctrl-C to end")

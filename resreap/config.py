@@ -19,7 +19,7 @@ DEFAULT_PATH = "/etc/resreap/resreap.toml"
 # option name -> accepted types
 KEYS: dict[str, tuple[type, ...]] = {
     "filter": (str,), "ignore": (list,), "pid": (list,), "limit": (int,),
-    "grace": (int, float), "hook": (str,), "signal": (str, int), "first_signal": (str, int),
+    "grace": (int, float), "stall": (int, float), "fd_percent": (int, float), "hook": (str,), "signal": (str, int), "first_signal": (str, int),
     "wait": (int, float), "dry_run": (bool,), "debug": (bool,), "backend": (str,),
     "log_file": (str,), "json": (bool,), "hook_timeout": (int, float), "max_rate": (str,),
     "poll_interval": (int, float), "metrics": (str,),

@@ -18,6 +18,15 @@ from resreap.formatting import safe
 log = logging.getLogger("resreap.decisions")
 
 _QUOTE = set(' "\'=\\')
+# A field comes from other processes (a command line may be 64 KiB): no log
+# line may be megabytes.  journald's default line limit is 48 KiB.
+VALUE_MAX = 2048
+
+
+def bounded(text: str, limit: int = VALUE_MAX) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more]"
 
 
 def decision(event: str, level: int = logging.INFO, /, **fields: Any) -> None:
@@ -30,7 +39,7 @@ def _text_value(value: Any) -> str:
         return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
     if isinstance(value, (list, tuple)):
         return ",".join(_text_value(v) for v in value) or "-"
-    text = safe(str(value))
+    text = safe(bounded(str(value)))
     if not text or _QUOTE & set(text):
         return json.dumps(text, ensure_ascii=True)
     return text
@@ -59,7 +68,8 @@ class JsonFormatter(logging.Formatter):
             obj["message"] = record.getMessage()
         else:
             obj["event"] = record.msg
-            obj.update({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
+            obj.update({k: list(v) if isinstance(v, tuple) else
+                        bounded(v) if isinstance(v, str) else v for k, v in fields.items()})
         return json.dumps(obj, ensure_ascii=True, default=str)
 
 

@@ -7,7 +7,6 @@ import gzip
 import os
 import platform
 import subprocess
-import sys
 from typing import NamedTuple
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -42,6 +41,7 @@ def _version() -> tuple[int, int]:
 
 def checks() -> list[Check]:
     from resreap import bpf_events
+    from resreap.bpf_loader import CHILD_CWD, child_python
     from resreap.errors import ResreapError
 
     out: list[Check] = []
@@ -71,7 +71,8 @@ def checks() -> list[Check]:
     btf = os.path.exists("/sys/kernel/btf/vmlinux")
     out.append(Check("BTF", OK if btf else WARN, "/sys/kernel/btf/vmlinux" if btf else "absent",
                      "" if btf else "not needed by resreap (it reads only tracepoint fields)"))
-    bcc = subprocess.run([sys.executable, "-c", "import bcc"], capture_output=True).returncode == 0
+    bcc = subprocess.run(child_python("-c", "import bcc"), cwd=CHILD_CWD,
+                         capture_output=True).returncode == 0
     out.append(Check("bcc", OK if bcc else FAIL, "importable" if bcc else "not importable",
                      "" if bcc else "apt-get install python3-bpfcc; venv with --system-site-packages"))
     headers = bpf_events.kernel_headers()

@@ -47,7 +47,8 @@ class EventSource(abc.ABC):
 
 def seed_transitions(table: SocketTable, now: float) -> list[Transition]:
     """The sockets in CLOSE_WAIT right now, in every network namespace."""
-    return [Transition(Kind.EXISTING, ns.diag.sock, now) for ns in table.close_wait()]
+    return [Transition(Kind.EXISTING, ns.diag.sock, now, kid=ns.diag.kid, netns=ns.netns)
+            for ns in table.close_wait()]
 
 
 class Selected(NamedTuple):

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
+
+try:  # linear-time matching: a command line is attacker-controlled text
+    import re2
+except ImportError:  # pragma: no cover - a platform without google-re2 wheels
+    re2 = None
 
 from resreap.errors import UsageError
 from resreap.model import V4_MAPPED_PREFIX, SockId
@@ -71,17 +76,42 @@ def parse_endpoint(text: str) -> EndpointPattern:
     return EndpointPattern(_parse_host(host, text), _parse_port(port if sep else "*", text), text)
 
 
-def parse_command_pattern(pattern: str | None) -> re.Pattern[str] | None:
+# Without RE2, Python's backtracking engine sees only this much of a command
+# line: 'java.*-jar' against a megabyte of 'java' took 100 s.
+BACKTRACKING_INPUT_MAX = 4096
+
+
+class CommandPattern(NamedTuple):
+    """-f: a regex searched in the command line, in linear time (RE2), or
+    with Python's engine on a bounded prefix where RE2 is missing."""
+
+    text: str
+    compiled: Any
+    linear: bool
+
+    def search(self, cmdline: str) -> bool:
+        if not self.linear:
+            cmdline = cmdline[:BACKTRACKING_INPUT_MAX]
+        return self.compiled.search(cmdline) is not None
+
+
+def parse_command_pattern(pattern: str | None) -> CommandPattern | None:
     if pattern is None:
         return None
+    if re2 is not None:
+        try:
+            return CommandPattern(pattern, re2.compile(pattern), True)
+        except re2.error as exc:
+            raise UsageError(f"bad -f pattern {pattern!r}: {exc} (matched with RE2, in linear "
+                             "time: no backreferences or lookaround)") from None
     try:
-        return re.compile(pattern)
+        return CommandPattern(pattern, re.compile(pattern), False)
     except re.error as exc:
         raise UsageError(f"bad -f pattern {pattern!r}: {exc}") from None
 
 
 class Filters(NamedTuple):
-    command: re.Pattern[str] | None = None
+    command: CommandPattern | None = None
     ignore: tuple[EndpointPattern, ...] = ()
     pids: frozenset[int] = frozenset()
 
@@ -103,4 +133,4 @@ class Filters(NamedTuple):
     def wants(self, pid: int, cmdline: str) -> bool:
         if self.pids and pid not in self.pids:
             return False
-        return self.command is None or self.command.search(cmdline) is not None
+        return self.command is None or self.command.search(cmdline)

@@ -66,6 +66,7 @@ class Target(NamedTuple):
     # listener) and the limit, to re-check right before the first signal.
     inodes: tuple[int, ...] = ()
     limit: int = 0
+    evidence: str = ""  # e.g. "eof-ignored:3,queued:1" (evidence.summary)
 
 
 class Outcome(NamedTuple):
@@ -89,17 +90,34 @@ RESULTS = {
 }
 
 
+# Linux refuses an execve whose single environment string exceeds 128 KiB
+# (MAX_ARG_STRLEN): an unbounded value would keep the hook from starting.
+HOOK_VALUE_MAX = 16384
+HOOK_SOCKETS_MAX = 100
+
+
+def _bounded(text: str, limit: int = HOOK_VALUE_MAX) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"...[{len(text) - limit} more]"
+
+
 def hook_env(target: Target, plan: Plan) -> dict[str, str]:
     """The facts a hook receives, as environment variables: never pasted
-    into the command string, which is attacker-controlled text."""
+    into the command string, which is attacker-controlled text.  Every value
+    is bounded."""
     env = dict(os.environ)
+    socks = [f"{s.local}->{s.remote}" for s in target.sockets[:HOOK_SOCKETS_MAX]]
+    if len(target.sockets) > HOOK_SOCKETS_MAX:
+        socks.append(f"+{len(target.sockets) - HOOK_SOCKETS_MAX}")
     env.update({
         "RESREAP_PID": str(target.info.pid),
         "RESREAP_COMM": target.info.comm,
-        "RESREAP_CMDLINE": target.info.cmdline,
+        "RESREAP_CMDLINE": _bounded(target.info.cmdline),
         "RESREAP_COUNT": str(len(target.sockets)),
         "RESREAP_OLDEST": f"{target.oldest:.3f}",
-        "RESREAP_SOCKETS": " ".join(f"{s.local}->{s.remote}" for s in target.sockets),
+        "RESREAP_SOCKETS": _bounded(" ".join(socks)),
+        "RESREAP_EVIDENCE": target.evidence,
         "RESREAP_SIGNAL": plan.signal.name,
     })
     return {k: v.replace("\0", "") for k, v in env.items()}

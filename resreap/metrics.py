@@ -65,6 +65,11 @@ class Exporter:
         for result, n in snap.get("outcomes", {}).items():
             kills.add_metric([result], n)
         yield kills
+        reaped = CounterMetricFamily("resreap_reaped_sockets",
+                                     "Sockets behind reap decisions, by evidence", labels=["evidence"])
+        for kind, n in snap.get("evidence", {}).items():
+            reaped.add_metric([kind], n)
+        yield reaped
         yield CounterMetricFamily("resreap_hook_failures", "Hooks that exited non-zero or timed out",
                                   value=snap.get("hook_failures", 0))
         events = CounterMetricFamily("resreap_events", "Transitions seen", labels=["kind"])

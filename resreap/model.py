@@ -56,12 +56,34 @@ class Transition(NamedTuple):
     time.monotonic), so deadlines are exact however late a batch is read.
     ``cpu_pid`` is the task that was on the CPU: a hint for debugging only,
     never the owner (softirq runs the transition on whoever is there).
+
+    ``kid`` tells two sockets with the same 4-tuple apart (two network
+    namespaces may hold the same 4-tuple): the kernel's socket address for
+    BPF events, the sock_diag cookie (or inode) for polled and seeded ones.
+    ``netns`` is the network namespace where the source knows it (polling,
+    seeding); the tracepoint does not carry it, so BPF events leave it None
+    and the socket is bound to its namespace when first looked up.
     """
 
     kind: Kind
     sock: SockId
     ts: float
     cpu_pid: int = 0
+    kid: int = 0
+    netns: int | None = None
+
+
+Key = tuple  # (SockId, kid): one socket as the event sources name it
+
+
+class Evidence(enum.Enum):
+    """What the kernel says about a socket in CLOSE_WAIT, and so how long
+    it must stay before it counts against its holder (see evidence.py)."""
+
+    EOF_IGNORED = "eof-ignored"  # the process read the EOF and kept the socket
+    UNREAD = "unread"            # the peer's FIN (and maybe data) is unread
+    QUEUED = "queued"            # never accepted: waits in a listener's queue
+    SENDING = "sending"          # unacked data, or data sent within the grace
 
 
 class Owner(NamedTuple):

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, NamedTuple
 from resreap import procinfo
 from resreap.errors import NotRoot, ProcessGone
 from resreap.model import TCP_CLOSE_WAIT, Owner, SockId
+from resreap.sockdiag import DiagSock
 from resreap.sockets import NsSock, SocketTable
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,17 @@ class FdIndex:
         self._next_full = float("-inf")
         self.full_scans = 0
 
+    # A safety net: callers forget sockets as they leave; this bounds what a
+    # missed exit could leave behind.
+    MAX_CACHED = 262144
+
     def forget(self, inode: int) -> None:
         self._cache.pop(inode, None)
+
+    def _remember(self, inode: int, pid: int, fd: int) -> None:
+        if len(self._cache) >= self.MAX_CACHED and inode not in self._cache:
+            self._cache.clear()
+        self._cache.setdefault(inode, {})[pid] = fd
 
     def _verify(self, inode: int) -> set[int]:
         held = self._cache.get(inode)
@@ -104,7 +114,7 @@ class FdIndex:
                 break
             for fd, inode in socket_fds(pid, self.proc_root):
                 if inode in wanted:
-                    self._cache.setdefault(inode, {})[pid] = fd
+                    self._remember(inode, pid, fd)
                     found.setdefault(inode, set()).add(pid)
         return found
 
@@ -250,10 +260,11 @@ class OwnerResolver:
         if len(self._by_peer) > 65536:
             self._by_peer.clear()
 
-    def pids(self, socks: list[NsSock], full_scan: bool = True) -> dict[SockId, set[int]]:
-        """The pids holding each socket; a socket with no holder is absent.
-        ``full_scan=False``: the cache and the likely holders only."""
-        result: dict[SockId, set[int]] = {}
+    def pids(self, socks: list[NsSock], full_scan: bool = True) -> dict[tuple[int, SockId], set[int]]:
+        """The pids holding each socket, keyed by (netns, 4-tuple); a socket
+        with no holder is absent.  ``full_scan=False``: the cache and the
+        likely holders only."""
+        result: dict[tuple[int, SockId], set[int]] = {}
         with_inode = [ns for ns in socks if ns.diag.inode]
         hints: set[int] = set()
         for ns in with_inode:
@@ -265,20 +276,20 @@ class OwnerResolver:
             # Before paying for a scan of every process, make sure the
             # socket still exists: churn closes most of them within
             # milliseconds, and scanning for those is pure waste.
-            still = [ns for ns in unfound if any(
-                hit.diag.inode == ns.diag.inode for hit in self.table.lookup(ns.diag.sock, False))]
+            still = [ns for ns in unfound if (hit := self.table.lookup_in(ns.netns, ns.diag.sock))
+                     is not None and hit.diag.inode == ns.diag.inode]
             if still:
                 held.update(self.index.holders([ns.diag.inode for ns in still]))  # hints: done
         for ns in with_inode:
             pids = held.get(ns.diag.inode)
             if pids:
-                result[ns.diag.sock] = pids
+                result[(ns.netns, ns.diag.sock)] = pids
                 self._learn(ns.diag.sock, pids)
         for ns in socks:
             if not ns.diag.inode:
                 pids = self._accept_queue_owner(ns)
                 if pids:
-                    result[ns.diag.sock] = pids
+                    result[(ns.netns, ns.diag.sock)] = pids
         return result
 
     def learn_listeners(self) -> None:
@@ -304,9 +315,20 @@ class OwnerResolver:
         return out
 
 
-class Resolved(NamedTuple):
+class Probe(NamedTuple):
+    """A socket to look up: bound (its namespace and kernel id known) or,
+    for a BPF event not yet looked up, just a 4-tuple."""
+
+    sock: SockId
+    netns: int | None = None
+    kid: int | None = None
+
+
+class Found(NamedTuple):
+    """A socket in CLOSE_WAIT as the kernel reports it now, with holders."""
+
     netns: int
-    inode: int
+    diag: DiagSock
     owners: tuple[Owner, ...]
 
 
@@ -314,36 +336,54 @@ class Resolved(NamedTuple):
 _DUMP_ABOVE = 256
 
 
-def resolve_close_wait(resolver: OwnerResolver, socks: list[SockId],
-                       full_scan: bool = True) -> dict[SockId, Resolved]:
-    """Check each socket against the kernel and find its owners.
+def _close_wait(table: SocketTable, probes: list[Probe]) -> dict[Probe, list[NsSock]]:
+    out: dict[Probe, list[NsSock]] = {}
+    if len(probes) > _DUMP_ABOVE:
+        by_tuple: dict[SockId, list[NsSock]] = {}
+        wanted = {p.sock for p in probes}
+        for ns in table.close_wait():
+            if ns.diag.sock in wanted:
+                by_tuple.setdefault(ns.diag.sock, []).append(ns)
+        for probe in probes:
+            hits = by_tuple.get(probe.sock, [])
+            if probe.kid is not None:
+                hits = [ns for ns in hits if ns.netns == probe.netns and ns.diag.kid == probe.kid]
+            out[probe] = hits
+        return out
+    for probe in probes:
+        if probe.kid is not None:
+            hit = table.lookup_in(probe.netns, probe.sock)
+            hits = [hit] if hit is not None and hit.diag.kid == probe.kid else []
+        else:
+            hits = table.lookup(probe.sock)
+        out[probe] = [ns for ns in hits if ns.diag.state == TCP_CLOSE_WAIT]
+    return out
 
-    A socket absent from the result is no longer in CLOSE_WAIT (an exit we
-    have not read yet, or one that was lost): it must not count.
+
+def resolve_close_wait(resolver: OwnerResolver, probes: list[Probe],
+                       full_scan: bool = True) -> dict[Probe, list[Found]]:
+    """Check each socket against the kernel and find its holders.
+
+    A bound probe finds at most its own socket; an unbound one every
+    namespace's CLOSE_WAIT socket with that 4-tuple.  An empty list: no
+    longer in CLOSE_WAIT (an exit not read yet, or lost): it must not count.
     ``full_scan=False``: no scan of every process for unknown holders."""
-    if not socks:
+    if not probes:
         return {}
-    table = resolver.table
-    found: list[NsSock] = []
-    if len(socks) > _DUMP_ABOVE:
-        wanted = set(socks)
-        found = [ns for ns in table.close_wait() if ns.diag.sock in wanted]
-    else:
-        for sock in socks:
-            found.extend(ns for ns in table.lookup(sock) if ns.diag.state == TCP_CLOSE_WAIT)
-    pids = resolver.pids(found, full_scan)
-    out: dict[SockId, Resolved] = {}
+    hits = _close_wait(resolver.table, probes)
+    every = [ns for found in hits.values() for ns in found]
+    pids = resolver.pids(every, full_scan)
     # One stat read and one shared tuple per holder set, not per socket: a
     # flood is thousands of sockets held by a few processes.
     by_holders: dict[frozenset[int], tuple[Owner, ...]] = {}
-    for ns in found:
-        holders = frozenset(pids.get(ns.diag.sock, ()))
-        owners = by_holders.get(holders)
-        if owners is None:
-            owners = by_holders[holders] = tuple(resolver.owners(holders))
-        prev = out.get(ns.diag.sock)
-        if prev is not None:
-            # The same 4-tuple in two namespaces: keep every holder.
-            owners = tuple(sorted(set(prev.owners) | set(owners)))
-        out[ns.diag.sock] = Resolved(ns.netns, ns.diag.inode, owners)
+    out: dict[Probe, list[Found]] = {}
+    for probe, found in hits.items():
+        rows = []
+        for ns in found:
+            holders = frozenset(pids.get((ns.netns, ns.diag.sock), ()))
+            owners = by_holders.get(holders)
+            if owners is None:
+                owners = by_holders[holders] = tuple(resolver.owners(holders))
+            rows.append(Found(ns.netns, ns.diag, owners))
+        out[probe] = rows
     return out

@@ -6,19 +6,26 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from resreap import procinfo
 from resreap.errors import ProcessGone, UsageError
+from resreap.evidence import Rules
 from resreap.filters import Filters
-from resreap.model import Owner, SockId
+from resreap.model import Key, Owner
 
 
 class Limits(NamedTuple):
     limit: int = 2          # -l: counting sockets that make a process a target
-    grace: float = 2.0      # -i: seconds in CLOSE_WAIT before a socket counts
+    grace: float = 2.0      # -i: seconds before an eof-ignored socket counts
     max_kills: int = 3      # storm bound: kills of one command line ...
     per: float = 60.0       # ... per this many seconds
+    stall: float = 60.0     # --stall: seconds before an unread or queued one counts
+    fd_percent: float | None = None  # --fd-percent: also needed, % of RLIMIT_NOFILE
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(self.grace, self.stall)
 
 
 def parse_rate(text: str) -> tuple[int, float]:
@@ -34,22 +41,22 @@ def parse_rate(text: str) -> tuple[int, float]:
 
 
 class Counter:
-    """Counting sockets (in CLOSE_WAIT past the grace) per holding process.
+    """Counting sockets per holding process, by the sockets' tracker keys.
     Distinct sockets, not fds: a socket on two fds counts once."""
 
     def __init__(self) -> None:
-        self.by_owner: dict[Owner, set[SockId]] = collections.defaultdict(set)
+        self.by_owner: dict[Owner, set[Key]] = collections.defaultdict(set)
 
-    def add(self, sock: SockId, owners: tuple[Owner, ...]) -> None:
+    def add(self, key: Key, owners: Iterable[Owner]) -> None:
         for owner in owners:
-            self.by_owner[owner].add(sock)
+            self.by_owner[owner].add(key)
 
-    def remove(self, sock: SockId, owners: tuple[Owner, ...]) -> None:
+    def remove(self, key: Key, owners: Iterable[Owner]) -> None:
         for owner in owners:
-            socks = self.by_owner.get(owner)
-            if socks is not None:
-                socks.discard(sock)
-                if not socks:
+            keys = self.by_owner.get(owner)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
                     del self.by_owner[owner]
 
     def count(self, owner: Owner) -> int:
@@ -96,13 +103,20 @@ class StormGuard:
     a command that leaks again within seconds must not turn resreap into a
     kill loop.  Past the bound, kills wait for the window to allow them."""
 
+    MAX_KEYS = 4096  # command lines remembered at most
+
     def __init__(self, max_kills: int, per: float) -> None:
         self.max_kills = max_kills
         self.per = per
         self._kills: dict[str, collections.deque[float]] = {}
 
+    def __len__(self) -> int:
+        return len(self._kills)
+
     def _recent(self, key: str, now: float) -> collections.deque[float]:
-        times = self._kills.setdefault(key, collections.deque())
+        times = self._kills.get(key)
+        if times is None:
+            return collections.deque()
         while times and times[0] <= now - self.per:
             times.popleft()
         return times
@@ -119,7 +133,17 @@ class StormGuard:
         now = time.monotonic() if now is None else now
         times = self._recent(key, now)
         times.append(now)
-        if len(self._kills) > 4096:  # bounded: forget idle commands
-            for k in [k for k, v in self._kills.items() if not v]:
-                del self._kills[k]
+        self._kills[key] = times
+        if len(self._kills) > self.MAX_KEYS:
+            self._prune(now)
         return len(times)
+
+    def _prune(self, now: float) -> None:
+        """Forget commands with no kill in the window; if every one is
+        recent (thousands of distinct command lines a minute: hostile), the
+        least recently killed go first."""
+        for key in [k for k, v in self._kills.items() if not v or v[-1] <= now - self.per]:
+            del self._kills[key]
+        if len(self._kills) > self.MAX_KEYS:
+            keep = sorted(self._kills.items(), key=lambda kv: kv[1][-1])[-(self.MAX_KEYS * 3 // 4):]
+            self._kills = dict(keep)

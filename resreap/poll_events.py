@@ -12,6 +12,11 @@ from resreap.model import Kind, SockId, Transition
 from resreap.sockets import SocketTable
 
 
+# (network namespace, 4-tuple, cookie or inode): one socket, even where two
+# namespaces hold the same 4-tuple.
+_Ident = tuple[int, SockId, int]
+
+
 class PollSource(EventSource):
     name = "proc"
 
@@ -19,17 +24,22 @@ class PollSource(EventSource):
         self.table = table
         self.interval = max(0.01, interval)
         self.latency = self.interval
-        self._known: set[SockId] = set()
+        self._known: set[_Ident] = set()
         self._next = 0.0
 
-    def _snapshot(self) -> set[SockId]:
-        return {ns.diag.sock for ns in self.table.close_wait()}
+    def _snapshot(self) -> set[_Ident]:
+        return {(ns.netns, ns.diag.sock, ns.diag.kid) for ns in self.table.close_wait()}
+
+    @staticmethod
+    def _transition(kind: Kind, ident: _Ident, now: float) -> Transition:
+        netns, sock, kid = ident
+        return Transition(kind, sock, now, kid=kid, netns=netns)
 
     def start(self) -> list[Transition]:
         now = time.monotonic()
         self._known = self._snapshot()
         self._next = now + self.interval
-        return [Transition(Kind.EXISTING, sock, now) for sock in self._known]
+        return [self._transition(Kind.EXISTING, i, now) for i in self._known]
 
     def read(self, timeout: float) -> list[Transition]:
         wait = self._next - time.monotonic()
@@ -41,7 +51,7 @@ class PollSource(EventSource):
         now = time.monotonic()
         self._next = now + self.interval
         current = self._snapshot()
-        out = [Transition(Kind.EXIT, s, now) for s in self._known - current]
-        out += [Transition(Kind.ENTER, s, now) for s in current - self._known]
+        out = [self._transition(Kind.EXIT, i, now) for i in self._known - current]
+        out += [self._transition(Kind.ENTER, i, now) for i in current - self._known]
         self._known = current
         return out

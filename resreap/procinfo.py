@@ -12,6 +12,9 @@ from typing import NamedTuple
 from resreap.errors import ProcessGone, ProcessUnreadable
 
 PF_KTHREAD = 0x00200000
+# A command line is whatever its process wrote there (a megabyte, if it
+# likes): resreap keeps at most this much of it, marked where cut.
+CMDLINE_MAX = 65536
 
 
 class ProcInfo(NamedTuple):
@@ -48,13 +51,46 @@ def read(pid: int, proc_root: str = "/proc") -> ProcInfo:
     start, ppid, comm, kthread = read_stat(pid, proc_root)
     try:
         with open(f"{proc_root}/{pid}/cmdline", "rb") as f:
-            argv = f.read()
+            argv = f.read(CMDLINE_MAX + 1)
+            cut = len(argv) > CMDLINE_MAX
+            if cut:
+                argv = argv[:CMDLINE_MAX]
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone(pid) from exc
     cmdline = argv.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
+    if cut:
+        cmdline += "...[cut]"
     if start_time(pid, proc_root) != start:
         raise ProcessGone(pid, "was replaced while being read")
     return ProcInfo(pid, start, ppid, comm, cmdline or f"[{comm}]", kthread)
+
+
+def read_uids(pid: int, proc_root: str = "/proc") -> frozenset[int]:
+    """Real, effective, saved and fs uids of ``pid``; raises ProcessGone.
+    (The owner of /proc/PID is not it: non-dumpable processes show root.)"""
+    try:
+        with open(f"{proc_root}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return frozenset(int(u) for u in line.split()[1:5])
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid) from exc
+    raise ProcessGone(pid, "has no Uid line in its status")
+
+
+def fd_soft_limit(pid: int, proc_root: str = "/proc") -> int | None:
+    """The soft RLIMIT_NOFILE of ``pid`` (None: unlimited or unreadable)."""
+    try:
+        with open(f"{proc_root}/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    soft = line[len("Max open files"):].split()[0]
+                    return int(soft) if soft.isdigit() else None
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid) from exc
+    except OSError:
+        return None
+    return None
 
 
 def ancestors(pid: int, proc_root: str = "/proc") -> set[int]:

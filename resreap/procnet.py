@@ -41,13 +41,15 @@ def parse(text: str, family: int, states: frozenset[int] | None = None) -> list[
                 continue
             laddr, lport = _endpoint(fields[1])
             raddr, rport = _endpoint(fields[2])
-            rqueue = int(fields[4].partition(":")[2], 16)
+            wq, _, rq = fields[4].partition(":")
+            rqueue, wqueue = int(rq, 16), int(wq, 16)
             uid, inode = int(fields[7]), int(fields[9])
         except ValueError:
             continue
         if len(laddr) != (4 if family == 4 else 16):
             continue
-        out.append(DiagSock(SockId(family, laddr, lport, raddr, rport), state, inode, 0, rqueue, uid))
+        out.append(DiagSock(SockId(family, laddr, lport, raddr, rport), state, inode, 0,
+                            rqueue, uid, wqueue))
     return out
 
 
@@ -72,7 +74,9 @@ class ProcNetTcp:
         except OSError as exc:
             raise KernelQueryError(f"cannot read {self.base}/{name}: {exc.strerror}") from exc
 
-    def dump(self, states: Iterable[int], families: Iterable[int] = (4, 6)) -> list[DiagSock]:
+    def dump(self, states: Iterable[int], families: Iterable[int] = (4, 6),
+             info: bool = False) -> list[DiagSock]:
+        """``info`` is accepted for symmetry: /proc/net/tcp has no tcp_info."""
         wanted = frozenset(states)
         out: list[DiagSock] = []
         for family in families:

@@ -22,6 +22,13 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
+INET_DIAG_INFO = 2          # attribute carrying struct tcp_info
+_WANT_INFO = 1 << (INET_DIAG_INFO - 1)
+_RTATTR = struct.Struct("=HH")
+# struct tcp_info: tcpi_last_data_sent (ms since the socket last sent data)
+# sits after 8 one-byte fields and 9 u32s, in every kernel since 2.6.
+_LAST_DATA_SENT = struct.Struct("=I")
+_LAST_DATA_SENT_AT = 44
 
 _NLMSGHDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states; then inet_diag_sockid:
@@ -41,7 +48,13 @@ class DiagSock(NamedTuple):
 
     ``inode`` is 0 while a connection waits in a listener's accept queue
     (no file yet).  For a LISTEN socket ``rqueue`` is the accept queue
-    length.  ``cookie`` is the kernel's unique socket id."""
+    length; for a CLOSE_WAIT socket it is 1 while the peer's FIN is unread,
+    0 once the process has read the EOF, more with unread data.
+    ``wqueue`` is data sent and not yet acknowledged.  ``uid`` is the
+    socket's creator (inherited from the listener by accepted sockets).
+    ``cookie`` is the kernel's unique socket id (0 where unknown: procfs).
+    ``idle_sent`` is seconds since the socket last sent data (None where
+    tcp_info was not asked for or is unavailable)."""
 
     sock: SockId
     state: int
@@ -49,6 +62,14 @@ class DiagSock(NamedTuple):
     cookie: int
     rqueue: int
     uid: int
+    wqueue: int = 0
+    idle_sent: float | None = None
+
+    @property
+    def kid(self) -> int:
+        """The kernel's id for this socket within its namespace: the cookie,
+        or the inode where there is no cookie (the procfs reader)."""
+        return self.cookie or self.inode
 
 
 def states_mask(states: Iterable[int]) -> int:
@@ -58,25 +79,41 @@ def states_mask(states: Iterable[int]) -> int:
     return mask
 
 
-def _request(family: int, flags: int, states: int, seq: int, sock: SockId | None) -> bytes:
+def _request(family: int, flags: int, states: int, seq: int, sock: SockId | None,
+             ext: int = 0) -> bytes:
     if sock is None:
         sockid = _SOCKID_PORTS.pack(0, 0) + _SOCKID_REST.pack(
             b"", b"", 0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
     else:
         sockid = _SOCKID_PORTS.pack(sock.lport, sock.rport) + _SOCKID_REST.pack(
             sock.laddr, sock.raddr, 0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
-    body = _REQ.pack(_AF[family], socket.IPPROTO_TCP, 0, 0, states) + sockid
+    body = _REQ.pack(_AF[family], socket.IPPROTO_TCP, ext, 0, states) + sockid
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
                           flags, seq, 0) + body
 
 
-def _parse(family: int, payload: memoryview) -> DiagSock:
+def _idle_sent(payload: memoryview) -> float | None:
+    """tcpi_last_data_sent from the INET_DIAG_INFO attribute, in seconds."""
+    offset = _MSG.size
+    while offset + _RTATTR.size <= len(payload):
+        length, kind = _RTATTR.unpack_from(payload, offset)
+        if length < _RTATTR.size:
+            return None
+        if kind == INET_DIAG_INFO and length >= _RTATTR.size + _LAST_DATA_SENT_AT + 4:
+            (ms,) = _LAST_DATA_SENT.unpack_from(payload, offset + _RTATTR.size + _LAST_DATA_SENT_AT)
+            return ms / 1000.0
+        offset += (length + 3) & ~3
+    return None
+
+
+def _parse(family: int, payload: memoryview, info: bool) -> DiagSock:
     (_fam, state, _timer, _retrans, sport, dport, src, dst, _if, ck0, ck1,
-     _expires, rqueue, _wqueue, uid, inode) = _MSG.unpack_from(payload)
+     _expires, rqueue, wqueue, uid, inode) = _MSG.unpack_from(payload)
     n = 4 if family == 4 else 16
     sock = SockId(family, src[:n], int.from_bytes(sport, "big"),
                   dst[:n], int.from_bytes(dport, "big"))
-    return DiagSock(sock, state, inode, ck0 | (ck1 << 32), rqueue, uid)
+    return DiagSock(sock, state, inode, ck0 | (ck1 << 32), rqueue, uid, wqueue,
+                    _idle_sent(payload) if info else None)
 
 
 class SockDiag:
@@ -91,11 +128,11 @@ class SockDiag:
         self._nl.close()
 
     def _exchange(self, family: int, flags: int, states: int,
-                  sock: SockId | None) -> list[DiagSock]:
+                  sock: SockId | None, info: bool = False) -> list[DiagSock]:
         self._seq += 1
         seq = self._seq
         try:
-            self._nl.send(_request(family, flags, states, seq, sock))
+            self._nl.send(_request(family, flags, states, seq, sock, _WANT_INFO if info else 0))
         except OSError as exc:
             raise KernelQueryError(f"sock_diag request failed: {exc.strerror}") from exc
         found: list[DiagSock] = []
@@ -122,21 +159,23 @@ class SockDiag:
                         return found
                     raise KernelQueryError(f"sock_diag: {os.strerror(code)}")
                 if mtype == SOCK_DIAG_BY_FAMILY:
-                    found.append(_parse(family, payload))
+                    found.append(_parse(family, payload, info))
             if not flags & NLM_F_DUMP and found:
                 return found
 
-    def dump(self, states: Iterable[int], families: Iterable[int] = (4, 6)) -> list[DiagSock]:
-        """Every TCP socket in ``states``, filtered in the kernel."""
+    def dump(self, states: Iterable[int], families: Iterable[int] = (4, 6),
+             info: bool = False) -> list[DiagSock]:
+        """Every TCP socket in ``states``, filtered in the kernel.  ``info``:
+        also ask for tcp_info (``idle_sent``)."""
         mask = states_mask(states)
         out: list[DiagSock] = []
         for family in families:
-            out.extend(self._exchange(family, NLM_F_REQUEST | NLM_F_DUMP, mask, None))
+            out.extend(self._exchange(family, NLM_F_REQUEST | NLM_F_DUMP, mask, None, info))
         return out
 
     def lookup(self, sock: SockId) -> DiagSock | None:
-        """The socket with exactly this 4-tuple, or None."""
-        for found in self._exchange(sock.family, NLM_F_REQUEST, 0xFFFFFFFF, sock):
+        """The socket with exactly this 4-tuple (with tcp_info), or None."""
+        for found in self._exchange(sock.family, NLM_F_REQUEST, 0xFFFFFFFF, sock, True):
             # The kernel's lookup falls back to a listener on the port: only
             # an exact 4-tuple match is this socket.
             if found.sock == sock:

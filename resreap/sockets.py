@@ -147,7 +147,7 @@ class SocketTable:
         for ino, diag in list(self._diag.items()):
             yield ino, diag
 
-    def dump(self, states: Iterable[int]) -> list[NsSock]:
+    def dump(self, states: Iterable[int], info: bool = False) -> list[NsSock]:
         self._maybe_refresh()
         states = tuple(states)
         out: list[NsSock] = []
@@ -158,13 +158,14 @@ class SocketTable:
             if not families:
                 continue
             try:
-                out.extend(NsSock(ino, d) for d in diag.dump(states, families))
+                out.extend(NsSock(ino, d) for d in diag.dump(states, families, info))
             except KernelQueryError as exc:
                 log.debug("netns %d dump failed: %s", ino, exc)
         return out
 
     def close_wait(self) -> list[NsSock]:
-        return self.dump((TCP_CLOSE_WAIT,))
+        """Every CLOSE_WAIT socket, with the evidence fields (tcp_info)."""
+        return self.dump((TCP_CLOSE_WAIT,), info=True)
 
     def listeners(self) -> list[NsSock]:
         return self.dump((TCP_LISTEN,))
@@ -177,6 +178,19 @@ class SocketTable:
             self.refresh()
             found = self._lookup(sock)
         return found
+
+    def lookup_in(self, ino: int, sock: SockId) -> NsSock | None:
+        """The socket with this 4-tuple in one namespace (None: gone, or
+        the namespace is)."""
+        diag = self._diag.get(ino)
+        if diag is None:
+            return None
+        try:
+            hit = diag.lookup(sock)
+        except KernelQueryError as exc:
+            log.debug("netns %d lookup failed: %s", ino, exc)
+            return None
+        return NsSock(ino, hit) if hit is not None else None
 
     def _lookup(self, sock: SockId) -> list[NsSock]:
         found = []

@@ -11,7 +11,7 @@ from resreap.errors import ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.model import Kind, Owner, SockId, Transition
-from resreap.owners import OwnerResolver, resolve_close_wait
+from resreap.owners import OwnerResolver, Probe, resolve_close_wait
 from resreap.tracker import CloseWaitTable
 
 
@@ -82,17 +82,33 @@ class Tracer:
                 continue
             entry, new = self.table.apply(t)
             if t.kind is Kind.EXIT:
+                if entry is not None and entry.inode:
+                    self.resolver.index.forget(entry.inode)
+                if entry is None:
+                    # A socket seeded at start is keyed by its cookie, its
+                    # exit event by the kernel's address.
+                    twins = [e for e in self.table.same_tuple(t.sock) if e.existing]
+                    if len(twins) == 1:
+                        entry = self.table.remove(twins[0].key)
                 order.append((t, entry))
             elif new:
                 fresh.append(entry)
                 order.append((t, entry))
         # Resolve the whole batch at once; a socket that entered and left
         # inside one batch is gone already and stays without owner.
-        resolved = resolve_close_wait(self.resolver, [e.sock for e in fresh])
+        probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in fresh}
+        resolved = resolve_close_wait(self.resolver, list(set(probes.values())))
         for entry in fresh:
-            hit = resolved.get(entry.sock)
-            entry.owners = hit.owners if hit else ()
-            entry.netns = hit.netns if hit else None
+            hits = resolved.get(probes[entry.key], [])
+            hit = hits[0] if len(hits) == 1 else None
+            if hit is None and hits:
+                # The same 4-tuple in several namespaces: every holder.
+                owners = tuple(sorted({o for h in hits for o in h.owners}))
+                entry.owners = owners
+            else:
+                entry.owners = hit.owners if hit else ()
+                if hit is not None:
+                    entry.netns, entry.kid, entry.inode = hit.netns, hit.diag.kid, hit.diag.inode
             for owner in entry.owners:
                 self.stats.setdefault(owner, _Stats()).entered += 1
         out = []

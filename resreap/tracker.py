@@ -1,33 +1,56 @@
-"""The sockets currently in CLOSE_WAIT, when each entered, and the timers
-that make a socket count once it has stayed for the grace period."""
+"""The sockets currently in CLOSE_WAIT, when each entered, and when each is
+to be looked at next.
+
+A socket is keyed by its 4-tuple *and* the kernel's id for it (the event's
+``kid``): the same 4-tuple may live in two network namespaces at once, and
+the exit of one must never erase the other's timer.  An entry is *bound*
+once it is known which namespace's socket it is (``netns`` and ``kid``, the
+sock_diag cookie): from then on every check asks the kernel about exactly
+that socket.
+"""
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from typing import Iterator
 
-from resreap.model import Kind, Owner, SockId, Transition
+from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
 
 
 class Entry:
     """One socket in CLOSE_WAIT."""
 
-    __slots__ = ("sock", "entered", "existing", "owners", "netns", "counted")
+    __slots__ = ("key", "entered", "existing", "netns", "kid", "inode", "owners", "counted",
+                 "evidence", "due")
 
-    def __init__(self, sock: SockId, entered: float, existing: bool) -> None:
-        self.sock = sock
+    def __init__(self, key: Key, entered: float, existing: bool) -> None:
+        self.key = key
         self.entered = entered          # monotonic seconds
         self.existing = existing        # found at start: true entry unknown
+        self.netns: int | None = None   # bound: its namespace ...
+        self.kid: int | None = None     # ... and sock_diag cookie (or inode)
+        self.inode = 0                  # its file, once seen (0: none yet)
         self.owners: tuple[Owner, ...] | None = None  # None: not resolved yet
-        self.netns: int | None = None
-        self.counted = False            # stayed past the grace period
+        self.counted = False            # counts against its holders now
+        self.evidence: Evidence | None = None
+        self.due = float("inf")         # next look, monotonic seconds
+
+    @property
+    def sock(self) -> SockId:
+        return self.key[0]
+
+    @property
+    def bound(self) -> bool:
+        return self.kid is not None
 
 
 class CloseWaitTable:
-    def __init__(self, grace: float | None = None) -> None:
-        self.grace = grace
-        self.entries: dict[SockId, Entry] = {}
-        self._heap: list[tuple[float, SockId]] = []
+    def __init__(self) -> None:
+        self.entries: dict[Key, Entry] = {}
+        self._by_sock: dict[SockId, list[Key]] = {}
+        self._heap: list[tuple[float, int, Key]] = []
+        self._seq = itertools.count()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -35,64 +58,83 @@ class CloseWaitTable:
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries.values())
 
-    def get(self, sock: SockId) -> Entry | None:
-        return self.entries.get(sock)
+    def get(self, key: Key) -> Entry | None:
+        return self.entries.get(key)
+
+    def same_tuple(self, sock: SockId) -> list[Entry]:
+        """Every entry with this 4-tuple (usually one)."""
+        return [self.entries[k] for k in self._by_sock.get(sock, ())]
 
     def apply(self, t: Transition) -> tuple[Entry | None, bool]:
         """Record a transition.  Returns (entry, new): on EXIT the removed
-        entry (None if we never saw it enter); otherwise the entry and
-        whether it was not known before."""
+        entry (None if no entry has this key: seeded or reconciled
+        sockets are keyed by cookie, their exit event by address); else
+        the entry and whether it was not known before."""
+        key = (t.sock, t.kid)
         if t.kind is Kind.EXIT:
-            return self.entries.pop(t.sock, None), False
-        entry = self.entries.get(t.sock)
+            return self.remove(key), False
+        entry = self.entries.get(key)
         if entry is not None:
-            # Seeded at start and then reported by the kernel (or the other
-            # way round): the earlier time is the truer one.
+            # Reported twice (seeded, then polled): the earlier time is truer.
             if t.ts < entry.entered:
                 entry.entered = t.ts
                 entry.existing = t.kind is Kind.EXISTING
-                self._arm(entry)
             return entry, False
-        entry = Entry(t.sock, t.ts, t.kind is Kind.EXISTING)
-        self.entries[t.sock] = entry
-        self._arm(entry)
+        entry = Entry(key, t.ts, t.kind is Kind.EXISTING)
+        if t.netns is not None:
+            entry.netns, entry.kid = t.netns, t.kid
+        self.entries[key] = entry
+        self._by_sock.setdefault(t.sock, []).append(key)
         return entry, True
 
-    def remove(self, sock: SockId) -> Entry | None:
-        return self.entries.pop(sock, None)
+    def remove(self, key: Key) -> Entry | None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            keys = self._by_sock.get(key[0])
+            if keys is not None:
+                keys.remove(key)
+                if not keys:
+                    del self._by_sock[key[0]]
+        return entry
 
-    def _arm(self, entry: Entry) -> None:
-        if self.grace is not None:
-            heapq.heappush(self._heap, (entry.entered + self.grace, entry.sock))
+    def schedule(self, entry: Entry, when: float) -> None:
+        entry.due = when
+        heapq.heappush(self._heap, (when, next(self._seq), entry.key))
 
-    def set_grace(self, grace: float) -> None:
-        """Re-arm every pending timer for a new grace period."""
-        self.grace = grace
-        self._heap = [(e.entered + grace, e.sock) for e in self.entries.values() if not e.counted]
+    def reschedule_all(self, when_of) -> None:
+        """A new timer for every entry: ``when_of(entry)``."""
+        self._heap = []
+        for entry in self.entries.values():
+            entry.due = when_of(entry)
+            self._heap.append((entry.due, next(self._seq), entry.key))
         heapq.heapify(self._heap)
+
+    def _live(self, when: float, key: Key) -> Entry | None:
+        entry = self.entries.get(key)
+        if entry is None or entry.due != when:
+            return None  # a stale timer: the socket left or was re-armed
+        return entry
 
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:
-            deadline, sock = heap[0]
-            entry = self.entries.get(sock)
-            if entry is None or entry.counted or entry.entered + self.grace != deadline:
-                heapq.heappop(heap)  # a stale timer: the socket left or re-armed
+            when, _seq, key = heap[0]
+            if self._live(when, key) is None:
+                heapq.heappop(heap)
                 continue
-            return deadline
+            return when
         return None
 
     def due(self, now: float) -> list[Entry]:
-        """Entries whose grace ended at or before ``now``, marked counted."""
+        """Entries whose next look is at or before ``now`` (unscheduled)."""
         out = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            deadline, sock = heapq.heappop(heap)
-            entry = self.entries.get(sock)
-            if entry is None or entry.counted or entry.entered + self.grace != deadline:
-                continue
-            entry.counted = True
-            out.append(entry)
+            when, _seq, key = heapq.heappop(heap)
+            entry = self._live(when, key)
+            if entry is not None:
+                entry.due = float("inf")
+                out.append(entry)
         return out
 
     def counted(self) -> list[Entry]:

@@ -1,9 +1,10 @@
 """`resreap watch`: per-socket CLOSE_WAIT timers, and the decisions they
-drive.  A socket counts once it has stayed in CLOSE_WAIT for the grace
-period (the event-driven form of the original's two snapshots and their
-intersection); a process holding at least the limit of counting sockets is
-handed to the kill engine.  Decisions happen at the deadline itself: the
-loop sleeps exactly until the next timer."""
+drive.  At each socket's deadline the kernel is asked what the process did
+with it (evidence.py): a socket whose EOF was read and ignored counts after
+the grace period, one left unread or in an accept queue after the longer
+stall period, one still sending never.  A process holding at least the
+limit of counting sockets is handed to the kill engine.  Decisions happen
+at the deadline itself: the loop sleeps exactly until the next timer."""
 
 from __future__ import annotations
 
@@ -11,21 +12,25 @@ import logging
 import time
 from typing import NamedTuple
 
+from resreap import evidence, procinfo
 from resreap.decisionlog import decision
 from resreap.errors import ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.killer import Killer, Outcome, Plan, Target
-from resreap.model import Kind, Owner, SockId, Transition
-from resreap.owners import OwnerResolver, resolve_close_wait
+from resreap.model import Key, Kind, Owner, SockId, Transition
+from resreap.owners import Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.policy import Counter, Eligibility, Limits, StormGuard
-from resreap.tracker import CloseWaitTable
+from resreap.tracker import CloseWaitTable, Entry
 
 log = logging.getLogger(__name__)
 
 # Owners that could not be found (a throttled full scan, an accept queue
 # shared by several processes) are looked for again this often.
 RETRY_UNRESOLVED = 1.0
+# A counting socket is looked at again this often (new holders after a
+# fork, or a change of evidence); the decision re-checks anyway.
+RECHECK_COUNTED = 30.0
 # Without lost events, the kernel's CLOSE_WAIT set is still compared with
 # ours this often, so that no leak can hide behind a missed event.
 RECONCILE_EVERY = 60.0
@@ -39,7 +44,7 @@ class WatchConfig(NamedTuple):
     filters: Filters
 
 
-def _endpoints(socks) -> list[str]:
+def _endpoints(socks: list[SockId]) -> list[str]:
     socks = sorted(socks)
     shown = [f"{s.local}->{s.remote}" for s in socks[:SAMPLE]]
     if len(socks) > SAMPLE:
@@ -56,17 +61,18 @@ class Watcher:
         self.limits = config.limits
         self.filters = config.filters
         self.proc_root = resolver.proc_root
-        self.table = CloseWaitTable(grace=config.limits.grace)
+        self.table = CloseWaitTable()
         self.counter = Counter()
         self.eligibility = Eligibility(config.filters, self.proc_root)
         self.storm = StormGuard(config.limits.max_kills, config.limits.per)
         self.killer = killer or Killer(config.plan, self.proc_root)
-        self._young: list[SockId] = []
-        self._unresolved: set[SockId] = set()
-        self._next_retry = float("inf")
+        self._young: list[Key] = []
+        self._recheck: list[Key] = []
         self._deferred: dict[Owner, float] = {}
         self._reaped: set[Owner] = set()      # handed to the killer already
         self._spared: set[Owner] = set()      # ineligible: said once
+        self._foreign: set[Owner] = set()     # passed-in sockets: said once
+        self._uids: dict[Owner, frozenset[int]] = {}
         self._lost = 0
         self._next_reconcile = 0.0
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -75,6 +81,7 @@ class Watcher:
         self._tick = tick
         self.events_seen = {"existing": 0, "enter": 0, "exit": 0}
         self.results: dict[str, int] = {}
+        self.reaped_evidence: dict[str, int] = {}
         self.hook_failures = 0
 
     # -- the loop ---------------------------------------------------------
@@ -86,7 +93,8 @@ class Watcher:
         self._next_reconcile = time.monotonic() + RECONCILE_EVERY
         if seeds:
             decision("existing", logging.INFO, sockets=len(self.table),
-                     note=f"already in CLOSE_WAIT at start; they count from now + {self.limits.grace:g}s")
+                     note=f"already in CLOSE_WAIT at start; they count from now + "
+                          f"{self.limits.grace:g}s or more (see evidence)")
 
     def _wake_at(self, now: float) -> float:
         wake = now + self.source.latency
@@ -95,7 +103,9 @@ class Watcher:
             wake = min(wake, deadline)
         if self._deferred:
             wake = min(wake, min(self._deferred.values()))
-        return min(wake, self._next_retry, self._next_reconcile)
+        if self._recheck:
+            wake = now
+        return min(wake, self._next_reconcile)
 
     def step(self) -> None:
         now = time.monotonic()
@@ -106,10 +116,11 @@ class Watcher:
         now = time.monotonic()
         touched: set[Owner] = set()
         due = self.table.due(now)
+        if self._recheck:
+            keys, self._recheck = set(self._recheck), []
+            due += [e for k in keys if (e := self.table.get(k)) is not None and e not in due]
         if due:
-            touched |= self._count([e.sock for e in due], now)
-        if now >= self._next_retry:
-            touched |= self._retry_unresolved(now)
+            touched |= self._check(due, now)
         for owner, when in list(self._deferred.items()):
             if when <= now:
                 del self._deferred[owner]
@@ -131,10 +142,10 @@ class Watcher:
         self.storm.max_kills, self.storm.per = config.limits.max_kills, config.limits.per
         self.killer.plan = config.plan
         self._spared.clear()
-        if self.table.grace != config.limits.grace:
-            self.table.set_grace(config.limits.grace)
-        # Re-judge everyone over the (new) limit on the next turn.
+        # Judge every socket again under the new rules, none before its
+        # (new) grace has passed.
         now = time.monotonic()
+        self.table.reschedule_all(lambda e: max(now, e.entered + config.limits.grace))
         for owner in list(self.counter.by_owner):
             self._deferred.setdefault(owner, now)
 
@@ -149,6 +160,7 @@ class Watcher:
             "top": [(o.pid, o.comm, n) for n, o in best],
             "other": sum(n for n, _ in counts) - sum(n for n, _ in best),
             "outcomes": dict(self.results),
+            "evidence": dict(self.reaped_evidence),
             "hook_failures": self.hook_failures,
             "events": dict(self.events_seen),
             "lost": self._lost,
@@ -172,92 +184,174 @@ class Watcher:
     # -- events -----------------------------------------------------------
 
     def _apply(self, batch: list[Transition]) -> None:
-        ignores, debug = self.filters.ignores, self._debug
+        ignores, debug, table = self.filters.ignores, self._debug, self.table
+        grace = self.limits.grace
         for t in batch:
             if self.filters.ignore and ignores(t.sock):
                 continue
-            entry, new = self.table.apply(t)
+            entry, new = table.apply(t)
             self.events_seen[t.kind.value] += 1
             if debug:
                 log.debug("event %s %s -> %s cpu_pid=%d (hint only)", t.kind.value,
                           t.sock.local, t.sock.remote, t.cpu_pid)
             if t.kind is Kind.EXIT:
-                if entry is not None and entry.counted:
-                    self._uncount(entry.sock, entry.owners)
+                if entry is not None:
+                    self._gone(entry)
+                else:
+                    # Seeded and reconciled sockets are keyed by their cookie,
+                    # the exit event by the kernel's address: check the
+                    # entries with this 4-tuple against the kernel now.
+                    self._recheck.extend(e.key for e in table.same_tuple(t.sock) if e.bound)
             elif new:
-                self._young.append(t.sock)
+                table.schedule(entry, entry.entered + grace)
+                self._young.append(entry.key)
 
-    def _uncount(self, sock: SockId, owners) -> None:
-        if owners:
-            self.counter.remove(sock, owners)
-        self._unresolved.discard(sock)
+    def _forget(self, entry: Entry) -> None:
+        """Uncount an entry (it left, or is about to be counted anew)."""
+        if entry.counted and entry.owners:
+            self.counter.remove(entry.key, entry.owners)
+        entry.counted = False
 
-    def _resolve_young(self, young: list[SockId]) -> None:
-        """Find owners while the socket is young: by its deadline the answer
-        is cached and costs one readlink to verify.  Sockets that came and
-        went within one batch never get here."""
-        pending = [s for s in young if (e := self.table.get(s)) is not None
-                   and e.owners is None and not e.counted]
+    def _gone(self, entry: Entry) -> None:
+        """An entry that left the table: uncount it, and drop its cached
+        holders (one cache entry per connection would grow forever)."""
+        self._forget(entry)
+        if entry.inode:
+            self.resolver.index.forget(entry.inode)
+
+    def _drop(self, entry: Entry) -> None:
+        self.table.remove(entry.key)
+        self._gone(entry)
+
+    def _probe(self, entry: Entry) -> Probe:
+        return Probe(entry.sock, entry.netns, entry.kid)
+
+    def _bind(self, entry: Entry, found: list[Found]) -> Found | None:
+        """Which namespace's socket this entry is.  None: no longer in
+        CLOSE_WAIT, or it is another entry's socket (seeded at start and
+        reported by the kernel too), in which case the entry is dropped."""
+        if entry.bound:
+            return found[0] if found else None
+        claimed = {(e.netns, e.kid) for e in self.table.same_tuple(entry.sock)
+                   if e.bound and e is not entry}
+        free = [f for f in found if (f.netns, f.diag.kid) not in claimed]
+        if not free:
+            if found:
+                self._drop(entry)
+            return None
+        hit = free[0]
+        entry.netns, entry.kid = hit.netns, hit.diag.kid
+        return hit
+
+    def _resolve_young(self, young: list[Key]) -> None:
+        """Bind new sockets and find their owners while they are young: by
+        the deadline the answer is cached and costs one readlink to verify.
+        Sockets that came and went within one batch never get here."""
+        pending = [e for k in young if (e := self.table.get(k)) is not None and e.owners is None]
         if not pending:
             return
         # Churn sockets live for milliseconds, leaks for the grace period: a
         # scan of every process (a second at 100k connections) is only worth
         # it once a socket has lasted a while, still well before its deadline.
         settled = time.monotonic() - min(0.5, self.limits.grace / 4)
-        old_enough = [s for s in pending if self.table.get(s).entered <= settled]
-        resolved = resolve_close_wait(self.resolver, old_enough) if old_enough else {}
-        recent = [s for s in pending if s not in resolved and s not in old_enough]
+        old = [self._probe(e) for e in pending if e.entered <= settled]
+        recent = [self._probe(e) for e in pending if e.entered > settled]
+        resolved = resolve_close_wait(self.resolver, old) if old else {}
         if recent:
             resolved.update(resolve_close_wait(self.resolver, recent, full_scan=False))
-        for sock in pending:
-            hit = resolved.get(sock)
+        for entry in pending:
+            if self.table.get(entry.key) is not entry:
+                continue
+            hit = self._bind(entry, resolved.get(self._probe(entry), []))
             if hit is None:
                 continue  # left CLOSE_WAIT: its exit is on the way
-            entry = self.table.get(sock)
-            entry.owners, entry.netns = hit.owners, hit.netns
-            if not hit.owners:
+            entry.inode = hit.diag.inode
+            if hit.owners:
+                entry.owners = hit.owners
+            else:
                 # Not found yet (the full scan is rate-limited): try again on
                 # the next wakeup, so that the deadline finds it resolved.
-                entry.owners = None
-                self._young.append(sock)
+                self._young.append(entry.key)
 
     # -- timers -----------------------------------------------------------
 
-    def _count(self, socks: list[SockId], now: float) -> set[Owner]:
-        """Sockets whose grace just ended: check each against the kernel (a
-        lost exit must not count) and count it for its current holders."""
-        touched: set[Owner] = set()
-        resolved = resolve_close_wait(self.resolver, socks)
-        for sock in socks:
-            entry = self.table.get(sock)
-            if entry is None:
+    def _holder_uids(self, owner: Owner) -> frozenset[int] | None:
+        uids = self._uids.get(owner)
+        if uids is None:
+            try:
+                uids = procinfo.read_uids(owner.pid, self.proc_root)
+            except ProcessGone:
+                return None
+            if len(self._uids) > 4096:  # bounded: owners come and go
+                self._uids.clear()
+            self._uids[owner] = uids
+        return uids
+
+    def _against(self, hit: Found) -> tuple[Owner, ...]:
+        """The holders this socket may count against (not those that got it
+        from another non-root user)."""
+        out = []
+        for owner in hit.owners:
+            uids = self._holder_uids(owner)
+            if uids is None:
                 continue
-            hit = resolved.get(sock)
+            if evidence.counts_against(hit.diag.uid, uids):
+                out.append(owner)
+            elif owner not in self._foreign:
+                self._foreign.add(owner)
+                if len(self._foreign) > 4096:
+                    self._foreign.clear()
+                decision("foreign", logging.INFO, pid=owner.pid, comm=owner.comm,
+                         socket_uid=hit.diag.uid, uids=sorted(uids),
+                         socket=f"{hit.diag.sock.local}->{hit.diag.sock.remote}",
+                         note="made by another user and passed in: does not count against it")
+        return tuple(out)
+
+    def _check(self, entries: list[Entry], now: float) -> set[Owner]:
+        """Sockets due for a look: ask the kernel what their process did
+        with each (a lost exit must not count), judge the evidence, and
+        count the socket against the holders it may count against."""
+        touched: set[Owner] = set()
+        rules = self.limits.rules
+        resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}))
+        for entry in entries:
+            if self.table.get(entry.key) is not entry:
+                continue
+            hit = self._bind(entry, resolved.get(self._probe(entry), []))
             if hit is None:
-                self.table.remove(sock)
+                if self.table.get(entry.key) is entry:
+                    self._drop(entry)
                 if self._debug:
                     log.debug("timer %s -> %s: no longer in CLOSE_WAIT, dropped",
-                              sock.local, sock.remote)
+                              entry.sock.local, entry.sock.remote)
                 continue
-            entry.owners, entry.netns = hit.owners, hit.netns
-            if not hit.owners:
-                self._unresolved.add(sock)
-                self._next_retry = min(self._next_retry, now + RETRY_UNRESOLVED)
+            judged = evidence.judge(hit.diag, now - entry.entered, rules)
+            self._forget(entry)
+            entry.owners, entry.evidence, entry.inode = hit.owners, judged.evidence, hit.diag.inode
+            if not judged.counts:
+                self.table.schedule(entry, now + judged.recheck)
                 if self._debug:
-                    log.debug("timer %s -> %s: counts, owner not found yet", sock.local, sock.remote)
+                    log.debug("timer %s -> %s: %s, does not count yet (again in %.2fs)",
+                              entry.sock.local, entry.sock.remote, judged.evidence.value,
+                              judged.recheck)
                 continue
-            self.counter.add(sock, hit.owners)
-            touched.update(hit.owners)
+            entry.counted = True
+            if not hit.owners:
+                self.table.schedule(entry, now + RETRY_UNRESOLVED)
+                if self._debug:
+                    log.debug("timer %s -> %s: counts, owner not found yet",
+                              entry.sock.local, entry.sock.remote)
+                continue
+            against = self._against(hit)
+            entry.owners = against
+            self.counter.add(entry.key, against)
+            touched.update(against)
+            self.table.schedule(entry, now + RECHECK_COUNTED)
             if self._debug:
-                log.debug("timer %s -> %s: counts for %s", sock.local, sock.remote,
-                          ",".join(str(o.pid) for o in hit.owners))
+                log.debug("timer %s -> %s: %s, counts for %s", entry.sock.local,
+                          entry.sock.remote, judged.evidence.value,
+                          ",".join(str(o.pid) for o in against) or "nobody")
         return touched
-
-    def _retry_unresolved(self, now: float) -> set[Owner]:
-        self._next_retry = float("inf")
-        socks = [s for s in self._unresolved if s in self.table.entries]
-        self._unresolved = set()
-        return self._count(socks, now) if socks else set()
 
     # -- decisions --------------------------------------------------------
 
@@ -305,48 +399,87 @@ class Watcher:
                          note="this command keeps leaking after restarts: kills are rate-limited")
             self._deferred[owner] = allowed
             return
-        verified = self._verify(owner)
-        socks = list(verified)
-        if len(socks) < self.limits.limit:
+        verified = self._verify(owner, now)
+        if len(verified) < self.limits.limit:
             if self._debug:
-                log.debug("pid %d: holds only %d counting socket(s) on re-check", owner.pid, len(socks))
+                log.debug("pid %d: holds only %d counting socket(s) on re-check",
+                          owner.pid, len(verified))
             return
-        oldest = max(now - self.table.entries[s].entered for s in socks)
-        ordered = tuple(sorted(socks))
-        target = Target(info, ordered, oldest, tuple(verified[s] for s in ordered),
-                        self.limits.limit)
+        if not self._harmful(owner, len(verified), now):
+            return
+        rows = sorted(verified.values(), key=lambda r: r[0].sock)
+        socks = [entry.sock for entry, _hit, _kind in rows]
+        oldest = max(now - entry.entered for entry, _hit, _kind in rows)
+        found = evidence.summary(kind for _e, _h, kind in rows)
+        target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
+                        self.limits.limit, found)
         plan = self.config.plan
         decision("reap" if not plan.dry_run else "would-reap", logging.WARNING,
                  pid=info.pid, comm=info.comm, count=len(socks), limit=self.limits.limit,
-                 oldest=round(oldest, 3), sockets=_endpoints(socks), cmd=info.cmdline,
-                 plan=plan.describe())
+                 evidence=found, oldest=round(oldest, 3), sockets=_endpoints(socks),
+                 cmd=info.cmdline, plan=plan.describe())
         if not self.killer.submit(target):  # only if it filled up just now
             log.warning("pid %d: kill slots full, deciding again shortly", owner.pid)
             self._deferred[owner] = now + 0.05
             return
+        for _entry, _hit, kind in rows:
+            self.reaped_evidence[kind.value] = self.reaped_evidence.get(kind.value, 0) + 1
         self.storm.record(info.cmdline, now)
         self._reaped.add(owner)
 
-    def _verify(self, owner: Owner) -> dict[SockId, int]:
-        """The owner's counting sockets (with their inodes) that are, right
-        now, still in CLOSE_WAIT and still held by it (it may have closed
-        them or passed them on since they counted)."""
-        socks = list(self.counter.by_owner.get(owner, ()))
-        resolved = resolve_close_wait(self.resolver, socks)
-        held: dict[SockId, int] = {}
-        for sock in socks:
-            hit = resolved.get(sock)
-            if hit is not None and any(o.pid == owner.pid and o.start == owner.start
-                                       for o in hit.owners):
-                held[sock] = hit.inode
+    def _harmful(self, owner: Owner, count: int, now: float) -> bool:
+        """--fd-percent: the counting sockets must also be that share of the
+        process's soft fd limit (the exhaustion that takes a server down)."""
+        percent = self.limits.fd_percent
+        if not percent:
+            return True
+        try:
+            soft = procinfo.fd_soft_limit(owner.pid, self.proc_root)
+        except ProcessGone:
+            return False
+        if soft is None or count * 100 >= percent * soft:
+            return True
+        if self._debug:
+            log.debug("pid %d: %d counting socket(s) < %g%% of its fd limit %d",
+                      owner.pid, count, percent, soft)
+        self._deferred[owner] = now + max(self.limits.grace, 1.0)
+        return False
+
+    def _verify(self, owner: Owner, now: float) -> dict[Key, tuple[Entry, Found, object]]:
+        """The owner's counting sockets that, right now, are still in
+        CLOSE_WAIT, still held by it, and still count (it may have closed
+        them, passed them on or started using them since they counted)."""
+        entries = []
+        for key in list(self.counter.by_owner.get(owner, ())):
+            entry = self.table.get(key)
+            if entry is None:
+                self.counter.remove(key, (owner,))
             else:
-                entry = self.table.get(sock)
-                self.counter.remove(sock, (owner,))
-                if hit is None:
-                    self.table.remove(sock)
-                elif entry is not None:
-                    entry.owners = hit.owners
-                    self.counter.add(sock, hit.owners)
+                entries.append(entry)
+        rules = self.limits.rules
+        resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}))
+        held: dict[Key, tuple[Entry, Found, object]] = {}
+        for entry in entries:
+            hit = self._bind(entry, resolved.get(self._probe(entry), []))
+            if hit is None:
+                if self.table.get(entry.key) is entry:
+                    self._drop(entry)
+                continue
+            judged = evidence.judge(hit.diag, now - entry.entered, rules)
+            holds = any(o.pid == owner.pid and o.start == owner.start for o in hit.owners)
+            if judged.counts and holds:
+                held[entry.key] = (entry, hit, judged.evidence)
+                continue
+            # Changed since it counted: count it again as it stands now.
+            self._forget(entry)
+            entry.owners, entry.evidence = hit.owners, judged.evidence
+            if judged.counts:
+                entry.counted = True
+                entry.owners = self._against(hit)
+                self.counter.add(entry.key, entry.owners)
+                self.table.schedule(entry, now + RECHECK_COUNTED)
+            else:
+                self.table.schedule(entry, now + judged.recheck)
         return held
 
     def _collect(self) -> None:
@@ -367,8 +500,9 @@ class Watcher:
             self.results[outcome.result] = self.results.get(outcome.result, 0) + 1
             if outcome.result == "spared":
                 self.hook_failures += 1
-            if outcome.result in ("spared", "dry-run"):
-                # Spared this round: look again after another grace period.
+            if outcome.result in ("spared", "dry-run", "resolved"):
+                # Not killed this round: look again after another grace
+                # period (a process that closed its sockets may leak again).
                 self._reaped.discard(owner)
                 self._deferred[owner] = time.monotonic() + max(self.limits.grace, 1.0)
             elif outcome.result in ("replaced", "failed"):
@@ -390,15 +524,20 @@ class Watcher:
         """Make the table match the kernel: a lost entry must not hide a
         leak, a lost exit must not cause a kill."""
         self._next_reconcile = now + RECONCILE_EVERY
-        kernel = {ns.diag.sock for ns in self.resolver.table.close_wait()}
+        kernel = self.resolver.table.close_wait()
         if self.filters.ignore:
-            kernel = {s for s in kernel if not self.filters.ignores(s)}
-        gone = [s for s in self.table.entries if s not in kernel]
-        for sock in gone:
-            entry = self.table.remove(sock)
-            if entry is not None and entry.counted:
-                self._uncount(sock, entry.owners)
-        added = [Transition(Kind.ENTER, s, now) for s in kernel if s not in self.table.entries]
+            kernel = [ns for ns in kernel if not self.filters.ignores(ns.diag.sock)]
+        present = {(ns.netns, ns.diag.kid) for ns in kernel}
+        tuples = {ns.diag.sock for ns in kernel}
+        gone = [e for e in self.table if ((e.netns, e.kid) not in present if e.bound
+                                          else e.sock not in tuples)]
+        for entry in gone:
+            self._drop(entry)
+        claimed = {(e.netns, e.kid) for e in self.table if e.bound}
+        unbound = {e.sock for e in self.table if not e.bound}
+        added = [Transition(Kind.ENTER, ns.diag.sock, now, kid=ns.diag.kid, netns=ns.netns)
+                 for ns in kernel
+                 if (ns.netns, ns.diag.kid) not in claimed and ns.diag.sock not in unbound]
         self._apply(added)
         if gone or added:
             decision("reconcile", logging.INFO if not self._lost else logging.WARNING,

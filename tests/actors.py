@@ -36,8 +36,23 @@ def commands():
         yield line.split()
 
 
-def leaky_server(host: str) -> None:
-    """Accepts and never closes: the socket leak resreap exists for."""
+def read_to_eof(conn: socket.socket) -> None:
+    """Read until the peer's FIN (recv returns b''), then keep the socket:
+    the classic leak, an EOF seen and ignored."""
+    def drain():
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+def leaky_server(host: str, mode: str = "eof") -> None:
+    """Accepts and never closes: the socket leak resreap exists for.  It
+    reads each connection to its EOF; mode ``unread`` never reads (a pool
+    that forgot its idle connections: the FIN stays unread)."""
     srv = listen(host)
     held = []
     stop = threading.Event()
@@ -49,6 +64,8 @@ def leaky_server(host: str) -> None:
             except OSError:
                 return
             held.append(conn)
+            if mode == "eof":
+                read_to_eof(conn)
 
     threading.Thread(target=accept_forever, daemon=True).start()
     say(port=srv.getsockname()[1], pid=os.getpid())
@@ -100,7 +117,9 @@ def passing_server(host: str) -> None:
             msg, fds, _flags, _addr = socket.recv_fds(child_end, 16, 4)
             if not msg:
                 return
-            held.extend(socket.socket(fileno=fd) for fd in fds)
+            for fd in fds:
+                held.append(socket.socket(fileno=fd))
+                read_to_eof(held[-1])
     child_end.close()
 
     def accept_forever():
@@ -191,7 +210,224 @@ def fork_storm(seconds: str) -> None:
         pass
 
 
+def big_http_server(host: str, megabytes: str = "64") -> None:
+    """A stock http.server.ThreadingHTTPServer that answers every GET with a
+    large body: healthy, and slow only when its clients are."""
+    import http.server
+
+    body = b"x" * (int(megabytes) << 20)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except OSError:
+                pass
+
+        def log_message(self, *_args):
+            pass
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    http.server.ThreadingHTTPServer.address_family = family
+    srv = http.server.ThreadingHTTPServer((host, 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    say(port=srv.server_address[1], pid=os.getpid())
+    for _ in commands():
+        pass
+    srv.shutdown()
+
+
+def slow_readers(host: str, port: str, count: str) -> None:
+    """Attack 1: COUNT clients each send a request, half-close (FIN) and then
+    read the answer slowly, 4 KiB every 0.1 s."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    conns = []
+    for _ in range(int(count)):
+        c = socket.socket(family, socket.SOCK_STREAM)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect((host, int(port)))
+        c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        c.shutdown(socket.SHUT_WR)
+        conns.append(c)
+    got = [0]
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            for c in conns:
+                try:
+                    got[0] += len(c.recv(4096))
+                except OSError:
+                    pass
+            time.sleep(0.1)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    say(pid=os.getpid())
+    for cmd in commands():
+        if cmd[0] == "got":
+            print(f"GOT {got[0]}", flush=True)
+    stop.set()
+
+
+def busy_server(host: str, work: str = "3") -> None:
+    """A healthy single-threaded server: WORK seconds per request, one at a
+    time; its accept queue waits meanwhile."""
+    srv = listen(host)
+    served = [0]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(65536)
+                if request:
+                    time.sleep(float(work))
+                    try:
+                        conn.sendall(b"done " + request)
+                    except OSError:
+                        pass
+                served[0] += 1
+
+    threading.Thread(target=serve, daemon=True).start()
+    say(port=srv.getsockname()[1], pid=os.getpid())
+    for cmd in commands():
+        if cmd[0] == "served":
+            print(f"SERVED {served[0]}", flush=True)
+    srv.close()
+
+
+def request(host: str, port: str, text: str = "hello") -> None:
+    """One client that sends a request and prints the full reply."""
+    c = socket.create_connection((host, int(port)))
+    say(pid=os.getpid())
+    c.sendall(text.encode())
+    c.settimeout(30)
+    reply = b""
+    try:
+        while chunk := c.recv(65536):
+            reply += chunk
+    except OSError:
+        pass
+    print(f"REPLY {reply.decode(errors='replace') or '-'}", flush=True)
+    for _ in commands():
+        pass
+
+
+def connect_and_close(host: str, port: str, count: str) -> None:
+    """COUNT connections that close at once: they wait, closed, in the
+    server's accept queue."""
+    for _ in range(int(count)):
+        socket.create_connection((host, int(port))).close()
+    say(pid=os.getpid())
+    for _ in commands():
+        pass
+
+
+def holder_daemon(path: str) -> None:
+    """Stands for a daemon of another user that keeps fds it is sent over a
+    unix socket (dbus-daemon holds the fds of queued messages)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    os.chmod(path, 0o777)
+    held = []
+
+    def receive():
+        while True:
+            try:
+                _msg, fds, _flags, _addr = socket.recv_fds(srv, 16, 8)
+            except OSError:
+                return
+            held.extend(fds)
+
+    threading.Thread(target=receive, daemon=True).start()
+    say(pid=os.getpid(), uid=os.getuid())
+    for cmd in commands():
+        if cmd[0] == "count":
+            print(f"COUNT {len(held)}", flush=True)
+
+
+def fd_injector(path: str, count: str) -> None:
+    """Attack 3: makes COUNT sockets of its own reach CLOSE_WAIT with their
+    EOF read (the strongest evidence there is), sends them to PATH and
+    closes its own copies: the receiver alone holds them."""
+    srv = listen("127.0.0.1")
+    port = srv.getsockname()[1]
+    mine = [socket.create_connection(("127.0.0.1", port)) for _ in range(int(count))]
+    for _ in mine:
+        srv.accept()[0].close()          # the peer closes: ours go to CLOSE_WAIT
+    for c in mine:
+        c.settimeout(5)
+        c.recv(1)                        # read the EOF: "eof-ignored"
+    out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    out.connect(path)
+    for c in mine:
+        socket.send_fds(out, [b"x"], [c.fileno()])
+        c.close()
+    say(pid=os.getpid(), uid=os.getuid(), port=port)
+    for _ in commands():
+        pass
+
+
+def twin_churn(host: str, port: str, cports: str, seconds: str) -> None:
+    """Attack 4, inside another network namespace: sockets with exactly the
+    4-tuples of a leak elsewhere (server HOST:PORT, clients on CPORTS) pass
+    through CLOSE_WAIT again and again for SECONDS: the peer half-closes,
+    waits, then resets (no TIME_WAIT: the 4-tuple is free again at once)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, int(port)))
+    srv.listen(64)
+
+    def accept_and_drop():
+        # Reset children stay in the queue until accepted: take them, and
+        # close each well after its peer's reset.
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Timer(1.0, conn.close).start()
+
+    threading.Thread(target=accept_and_drop, daemon=True).start()
+    say(pid=os.getpid())
+    cycles, end = 0, time.monotonic() + float(seconds)
+    linger = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+    while time.monotonic() < end:
+        conns = []
+        for cport in cports.split(","):
+            c = socket.socket(family, socket.SOCK_STREAM)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            c.bind((host, int(cport)))
+            c.connect((host, int(port)))
+            c.shutdown(socket.SHUT_WR)   # the twin enters CLOSE_WAIT
+            conns.append(c)
+        time.sleep(0.3)
+        for c in conns:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            c.close()                    # RST: the twin leaves CLOSE_WAIT
+        cycles += 1
+        time.sleep(0.05)
+    print(f"DONE {cycles}", flush=True)
+    for _ in commands():
+        pass
+
+
 ROLES = {
+    "big-http-server": big_http_server,
+    "slow-readers": slow_readers,
+    "busy-server": busy_server,
+    "request": request,
+    "connect-and-close": connect_and_close,
+    "holder-daemon": holder_daemon,
+    "fd-injector": fd_injector,
+    "twin-churn": twin_churn,
     "flood": flood,
     "fork-storm": fork_storm,
     "leaky-server": leaky_server,

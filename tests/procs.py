@@ -24,9 +24,17 @@ class Actor:
     """One actor process.  ``facts`` holds what it printed with READY."""
 
     def __init__(self, role: str, *args: str, netns: str | None = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, user: tuple[int, int] | None = None) -> None:
+        script = str(ACTORS)
+        if user is not None:
+            # Another user may not reach this checkout: run a copy it can read.
+            script = _public_copy()
+            python = "/usr/bin/python3"
         # bytes pass through as they are (invalid UTF-8 in a command line)
-        argv = [python, str(ACTORS), role, *(a if isinstance(a, bytes) else str(a) for a in args)]
+        argv = [python, script, role, *(a if isinstance(a, bytes) else str(a) for a in args)]
+        if user is not None:
+            uid, gid = user
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -84,6 +92,25 @@ class Actor:
                 stream.close()
             except OSError:
                 pass
+
+
+_PUBLIC: list[str] = []
+
+
+def _public_copy() -> str:
+    """actors.py in a world-readable temporary directory (made once)."""
+    if not _PUBLIC:
+        import atexit
+        import shutil
+        import tempfile
+
+        where = tempfile.mkdtemp(prefix="resreap-actors-")
+        os.chmod(where, 0o755)
+        shutil.copy(ACTORS, where)
+        os.chmod(f"{where}/actors.py", 0o644)
+        atexit.register(shutil.rmtree, where, True)
+        _PUBLIC.append(f"{where}/actors.py")
+    return _PUBLIC[0]
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,7 +16,7 @@ from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel]
 
-FAST = ["-i", "0.5", "-w", "0.5"]
+FAST = ["-i", "0.5", "-w", "0.5", "--stall", "1"]
 
 
 @pytest.fixture(params=["bpf", "proc", "procfs"])

@@ -1,7 +1,7 @@
 import struct
 
 from resreap.model import SockId, format_endpoint
-from resreap.sockdiag import _MSG, _parse, _request, states_mask
+from resreap.sockdiag import _MSG, _RTATTR, INET_DIAG_INFO, _parse, _request, states_mask
 
 
 def test_request_layout():
@@ -16,9 +16,27 @@ def test_request_layout():
 def test_parse_reply():
     payload = _MSG.pack(10, 8, 0, 0, (80).to_bytes(2, "big"), (4000).to_bytes(2, "big"),
                         b"\0" * 15 + b"\1", b"\0" * 15 + b"\1", 0, 5, 1, 0, 3, 0, 1000, 4242)
-    d = _parse(6, memoryview(payload))
+    d = _parse(6, memoryview(payload), False)
     assert d.sock == SockId(6, b"\0" * 15 + b"\1", 80, b"\0" * 15 + b"\1", 4000)
     assert (d.state, d.inode, d.cookie, d.rqueue, d.uid) == (8, 4242, 5 | (1 << 32), 3, 1000)
+    assert d.idle_sent is None and d.kid == d.cookie
+
+
+def test_parse_reply_with_tcp_info():
+    """Send-Q and tcpi_last_data_sent: the evidence that a process is still
+    using its socket."""
+    msg = _MSG.pack(2, 8, 0, 0, (80).to_bytes(2, "big"), (4000).to_bytes(2, "big"),
+                    b"\x7f\0\0\1" + b"\0" * 12, b"\x7f\0\0\2" + b"\0" * 12, 0, 0, 0,
+                    0, 1, 512, 0, 4242)
+    info = bytearray(104)
+    struct.pack_into("=I", info, 44, 2500)       # tcpi_last_data_sent, ms
+    other = _RTATTR.pack(8, 99) + b"\0" * 4     # an attribute to skip
+    attr = _RTATTR.pack(_RTATTR.size + len(info), INET_DIAG_INFO) + bytes(info)
+    d = _parse(4, memoryview(msg + other + attr), True)
+    assert (d.rqueue, d.wqueue, d.idle_sent) == (1, 512, 2.5)
+    assert d.kid == 4242  # no cookie: the inode identifies it
+    request = _request(4, 1, 0xFFF, 1, None, 2)
+    assert request[16 + 2] == 2  # idiag_ext asks for INET_DIAG_INFO
 
 
 def test_states_mask_and_endpoint_format():

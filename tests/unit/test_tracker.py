@@ -5,48 +5,80 @@ A = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\1", 1000)
 B = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\1", 1001)
 
 
-def t(kind, sock, ts):
-    return Transition(kind, sock, ts)
+def t(kind, sock, ts, kid=1, netns=None):
+    return Transition(kind, sock, ts, kid=kid, netns=netns)
 
 
-def test_deadline_is_entry_plus_grace():
-    table = CloseWaitTable(grace=2.0)
-    table.apply(t(Kind.ENTER, A, 10.0))
-    table.apply(t(Kind.ENTER, B, 11.0))
+def enter(table, sock, ts, grace=2.0, **kw):
+    entry, new = table.apply(t(Kind.ENTER, sock, ts, **kw))
+    if new:
+        table.schedule(entry, entry.entered + grace)
+    return entry
+
+
+def test_timers_fire_in_order_and_only_once():
+    table = CloseWaitTable()
+    enter(table, A, 10.0)
+    enter(table, B, 11.0)
     assert table.next_deadline() == 12.0
     assert table.due(11.99) == []
     assert [e.sock for e in table.due(12.0)] == [A]
     assert table.next_deadline() == 13.0
+    assert table.due(12.5) == []
 
 
-def test_exit_before_deadline_never_counts():
-    table = CloseWaitTable(grace=2.0)
-    table.apply(t(Kind.ENTER, A, 10.0))
+def test_exit_before_deadline_never_fires():
+    table = CloseWaitTable()
+    enter(table, A, 10.0)
     entry, _ = table.apply(t(Kind.EXIT, A, 11.0))
     assert entry.sock == A
-    assert table.due(100.0) == [] and table.next_deadline() is None
+    assert table.due(100.0) == [] and table.next_deadline() is None and len(table) == 0
 
 
-def test_seeded_then_event_keeps_the_earlier_time():
-    table = CloseWaitTable(grace=2.0)
+def test_same_key_reported_twice_keeps_the_earlier_time():
+    table = CloseWaitTable()
     table.apply(t(Kind.EXISTING, A, 10.5))
-    _, new = table.apply(t(Kind.ENTER, A, 10.0))
-    assert not new and table.get(A).entered == 10.0 and not table.get(A).existing
-    assert [e.sock for e in table.due(12.0)] == [A]
-    # a later duplicate does not re-arm
-    table.apply(t(Kind.ENTER, A, 11.0))
-    assert table.due(13.5) == []
+    entry, new = table.apply(t(Kind.ENTER, A, 10.0))
+    assert not new and entry.entered == 10.0 and not entry.existing
 
 
 def test_reentry_after_exit_restarts_the_timer():
-    table = CloseWaitTable(grace=2.0)
-    table.apply(t(Kind.ENTER, A, 10.0))
+    table = CloseWaitTable()
+    enter(table, A, 10.0)
     table.apply(t(Kind.EXIT, A, 10.5))
-    table.apply(t(Kind.ENTER, A, 11.0))
+    enter(table, A, 11.0)
     assert table.due(12.5) == []
     assert [e.sock for e in table.due(13.0)] == [A]
 
 
+def test_rescheduling_makes_the_old_timer_stale():
+    table = CloseWaitTable()
+    entry = enter(table, A, 10.0)
+    table.schedule(entry, 20.0)
+    assert table.due(15.0) == [] and table.next_deadline() == 20.0
+    assert table.due(20.0) == [entry]
+
+
+def test_twins_in_two_namespaces_are_two_sockets():
+    """The same 4-tuple in two network namespaces: the exit of one must not
+    erase the other's timer (a shadowing attack)."""
+    table = CloseWaitTable()
+    leak = enter(table, A, 10.0, kid=0xAAAA)
+    enter(table, A, 10.5, kid=0xBBBB)
+    assert len(table.same_tuple(A)) == 2
+    gone, _ = table.apply(t(Kind.EXIT, A, 10.6, kid=0xBBBB))
+    assert gone is not None and gone.key == (A, 0xBBBB)
+    assert table.same_tuple(A) == [leak]
+    assert table.due(12.0) == [leak]
+
+
+def test_polled_entries_are_bound_at_once():
+    table = CloseWaitTable()
+    entry = enter(table, A, 1.0, kid=77, netns=4026531840)
+    assert entry.bound and (entry.netns, entry.kid) == (4026531840, 77)
+    assert not enter(table, B, 1.0, kid=0xFFFF0000).bound  # a BPF event: looked up later
+
+
 def test_unknown_exit_is_harmless():
-    table = CloseWaitTable(grace=1.0)
+    table = CloseWaitTable()
     assert table.apply(t(Kind.EXIT, A, 1.0)) == (None, False)

@@ -1,0 +1,228 @@
+"""Attacks on the leak policy (issue #10), at the DEFAULT policy: a remote
+peer or a local user shapes sockets so that resreap kills a healthy
+process, or hides a real leak from it.  And the true leaks that must still
+be reaped at the defaults.  Real processes, real users, real namespaces."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from procs import Actor, patience
+from watchrun import WatchRun
+
+pytestmark = [pytest.mark.kernel]
+
+GRACE = 2.0          # the default -i
+STALL = 60.0         # the default --stall
+CALM = 3 * GRACE + 1  # no healthy victim may be reaped within 3x the grace
+# The polling backend detects up to one interval (grace / 2) late.
+LATE = {"bpf": 0.0, "proc": GRACE / 2}
+
+
+@pytest.fixture(params=["bpf", "proc"])
+def backend(request):
+    request.getfixturevalue("bpf_ready" if request.param == "bpf" else "root_ready")
+    return request.param
+
+
+@pytest.fixture
+def tag():
+    return f"tag=rr{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def watch(resreap_bin, backend):
+    """``resreap watch`` with the default policy: only -f (to stay away
+    from the machine's other processes) and -D (to see the evidence)."""
+    runs = []
+
+    def start(tag: str, *args) -> WatchRun:
+        run = WatchRun(resreap_bin, "--backend", backend, "-f", tag.split("=")[1], "-D", *args)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        assert run.stop() == 0, "\n".join(run.lines[-50:])
+
+
+def reaped(run: WatchRun, pid: int) -> list[dict]:
+    return run.find(lambda e: e["event"] in ("reap", "would-reap") and e.get("pid") == pid)
+
+
+def debug_says(run: WatchRun, *words: str) -> bool:
+    return bool(run.find(lambda e: e["event"] == "log"
+                         and all(w in e.get("message", "") for w in words)))
+
+
+def close_wait(port: int, netns: str | None = None) -> int:
+    """Sockets in CLOSE_WAIT on local port ``port`` (ss, for the test's own
+    check that the attack really happened)."""
+    argv = ["ss", "-Htn", "state", "close-wait", f"( sport = :{port} )"]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def test_half_close_and_slow_read_never_kills_the_server(watch, actors, tag):
+    """Attack 1: two clients of a stock ThreadingHTTPServer ask for a 64 MB
+    body, half-close, and read slowly.  The server's sockets sit in
+    CLOSE_WAIT with unacked data: the peer is the slow side."""
+    server = actors("big-http-server", "127.0.0.1", "64", tag)
+    run = watch(tag)
+    readers = actors("slow-readers", "127.0.0.1", server.port, 2, tag)
+    time.sleep(patience(CALM))
+    assert server.alive() and not reaped(run, server.pid)
+    assert close_wait(server.port) >= 2, "the attack did not put the server in CLOSE_WAIT"
+    assert debug_says(run, "sending, does not count yet")
+    assert int(readers.send("got", "GOT").split()[1]) > 0  # they really read
+
+
+def test_busy_accept_queue_never_kills_a_healthy_server(watch, actors, tag):
+    """Attack 2: a single-threaded server doing 3 s of work per request; one
+    real request, then two connect-and-close sitting in its accept queue."""
+    server = actors("busy-server", "127.0.0.1", "3", tag)
+    run = watch(tag)
+    legit = actors("request", "127.0.0.1", server.port, "hello")
+    time.sleep(patience(0.3))
+    actors("connect-and-close", "127.0.0.1", server.port, 2)
+    assert legit.expect("REPLY", timeout=15) == "REPLY done hello"
+    time.sleep(patience(CALM - 3))
+    assert server.alive() and not reaped(run, server.pid)
+    assert debug_says(run, "queued, does not count yet")
+    assert int(server.send("served", "SERVED").split()[1]) == 3  # it drained its queue
+
+
+@pytest.fixture
+def two_users():
+    """Two unprivileged users, made for the test and removed after it."""
+    made = []
+    for role in ("a", "b"):
+        name = f"rrt{role}{uuid.uuid4().hex[:8]}"
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", "--user-group", name], check=True)
+        made.append(name)
+    try:
+        yield [(int(subprocess.check_output(["id", "-u", n])), int(subprocess.check_output(["id", "-g", n])))
+               for n in made]
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], check=False)
+            subprocess.run(["groupdel", name], check=False, stderr=subprocess.DEVNULL)
+
+
+def test_sockets_passed_to_another_users_daemon_never_count(watch, actors, tag, two_users):
+    """Attack 3: an unprivileged user passes CLOSE_WAIT sockets (EOF read:
+    the strongest evidence) over SCM_RIGHTS to a daemon of another user,
+    which keeps them the way dbus-daemon keeps queued messages' fds."""
+    attacker, victim = two_users
+    where = tempfile.mkdtemp(prefix="resreap-t-")
+    os.chmod(where, 0o777)
+    path = f"{where}/bus"
+    daemon = Actor("holder-daemon", path, tag, user=victim)
+    injector = None
+    try:
+        run = watch(tag)
+        injector = Actor("fd-injector", path, 2, tag, user=attacker)
+        deadline = time.monotonic() + patience(5)
+        while daemon.send("count", "COUNT") != "COUNT 2" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.send("count", "COUNT") == "COUNT 2"
+        time.sleep(patience(CALM))
+        assert daemon.alive() and not reaped(run, daemon.pid)
+        foreign = run.find(lambda e: e["event"] == "foreign" and e["pid"] == daemon.pid)
+        assert foreign and foreign[0]["socket_uid"] == attacker[0]
+        assert close_wait(int(injector.facts["port"])) == 0  # ours are the peers' ends
+    finally:
+        for actor in (injector, daemon):
+            if actor is not None:
+                actor.reap()
+        subprocess.run(["rm", "-rf", where], check=False)
+
+
+@pytest.fixture
+def second_netns(root_ready):
+    name = f"resreap-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_a_twin_in_another_namespace_cannot_shadow_a_leak(watch, actors, tag, netns, second_netns,
+                                                          backend):
+    """Attack 4: a leak in one network namespace, while sockets with exactly
+    its 4-tuples go in and out of CLOSE_WAIT in another.  The twins' exits
+    must not erase the leak's timers: it is reaped on time."""
+    server = actors("leaky-server", "127.0.0.1", tag, netns=netns)
+    client = actors("clients", "127.0.0.1", server.port, 3, tag, netns=netns)
+    twin = actors("twin-churn", "127.0.0.1", server.port, client.facts["ports"], 12, tag,
+                  netns=second_netns)
+    run = watch(tag)
+    time.sleep(patience(1))
+    client.send("close", "CLOSED")
+    closed = time.monotonic()
+    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid,
+                        timeout=GRACE + 1 + LATE[backend])
+    assert time.monotonic() - closed <= patience(GRACE + 1 + LATE[backend])
+    assert server.wait_dead(5) and client.alive() and twin.alive()
+    assert reap["evidence"].startswith("eof-ignored:")
+    assert int(twin.expect("DONE", timeout=20).split()[1]) >= 10  # the twins churned
+
+
+# -- true leaks, at the defaults ------------------------------------------
+
+
+def test_eof_ignored_leak_is_reaped_within_grace(watch, actors, tag, backend):
+    server = actors("leaky-server", "127.0.0.1", tag)
+    client = actors("clients", "127.0.0.1", server.port, 2, tag)
+    run = watch(tag)
+    client.send("close", "CLOSED")
+    closed = time.monotonic()
+    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid,
+                        timeout=GRACE + 1 + LATE[backend])
+    assert time.monotonic() - closed <= patience(GRACE + 1 + LATE[backend])
+    assert reap["evidence"] == "eof-ignored:2"
+    assert run.outcome(server.pid)["result"] == "terminated"
+
+
+def test_unread_leak_waits_for_the_stall(watch, actors, tag):
+    """A pool that never reads its idle connections' FIN: counts after
+    --stall, not after -i (shortened to 4 s here)."""
+    server = actors("leaky-server", "127.0.0.1", "unread", tag)
+    client = actors("clients", "127.0.0.1", server.port, 2, tag)
+    run = watch(tag, "--stall", "4")
+    client.send("close", "CLOSED")
+    closed = time.monotonic()
+    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=6)
+    assert time.monotonic() - closed >= 4
+    assert reap["evidence"] == "unread:2"
+    assert debug_says(run, "unread, does not count yet")
+
+
+def test_hung_accept_queue_is_reaped_after_the_default_stall(resreap_bin, bpf_ready, actors, tag):
+    """A server that stopped calling accept(): its queue counts after the
+    default stall period, and not before.  (BPF only: a minute; the same
+    rule runs on every backend with a short --stall in test_watch.)"""
+    server = actors("stuck-server", "127.0.0.1", tag)
+    client = actors("clients", "127.0.0.1", server.port, 2, tag)
+    run = WatchRun(resreap_bin, "--backend", "bpf", "-f", tag.split("=")[1])
+    client.send("close", "CLOSED")
+    closed = time.monotonic()
+    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid,
+                        timeout=STALL + 1)
+    waited = time.monotonic() - closed
+    try:
+        assert STALL <= waited <= patience(STALL + 1)
+        assert reap["evidence"] == "queued:2"
+    finally:
+        assert run.stop() == 0
