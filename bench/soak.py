@@ -2,6 +2,12 @@
 fds, RSS and CPU every 30 s.  A leak of its own resources shows as growth.
 
     sudo .venv/bin/python bench/soak.py [--minutes 10] [--rate 2000] [--backend bpf]
+    sudo .venv/bin/python bench/soak.py --slow-close --rate 100 --minutes 5
+
+--slow-close: every socket stays in CLOSE_WAIT 0.5-1 s (its server closes
+that long after its peer), long enough for resreap to look up its owner:
+the case where a per-connection cache grew without bound.  The `stop`
+line's tracked sockets and cached owners are printed at the end.
 
 Needs the churn generator: scripts/bench builds bench/.build/churn.
 """
@@ -9,6 +15,7 @@ Needs the churn generator: scripts/bench builds bench/.build/churn.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -33,17 +40,23 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--backend", default="bpf")
     ap.add_argument("--churn-bin", default=str(ROOT / "bench/.build/churn"))
+    ap.add_argument("--slow-close", action="store_true")
     args = ap.parse_args()
     subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
     subprocess.run(["ip", "netns", "add", NS], check=True)
     for cmd in (["ip", "link", "set", "lo", "up"], ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"],
                 ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]):
         subprocess.run(["ip", "netns", "exec", NS, *cmd], check=True)
+    log = open(f"/tmp/resreap-soak-{NS}.log", "w+")
     watch = subprocess.Popen([str(ROOT / ".venv/bin/resreap"), "watch", "--backend", args.backend,
-                              "-f", "churn", "-i", "2"], stderr=subprocess.DEVNULL)
+                              "--json", "-f", "churn|slowclose", "-i", "2"], stderr=log)
     seconds = args.minutes * 60
-    churn = subprocess.Popen(["ip", "netns", "exec", NS, args.churn_bin, "65432", str(args.rate),
-                              str(seconds)], stdout=subprocess.DEVNULL)
+    if args.slow_close:
+        generator = [sys.executable, str(ROOT / "bench/workload.py"), "slowclose", str(args.rate),
+                     str(seconds)]
+    else:
+        generator = [args.churn_bin, "65432", str(args.rate), str(seconds)]
+    churn = subprocess.Popen(["ip", "netns", "exec", NS, *generator], stdout=subprocess.DEVNULL)
     try:
         time.sleep(3)
         print(f"{'t (s)':>6} {'fds':>5} {'RSS MB':>7} {'CPU s':>7}", flush=True)
@@ -64,6 +77,11 @@ def main() -> None:
         watch.send_signal(signal.SIGINT)
         watch.wait(30)
         subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
+        log.seek(0)
+        stops = [line for line in log if '"event": "stop"' in line]
+        if stops:
+            stop = json.loads(stops[-1])
+            print(f"at stop: tracked={stop.get('tracked')} owner_cache={stop.get('owner_cache')}")
 
 
 if __name__ == "__main__":

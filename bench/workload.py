@@ -8,6 +8,10 @@
                                  CLOCK_MONOTONIC time and exits
   workload.py leak PORT          connects 3 clients, closes them on "close",
                                  prints the CLOCK_MONOTONIC time of the close
+  workload.py slowclose RATE SECONDS
+                                 RATE connections/s for SECONDS, each closed by
+                                 its server 0.5-1 s after the client closed:
+                                 slow but healthy (soak.py --slow-close)
 """
 
 from __future__ import annotations
@@ -64,6 +68,39 @@ def leak(port: str) -> None:
             clients = []
 
 
+def slowclose(rate: float, seconds: float) -> None:
+    import random
+    import threading
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4096)
+    port = srv.getsockname()[1]
+
+    def handle(conn: socket.socket) -> None:
+        while conn.recv(4096):
+            pass
+        time.sleep(random.uniform(0.5, 1.0))
+        conn.close()
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    print(f"READY port={port}", flush=True)
+    end, made = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        socket.create_connection(("127.0.0.1", port)).close()
+        made += 1
+        time.sleep(max(0.0, made / rate - (time.monotonic() - (end - seconds))))
+    time.sleep(1.5)
+    print(f"DONE {made}", flush=True)
+
+
 if __name__ == "__main__":
     {"hold": lambda a: hold(int(a[0])), "leaker": lambda a: leaker(a[0]),
-     "leak": lambda a: leak(a[0])}[sys.argv[1]](sys.argv[2:])
+     "leak": lambda a: leak(a[0]),
+     "slowclose": lambda a: slowclose(float(a[0]), float(a[1]))}[sys.argv[1]](sys.argv[2:])

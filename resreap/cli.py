@@ -15,6 +15,9 @@ from resreap import __version__
 from resreap.errors import ResreapError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+# trace shows each socket once: it may wait this long for a background scan
+# to name its owner.
+TRACE_SCAN_WAIT = 0.5
 
 app = typer.Typer(
     name="resreap",
@@ -87,6 +90,7 @@ def _print(line: str) -> None:
 @app.command(context_settings=CONTEXT, epilog="""\b
 Examples:
   resreap trace                      every CLOSE_WAIT transition, live
+  resreap trace -i 5                 STAYED lines (with evidence) after 5s, not 2s
   resreap trace -f '^java'           only processes whose command starts with java
   resreap trace -F 127.0.0.1:2049 -F '[::1]:*'
                                      ignore these foreign endpoints
@@ -95,6 +99,10 @@ Examples:
 """)
 def trace(
     command_pattern: PatternOpt = None,
+    grace: Annotated[float, typer.Option(
+        "--grace", "-i", metavar="SEC",
+        help="Show a STAYED line, with the kernel's evidence, for each socket still in "
+             "CLOSE_WAIT after SEC.")] = 2.0,
     ignore: IgnoreOpt = None,
     pid: PidOpt = None,
     json_out: JsonOpt = False,
@@ -103,13 +111,16 @@ def trace(
 ) -> None:
     """Show TCP sockets entering and leaving CLOSE_WAIT, with their owners.
 
-    Each line: time, EVENT (EXISTING at start, ENTER, EXIT), the owning
-    PID and COMM (the process holding the socket, found from the socket
-    itself), local -> remote, and on EXIT the time spent in CLOSE_WAIT.
+    Each line: time, EVENT (EXISTING at start, ENTER, EXIT, and STAYED for
+    a socket still in CLOSE_WAIT after -i), the owning PID and COMM (the
+    process holding the socket, found from the socket itself), local ->
+    remote, on EXIT and STAYED the time in CLOSE_WAIT, and on STAYED the
+    evidence watch would judge (eof-ignored, unread, queued, sending).
     Ctrl-C prints a per-process summary and exits 0.
     """
     from resreap import formatting
     from resreap.events import open_source
+    from resreap.evidence import Rules
     from resreap.filters import Filters
     from resreap.owners import OwnerResolver, check_privileges
     from resreap.sockets import SocketTable
@@ -126,7 +137,9 @@ def trace(
         if selected.fallback_reason:
             typer.echo(f"resreap: BPF unavailable ({selected.fallback_reason}); "
                        f"polling every {selected.source.latency:g}s instead", err=True)
-        tracer = Tracer(selected.source, OwnerResolver(table), filters)
+        _positive("-i", grace, strict=True)
+        tracer = Tracer(selected.source, OwnerResolver(table, scan_wait=TRACE_SCAN_WAIT), filters,
+                        Rules(grace=grace))
         existing = tracer.start()
         typer.echo(f"Tracing TCP CLOSE_WAIT transitions ({selected.source.name} backend, "
                    f"{len(table.namespaces)} network namespace(s)). Ctrl-C to end.", err=True)
@@ -208,15 +221,20 @@ ConfigOpt = Annotated[Optional[str], typer.Option(
          "Flags override it; SIGHUP reloads it.")]
 MetricsOpt = Annotated[Optional[str], typer.Option(
     "--metrics", metavar="ADDR:PORT",
-    help="Serve Prometheus metrics there, e.g. 127.0.0.1:9469.")]
+    help="Serve Prometheus metrics (/metrics) and a liveness check (/healthz) there, "
+         "e.g. 127.0.0.1:9469 (a bare port binds loopback).  Metrics name processes: "
+         "keep it off untrusted networks.")]
 
 
-def _positive(name: str, value: float, minimum: float = 0.0) -> None:
+def _positive(name: str, value: float, minimum: float = 0.0, *, strict: bool = False) -> None:
+    """A finite number >= minimum (> minimum when ``strict``)."""
     from resreap.errors import UsageError
 
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-            or not value >= minimum or value == float("inf"):
-        raise UsageError(f"bad {name} value {value!r}: must be a number >= {minimum:g}")
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value \
+        and value != float("inf") and (value > minimum if strict else value >= minimum)
+    if not ok:
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise UsageError(f"bad {name} value {value!r}: must be a number {bound}")
 
 
 def _merge(ctx: typer.Context, given: dict, config_path: Optional[str]) -> dict:
@@ -242,14 +260,14 @@ def _watch_config(st: dict):
 
     filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or ())
     _positive("-l", st["limit"], 1)
-    _positive("-i", st["grace"])
-    _positive("--stall", st["stall"])
+    _positive("-i", st["grace"], strict=True)
+    _positive("--stall", st["stall"], strict=True)
     if st["fd_percent"] is not None:
         _positive("--fd-percent", st["fd_percent"])
         if not 0 < st["fd_percent"] <= 100:
             raise UsageError(f"bad --fd-percent value {st['fd_percent']!r}: must be in (0, 100]")
     _positive("-w", st["wait"])
-    _positive("--hook-timeout", st["hook_timeout"])
+    _positive("--hook-timeout", st["hook_timeout"], strict=True)
     if st["poll_interval"] is not None:
         _positive("--poll-interval", st["poll_interval"], 0.01)
     max_kills, per = parse_rate(st["max_rate"])
@@ -359,11 +377,15 @@ def watch(
                 exporter.snapshot = w.snapshot(TOP)
             if reload_requested:
                 reload_requested.clear()
-                decisionlog.reopen(handlers)
+                for problem in decisionlog.reopen(handlers):
+                    decision("reload", logging.ERROR, error=f"cannot reopen the log file: {problem}")
                 try:
                     fresh = _watch_config(_merge(ctx, given, config_file))
                 except ResreapError as exc:
                     decision("reload", logging.ERROR, error=str(exc), note="keeping the old settings")
+                    return
+                except Exception as exc:  # noqa: BLE001 - a validation gap must not end the daemon
+                    decision("reload", logging.ERROR, error=repr(exc), note="keeping the old settings")
                     return
                 w.reconfigure(fresh)
                 decision("reload", logging.WARNING, limit=fresh.limits.limit,
@@ -395,7 +417,8 @@ def watch(
             lost = watcher.source.lost()
             watcher.shutdown(timeout=min(10.0, watcher.config.plan.wait * 2 + 1))
             decision("stop", logging.WARNING, lost_events=lost,
-                     reaped=watcher.results.get("terminated", 0) + watcher.results.get("killed", 0))
+                     reaped=watcher.results.get("terminated", 0) + watcher.results.get("killed", 0),
+                     tracked=len(watcher.table), owner_cache=watcher.resolver.index.cached)
         except KeyboardInterrupt:
             pass
 

@@ -4,6 +4,8 @@ it.  Example: packaging/resreap.toml."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,35 @@ KEYS: dict[str, tuple[type, ...]] = {
     "log_file": (str,), "json": (bool,), "hook_timeout": (int, float), "max_rate": (str,),
     "poll_interval": (int, float), "metrics": (str,),
 }
+# What the items of a list setting must be.
+ITEMS: dict[str, type] = {"ignore": str, "pid": int}
+
+
+def check_trusted(path: str) -> None:
+    """Refuse a file that someone other than root could have written: its
+    hook runs as root.  Like sshd's StrictModes: the file and every directory
+    above it (symlinks resolved) owned by root or by us, and not writable by
+    group or others; a sticky directory owned by root (/tmp) is accepted,
+    since no one else may replace what root put there."""
+    me = os.geteuid()
+    real = os.path.realpath(path)
+    where = real
+    while True:
+        try:
+            st = os.stat(where)
+        except OSError as exc:
+            raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+        if st.st_uid not in (0, me):
+            raise UsageError(f"config {path}: {where} is owned by uid {st.st_uid}, not root: "
+                             "refusing it (its hook would run as root)")
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky_root_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == 0
+        if writable and not (sticky_root_dir and where != real):
+            raise UsageError(f"config {path}: {where} is writable by group or others "
+                             f"(mode {stat.S_IMODE(st.st_mode):o}): refusing it; chmod go-w")
+        if where == "/":
+            return
+        where = os.path.dirname(where)
 
 
 def load(path: str | None) -> dict[str, Any]:
@@ -32,6 +63,7 @@ def load(path: str | None) -> dict[str, Any]:
         if not Path(DEFAULT_PATH).exists():
             return {}
         path = DEFAULT_PATH
+    check_trusted(path)
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -49,6 +81,10 @@ def load(path: str | None) -> dict[str, Any]:
             raise UsageError(f"config {path}: {key} = {value!r} is not a {KEYS[name][0].__name__}")
         if not isinstance(value, KEYS[name]):
             raise UsageError(f"config {path}: {key} = {value!r} is not a {KEYS[name][0].__name__}")
+        item = ITEMS.get(name)
+        if item is not None and any(isinstance(v, bool) or not isinstance(v, item) for v in value):
+            raise UsageError(f"config {path}: {key} = {value!r}: every item must be a "
+                             f"{item.__name__}")
         settings[name] = [str(v) if name == "ignore" else v for v in value] \
             if isinstance(value, list) else (str(value) if name.endswith("signal") else value)
     return settings

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
+import stat
 import time
 from typing import Any
 
@@ -73,6 +75,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=True, default=str)
 
 
+class SafeFileHandler(logging.handlers.WatchedFileHandler):
+    """A log file that root appends to: never through a symlink, never a
+    hard link to another file, never a file someone else owns (any of those
+    would let a user make root write into a file of their choosing).
+    Reopened when logrotate moves it, with the same checks."""
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.baseFilename, flags, 0o640)
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP: the last component is a symlink
+                raise OSError(exc.errno, "is a symbolic link (refused)") from None
+            raise
+        st = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(st.st_mode):
+            problem = "is not a regular file"
+        elif st.st_uid != os.geteuid():
+            problem = f"is owned by uid {st.st_uid} (refused)"
+        elif st.st_nlink != 1:
+            problem = f"has {st.st_nlink} hard links (refused)"
+        if problem:
+            os.close(fd)
+            raise OSError(1, problem)
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+
+
 def configure(*, debug: bool, json_lines: bool, log_file: str | None,
               stream=None) -> list[logging.Handler]:
     """Send resreap's logs to ``stream`` (stderr) and ``log_file``.  The file
@@ -82,7 +112,7 @@ def configure(*, debug: bool, json_lines: bool, log_file: str | None,
     formatter: logging.Formatter = JsonFormatter() if json_lines else TextFormatter()
     handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
     if log_file:
-        handlers.append(logging.handlers.WatchedFileHandler(log_file))
+        handlers.append(SafeFileHandler(log_file))
     root = logging.getLogger("resreap")
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -94,13 +124,25 @@ def configure(*, debug: bool, json_lines: bool, log_file: str | None,
     return handlers
 
 
-def reopen(handlers: list[logging.Handler]) -> None:
+def reopen(handlers: list[logging.Handler]) -> list[str]:
+    """Reopen the log files (SIGHUP); the errors, one per file that could
+    not be reopened (it keeps writing to the file it had)."""
+    errors = []
     for handler in handlers:
         if isinstance(handler, logging.FileHandler):
             handler.acquire()
             try:
-                if handler.stream:
-                    handler.stream.close()
-                handler.stream = handler._open()
+                fresh = handler._open()
+            except OSError as exc:
+                errors.append(f"{handler.baseFilename}: {exc.strerror or exc}")
+                continue
             finally:
                 handler.release()
+            handler.acquire()
+            try:
+                if handler.stream:
+                    handler.stream.close()
+                handler.stream = fresh
+            finally:
+                handler.release()
+    return errors

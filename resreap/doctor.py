@@ -39,6 +39,24 @@ def _version() -> tuple[int, int]:
         return 0, 0
 
 
+def _other_fds() -> Check:
+    """Owners come from other processes' /proc/PID/fd: hidepid=2 or a
+    missing CAP_SYS_PTRACE leaves every socket without an owner."""
+    from resreap.errors import AccessDenied
+    from resreap.owners import socket_fds
+
+    me = os.getpid()
+    others = [p for p in (1, os.getppid()) if p != me]
+    for pid in others:
+        try:
+            list(socket_fds(pid))
+        except AccessDenied:
+            return Check("process fds", FAIL, f"cannot read /proc/{pid}/fd",
+                         "run as root with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH "
+                         "(hidepid=2 needs them)")
+    return Check("process fds", OK, "other processes' /proc/PID/fd readable")
+
+
 def checks() -> list[Check]:
     from resreap import bpf_events
     from resreap.bpf_loader import CHILD_CWD, child_python
@@ -89,6 +107,7 @@ def checks() -> list[Check]:
         table.close()
     except (ResreapError, OSError) as exc:
         out.append(Check("sock_diag", WARN, str(exc), "/proc/net/tcp is read instead (slower)"))
+    out.append(_other_fds())
     pidfd = hasattr(os, "pidfd_open")
     if pidfd:
         try:

@@ -35,6 +35,15 @@ class ProcessGone(ResreapError):
         self.pid = pid
 
 
+class AccessDenied(ResreapError):
+    """/proc/PID could not be read for lack of privilege (hidepid=2, or
+    running without CAP_SYS_PTRACE): the process cannot be judged."""
+
+    def __init__(self, pid: int, what: str = "") -> None:
+        super().__init__(f"pid {pid}: permission denied reading /proc/{pid}{what}")
+        self.pid = pid
+
+
 class ProcessUnreadable(ResreapError):
     """/proc/PID could not be read in time (a process stuck in D state holds
     its mmap lock).  The process is looked at again later."""

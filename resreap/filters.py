@@ -99,10 +99,14 @@ def parse_command_pattern(pattern: str | None) -> CommandPattern | None:
     if pattern is None:
         return None
     if re2 is not None:
+        options = re2.Options()
+        options.log_errors = False  # the error is ours to report, in one line
         try:
-            return CommandPattern(pattern, re2.compile(pattern), True)
+            return CommandPattern(pattern, re2.compile(pattern, options), True)
         except re2.error as exc:
-            raise UsageError(f"bad -f pattern {pattern!r}: {exc} (matched with RE2, in linear "
+            why = exc.args[0].decode(errors="replace") if exc.args and isinstance(
+                exc.args[0], bytes) else str(exc)
+            raise UsageError(f"bad -f pattern {pattern!r}: {why} (matched with RE2, in linear "
                              "time: no backreferences or lookaround)") from None
     try:
         return CommandPattern(pattern, re.compile(pattern), False)

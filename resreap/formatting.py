@@ -8,7 +8,7 @@ import re
 import time
 from typing import Iterable
 
-from resreap.model import Owner, format_addr
+from resreap.model import Evidence, Owner, format_addr
 from resreap.trace import ProcSummary, TraceRecord
 
 # C0/C1 controls and DEL: a hostile process name must not drive the terminal.
@@ -32,14 +32,22 @@ def _who(owners: tuple[Owner, ...]) -> tuple[str, str]:
     return pid, safe(first.comm)
 
 
-HEADER = f"{'TIME':<8} {'EVENT':<8} {'PID':>7} {'COMM':<12} LOCAL -> REMOTE  AGE"
+HEADER = f"{'TIME':<8} {'EVENT':<8} {'PID':>7} {'COMM':<12} LOCAL -> REMOTE  AGE|EVIDENCE"
+
+
+# Text lines stay under 80 columns: a STAYED line shows its evidence where
+# the others show an age (it is -i there), eof-ignored as "eof".
+_SHORT = {Evidence.EOF_IGNORED: "eof"}
 
 
 def trace_line(rec: TraceRecord) -> str:
     pid, comm = _who(rec.owners)
-    age = f" {rec.age:.1f}s" if rec.age is not None else ""
+    if rec.evidence is not None:
+        tail = " " + _SHORT.get(rec.evidence, rec.evidence.value)
+    else:
+        tail = f" {rec.age:.1f}s" if rec.age is not None else ""
     return (f"{clock(rec.ts)} {rec.kind.name:<8} {pid:>7} {comm:<12.12} "
-            f"{rec.sock.local} -> {rec.sock.remote}{age}")
+            f"{rec.sock.local} -> {rec.sock.remote}{tail}")
 
 
 def trace_json(rec: TraceRecord) -> str:
@@ -56,6 +64,8 @@ def trace_json(rec: TraceRecord) -> str:
     }
     if rec.age is not None:
         obj["age"] = round(rec.age, 6)
+    if rec.evidence is not None:
+        obj["evidence"] = rec.evidence.value
     if rec.netns is not None:
         obj["netns"] = rec.netns
     return json.dumps(obj, ensure_ascii=True)

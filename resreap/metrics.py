@@ -1,19 +1,41 @@
 """Prometheus metrics (--metrics ADDR:PORT).  The event loop publishes a
 snapshot about once a second; a scrape only reads the latest one, so the
 HTTP thread never touches live state.  Per-process series are limited to
-the TOP holders (bounded label cardinality); the rest is summed."""
+the TOP holders (bounded label cardinality); the rest is summed.
+
+The endpoint is one thread serving every connection through a selector: at
+most MAX_CONNECTIONS open (the oldest is dropped for a new one), each given
+REQUEST_TIMEOUT to send its request.  prometheus_client's own server starts
+a thread per connection and keeps idle ones forever: under a task limit
+(systemd TasksMax) idle connections made resreap unable to start a kill.
+It binds loopback unless told otherwise: metrics name processes.
+
+``/healthz`` answers 200 while the event loop has published a snapshot
+within HEALTH_STALE seconds, 503 otherwise: a liveness probe for a stalled
+loop (Kubernetes), the same meaning as the systemd watchdog ping."""
 
 from __future__ import annotations
 
 import ipaddress
+import selectors
+import socket
+import threading
+import time
 from typing import Any
 
 from resreap.errors import UsageError
 
 TOP = 20
+MAX_CONNECTIONS = 64
+REQUEST_TIMEOUT = 2.0
+REQUEST_MAX = 8192
+HEALTH_STALE = 10.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
+    """ADDR:PORT, [IPv6]:PORT, or a bare PORT (loopback)."""
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
     host, sep, port = text.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     try:
@@ -26,22 +48,116 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, number
 
 
+class Endpoint:
+    """A bounded HTTP/1.0 server for GET requests: ``routes`` maps a path to
+    a function returning (status, content type, body)."""
+
+    def __init__(self, host: str, port: int, routes) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, port))
+        self._listener.listen(16)
+        self._listener.setblocking(False)
+        self._routes = routes
+        self.address = self._listener.getsockname()
+        threading.Thread(target=self._serve, name="metrics", daemon=True).start()
+
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ)
+        open_: dict[socket.socket, list] = {}  # conn -> [deadline, request bytes]
+
+        def drop(conn: socket.socket) -> None:
+            open_.pop(conn, None)
+            sel.unregister(conn)
+            conn.close()
+
+        while True:
+            now = time.monotonic()
+            timeout = max(0.0, min(d for d, _ in open_.values()) - now) if open_ else None
+            for key, _mask in sel.select(timeout):
+                if key.fileobj is self._listener:
+                    try:
+                        conn, _addr = self._listener.accept()
+                    except OSError:
+                        continue
+                    if len(open_) >= MAX_CONNECTIONS:
+                        drop(min(open_, key=lambda c: open_[c][0]))
+                    conn.setblocking(False)
+                    open_[conn] = [time.monotonic() + REQUEST_TIMEOUT, b""]
+                    sel.register(conn, selectors.EVENT_READ)
+                    continue
+                conn = key.fileobj
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    drop(conn)
+                    continue
+                open_[conn][1] += data
+                request = open_[conn][1]
+                if b"\r\n\r\n" in request or b"\n\n" in request or len(request) > REQUEST_MAX:
+                    self._answer(conn, request)
+                    drop(conn)
+            now = time.monotonic()
+            for conn in [c for c, (deadline, _) in open_.items() if deadline <= now]:
+                drop(conn)
+
+    def _answer(self, conn: socket.socket, request: bytes) -> None:
+        parts = request.split(b" ", 2)
+        path = parts[1].split(b"?")[0].decode("ascii", "replace") if len(parts) > 2 else ""
+        route = self._routes.get(path) if parts[0] == b"GET" else None
+        status, ctype, body = route() if route else ("404 Not Found", "text/plain", b"not found\n")
+        head = (f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            conn.setblocking(True)
+            conn.settimeout(REQUEST_TIMEOUT)
+            conn.sendall(head + body)
+        except OSError:
+            pass
+
+
 class Exporter:
     def __init__(self, listen: str, backend: str) -> None:
         try:
-            from prometheus_client import start_http_server
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
             from prometheus_client.core import REGISTRY
         except ImportError as exc:
             raise UsageError("--metrics needs prometheus-client: pip install prometheus-client") \
                 from exc
         host, port = parse_listen(listen)
         self.backend = backend
-        self.snapshot: dict[str, Any] = {}
+        self._snapshot: dict[str, Any] = {}
+        self._beat = time.monotonic()
         REGISTRY.register(self)
+
+        def metrics():
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+
+        def health():
+            age = time.monotonic() - self._beat
+            if age <= HEALTH_STALE:
+                return "200 OK", "text/plain", b"ok\n"
+            return "503 Service Unavailable", "text/plain", f"stalled {age:.0f}s\n".encode()
+
         try:
-            start_http_server(port, addr=host)
+            self.endpoint = Endpoint(host, port, {"/metrics": metrics, "/": metrics,
+                                                  "/healthz": health})
         except OSError as exc:
             raise UsageError(f"--metrics {listen}: {exc.strerror}") from None
+
+    @property
+    def snapshot(self) -> dict[str, Any]:
+        return self._snapshot
+
+    @snapshot.setter
+    def snapshot(self, value: dict[str, Any]) -> None:
+        """Published by the event loop: also its heartbeat for /healthz."""
+        self._snapshot = value
+        self._beat = time.monotonic()
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

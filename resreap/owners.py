@@ -4,23 +4,25 @@ The pid seen at the tracepoint is whoever was on the CPU (the transition to
 CLOSE_WAIT runs in softirq: pid 0, or over loopback the *peer*), so owners
 come from the socket's inode and the /proc/PID/fd links that point at it.
 
-A full /proc/*/fd scan costs about 0.8 s at 100k connections, so answers are
-cached (inode -> {pid: fd}) and a cached answer is verified with one
-readlink.  A miss first scans the likely holders (the owners of the
-listener on the same port, or of earlier sockets to the same peer), and
-only then every process, at a rate that keeps full scans under about a
-tenth of the wall time (cheap on a small host, rare on a huge one).
+A full /proc/*/fd scan costs about 0.8 s at 100k connections (a minute with
+huge fd tables), so answers are cached (inode -> {pid: fd}) and a cached
+answer is verified with one readlink.  A miss first scans the likely
+holders (the owners of the listener on the same port, or of earlier sockets
+to the same peer), and only then every process, in the background
+(fdscan.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Iterable, Iterator, NamedTuple
 
 from resreap import procinfo
-from resreap.errors import NotRoot, ProcessGone
+from resreap.errors import AccessDenied, NotRoot, ProcessGone
+from resreap.fdscan import FullScanner, fd_count
 from resreap.model import TCP_CLOSE_WAIT, Owner, SockId
 from resreap.sockdiag import DiagSock
 from resreap.sockets import NsSock, SocketTable
@@ -40,10 +42,13 @@ def check_privileges() -> None:
 
 def socket_fds(pid: int, proc_root: str = "/proc") -> Iterator[tuple[int, int]]:
     """(fd, socket inode) for each socket ``pid`` holds; nothing if it is
-    gone or unreadable.  Stateless, so a kill thread may call it too."""
+    gone.  Raises AccessDenied where its fds may not be read (hidepid=2, no
+    CAP_SYS_PTRACE).  Stateless, so a kill thread may call it too."""
     base = f"{proc_root}/{pid}/fd"
     try:
         fds = os.listdir(base)
+    except PermissionError:
+        raise AccessDenied(pid, "/fd") from None
     except OSError:  # exited, or a kernel thread
         return
     for fd in fds:
@@ -56,46 +61,72 @@ def socket_fds(pid: int, proc_root: str = "/proc") -> Iterator[tuple[int, int]]:
 
 
 class FdIndex:
-    """inode -> {pid: fd} for socket fds, from /proc/PID/fd."""
-
-    def __init__(self, proc_root: str = "/proc", full_scan_share: float = 0.1) -> None:
-        self.proc_root = proc_root
-        self.full_scan_share = full_scan_share
-        self._cache: dict[int, dict[int, int]] = {}
-        self._next_full = float("-inf")
-        self.full_scans = 0
+    """inode -> {pid: fd} for socket fds, from /proc/PID/fd.  The event loop
+    verifies cached answers and scans likely holders inline; a scan of every
+    process runs in the background (fdscan.py).  The cache is shared with
+    that thread, hence the lock."""
 
     # A safety net: callers forget sockets as they leave; this bounds what a
     # missed exit could leave behind.
     MAX_CACHED = 262144
 
+    def __init__(self, proc_root: str = "/proc") -> None:
+        self.proc_root = proc_root
+        self._cache: dict[int, dict[int, int]] = {}
+        self._lock = threading.Lock()
+        self.scanner = FullScanner(self)
+        # Processes whose fds could not be read: their sockets have no owner
+        # here.  Bounded; reported once by whoever reads it.
+        self.denied: set[int] = set()
+
+    @property
+    def full_scans(self) -> int:
+        return self.scanner.scans
+
+    @property
+    def cached(self) -> int:
+        """Sockets whose holders are cached (bounded: see forget)."""
+        return len(self._cache)
+
     def forget(self, inode: int) -> None:
-        self._cache.pop(inode, None)
+        with self._lock:
+            self._cache.pop(inode, None)
+        self.scanner.forget(inode)
 
     def _remember(self, inode: int, pid: int, fd: int) -> None:
-        if len(self._cache) >= self.MAX_CACHED and inode not in self._cache:
-            self._cache.clear()
-        self._cache.setdefault(inode, {})[pid] = fd
+        with self._lock:
+            if len(self._cache) >= self.MAX_CACHED and inode not in self._cache:
+                self._cache.clear()
+            self._cache.setdefault(inode, {})[pid] = fd
 
     def _verify(self, inode: int) -> set[int]:
-        held = self._cache.get(inode)
+        with self._lock:
+            held = dict(self._cache.get(inode) or {})
         if not held:
             return set()
         want = f"socket:[{inode}]"
-        for pid, fd in list(held.items()):
+        stale = []
+        for pid, fd in held.items():
             try:
                 ok = os.readlink(f"{self.proc_root}/{pid}/fd/{fd}") == want
             except OSError:
                 ok = False
             if not ok:
-                del held[pid]
-        if not held:
-            del self._cache[inode]
-        return set(held)
+                stale.append(pid)
+        if stale:
+            with self._lock:
+                cached = self._cache.get(inode)
+                if cached is not None:
+                    for pid in stale:
+                        cached.pop(pid, None)
+                    if not cached:
+                        del self._cache[inode]
+        return set(held) - set(stale)
 
     def holds(self, pid: int, inode: int) -> bool:
         """Does ``pid`` hold ``inode`` right now?  One readlink when cached."""
-        fd = self._cache.get(inode, {}).get(pid)
+        with self._lock:
+            fd = self._cache.get(inode, {}).get(pid)
         want = f"socket:[{inode}]"
         if fd is not None:
             try:
@@ -103,19 +134,24 @@ class FdIndex:
                     return True
             except OSError:
                 pass
-        found = self._scan_pids((pid,), {inode})
+        found = self.scan_pids((pid,), {inode})
         return pid in found.get(inode, ())
 
-    def _scan_pids(self, pids: Iterable[int], wanted: set[int],
-                   stop_when_found: bool = False) -> dict[int, set[int]]:
+    def scan_pids(self, pids: Iterable[int], wanted: set[int],
+                  stop_when_found: bool = False) -> dict[int, set[int]]:
+        """Read these processes' fds for the wanted inodes (and cache them)."""
         found: dict[int, set[int]] = {}
         for pid in pids:
             if stop_when_found and len(found) == len(wanted):
                 break
-            for fd, inode in socket_fds(pid, self.proc_root):
-                if inode in wanted:
-                    self._remember(inode, pid, fd)
-                    found.setdefault(inode, set()).add(pid)
+            try:
+                for fd, inode in socket_fds(pid, self.proc_root):
+                    if inode in wanted:
+                        self._remember(inode, pid, fd)
+                        found.setdefault(inode, set()).add(pid)
+            except AccessDenied:
+                if len(self.denied) < 4096:
+                    self.denied.add(pid)
         return found
 
     def children(self, pids: Iterable[int]) -> set[int]:
@@ -143,17 +179,25 @@ class FdIndex:
         for pid in pids:
             try:
                 near.add(procinfo.read_stat(pid, self.proc_root)[1])
-            except ProcessGone:
+            except (ProcessGone, AccessDenied):
                 continue
         return near - pids - {0, 1, 2}
 
     def all_pids(self) -> list[int]:
         return [int(n) for n in os.listdir(self.proc_root) if n.isdigit()]
 
+    def scan_order(self) -> list[int]:
+        """Every process, fewest fds first (fd hogs cannot delay finding a
+        leaker), the newest first among equals (a leaking server was often
+        just restarted)."""
+        return sorted(self.all_pids(), key=lambda pid: (fd_count(pid, self.proc_root), -pid))
+
     def holders(self, inodes: Iterable[int], hints: Iterable[int] = (),
                 full_scan: bool = True) -> dict[int, set[int]]:
-        """Map each inode to the pids holding it (absent: no holder found).
-        ``full_scan=False``: the cache and the hints only."""
+        """Map each inode to the pids holding it (absent: no holder known
+        yet).  The cache and the likely holders are read now; with
+        ``full_scan`` the others are looked for in the background, and a
+        later call finds them in the cache."""
         result: dict[int, set[int]] = {}
         missing: set[int] = set()
         for inode in inodes:
@@ -166,34 +210,21 @@ class FdIndex:
             hints = set(hints)
             hints |= self.children(hints)
             if hints:
-                for inode, pids in self._scan_pids(hints, missing).items():
+                for inode, pids in self.scan_pids(hints, missing).items():
                     result[inode] = pids
                     missing.discard(inode)
-        if missing and full_scan and time.monotonic() >= self._next_full:
-            began = time.monotonic()
-            self.full_scans += 1
-            # Newest processes first (a leaking server was often just
-            # restarted), and stop once every socket has a holder: at 100k
-            # connections a complete scan costs about a second.  Fork shares
-            # sockets within a family, so the holders' parents and children
-            # are scanned too (the first holder found may be the child); a
-            # holder elsewhere is found when this one is gone and the socket
-            # stays.
-            order = sorted(self.all_pids(), reverse=True)
-            found = self._scan_pids(order, missing, stop_when_found=True)
-            for inode, pids in self._scan_pids(self.family(found), set(found)).items():
-                found[inode] |= pids
-            result.update(found)
-            took = time.monotonic() - began
-            self._next_full = began + took / self.full_scan_share
-            log.debug("full /proc fd scan for %d socket(s) took %.3fs", len(missing), took)
+        if missing and full_scan:
+            self.scanner.request(missing)
         return result
 
 
 def held_count(pid: int, inodes: Iterable[int], proc_root: str = "/proc") -> int:
     """How many of ``inodes`` ``pid`` holds right now (a fresh scan)."""
     wanted = set(inodes)
-    return len({inode for _fd, inode in socket_fds(pid, proc_root) if inode in wanted})
+    try:
+        return len({inode for _fd, inode in socket_fds(pid, proc_root) if inode in wanted})
+    except AccessDenied:
+        return 0  # cannot be confirmed: not guilty
 
 
 def _wildcard(raw: bytes) -> bool:
@@ -204,10 +235,18 @@ class OwnerResolver:
     """Socket -> owning processes, including sockets still in an accept
     queue (no inode yet), which belong to the owners of their listener."""
 
-    def __init__(self, table: SocketTable, index: FdIndex | None = None) -> None:
+    # How long start-up waits for the holders of the listeners.
+    LISTENERS_WAIT = 5.0
+
+    def __init__(self, table: SocketTable, index: FdIndex | None = None,
+                 scan_wait: float = 0.0) -> None:
+        """``scan_wait``: how long a lookup may wait for the background scan
+        (trace shows each socket once, so it waits a little; watch never
+        waits: it looks again later)."""
         self.table = table
         self.proc_root = table.proc_root
         self.index = index or FdIndex(table.proc_root)
+        self.scan_wait = scan_wait
         self._listeners: list[NsSock] = []
         self._listeners_at = float("-inf")
         # Pids seen holding sockets by local port and by peer: where a new
@@ -279,7 +318,11 @@ class OwnerResolver:
             still = [ns for ns in unfound if (hit := self.table.lookup_in(ns.netns, ns.diag.sock))
                      is not None and hit.diag.inode == ns.diag.inode]
             if still:
-                held.update(self.index.holders([ns.diag.inode for ns in still]))  # hints: done
+                inodes = [ns.diag.inode for ns in still]
+                held.update(self.index.holders(inodes))  # hints: done; the rest in the background
+                if self.scan_wait and len(held) < len(with_inode) \
+                        and self.index.scanner.idle(self.scan_wait):
+                    held.update(self.index.holders(inodes, full_scan=False))
         for ns in with_inode:
             pids = held.get(ns.diag.inode)
             if pids:
@@ -299,6 +342,8 @@ class OwnerResolver:
         self._listeners_at = time.monotonic()
         inodes = [lst.diag.inode for lst in self._listeners if lst.diag.inode]
         held = self.index.holders(inodes)
+        if len(held) < len(inodes) and self.index.scanner.idle(self.LISTENERS_WAIT):
+            held = self.index.holders(inodes, full_scan=False)
         for lst in self._listeners:
             pids = held.get(lst.diag.inode)
             if pids:
@@ -309,7 +354,7 @@ class OwnerResolver:
         for pid in sorted(pids):
             try:
                 start, _ppid, comm, _k = procinfo.read_stat(pid, self.proc_root)
-            except ProcessGone:
+            except (ProcessGone, AccessDenied):
                 continue
             out.append(Owner(pid, start, comm))
         return out

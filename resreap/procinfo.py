@@ -6,10 +6,11 @@ time we act on it.
 
 from __future__ import annotations
 
-import concurrent.futures
-from typing import NamedTuple
+import contextlib
+import threading
+from typing import Iterator, NamedTuple
 
-from resreap.errors import ProcessGone, ProcessUnreadable
+from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
 
 PF_KTHREAD = 0x00200000
 # A command line is whatever its process wrote there (a megabyte, if it
@@ -26,13 +27,24 @@ class ProcInfo(NamedTuple):
     kthread: bool
 
 
-def read_stat(pid: int, proc_root: str = "/proc") -> tuple[int, int, str, bool]:
-    """(start, ppid, comm, kthread) of ``pid``; raises ProcessGone."""
+@contextlib.contextmanager
+def proc_errors(pid: int, what: str = "") -> Iterator[None]:
+    """The /proc edge: OS errors become the domain's, here and only here
+    (as psutil's wrap_exceptions does).  ENOENT/ESRCH: the process is gone;
+    EACCES/EPERM: access denied."""
     try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            raw = f.read()
+        yield
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone(pid) from exc
+    except PermissionError as exc:
+        raise AccessDenied(pid, what) from exc
+
+
+def read_stat(pid: int, proc_root: str = "/proc") -> tuple[int, int, str, bool]:
+    """(start, ppid, comm, kthread) of ``pid``; raises ProcessGone or
+    AccessDenied."""
+    with proc_errors(pid, "/stat"), open(f"{proc_root}/{pid}/stat", "rb") as f:
+        raw = f.read()
     # comm is in parentheses and may itself contain ") ": split at the last.
     head, _, tail = raw.rpartition(b") ")
     comm = head.partition(b" (")[2].decode("utf-8", "backslashreplace")
@@ -49,14 +61,11 @@ def start_time(pid: int, proc_root: str = "/proc") -> int:
 
 def read(pid: int, proc_root: str = "/proc") -> ProcInfo:
     start, ppid, comm, kthread = read_stat(pid, proc_root)
-    try:
-        with open(f"{proc_root}/{pid}/cmdline", "rb") as f:
-            argv = f.read(CMDLINE_MAX + 1)
-            cut = len(argv) > CMDLINE_MAX
-            if cut:
-                argv = argv[:CMDLINE_MAX]
-    except (FileNotFoundError, ProcessLookupError) as exc:
-        raise ProcessGone(pid) from exc
+    with proc_errors(pid, "/cmdline"), open(f"{proc_root}/{pid}/cmdline", "rb") as f:
+        argv = f.read(CMDLINE_MAX + 1)
+    cut = len(argv) > CMDLINE_MAX
+    if cut:
+        argv = argv[:CMDLINE_MAX]
     cmdline = argv.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
     if cut:
         cmdline += "...[cut]"
@@ -68,28 +77,20 @@ def read(pid: int, proc_root: str = "/proc") -> ProcInfo:
 def read_uids(pid: int, proc_root: str = "/proc") -> frozenset[int]:
     """Real, effective, saved and fs uids of ``pid``; raises ProcessGone.
     (The owner of /proc/PID is not it: non-dumpable processes show root.)"""
-    try:
-        with open(f"{proc_root}/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return frozenset(int(u) for u in line.split()[1:5])
-    except (FileNotFoundError, ProcessLookupError) as exc:
-        raise ProcessGone(pid) from exc
+    with proc_errors(pid, "/status"), open(f"{proc_root}/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return frozenset(int(u) for u in line.split()[1:5])
     raise ProcessGone(pid, "has no Uid line in its status")
 
 
 def fd_soft_limit(pid: int, proc_root: str = "/proc") -> int | None:
     """The soft RLIMIT_NOFILE of ``pid`` (None: unlimited or unreadable)."""
-    try:
-        with open(f"{proc_root}/{pid}/limits") as f:
-            for line in f:
-                if line.startswith("Max open files"):
-                    soft = line[len("Max open files"):].split()[0]
-                    return int(soft) if soft.isdigit() else None
-    except (FileNotFoundError, ProcessLookupError) as exc:
-        raise ProcessGone(pid) from exc
-    except OSError:
-        return None
+    with proc_errors(pid, "/limits"), open(f"{proc_root}/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft = line[len("Max open files"):].split()[0]
+                return int(soft) if soft.isdigit() else None
     return None
 
 
@@ -100,7 +101,7 @@ def ancestors(pid: int, proc_root: str = "/proc") -> set[int]:
         chain.add(pid)
         try:
             pid = read_stat(pid, proc_root)[1]
-        except ProcessGone:
+        except (ProcessGone, AccessDenied):
             break
     return chain
 
@@ -108,22 +109,51 @@ def ancestors(pid: int, proc_root: str = "/proc") -> set[int]:
 def alive(pid: int, start: int, proc_root: str = "/proc") -> bool:
     try:
         return start_time(pid, proc_root) == start
-    except ProcessGone:
+    except (ProcessGone, AccessDenied):
         return False
 
 
 
 # Reading /proc/PID/cmdline takes the target's mmap lock: a process stuck in
-# D state while holding it makes the read hang.  Reads go through a few
-# worker threads and are given up after a timeout, so the event loop never
-# blocks; a stuck worker stays stuck, and later reads use the others.
-_READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="procread")
+# D state while holding it (a FUSE or userfaultfd trick does it on purpose)
+# makes the read hang.  Each bounded read runs in a thread of its own and is
+# given up after a timeout, so the caller never blocks and a stuck read takes
+# nothing from the next (a fixed pool was exhausted for good by four).  A
+# pid whose read is still stuck is not read again until it returns, and the
+# stuck threads are capped: past the cap, reads fail at once as unreadable.
+STUCK_MAX = 128
+_lock = threading.Lock()
+_stuck: set[int] = set()
+
+
+def stuck_reads() -> int:
+    with _lock:
+        return len(_stuck)
 
 
 def read_bounded(pid: int, proc_root: str = "/proc", timeout: float = 1.0) -> ProcInfo:
-    future = _READERS.submit(read, pid, proc_root)
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise ProcessUnreadable(pid, timeout) from None
+    with _lock:
+        if pid in _stuck or len(_stuck) >= STUCK_MAX:
+            raise ProcessUnreadable(pid, timeout)
+    box: dict[str, object] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["info"] = read(pid, proc_root)
+        except BaseException as exc:  # handed to the caller, or dropped if it left
+            box["error"] = exc
+        finally:
+            with _lock:
+                done.set()
+                _stuck.discard(pid)
+
+    threading.Thread(target=work, name=f"procread-{pid}", daemon=True).start()
+    if not done.wait(timeout):
+        with _lock:
+            if not done.is_set():
+                _stuck.add(pid)
+                raise ProcessUnreadable(pid, timeout)
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["info"]  # type: ignore[return-value]

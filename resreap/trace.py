@@ -1,27 +1,43 @@
 """`resreap trace`: the live stream of CLOSE_WAIT transitions with their
-owners, and a per-process summary at the end."""
+owners, a STAYED line with the kernel's evidence for each socket still in
+CLOSE_WAIT after the grace (what watch would judge), and a per-process
+summary at the end."""
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import NamedTuple
 
-from resreap import procinfo
-from resreap.errors import ProcessGone, ProcessUnreadable
+from resreap import evidence, procinfo
+from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
-from resreap.model import Kind, Owner, SockId, Transition
+from resreap.model import Evidence, Kind, Owner, SockId, Transition
 from resreap.owners import OwnerResolver, Probe, resolve_close_wait
 from resreap.tracker import CloseWaitTable
 
 
+class Event(enum.Enum):
+    """A trace line: a transition (as the sources report them), or STAYED."""
+
+    EXISTING = "existing"
+    ENTER = "enter"
+    EXIT = "exit"
+    STAYED = "stayed"  # still in CLOSE_WAIT after the grace: its evidence
+
+
+_EVENT = {Kind.EXISTING: Event.EXISTING, Kind.ENTER: Event.ENTER, Kind.EXIT: Event.EXIT}
+
+
 class TraceRecord(NamedTuple):
     ts: float                   # unix seconds
-    kind: Kind
+    kind: Event
     sock: SockId
     owners: tuple[Owner, ...]   # empty: closed before its owner could be read
-    age: float | None           # on exit: seconds spent in CLOSE_WAIT
+    age: float | None           # on exit and stayed: seconds in CLOSE_WAIT
     netns: int | None
+    evidence: Evidence | None = None  # on stayed (see evidence.py)
 
 
 class ProcSummary(NamedTuple):
@@ -40,10 +56,12 @@ class _Stats:
 
 
 class Tracer:
-    def __init__(self, source: EventSource, resolver: OwnerResolver, filters: Filters) -> None:
+    def __init__(self, source: EventSource, resolver: OwnerResolver, filters: Filters,
+                 rules: evidence.Rules = evidence.Rules()) -> None:
         self.source = source
         self.resolver = resolver
         self.filters = filters
+        self.rules = rules
         self.table = CloseWaitTable()
         self.stats: dict[Owner, _Stats] = {}
         self._cmdlines: dict[Owner, str] = {}
@@ -55,14 +73,41 @@ class Tracer:
         return self._handle(self.source.start())
 
     def step(self, timeout: float) -> list[TraceRecord]:
-        return self._handle(self.source.read(timeout))
+        deadline = self.table.next_deadline()
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        out = self._handle(self.source.read(timeout))
+        return out + self._stayed(time.monotonic())
+
+    def _stayed(self, now: float) -> list[TraceRecord]:
+        """Sockets in CLOSE_WAIT for the grace: what the kernel says of them."""
+        due = self.table.due(now)
+        if not due:
+            return []
+        probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in due}
+        resolved = resolve_close_wait(self.resolver, list(set(probes.values())), full_scan=False)
+        out = []
+        for entry in due:
+            hits = [h for h in resolved.get(probes[entry.key], [])
+                    if entry.kid is None or h.diag.kid == entry.kid]
+            if len(hits) != 1:
+                continue  # gone (its exit is on the way), or ambiguous
+            hit = hits[0]
+            owners = hit.owners or entry.owners or ()
+            if not self._wanted(owners):
+                continue
+            age = now - entry.entered
+            judged = evidence.judge(hit.diag, age, self.rules)
+            out.append(TraceRecord(now + self._wall_offset, Event.STAYED, entry.sock, owners,
+                                   age, hit.netns, judged.evidence))
+        return out
 
     def _cmdline(self, owner: Owner) -> str:
         cmd = self._cmdlines.get(owner)
         if cmd is None:
             try:
                 cmd = procinfo.read_bounded(owner.pid, self.resolver.proc_root).cmdline
-            except (ProcessGone, ProcessUnreadable):
+            except (ProcessGone, ProcessUnreadable, AccessDenied):
                 cmd = ""
             if len(self._cmdlines) > 4096:
                 self._cmdlines.clear()
@@ -94,6 +139,7 @@ class Tracer:
             elif new:
                 fresh.append(entry)
                 order.append((t, entry))
+                self.table.schedule(entry, entry.entered + self.rules.grace)
         # Resolve the whole batch at once; a socket that entered and left
         # inside one batch is gone already and stays without owner.
         probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in fresh}
@@ -123,7 +169,7 @@ class Tracer:
                     stats = self.stats.get(owner)
                     if stats:
                         stats.longest = max(stats.longest, age)
-            out.append(TraceRecord(t.ts + self._wall_offset, t.kind, t.sock, owners, age,
+            out.append(TraceRecord(t.ts + self._wall_offset, _EVENT[t.kind], t.sock, owners, age,
                                    entry.netns if entry is not None else None))
         return out
 

@@ -22,7 +22,7 @@ class Entry:
     """One socket in CLOSE_WAIT."""
 
     __slots__ = ("key", "entered", "existing", "netns", "kid", "inode", "owners", "counted",
-                 "evidence", "due")
+                 "evidence", "due", "misses")
 
     def __init__(self, key: Key, entered: float, existing: bool) -> None:
         self.key = key
@@ -35,6 +35,7 @@ class Entry:
         self.counted = False            # counts against its holders now
         self.evidence: Evidence | None = None
         self.due = float("inf")         # next look, monotonic seconds
+        self.misses = 0                 # looks that found it counting, held by no one
 
     @property
     def sock(self) -> SockId:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from resreap import evidence, procinfo
 from resreap.decisionlog import decision
-from resreap.errors import ProcessGone, ProcessUnreadable
+from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.killer import Killer, Outcome, Plan, Target
@@ -25,9 +25,16 @@ from resreap.tracker import CloseWaitTable, Entry
 
 log = logging.getLogger(__name__)
 
-# Owners that could not be found (a throttled full scan, an accept queue
-# shared by several processes) are looked for again this often.
-RETRY_UNRESOLVED = 1.0
+# Owners not found yet (the background scan is still reading, an accept
+# queue shared by several processes) are looked for again after this, then
+# twice as long each time up to the cap (a socket in flight in a unix
+# socket has no holder at all, and must not cost a core).
+RETRY_UNRESOLVED = 0.25
+RETRY_UNRESOLVED_MAX = 60.0
+# A counting socket still held by no one after this many looks (about 4 s)
+# is an orphan; the `orphans` line is repeated at most this often.
+ORPHAN_AFTER = 4
+ORPHANS_EVERY = 3600.0
 # A counting socket is looked at again this often (new holders after a
 # fork, or a change of evidence); the decision re-checks anyway.
 RECHECK_COUNTED = 30.0
@@ -75,6 +82,7 @@ class Watcher:
         self._uids: dict[Owner, frozenset[int]] = {}
         self._lost = 0
         self._next_reconcile = 0.0
+        self._orphans_said = float("-inf")
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.outcomes: list[Outcome] = []
         # Called once per loop turn (sd_notify pings, config reloads).
@@ -280,8 +288,8 @@ class Watcher:
         if uids is None:
             try:
                 uids = procinfo.read_uids(owner.pid, self.proc_root)
-            except ProcessGone:
-                return None
+            except (ProcessGone, AccessDenied):
+                return None  # cannot be judged: nothing counts against it
             if len(self._uids) > 4096:  # bounded: owners come and go
                 self._uids.clear()
             self._uids[owner] = uids
@@ -337,11 +345,16 @@ class Watcher:
                 continue
             entry.counted = True
             if not hit.owners:
-                self.table.schedule(entry, now + RETRY_UNRESOLVED)
+                entry.misses += 1
+                delay = min(RETRY_UNRESOLVED * 2 ** (entry.misses - 1), RETRY_UNRESOLVED_MAX)
+                self.table.schedule(entry, now + delay)
+                if entry.misses == ORPHAN_AFTER:
+                    self._say_orphans(now)
                 if self._debug:
-                    log.debug("timer %s -> %s: counts, owner not found yet",
-                              entry.sock.local, entry.sock.remote)
+                    log.debug("timer %s -> %s: counts, owner not found yet (again in %.2fs)",
+                              entry.sock.local, entry.sock.remote, delay)
                 continue
+            entry.misses = 0
             against = self._against(hit)
             entry.owners = against
             self.counter.add(entry.key, against)
@@ -352,6 +365,20 @@ class Watcher:
                           entry.sock.remote, judged.evidence.value,
                           ",".join(str(o.pid) for o in against) or "nobody")
         return touched
+
+    def _say_orphans(self, now: float) -> None:
+        """Sockets that count and that no process holds: say once (an hour)
+        that they exist, and why nobody can be reaped for them."""
+        if now - self._orphans_said < ORPHANS_EVERY:
+            return
+        self._orphans_said = now
+        orphans = sum(1 for e in self.table if e.counted and not e.owners)
+        denied = len(self.resolver.index.denied)
+        decision("orphans", logging.WARNING, sockets=orphans, unreadable_processes=denied,
+                 note="in CLOSE_WAIT and counting, but held by no process found: in flight in "
+                      "a unix socket, held by a dying process"
+                      + (", or by a process whose fds cannot be read" if denied else "")
+                      + "; nobody can be reaped for them; looked for again less and less often")
 
     # -- decisions --------------------------------------------------------
 
@@ -377,7 +404,7 @@ class Watcher:
             info = self.eligibility.info(owner)
         except ProcessGone:
             return  # its sockets' exits are on their way
-        except ProcessUnreadable as exc:
+        except (ProcessUnreadable, AccessDenied) as exc:
             decision("unreadable", logging.WARNING, pid=owner.pid, comm=owner.comm,
                      reason=str(exc), retry_in=UNREADABLE_RETRY)
             self._deferred[owner] = now + UNREADABLE_RETRY
@@ -435,7 +462,7 @@ class Watcher:
             return True
         try:
             soft = procinfo.fd_soft_limit(owner.pid, self.proc_root)
-        except ProcessGone:
+        except (ProcessGone, AccessDenied):
             return False
         if soft is None or count * 100 >= percent * soft:
             return True

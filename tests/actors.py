@@ -419,7 +419,129 @@ def twin_churn(host: str, port: str, cports: str, seconds: str) -> None:
         pass
 
 
+def closing_server(host: str) -> None:
+    """Accepts and closes at once: its clients' ends go to CLOSE_WAIT."""
+    srv = listen(host)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    say(port=srv.getsockname()[1], pid=os.getpid())
+    for _ in commands():
+        pass
+
+
+def eof_clients(host: str, port: str, count: str) -> None:
+    """A client-side leak (a pool): on ``go`` it connects COUNT times to a
+    server that closes at once, reads each EOF, and keeps the sockets.  No
+    listener of its own: only a scan of every process finds its sockets."""
+    say(pid=os.getpid())
+    held = []
+    for cmd in commands():
+        if cmd[0] == "go":
+            for _ in range(int(count)):
+                c = socket.create_connection((host, int(port)))
+                c.settimeout(5)
+                c.recv(1)  # the EOF
+                held.append(c)
+            print("HELD", flush=True)
+
+
+def fd_hogs(processes: str, fds: str) -> None:
+    """PROCESSES processes with FDS open descriptors each (dups of
+    /dev/null): huge fd tables that make a scan of every process slow."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    base = os.open("/dev/null", os.O_RDONLY)
+    want = min(int(fds), hard - 16)
+    for _ in range(want - 4):
+        os.dup(base)
+    stay_r, stay_w = os.pipe()
+    children = []
+    for _ in range(int(processes) - 1):
+        pid = os.fork()
+        if pid == 0:
+            os.close(stay_w)
+            os.read(stay_r, 1)  # returns when the parent is gone
+            os._exit(0)
+        children.append(pid)
+    say(pid=os.getpid(), children=",".join(map(str, children)))
+    for _ in commands():
+        pass
+    os.close(stay_w)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+def in_flight(count: str) -> None:
+    """COUNT CLOSE_WAIT sockets (EOF read) sent into a unix socket that no
+    one reads, own copies closed: in flight, held by no process."""
+    srv = listen("127.0.0.1")
+    mine = [socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+            for _ in range(int(count))]
+    for _ in mine:
+        srv.accept()[0].close()
+    for c in mine:
+        c.settimeout(5)
+        c.recv(1)
+    limbo_a, limbo_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for c in mine:
+        socket.send_fds(limbo_a, [b"x"], [c.fileno()])
+        c.close()
+    say(pid=os.getpid())
+    for _ in commands():
+        pass
+    limbo_b.close()
+
+
+def slow_closers(host: str, count: str) -> None:
+    """COUNT connections, each closed by the server 0.5-1 s after its peer
+    closed: slow but healthy (every socket does leave CLOSE_WAIT)."""
+    import random
+
+    srv = listen(host)
+    port = srv.getsockname()[1]
+    closed = threading.Semaphore(0)
+
+    def finish(conn):
+        conn.close()
+        closed.release()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            read_to_eof(conn)
+            threading.Timer(random.uniform(0.5, 1.0), finish, (conn,)).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    say(port=port, pid=os.getpid())
+    for _ in range(int(count)):
+        socket.create_connection((host, port)).close()
+        time.sleep(0.005)
+    for _ in range(int(count)):
+        closed.acquire(timeout=30)
+    print("DONE", flush=True)
+    for _ in commands():
+        pass
+
+
 ROLES = {
+    "closing-server": closing_server,
+    "eof-clients": eof_clients,
+    "fd-hogs": fd_hogs,
+    "in-flight": in_flight,
+    "slow-closers": slow_closers,
     "big-http-server": big_http_server,
     "slow-readers": slow_readers,
     "busy-server": busy_server,

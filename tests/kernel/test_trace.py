@@ -11,7 +11,9 @@ from resreap.filters import Filters
 from resreap.model import Kind
 from resreap.owners import OwnerResolver
 from resreap.sockets import SocketTable
-from resreap.trace import Tracer
+from resreap.evidence import Rules
+from resreap.model import Evidence
+from resreap.trace import Event, Tracer
 
 from procs import patience
 
@@ -27,12 +29,12 @@ def backend(request):
 
 
 class Harness:
-    def __init__(self, backend: str, filters: Filters = Filters()) -> None:
+    def __init__(self, backend: str, filters: Filters = Filters(), rules: Rules = Rules()) -> None:
         self.table = SocketTable(mode="procfs" if backend == "procfs" else "auto")
         source_kind = "bpf" if backend == "bpf" else "proc"
         self.source = open_source(source_kind, self.table, latency=0.05).source
         assert self.source.name == source_kind
-        self.tracer = Tracer(self.source, OwnerResolver(self.table), filters)
+        self.tracer = Tracer(self.source, OwnerResolver(self.table, scan_wait=0.5), filters, rules)
         self.records = list(self.tracer.start())
 
     def until(self, pred, timeout: float = 5.0) -> list:
@@ -43,7 +45,7 @@ class Harness:
 
     def on_port(self, port: int, kind: Kind | None = None) -> list:
         return [r for r in self.records
-                if r.sock.lport == port and (kind is None or r.kind is kind)]
+                if r.sock.lport == port and (kind is None or r.kind.value == kind.value)]
 
     def close(self) -> None:
         self.source.close()
@@ -54,8 +56,8 @@ class Harness:
 def harness(backend):
     made = []
 
-    def make(filters: Filters = Filters()) -> Harness:
-        h = Harness(backend, filters)
+    def make(filters: Filters = Filters(), rules: Rules = Rules()) -> Harness:
+        h = Harness(backend, filters, rules)
         made.append(h)
         return h
 
@@ -187,3 +189,17 @@ def test_command_and_pid_filters_select_owners(harness, actors):
     assert h.on_port(other.port) == []
     assert len(hp.on_port(other.port, Kind.ENTER)) == 1
     assert hp.on_port(server.port) == []
+
+
+@pytest.mark.parametrize("mode,want", [("eof", Evidence.EOF_IGNORED), ("unread", Evidence.UNREAD)])
+def test_stayed_lines_name_the_evidence(harness, actors, mode, want):
+    """A socket still in CLOSE_WAIT after the grace gets a STAYED line with
+    what the kernel says of it: EOF read and ignored, or never read."""
+    server = actors("leaky-server", "127.0.0.1", mode)
+    h = harness(rules=Rules(grace=0.5))
+    client = actors("clients", "127.0.0.1", server.port, 2)
+    client.send("close", "CLOSED")
+    h.until(lambda _: len(h.on_port(server.port, Event.STAYED)) >= 2)
+    stayed = h.on_port(server.port, Event.STAYED)
+    assert [r.evidence for r in stayed] == [want, want]
+    assert all({o.pid for o in r.owners} == {server.pid} and r.age >= 0.5 for r in stayed)

@@ -2,15 +2,15 @@ import ipaddress
 import json
 
 from resreap.formatting import safe, summary_lines, trace_json, trace_line
-from resreap.model import Kind, Owner, SockId
-from resreap.trace import ProcSummary, TraceRecord
+from resreap.model import Evidence, Owner, SockId
+from resreap.trace import Event, ProcSummary, TraceRecord
 
 SOCK = SockId(4, ipaddress.IPv4Address("127.0.0.1").packed, 8080,
               ipaddress.IPv4Address("127.0.0.1").packed, 51234)
 
 
-def rec(kind=Kind.EXIT, owners=(Owner(1234, 99, "fe-server"),), age=1.5):
-    return TraceRecord(1700000000.25, kind, SOCK, owners, age, 4026531833)
+def rec(kind=Event.EXIT, owners=(Owner(1234, 99, "fe-server"),), age=1.5, evidence=None):
+    return TraceRecord(1700000000.25, kind, SOCK, owners, age, 4026531833, evidence)
 
 
 def test_trace_line_fits_80_columns_and_shows_everything():
@@ -31,7 +31,14 @@ def test_json_fields():
     assert obj == {"ts": 1700000000.25, "event": "exit", "pids": [1234], "comms": ["fe-server"],
                    "family": 4, "laddr": "127.0.0.1", "lport": 8080, "raddr": "127.0.0.1",
                    "rport": 51234, "age": 1.5, "netns": 4026531833}
-    assert "age" not in json.loads(trace_json(rec(kind=Kind.ENTER, age=None)))
+    assert "age" not in json.loads(trace_json(rec(kind=Event.ENTER, age=None)))
+
+
+def test_stayed_shows_its_evidence():
+    stayed = rec(kind=Event.STAYED, age=2.0, evidence=Evidence.EOF_IGNORED)
+    line = trace_line(stayed)
+    assert "STAYED" in line and line.endswith(":51234 eof") and len(line) < 80
+    assert json.loads(trace_json(stayed))["evidence"] == "eof-ignored"
 
 
 def test_hostile_names_are_escaped():

@@ -24,11 +24,16 @@ def test_parent_of_the_newest_holder_is_found(tmp_path):
     proc(tmp_path, 200, 100, fds=[(5, "socket:[42]")])
     proc(tmp_path, 300, 1, fds=[(7, "socket:[99]")])
     index = FdIndex(str(tmp_path))
-    assert index.holders([42]) == {42: {100, 200}}
+    index.holders([42])                 # starts the background scan
+    assert index.scanner.idle(5)
+    assert index.holders([42], full_scan=False) == {42: {100, 200}}
 
 
 def test_unrelated_processes_are_not_added(tmp_path):
     proc(tmp_path, 1, 0)
     proc(tmp_path, 100, 1, fds=[(5, "socket:[42]")])
     proc(tmp_path, 200, 1, fds=[(6, "socket:[43]")])
-    assert FdIndex(str(tmp_path)).holders([42]) == {42: {100}}
+    index = FdIndex(str(tmp_path))
+    index.holders([42])
+    assert index.scanner.idle(5)
+    assert index.holders([42], full_scan=False) == {42: {100}}

@@ -9,9 +9,11 @@ from resreap.errors import ProcessGone
 from resreap.owners import FdIndex
 
 
-def make_proc(root, pid, comm="srv", ppid=1, flags=0, start=1234, cmdline=b"srv\0-x\0", fds=()):
+def make_proc(root, pid, comm="srv", ppid=1, flags=0, start=1234, cmdline=b"srv\0-x\0", fds=(),
+              fdsize=64):
     d = root / str(pid)
     (d / "fd").mkdir(parents=True)
+    (d / "status").write_text(f"Name:\t{comm}\nFDSize:\t{fdsize}\nUid:\t0\t0\t0\t0\n")
     fields = ["S", str(ppid)] + ["0"] * 4 + [str(flags)] + ["0"] * 12 + [str(start)] + ["0"] * 30
     (d / "stat").write_bytes(f"{pid} (".encode() + comm.encode() + b") " + " ".join(fields).encode())
     (d / "cmdline").write_bytes(cmdline)
@@ -52,18 +54,48 @@ def test_fd_index_finds_holders_counts_a_process_once_and_verifies(tmp_path):
     make_proc(tmp_path, 200, fds=[(7, "socket:[555]"), (8, "socket:[666]")])
     make_proc(tmp_path, 300, fds=[(1, "/dev/null")])
     index = FdIndex(str(tmp_path))
-    assert index.holders([555, 666, 777]) == {555: {100, 200}, 666: {200}}
+    # The full scan runs in the background: the first call only starts it.
+    assert index.holders([555, 666, 777]) == {}
+    assert index.scanner.idle(5)
+    assert index.holders([555, 666, 777], full_scan=False) == {555: {100, 200}, 666: {200}}
     # a cached answer is re-checked: the fd now points elsewhere
     os.unlink(tmp_path / "200" / "fd" / "8")
     os.symlink("socket:[999]", tmp_path / "200" / "fd" / "8")
-    index._next_full = float("inf")  # no full scan: the cache alone must not lie
-    assert 666 not in index.holders([666])
+    assert 666 not in index.holders([666], full_scan=False)
     assert index.holds(100, 555) and not index.holds(300, 555)
 
 
 def test_fd_index_uses_hints_before_a_full_scan(tmp_path):
     make_proc(tmp_path, 100, fds=[(3, "socket:[1]")])
     index = FdIndex(str(tmp_path))
-    index._next_full = float("inf")
     assert index.holders([1], hints=[100]) == {1: {100}}
-    assert index.full_scans == 0
+    assert index.scanner.idle(5) and index.full_scans == 0
+
+
+def test_full_scan_reads_small_fd_tables_first(tmp_path):
+    """A leaker with few fds is found before the hogs are read."""
+    make_proc(tmp_path, 500, fds=[(i, f"socket:[{9000 + i}]") for i in range(40)], fdsize=32768)
+    make_proc(tmp_path, 100, fds=[(3, "socket:[1]")])
+    index = FdIndex(str(tmp_path))
+    assert index.scan_order() == [100, 500]
+    read = []
+    real = index.scan_pids
+    index.scan_pids = lambda pids, wanted, **kw: (read.extend(pids), real(pids, wanted, **kw))[1]
+    index.holders([1])
+    assert index.scanner.idle(5)
+    assert read[0] == 100 and 500 not in read  # stopped once found
+    assert index.holders([1], full_scan=False) == {1: {100}}
+
+
+def test_a_socket_no_one_holds_is_not_scanned_for_again_at_once(tmp_path):
+    """In flight in a unix socket: held by no process.  After a complete
+    scan missed it, asking again does not start another (backoff)."""
+    make_proc(tmp_path, 100, fds=[(3, "socket:[1]")])
+    index = FdIndex(str(tmp_path))
+    index.holders([42])
+    assert index.scanner.idle(5) and index.full_scans == 1
+    index.holders([42])
+    assert index.scanner.idle(5) and index.full_scans == 1
+    index.forget(42)  # it left: a new socket with that inode starts afresh
+    index.holders([42])
+    assert index.scanner.idle(5) and index.full_scans == 2

@@ -1,0 +1,124 @@
+"""Issue #11 at the unit level: the /proc edge, the reader threads, the
+bounded maps, config trust and validation."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+
+import pytest
+
+from resreap import config, procinfo
+from resreap.errors import AccessDenied, ProcessUnreadable, UsageError
+from resreap.owners import FdIndex
+from resreap.policy import StormGuard
+
+
+def fake_proc(root, pid, cmdline=b"srv\0", fifo=False):
+    d = root / str(pid)
+    (d / "fd").mkdir(parents=True)
+    (d / "stat").write_bytes(f"{pid} (srv) S 1 0 0 0 0 0 ".encode() + b"0 " * 12 + b"99 0")
+    if fifo:
+        os.mkfifo(d / "cmdline")
+    else:
+        (d / "cmdline").write_bytes(cmdline)
+
+
+def test_11_stuck_reads_never_exhaust_the_readers(tmp_path):
+    """Four reads stuck in D state used up the reader pool for good."""
+    stuck = range(4000, 4006)
+    for pid in stuck:
+        fake_proc(tmp_path, pid, fifo=True)
+    fake_proc(tmp_path, 5000, cmdline=b"fine\0--ok\0")
+    try:
+        for pid in stuck:
+            with pytest.raises(ProcessUnreadable):
+                procinfo.read_bounded(pid, str(tmp_path), timeout=0.1)
+        # A stuck pid is not read again (no second thread piles up on it) ...
+        began = time.monotonic()
+        with pytest.raises(ProcessUnreadable):
+            procinfo.read_bounded(4000, str(tmp_path), timeout=5)
+        assert time.monotonic() - began < 1
+        # ... and everyone else is still read.
+        assert procinfo.read_bounded(5000, str(tmp_path), timeout=2).cmdline == "fine --ok"
+    finally:
+        for pid in stuck:  # release the stuck threads: the FIFOs get a writer
+            with open(tmp_path / str(pid) / "cmdline", "wb") as w:
+                w.write(b"x")
+
+
+def test_14_permission_errors_are_translated_at_the_proc_edge(tmp_path, monkeypatch):
+    fake_proc(tmp_path, 77)
+    real_open = builtins.open
+
+    def denied(path, *a, **kw):
+        if str(path).startswith(str(tmp_path / "77")):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    for read in (procinfo.read_stat, procinfo.read_uids, procinfo.fd_soft_limit):
+        with pytest.raises(AccessDenied):
+            read(77, str(tmp_path))
+    assert procinfo.alive(77, 99, str(tmp_path)) is False
+
+
+def test_14_unreadable_fds_are_recorded_not_silent(tmp_path, monkeypatch):
+    fake_proc(tmp_path, 88)
+    real_listdir = os.listdir
+
+    def denied(path):
+        if str(path).endswith("/88/fd"):
+            raise PermissionError(13, "Permission denied")
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", denied)
+    index = FdIndex(str(tmp_path))
+    assert index.scan_pids([88], {1}) == {}
+    assert index.denied == {88}
+
+
+def test_9_storm_guard_stays_bounded():
+    guard = StormGuard(max_kills=3, per=60)
+    for i in range(10000):
+        guard.record(f"cmd-{i}", now=float(i) / 1000)  # all within the window
+    assert len(guard) <= StormGuard.MAX_KEYS
+    assert guard.next_allowed("never-killed", now=10.0) == 0.0 and len(guard) <= StormGuard.MAX_KEYS
+
+
+def test_9_command_lines_are_read_bounded(tmp_path):
+    fake_proc(tmp_path, 9, cmdline=b"x" * (procinfo.CMDLINE_MAX * 4))
+    info = procinfo.read(9, str(tmp_path))
+    assert len(info.cmdline) <= procinfo.CMDLINE_MAX + 16 and info.cmdline.endswith("[cut]")
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('pid = ["1234"]', "every item must be a int"),
+    ("pid = [true]", "every item must be a int"),
+    ("ignore = [80]", "every item must be a str"),
+])
+def test_7_list_items_are_typed(tmp_path, body, needle):
+    f = tmp_path / "c.toml"
+    f.write_text(body + "\n")
+    with pytest.raises(UsageError, match=needle):
+        config.load(str(f))
+
+
+def test_6_trusted_config(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("limit = 3\n")
+    assert config.load(str(f))["limit"] == 3
+    os.chmod(f, 0o620)
+    with pytest.raises(UsageError, match="writable by group or others"):
+        config.load(str(f))
+    os.chmod(f, 0o644)
+    os.chmod(tmp_path, 0o777)  # a directory anyone can write: the file can be swapped
+    try:
+        with pytest.raises(UsageError, match="writable by group or others"):
+            config.load(str(f))
+        os.chmod(tmp_path, 0o1777)  # sticky and root's: no one else may swap root's file
+        if os.geteuid() == 0:
+            assert config.load(str(f))["limit"] == 3
+    finally:
+        os.chmod(tmp_path, 0o755)
