@@ -27,7 +27,6 @@ import os
 import platform
 import select
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -36,6 +35,9 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Its own lock: a benchmark's watch must not collide with a production one
+# on the same host (one watch per host, resreap/instance.py).
+os.environ.setdefault("RESREAP_LOCK", "/run/resreap/bench.lock")
 ROOT = HERE.parent
 NS = "rrbench"
 PER_HOLDER = 9000          # 18000 fds: under the hard limit of 20000
@@ -277,7 +279,7 @@ def fmt(v, spec="") -> str:
 
 def table(rows: list[dict]) -> list[str]:
     head = ("| N | tool | idle CPU s/min | vs netstat | latency p50 ms | p99 ms | missed | "
-            f"churn conn/s | churn CPU % core | lost | false kills | peak RSS MB |")
+            "churn conn/s | churn CPU % core | lost | false kills | peak RSS MB |")
     lines = [head, "|" + "---|" * 12]
     by_n: dict[int, dict[str, dict]] = {}
     for r in rows:

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import psutil
 
+# Its own lock: a benchmark's watch must not collide with a production one
+# on the same host (one watch per host, resreap/instance.py).
+os.environ.setdefault("RESREAP_LOCK", "/run/resreap/flood.lock")
 ROOT = Path(__file__).resolve().parent.parent
 NS = "rrflood"
 

@@ -15,6 +15,7 @@ Needs the churn generator: scripts/bench builds bench/.build/churn.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import signal
 import subprocess
@@ -24,6 +25,9 @@ from pathlib import Path
 
 import psutil
 
+# Its own lock: a benchmark's watch must not collide with a production one
+# on the same host (one watch per host, resreap/instance.py).
+os.environ.setdefault("RESREAP_LOCK", "/run/resreap/soak.lock")
 ROOT = Path(__file__).resolve().parent.parent
 NS = "rrsoak"
 

@@ -91,6 +91,7 @@ def _print(line: str) -> None:
 Examples:
   resreap trace                      every CLOSE_WAIT transition, live
   resreap trace -i 5                 STAYED lines (with evidence) after 5s, not 2s
+  resreap trace --min-age 10         only sockets that stayed 10s (busy hosts)
   resreap trace -f '^java'           only processes whose command starts with java
   resreap trace -F 127.0.0.1:2049 -F '[::1]:*'
                                      ignore these foreign endpoints
@@ -103,6 +104,10 @@ def trace(
         "--grace", "-i", metavar="SEC",
         help="Show a STAYED line, with the kernel's evidence, for each socket still in "
              "CLOSE_WAIT after SEC.")] = 2.0,
+    min_age: Annotated[Optional[float], typer.Option(
+        "--min-age", metavar="SEC",
+        help="Only sockets that stayed in CLOSE_WAIT at least SEC: their STAYED line (at "
+             "SEC) and their EXIT; no ENTER lines, no short-lived sockets.")] = None,
     ignore: IgnoreOpt = None,
     pid: PidOpt = None,
     json_out: JsonOpt = False,
@@ -130,6 +135,10 @@ def trace(
     _stop_on_signals()
     tracer = None
     try:
+        if sys.stdout is None:  # started with fd 1 closed: every line would vanish
+            from resreap.errors import UsageError
+
+            raise UsageError("stdout is closed: nowhere to print (redirect it, e.g. > trace.log)")
         filters = Filters.parse(command_pattern, ignore or (), pid or ())
         check_privileges()
         table = SocketTable()
@@ -138,8 +147,10 @@ def trace(
             typer.echo(f"resreap: BPF unavailable ({selected.fallback_reason}); "
                        f"polling every {selected.source.latency:g}s instead", err=True)
         _positive("-i", grace, strict=True)
+        if min_age is not None:
+            _positive("--min-age", min_age, strict=True)
         tracer = Tracer(selected.source, OwnerResolver(table, scan_wait=TRACE_SCAN_WAIT), filters,
-                        Rules(grace=grace))
+                        Rules(grace=grace), min_age=min_age)
         existing = tracer.start()
         typer.echo(f"Tracing TCP CLOSE_WAIT transitions ({selected.source.name} backend, "
                    f"{len(table.namespaces)} network namespace(s)). Ctrl-C to end.", err=True)
@@ -334,8 +345,9 @@ def watch(
     """
     from resreap import decisionlog
     from resreap.decisionlog import decision
-    from resreap.errors import UsageError
+    from resreap.errors import OutputGone, UsageError
     from resreap.events import open_source
+    from resreap.instance import hold_watch_lock
     from resreap.owners import OwnerResolver, check_privileges
     from resreap.sdnotify import Notifier
     from resreap.sockets import SocketTable
@@ -344,6 +356,7 @@ def watch(
     given = {k: v for k, v in locals().items() if k in ctx.params}
     _stop_on_signals()
     watcher = None
+    gone = False
     notifier = Notifier()
     try:
         st = _merge(ctx, given, config_file)
@@ -356,11 +369,19 @@ def watch(
         reload_requested = []
         signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
         check_privileges()
+        # One watch acts per host; a dry run never signals, so it may run
+        # beside one to try settings.
+        lock = [None if config.plan.dry_run else hold_watch_lock()]
         table = SocketTable()
         # Events may wait in the ring this long; deadlines use kernel
         # timestamps, so this bounds work per wakeup, not timer accuracy.
         grace_s = config.limits.grace
         latency = min(0.25, max(0.01, grace_s / 4))
+        if st["backend"] != "proc":
+            # Compiling takes about a second, much longer on a busy host:
+            # say so at once, not after it.
+            decision("loading", logging.INFO, backend=st["backend"],
+                     note="compiling and attaching the BPF program")
         selected = open_source(st["backend"], table, latency=latency,
                                poll_interval=st["poll_interval"] or max(0.05, grace_s / 2))
         exporter = None
@@ -371,6 +392,8 @@ def watch(
         last_snapshot = [0.0]
 
         def tick(w: Watcher) -> None:
+            if decisionlog.output_gone(handlers):
+                raise OutputGone("stderr is closed and there is no --log-file")
             notifier.alive()
             if exporter is not None and time.monotonic() - last_snapshot[0] >= 1.0:
                 last_snapshot[0] = time.monotonic()
@@ -381,6 +404,8 @@ def watch(
                     decision("reload", logging.ERROR, error=f"cannot reopen the log file: {problem}")
                 try:
                     fresh = _watch_config(_merge(ctx, given, config_file))
+                    if not fresh.plan.dry_run and lock[0] is None:
+                        lock[0] = hold_watch_lock()  # leaving dry run: act alone
                 except ResreapError as exc:
                     decision("reload", logging.ERROR, error=str(exc), note="keeping the old settings")
                     return
@@ -403,24 +428,38 @@ def watch(
                  limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
                  fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
                  dry_run=config.plan.dry_run, filter=st["command_pattern"] or "",
-                 ignore=list(st["ignore"] or ()), namespaces=len(table.namespaces),
+                 ignore=list(st["ignore"] or ()), pid=sorted(config.filters.pids),
+                 namespaces=len(table.namespaces),
                  note="Ctrl-C to end")
         notifier.ready(f"watching ({selected.source.name} backend)")
         watcher.run()
     except KeyboardInterrupt:
         pass
+    except OutputGone:
+        gone = True
     except ResreapError as exc:
         fail(exc)
     if watcher is not None:
         notifier.stopping()
+        running = watcher.killer.running_pids()
+        wait = min(10.0, watcher.config.plan.wait * 2 + 1)
         try:
+            if running:
+                decision("stopping", logging.WARNING, kills_in_progress=running,
+                         waiting_up_to=round(wait, 1),
+                         note="letting the kill sequences finish; Ctrl-C again to abandon them")
             lost = watcher.source.lost()
-            watcher.shutdown(timeout=min(10.0, watcher.config.plan.wait * 2 + 1))
-            decision("stop", logging.WARNING, lost_events=lost,
-                     reaped=watcher.results.get("terminated", 0) + watcher.results.get("killed", 0),
-                     tracked=len(watcher.table), owner_cache=watcher.resolver.index.cached)
+            watcher.shutdown(timeout=wait)
         except KeyboardInterrupt:
-            pass
+            decision("abandon", logging.WARNING, kills_in_progress=watcher.killer.running_pids(),
+                     note="second Ctrl-C: these processes were signalled and are not waited "
+                          "for; check them (a stopped one may hold its sockets)")
+            lost = watcher.source.lost()
+        decision("stop", logging.WARNING, lost_events=lost,
+                 reaped=watcher.results.get("terminated", 0) + watcher.results.get("killed", 0),
+                 tracked=len(watcher.table), owner_cache=watcher.resolver.index.cached)
+        if gone:
+            raise typer.Exit(1)
 
 
 @app.command(context_settings=CONTEXT, epilog="""\b

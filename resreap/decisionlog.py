@@ -103,6 +103,29 @@ class SafeFileHandler(logging.handlers.WatchedFileHandler):
         return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
 
 
+class StderrHandler(logging.StreamHandler):
+    """stderr, noticing when nobody reads it any more (`resreap watch 2>&1 |
+    head -3`): a watchdog with nowhere to log must stop, like any CLI tool
+    on EPIPE, unless it also logs to a file."""
+
+    broken = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ValueError)):
+            self.broken = True  # ValueError: the stream was closed
+            return
+        super().handleError(record)
+
+
+def output_gone(handlers: list[logging.Handler]) -> bool:
+    """Every place a decision could be logged is gone."""
+    streams = [h for h in handlers if isinstance(h, StderrHandler)]
+    files = [h for h in handlers if isinstance(h, logging.FileHandler)]
+    return bool(streams) and all(h.broken for h in streams) and not files
+
+
 def configure(*, debug: bool, json_lines: bool, log_file: str | None,
               stream=None) -> list[logging.Handler]:
     """Send resreap's logs to ``stream`` (stderr) and ``log_file``.  The file
@@ -110,7 +133,7 @@ def configure(*, debug: bool, json_lines: bool, log_file: str | None,
     import sys
 
     formatter: logging.Formatter = JsonFormatter() if json_lines else TextFormatter()
-    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    handlers: list[logging.Handler] = [StderrHandler(stream or sys.stderr)]
     if log_file:
         handlers.append(SafeFileHandler(log_file))
     root = logging.getLogger("resreap")

@@ -17,6 +17,14 @@ class NotRoot(ResreapError):
     """The operation needs root (or CAP_BPF/CAP_NET_ADMIN/CAP_SYS_PTRACE)."""
 
 
+class AlreadyRunning(ResreapError):
+    """Another `resreap watch` holds the host's lock."""
+
+
+class OutputGone(ResreapError):
+    """Nowhere left to log (stderr is a closed pipe, no --log-file)."""
+
+
 class BackendUnavailable(ResreapError):
     """The chosen event source cannot run here; the message says why and
     what to install or do."""

@@ -67,6 +67,7 @@ class Target(NamedTuple):
     inodes: tuple[int, ...] = ()
     limit: int = 0
     evidence: str = ""  # e.g. "eof-ignored:3,queued:1" (evidence.summary)
+    keys: tuple = ()    # the sockets' tracker keys: looked at again after the kill
 
 
 class Outcome(NamedTuple):
@@ -276,6 +277,10 @@ class Killer:
     def running(self) -> int:
         with self._lock:
             return len(self._running)
+
+    def running_pids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._running)
 
     def submit(self, target: Target) -> bool:
         pid = target.info.pid

@@ -14,6 +14,7 @@ to the same peer), and only then every process, in the background
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -172,15 +173,23 @@ class FdIndex:
                     continue
         return out
 
-    def family(self, found: dict[int, set[int]]) -> set[int]:
-        """Parents and children of the holders found (not init/kthreadd)."""
+    def family(self, found: dict[int, set[int]], depth: int = 8) -> set[int]:
+        """Parents and every descendant of the holders found (not
+        init/kthreadd): fork shares sockets down a whole tree (socat's child
+        runs sh, which runs the command: three holders)."""
         pids = {p for holders in found.values() for p in holders}
-        near = self.children(pids)
+        near: set[int] = set()
         for pid in pids:
             try:
                 near.add(procinfo.read_stat(pid, self.proc_root)[1])
             except (ProcessGone, AccessDenied):
                 continue
+        level = pids
+        for _ in range(depth):
+            level = self.children(level) - pids - near
+            if not level:
+                break
+            near |= level
         return near - pids - {0, 1, 2}
 
     def all_pids(self) -> list[int]:
@@ -210,7 +219,14 @@ class FdIndex:
             hints = set(hints)
             hints |= self.children(hints)
             if hints:
-                for inode, pids in self.scan_pids(hints, missing).items():
+                found = self.scan_pids(hints, missing)
+                if found:
+                    # Fork shares a socket down a tree (socat's child, its sh,
+                    # the command): every holder, before anyone is judged.
+                    for inode, pids in self.scan_pids(self.family(found) - hints,
+                                                      set(found)).items():
+                        found[inode] |= pids
+                for inode, pids in found.items():
                     result[inode] = pids
                     missing.discard(inode)
         if missing and full_scan:
@@ -225,6 +241,40 @@ def held_count(pid: int, inodes: Iterable[int], proc_root: str = "/proc") -> int
         return len({inode for _fd, inode in socket_fds(pid, proc_root) if inode in wanted})
     except AccessDenied:
         return 0  # cannot be confirmed: not guilty
+
+
+class Hints:
+    """Where a socket's owner most likely is, by a key (a local port, a
+    peer): pids seen holding such sockets.  An LRU: ephemeral ports make
+    new keys with every connection, and the map must not grow with them."""
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self._pids: collections.OrderedDict = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pids)
+
+    def get(self, key) -> set[int]:
+        pids = self._pids.get(key)
+        if pids is None:
+            return set()
+        self._pids.move_to_end(key)
+        return pids
+
+    def add(self, key, pids: Iterable[int]) -> None:
+        known = self._pids.get(key)
+        if known is None:
+            known = self._pids[key] = set()
+            if len(self._pids) > self.MAX:
+                self._pids.popitem(last=False)
+        else:
+            self._pids.move_to_end(key)
+        known.update(pids)
+        if len(known) > 64:  # a port shared by many processes: the newest
+            for pid in sorted(known)[:-64]:
+                known.discard(pid)
 
 
 def _wildcard(raw: bytes) -> bool:
@@ -251,8 +301,8 @@ class OwnerResolver:
         self._listeners_at = float("-inf")
         # Pids seen holding sockets by local port and by peer: where a new
         # socket's owner most likely is.
-        self._by_lport: dict[int, set[int]] = {}
-        self._by_peer: dict[tuple[bytes, int], set[int]] = {}
+        self._by_lport = Hints()
+        self._by_peer = Hints()
 
     def _listener_for(self, ns: NsSock, refresh: bool) -> list[NsSock]:
         if refresh or time.monotonic() - self._listeners_at > 5.0:
@@ -279,7 +329,7 @@ class OwnerResolver:
             return set()
         owner_sets = []
         for lst in queued:
-            held = self.index.holders([lst.diag.inode], self._by_lport.get(lst.diag.sock.lport, ()))
+            held = self.index.holders([lst.diag.inode], self._by_lport.get(lst.diag.sock.lport))
             owner_sets.append(frozenset(held.get(lst.diag.inode, ())))
         if len(set(owner_sets)) != 1:
             # Different processes listen on this port: the queue cannot be
@@ -290,14 +340,12 @@ class OwnerResolver:
         return set(owner_sets[0])
 
     def _hints(self, sock: SockId) -> set[int]:
-        return self._by_lport.get(sock.lport, set()) | self._by_peer.get((sock.raddr, sock.rport), set())
+        return self._by_lport.get(sock.lport) | self._by_peer.get((sock.raddr, sock.rport))
 
     def _learn(self, sock: SockId, pids: set[int]) -> None:
-        # Bounded: one entry per port/peer, pids of live holders only.
-        self._by_lport.setdefault(sock.lport, set()).update(pids)
-        self._by_peer.setdefault((sock.raddr, sock.rport), set()).update(pids)
-        if len(self._by_peer) > 65536:
-            self._by_peer.clear()
+        # Bounded LRUs: ephemeral ports and peers come and go.
+        self._by_lport.add(sock.lport, pids)
+        self._by_peer.add((sock.raddr, sock.rport), pids)
 
     def pids(self, socks: list[NsSock], full_scan: bool = True) -> dict[tuple[int, SockId], set[int]]:
         """The pids holding each socket, keyed by (netns, 4-tuple); a socket
@@ -347,7 +395,7 @@ class OwnerResolver:
         for lst in self._listeners:
             pids = held.get(lst.diag.inode)
             if pids:
-                self._by_lport.setdefault(lst.diag.sock.lport, set()).update(pids)
+                self._by_lport.add(lst.diag.sock.lport, pids)
 
     def owners(self, pids: Iterable[int]) -> list[Owner]:
         out = []

@@ -101,7 +101,13 @@ class Eligibility:
 class StormGuard:
     """Bounds how often one command line is reaped: a supervisor restarting
     a command that leaks again within seconds must not turn resreap into a
-    kill loop.  Past the bound, kills wait for the window to allow them."""
+    kill loop.  Past the bound, kills wait for the window to allow them.
+
+    A storm is a kill followed by a *replacement* that leaks again: only
+    kills made before the target started count against it.  Siblings that
+    were alive together (a forking server's stuck children share one
+    command line) are each reaped, and never called a storm.  Only real
+    kills are recorded (not hook vetoes or dry runs)."""
 
     MAX_KEYS = 4096  # command lines remembered at most
 
@@ -121,13 +127,16 @@ class StormGuard:
             times.popleft()
         return times
 
-    def next_allowed(self, key: str, now: float | None = None) -> float:
-        """0 if a kill is allowed now, else the monotonic time it will be."""
+    def next_allowed(self, key: str, now: float | None = None,
+                     started: float | None = None) -> float:
+        """0 if a kill is allowed now, else the monotonic time it will be.
+        ``started``: when the target started (monotonic); kills after it
+        cannot have been of what it replaces."""
         now = time.monotonic() if now is None else now
-        times = self._recent(key, now)
+        times = [t for t in self._recent(key, now) if started is None or t < started]
         if len(times) < self.max_kills:
             return 0.0
-        return times[0] + self.per
+        return times[-self.max_kills] + self.per
 
     def record(self, key: str, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now

@@ -28,7 +28,7 @@ class PollSource(EventSource):
         self._next = 0.0
 
     def _snapshot(self) -> set[_Ident]:
-        return {(ns.netns, ns.diag.sock, ns.diag.kid) for ns in self.table.close_wait()}
+        return {(ns.netns, ns.diag.sock, ns.diag.kid) for ns in self.table.close_wait(info=False)}
 
     @staticmethod
     def _transition(kind: Kind, ident: _Ident, now: float) -> Transition:

@@ -7,7 +7,9 @@ time we act on it.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import time
 from typing import Iterator, NamedTuple
 
 from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
@@ -92,6 +94,14 @@ def fd_soft_limit(pid: int, proc_root: str = "/proc") -> int | None:
                 soft = line[len("Max open files"):].split()[0]
                 return int(soft) if soft.isdigit() else None
     return None
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def age(start: int) -> float:
+    """Seconds since a process started (``start``: its starttime ticks)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - start / CLK_TCK
 
 
 def ancestors(pid: int, proc_root: str = "/proc") -> set[int]:

@@ -163,9 +163,10 @@ class SocketTable:
                 log.debug("netns %d dump failed: %s", ino, exc)
         return out
 
-    def close_wait(self) -> list[NsSock]:
-        """Every CLOSE_WAIT socket, with the evidence fields (tcp_info)."""
-        return self.dump((TCP_CLOSE_WAIT,), info=True)
+    def close_wait(self, info: bool = True) -> list[NsSock]:
+        """Every CLOSE_WAIT socket, with the evidence fields (tcp_info)
+        unless ``info`` is False (the poller only diffs identities)."""
+        return self.dump((TCP_CLOSE_WAIT,), info=info)
 
     def listeners(self) -> list[NsSock]:
         return self.dump((TCP_LISTEN,))

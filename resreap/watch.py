@@ -18,7 +18,7 @@ from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.killer import Killer, Outcome, Plan, Target
-from resreap.model import Key, Kind, Owner, SockId, Transition
+from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
 from resreap.owners import Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.policy import Counter, Eligibility, Limits, StormGuard
 from resreap.tracker import CloseWaitTable, Entry
@@ -295,11 +295,15 @@ class Watcher:
             self._uids[owner] = uids
         return uids
 
-    def _against(self, hit: Found) -> tuple[Owner, ...]:
-        """The holders this socket may count against (not those that got it
-        from another non-root user)."""
+    def _against(self, hit: Found, kind: Evidence) -> tuple[Owner, ...]:
+        """The holders this socket may count against: not those that got it
+        from another non-root user, and for a socket never accepted, only
+        listeners that have been there for the whole stall (a worker just
+        started to replace a hung one has had no chance to accept it)."""
         out = []
         for owner in hit.owners:
+            if kind is Evidence.QUEUED and procinfo.age(owner.start) < self.limits.stall:
+                continue
             uids = self._holder_uids(owner)
             if uids is None:
                 continue
@@ -355,7 +359,7 @@ class Watcher:
                               entry.sock.local, entry.sock.remote, delay)
                 continue
             entry.misses = 0
-            against = self._against(hit)
+            against = self._against(hit, judged.evidence)
             entry.owners = against
             self.counter.add(entry.key, against)
             touched.update(against)
@@ -392,12 +396,42 @@ class Watcher:
                 continue
             if owner in self._reaped or self.killer.busy(owner.pid):
                 continue
+            if self._deferred.get(owner, now) > now:
+                continue  # spared, rate-limited or unreadable: judged at its time
+            if self._children_first(owner, now):
+                continue
             if self.killer.full:
                 # Bounded concurrency: decide when a kill slot is free, so that
                 # a "reap" line always means a kill sequence started.
                 self._deferred[owner] = now + 0.05
                 continue
             self._consider(owner, now)
+
+    def _children_first(self, owner: Owner, now: float) -> bool:
+        """Reap the least: a process whose counting sockets its own
+        descendants hold too, and who are over the limit themselves (a
+        prefork master and its workers share the listener and its accept
+        queue), waits while they are handled; it is judged again after
+        that, and reaped only if the leak remains."""
+        mine = self.counter.by_owner.get(owner)
+        if not mine:
+            return False
+        kids = []
+        for other, keys in self.counter.by_owner.items():
+            if other != owner and other not in self._spared and len(keys) >= self.limits.limit \
+                    and keys & mine \
+                    and owner.pid in procinfo.ancestors(other.pid, self.proc_root) - {other.pid}:
+                kids.append(other.pid)
+        if not kids:
+            return False
+        plan = self.config.plan
+        wait = plan.hook_timeout * bool(plan.hook) + 2 * plan.wait + self.limits.grace + 5.0
+        if owner not in self._deferred:
+            decision("children-first", logging.INFO, pid=owner.pid, comm=owner.comm,
+                     children=sorted(kids), again_in=round(wait, 1),
+                     note="its descendants hold the same sockets: they go first")
+        self._deferred[owner] = now + wait
+        return True
 
     def _consider(self, owner: Owner, now: float) -> None:
         try:
@@ -417,7 +451,8 @@ class Watcher:
                 decision("spare", level, pid=info.pid, comm=info.comm, cmd=info.cmdline,
                          count=self.counter.count(owner), reason=verdict.why)
             return
-        allowed = self.storm.next_allowed(info.cmdline, now)
+        allowed = self.storm.next_allowed(info.cmdline, now,
+                                          started=now - procinfo.age(info.start))
         if allowed:
             if owner not in self._deferred:
                 decision("storm", logging.WARNING, pid=info.pid, comm=info.comm, cmd=info.cmdline,
@@ -439,7 +474,7 @@ class Watcher:
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
-                        self.limits.limit, found)
+                        self.limits.limit, found, tuple(entry.key for entry, _h, _k in rows))
         plan = self.config.plan
         decision("reap" if not plan.dry_run else "would-reap", logging.WARNING,
                  pid=info.pid, comm=info.comm, count=len(socks), limit=self.limits.limit,
@@ -451,7 +486,6 @@ class Watcher:
             return
         for _entry, _hit, kind in rows:
             self.reaped_evidence[kind.value] = self.reaped_evidence.get(kind.value, 0) + 1
-        self.storm.record(info.cmdline, now)
         self._reaped.add(owner)
 
     def _harmful(self, owner: Owner, count: int, now: float) -> bool:
@@ -502,7 +536,7 @@ class Watcher:
             entry.owners, entry.evidence = hit.owners, judged.evidence
             if judged.counts:
                 entry.counted = True
-                entry.owners = self._against(hit)
+                entry.owners = self._against(hit, judged.evidence)
                 self.counter.add(entry.key, entry.owners)
                 self.table.schedule(entry, now + RECHECK_COUNTED)
             else:
@@ -520,6 +554,15 @@ class Watcher:
                 fields["hook"] = outcome.hook_status
             if outcome.detail:
                 fields["detail"] = outcome.detail
+            if outcome.result in ("terminated", "killed"):
+                # A real kill: what the storm guard counts (at its start).
+                self.storm.record(info.cmdline, time.monotonic() - outcome.took)
+            if outcome.result in ("terminated", "killed", "exited"):
+                left = self._left_behind(outcome.target)
+                fields["sockets_left"] = left
+                if left:
+                    fields["note"] = ("its sockets are still in CLOSE_WAIT, held by other "
+                                      "processes: looking at those now")
             decision("outcome", level if outcome.result != "dry-run" else logging.INFO, **fields)
             self.outcomes.append(outcome)
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
@@ -534,6 +577,24 @@ class Watcher:
                 self._deferred[owner] = time.monotonic() + max(self.limits.grace, 1.0)
             elif outcome.result in ("replaced", "failed"):
                 self._reaped.discard(owner)
+
+    def _left_behind(self, target: Target) -> int:
+        """After a kill: how many of its sockets are still in CLOSE_WAIT
+        (other holders: fork, fd passing)?  Those are looked at again at
+        once, holders found afresh, so the leak is not left half-reaped."""
+        entries = [e for k in target.keys if (e := self.table.get(k)) is not None]
+        if not entries:
+            return 0
+        resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}),
+                                      full_scan=False)
+        left = 0
+        for entry in entries:
+            if resolved.get(self._probe(entry)):
+                left += 1
+                self._forget(entry)
+                entry.owners = None
+                self._recheck.append(entry.key)
+        return left
 
     # -- lost events ------------------------------------------------------
 

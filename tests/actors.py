@@ -9,7 +9,6 @@ address inside a network namespace the test made).
 
 from __future__ import annotations
 
-import array
 import os
 import signal
 import socket
@@ -29,6 +28,20 @@ def listen(host: str, backlog: int = 512) -> socket.socket:
     srv.bind((host, 0))
     srv.listen(backlog)
     return srv
+
+
+def accept_each(srv: socket.socket, handle) -> None:
+    """In a daemon thread: accept connections until the listener closes,
+    handing each to ``handle``."""
+    def loop():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            handle(conn)
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def commands():
@@ -122,16 +135,11 @@ def passing_server(host: str) -> None:
                 read_to_eof(held[-1])
     child_end.close()
 
-    def accept_forever():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            socket.send_fds(parent_end, [b"x"], [conn.fileno()])
-            conn.close()
+    def handle(conn):
+        socket.send_fds(parent_end, [b"x"], [conn.fileno()])
+        conn.close()
 
-    threading.Thread(target=accept_forever, daemon=True).start()
+    accept_each(srv, handle)
     say(port=srv.getsockname()[1], pid=os.getpid(), worker=worker)
     for _ in commands():
         pass
@@ -172,16 +180,11 @@ def flood(host: str, seconds: str) -> None:
     srv = listen(host, 4096)
     port = srv.getsockname()[1]
 
-    def serve():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            conn.recv(1)
-            conn.close()
+    def handle(conn):
+        conn.recv(1)
+        conn.close()
 
-    threading.Thread(target=serve, daemon=True).start()
+    accept_each(srv, handle)
     say(port=port, pid=os.getpid())
     made, end = 0, time.monotonic() + float(seconds)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -278,23 +281,18 @@ def busy_server(host: str, work: str = "3") -> None:
     srv = listen(host)
     served = [0]
 
-    def serve():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                request = conn.recv(65536)
-                if request:
-                    time.sleep(float(work))
-                    try:
-                        conn.sendall(b"done " + request)
-                    except OSError:
-                        pass
-                served[0] += 1
+    def handle(conn):
+        with conn:
+            request = conn.recv(65536)
+            if request:
+                time.sleep(float(work))
+                try:
+                    conn.sendall(b"done " + request)
+                except OSError:
+                    pass
+            served[0] += 1
 
-    threading.Thread(target=serve, daemon=True).start()
+    accept_each(srv, handle)
     say(port=srv.getsockname()[1], pid=os.getpid())
     for cmd in commands():
         if cmd[0] == "served":
@@ -385,17 +383,12 @@ def twin_churn(host: str, port: str, cports: str, seconds: str) -> None:
     srv.bind((host, int(port)))
     srv.listen(64)
 
-    def accept_and_drop():
+    def handle(conn):
         # Reset children stay in the queue until accepted: take them, and
         # close each well after its peer's reset.
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Timer(1.0, conn.close).start()
+        threading.Timer(1.0, conn.close).start()
 
-    threading.Thread(target=accept_and_drop, daemon=True).start()
+    accept_each(srv, handle)
     say(pid=os.getpid())
     cycles, end = 0, time.monotonic() + float(seconds)
     linger = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
@@ -423,15 +416,10 @@ def closing_server(host: str) -> None:
     """Accepts and closes at once: its clients' ends go to CLOSE_WAIT."""
     srv = listen(host)
 
-    def serve():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            conn.close()
+    def handle(conn):
+        conn.close()
 
-    threading.Thread(target=serve, daemon=True).start()
+    accept_each(srv, handle)
     say(port=srv.getsockname()[1], pid=os.getpid())
     for _ in commands():
         pass
@@ -515,16 +503,11 @@ def slow_closers(host: str, count: str) -> None:
         conn.close()
         closed.release()
 
-    def serve():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            read_to_eof(conn)
-            threading.Timer(random.uniform(0.5, 1.0), finish, (conn,)).start()
+    def handle(conn):
+        read_to_eof(conn)
+        threading.Timer(random.uniform(0.5, 1.0), finish, (conn,)).start()
 
-    threading.Thread(target=serve, daemon=True).start()
+    accept_each(srv, handle)
     say(port=port, pid=os.getpid())
     for _ in range(int(count)):
         socket.create_connection((host, port)).close()

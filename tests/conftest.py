@@ -71,15 +71,32 @@ def actors():
 
 
 @pytest.fixture
-def netns(root_ready):
-    """A fresh network namespace with loopback up; deleted afterwards."""
-    name = f"resreap-t-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+def tag():
+    """A word for a test's command lines: -f with it touches nothing else."""
+    return f"tag=rr{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_netns(root_ready):
+    """Fresh network namespaces with loopback up; deleted afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"resreap-t-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
+        return name
+
+    yield make
+    for name in made:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def netns(make_netns):
+    """A fresh network namespace with loopback up; deleted afterwards."""
+    return make_netns()
 
 
 @pytest.fixture

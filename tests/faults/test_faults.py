@@ -7,39 +7,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
-import uuid
 
 import pytest
 
-from procs import pid_alive
-from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
 
-@pytest.fixture
-def tag():
-    return f"tag=rr{uuid.uuid4().hex[:10]}"
-
-
 def pattern(tag: str) -> str:
     return tag.split("=")[1]
-
-
-@pytest.fixture
-def watch(resreap_bin):
-    runs = []
-
-    def start(*args, env=None) -> WatchRun:
-        run = WatchRun(resreap_bin, *args, env=env)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.stop()
 
 
 def test_restart_after_kill9_finds_the_leak_again(watch, actors, tag):

@@ -11,7 +11,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 
@@ -21,27 +20,8 @@ from watchrun import WatchRun
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
 
-@pytest.fixture
-def tag():
-    return f"tag=rr{uuid.uuid4().hex[:10]}"
-
-
 def word(tag: str) -> str:
     return tag.split("=")[1]
-
-
-@pytest.fixture
-def watch(resreap_bin):
-    runs = []
-
-    def start(*args) -> WatchRun:
-        run = WatchRun(resreap_bin, *args)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.stop()
 
 
 def free_port() -> int:

@@ -32,11 +32,6 @@ def backend(request):
 
 
 @pytest.fixture
-def tag():
-    return f"tag=rr{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
 def watch(resreap_bin, backend):
     """``resreap watch`` with the default policy: only -f (to stay away
     from the machine's other processes) and -D (to see the evidence)."""
@@ -147,26 +142,15 @@ def test_sockets_passed_to_another_users_daemon_never_count(watch, actors, tag, 
         subprocess.run(["rm", "-rf", where], check=False)
 
 
-@pytest.fixture
-def second_netns(root_ready):
-    name = f"resreap-t-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def test_a_twin_in_another_namespace_cannot_shadow_a_leak(watch, actors, tag, netns, second_netns,
-                                                          backend):
+def test_a_twin_in_another_namespace_cannot_shadow_a_leak(watch, actors, tag, make_netns, backend):
     """Attack 4: a leak in one network namespace, while sockets with exactly
     its 4-tuples go in and out of CLOSE_WAIT in another.  The twins' exits
     must not erase the leak's timers: it is reaped on time."""
-    server = actors("leaky-server", "127.0.0.1", tag, netns=netns)
-    client = actors("clients", "127.0.0.1", server.port, 3, tag, netns=netns)
+    here, there = make_netns(), make_netns()
+    server = actors("leaky-server", "127.0.0.1", tag, netns=here)
+    client = actors("clients", "127.0.0.1", server.port, 3, tag, netns=here)
     twin = actors("twin-churn", "127.0.0.1", server.port, client.facts["ports"], 12, tag,
-                  netns=second_netns)
+                  netns=there)
     run = watch(tag)
     time.sleep(patience(1))
     client.send("close", "CLOSED")
@@ -180,6 +164,26 @@ def test_a_twin_in_another_namespace_cannot_shadow_a_leak(watch, actors, tag, ne
 
 
 # -- true leaks, at the defaults ------------------------------------------
+
+
+def test_fd_percent_waits_for_real_harm(watch, actors, tag):
+    """--fd-percent 50: two leaked sockets of a process allowed 100 fds do
+    not take it down; sixty do."""
+    import resource
+
+    server = actors("leaky-server", "127.0.0.1", tag)
+    _soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (100, hard))
+    few = actors("clients", "127.0.0.1", server.port, 2, tag)
+    many = actors("clients", "127.0.0.1", server.port, 60, tag)
+    run = watch(tag, "-i", "0.5", "--fd-percent", "50")
+    few.send("close", "CLOSED")
+    assert run.wait_for(lambda e: e["event"] == "log" and e["message"].startswith(
+        f"pid {server.pid}: 2 counting socket(s) < 50% of its fd limit 100"))
+    assert server.alive() and not reaped(run, server.pid)
+    many.send("close", "CLOSED")
+    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=5)
+    assert reap["count"] >= 50
 
 
 def test_eof_ignored_leak_is_reaped_within_grace(watch, actors, tag, backend):

@@ -203,3 +203,21 @@ def test_stayed_lines_name_the_evidence(harness, actors, mode, want):
     stayed = h.on_port(server.port, Event.STAYED)
     assert [r.evidence for r in stayed] == [want, want]
     assert all({o.pid for o in r.owners} == {server.pid} and r.age >= 0.5 for r in stayed)
+
+
+def test_min_age_shows_only_sockets_that_stayed(harness, actors):
+    """Real traffic is a firehose: --min-age keeps the sockets that stayed."""
+    from resreap.trace import Tracer
+
+    quick = actors("flood", "127.0.0.1", "1")          # short CLOSE_WAITs
+    server = actors("leaky-server", "127.0.0.1")
+    h = harness()
+    h.tracer = Tracer(h.source, h.tracer.resolver, Filters(), min_age=0.5)
+    h.records = []
+    client = actors("clients", "127.0.0.1", server.port, 2)
+    client.send("close", "CLOSED")
+    quick.expect("DONE", timeout=10)
+    h.until(lambda _: len(h.on_port(server.port, Event.STAYED)) >= 2)
+    assert all(r.kind is Event.STAYED for r in h.records)
+    assert not h.on_port(quick.port)                    # the flood never stayed
+    assert {o.pid for r in h.on_port(server.port) for o in r.owners} == {server.pid}

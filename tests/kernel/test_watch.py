@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
@@ -16,7 +15,7 @@ from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel]
 
-FAST = ["-i", "0.5", "-w", "0.5", "--stall", "1"]
+FAST = ["-i", "0.5", "-w", "0.5"]
 
 
 @pytest.fixture(params=["bpf", "proc", "procfs"])
@@ -24,11 +23,6 @@ def backend(request):
     """Every scenario against each event source (see test_trace.py)."""
     request.getfixturevalue("bpf_ready" if request.param == "bpf" else "root_ready")
     return request.param
-
-
-@pytest.fixture
-def tag():
-    return f"tag=rr{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture
@@ -68,7 +62,9 @@ def wait_dead(pid, timeout=10):
                                        ("stuck-server", "127.0.0.1")])
 def test_leaker_is_reaped_and_its_peer_survives(watch, actors, tag, role, host):
     server, client = leak(actors, role, host, tag)
-    run = watch("-f", tag.split("=")[1], *FAST)
+    # A hung accept queue counts after --stall (default 60 s: test_attacks).
+    stall = ["--stall", "1"] if role == "stuck-server" else []
+    run = watch("-f", tag.split("=")[1], *FAST, *stall)
     client.send("close", "CLOSED")
     reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
     # Reaped the moment the 2nd socket counts; the 3rd may count in the same wakeup.
@@ -105,8 +101,11 @@ def test_forked_holders_are_both_reaped(watch, actors, tag):
     child = int(server.send("fork", "CHILD").split()[1])
     run = watch("-f", tag.split("=")[1], *FAST)
     client.send("close", "CLOSED")
-    assert run.outcome(server.pid)["result"] == "terminated"
+    # The child first; the parent, which holds the same sockets, once the
+    # child is gone and the leak remains (children-first, again_in later).
     assert run.outcome(child)["result"] == "terminated"
+    assert run.outcome(server.pid, timeout=25)["result"] == "terminated"
+    assert run.find(lambda e: e["event"] == "children-first" and e["pid"] == server.pid)
     assert client.alive()
 
 
@@ -216,6 +215,28 @@ def test_hook_nonzero_spares_the_process(watch, actors, tag):
     out = run.outcome(server.pid)
     assert out["result"] == "spared" and out["hook"] == "exit 3" and out["signals"] == []
     assert server.alive()
+
+
+def test_a_sparing_hook_is_asked_again_one_grace_later(watch, actors, tag, tmp_path):
+    calls = tmp_path / "calls"
+    server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
+    run = watch("-f", tag.split("=")[1], *FAST, "-c", f"date +%s.%N >> {calls}; exit 1")
+    client.send("close", "CLOSED")
+    deadline = time.monotonic() + patience(10)
+    while time.monotonic() < deadline and (not calls.exists() or len(calls.read_text().split()) < 3):
+        time.sleep(0.05)
+    times = [float(t) for t in calls.read_text().split()]
+    assert len(times) >= 3 and server.alive()
+    # -i 0.5: looked at again after max(grace, 1 s), never at once
+    assert all(b - a >= 0.9 for a, b in zip(times, times[1:])), times
+    run.wait_for(lambda e: len(run.find(lambda o: o["event"] == "outcome"
+                                        and o["result"] == "spared")) >= 3)
+
+
+def test_start_line_names_the_pid_filter(watch, actors, tag):
+    server = actors("leaky-server", "127.0.0.1", tag)
+    run = watch("-p", str(server.pid), *FAST)
+    assert run.find(lambda e: e["event"] == "start")[0]["pid"] == [server.pid]
 
 
 def test_hung_hook_is_cut_off(watch, actors, tag):

@@ -122,3 +122,20 @@ def test_6_trusted_config(tmp_path):
             assert config.load(str(f))["limit"] == 3
     finally:
         os.chmod(tmp_path, 0o755)
+
+
+def test_9_owner_hints_are_a_bounded_lru():
+    """One key per ephemeral port or peer: 330 bytes a connection, for ever,
+    in a soak of slow closers (the map was only cleared at 65,536)."""
+    from resreap.owners import Hints
+
+    hints = Hints()
+    for port in range(20000):
+        hints.add(port, {port})
+        if port % 100 == 0:
+            hints.get(0)  # used often: kept
+    assert len(hints) == Hints.MAX
+    assert hints.get(0) == {0} and hints.get(19999) == {19999} and hints.get(1) == set()
+    for pid in range(1000):
+        hints.add("shared", {pid})
+    assert len(hints.get("shared")) == 64 and 999 in hints.get("shared")

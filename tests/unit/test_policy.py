@@ -37,6 +37,18 @@ def test_storm_guard_bounds_the_rate():
     assert g.next_allowed("java", 60) == 0
 
 
+def test_storm_guard_counts_only_kills_a_target_could_replace():
+    """Siblings alive together (a forking server's children) are no storm;
+    a process started after the kills is a replacement, and is one."""
+    g = StormGuard(max_kills=3, per=60)
+    for t in (10, 11, 12, 13):
+        g.record("socat", t)
+    assert g.next_allowed("socat", 14, started=5) == 0          # a sibling: alive before them
+    assert g.next_allowed("socat", 14, started=12.5) == 70      # after three kills: storm
+    assert g.next_allowed("socat", 14, started=13.5) == 71      # after all four: a restart loop
+    assert g.next_allowed("socat", 14) == 71                    # no start known: all count
+
+
 @pytest.mark.parametrize("text,want", [("3/60", (3, 60.0)), ("1/0.5", (1, 0.5))])
 def test_parse_rate(text, want):
     assert parse_rate(text) == want

@@ -1,0 +1,197 @@
+"""Real services from Debian packages (issue #15): every holder of a leak is
+handled and the outcome tells the truth (socat: the child, sh and the
+command all hold the socket); a hung nginx worker is reaped before its
+master, and nginx keeps serving; eleven stuck children of one forking server
+are all handled without a false "storm".  scripts/setup --test installs
+nginx-light and socat."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from procs import kill_quietly, patience, pid_alive
+from watchrun import WatchRun
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+
+def need(program: str) -> str:
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.skip(f"{program} is not installed (scripts/setup --test installs it)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def close_wait(port: int) -> int:
+    out = subprocess.run(["ss", "-Htn", "state", "close-wait", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def until(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + patience(timeout)
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def descendants(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    kids: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = map(int, line.split())
+        kids.setdefault(pp, []).append(p)
+    found, todo = set(), [pid]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.fixture
+def socat_server(tag):
+    """socat forking one child per connection, each running a command
+    through sh that never touches the connection: three holders each."""
+    socat = need("socat")
+    port = free_port()
+    proc = subprocess.Popen([socat, f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                             f"SYSTEM:'sleep 608; : {tag[4:]}',nofork"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert until(lambda: subprocess.run(["ss", "-Htln", f"( sport = :{port} )"],
+                                        capture_output=True, text=True).stdout.strip(), 5)
+    yield proc, port
+    for pid in descendants(proc.pid):
+        kill_quietly(pid)
+    proc.kill()
+    proc.wait()
+
+
+def pid_args(pids) -> list[str]:
+    """-p for each: only these processes may be touched."""
+    return [arg for pid in sorted(pids) for arg in ("-p", str(pid))]
+
+
+def connect_and_close(port: int, count: int) -> None:
+    for _ in range(count):
+        socket.create_connection(("127.0.0.1", port)).close()
+
+
+def test_every_holder_of_a_leak_is_handled_and_the_outcome_is_truthful(resreap_bin, socat_server,
+                                                                      tag):
+    server, port = socat_server
+    connect_and_close(port, 1)
+    assert until(lambda: len(descendants(server.pid)) >= 3, 5)     # socat child, sh, sleep
+    holders = descendants(server.pid)
+    run = WatchRun(resreap_bin, "-l", "1", "-i", "0.5", "--stall", "1", "-w", "0.5",
+                   *pid_args(holders))
+    child = min(holders)                                           # socat's child
+    deepest = next(p for p in holders if not descendants(p) & holders)   # the command
+    try:
+        assert until(lambda: close_wait(port) == 0, 20), "\n".join(run.lines)
+        # Every holder was known before anyone was judged; the least went
+        # first (the command), and its parents then ended on their own.
+        waits = run.find(lambda e: e["event"] == "children-first")
+        assert {w["pid"] for w in waits} >= {child}
+        reaps = run.find(lambda e: e["event"] == "reap")
+        assert reaps[0]["pid"] == deepest and reaps[0]["evidence"] == "unread:1"
+        outcomes = run.find(lambda e: e["event"] == "outcome")
+        assert all(o["result"] in ("terminated", "killed") and "sockets_left" in o
+                   for o in outcomes)
+        assert not run.find(lambda e: e["event"] == "storm")
+        assert server.poll() is None                               # the listener lives on
+    finally:
+        assert run.stop() == 0
+
+
+def test_eleven_stuck_children_of_one_forking_server_are_no_storm(resreap_bin, socat_server, tag):
+    server, port = socat_server
+    connect_and_close(port, 11)
+    assert until(lambda: len(descendants(server.pid)) >= 33, 10)
+    run = WatchRun(resreap_bin, "-l", "1", "-i", "0.5", "--stall", "1", "-w", "0.5",
+                   *pid_args(descendants(server.pid)))
+    try:
+        assert until(lambda: close_wait(port) == 0, 30), "\n".join(run.lines)
+        assert not run.find(lambda e: e["event"] == "storm")
+        assert server.poll() is None
+    finally:
+        assert run.stop() == 0
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=64;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+def test_a_hung_nginx_worker_is_reaped_and_nginx_keeps_serving(resreap_bin, tmp_path):
+    """The worker stops (SIGSTOP: hung), connections queue in the listener
+    that master and worker share, their clients give up.  The worker goes,
+    the master stays, starts a new worker, and serves again."""
+    nginx = need("nginx")
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=tmp_path, port=port))
+    master = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert until(lambda: len(descendants(master.pid)) == 1, 10)
+        worker = descendants(master.pid).pop()
+        url = f"http://127.0.0.1:{port}/"
+        assert urllib.request.urlopen(url, timeout=5).read() == b"ok\n"
+        time.sleep(patience(2.2))          # both older than the stall below
+        run = WatchRun(resreap_bin, "-p", str(master.pid), "-p", str(worker), "-i", "0.5",
+                       "--stall", "2", "-w", "0.5")
+        try:
+            subprocess.run(["kill", "-STOP", str(worker)], check=True)
+            connect_and_close(port, 3)     # queued, closed: CLOSE_WAIT in the queue
+            out = run.outcome(worker, timeout=15)
+            assert out["result"] in ("terminated", "killed")
+            assert until(lambda: len(descendants(master.pid)) == 1
+                         and worker not in descendants(master.pid), 10)
+            assert urllib.request.urlopen(url, timeout=5).read() == b"ok\n"
+            assert until(lambda: close_wait(port) == 0, 5)
+            time.sleep(patience(3))        # the master is judged again: the leak is gone
+            assert pid_alive(master.pid) and master.poll() is None
+            assert not run.find(lambda e: e["event"] == "reap" and e["pid"] == master.pid)
+            assert run.find(lambda e: e["event"] == "children-first" and e["pid"] == master.pid)
+        finally:
+            assert run.stop() == 0
+    finally:
+        master.send_signal(signal.SIGQUIT)
+        try:
+            master.wait(10)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()
