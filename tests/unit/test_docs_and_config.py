@@ -65,6 +65,10 @@ def test_example_config_loads_and_covers_every_setting(tmp_path):
     ("limit = [", "config"),
     ("dry_run = 1", "is not a bool"),
     ("limit = true", "is not a int"),
+    # issue #11.7: a typo in a list crashed the daemon at reload
+    ('pid = ["1234"]', "every item must be a int"),
+    ("pid = [true]", "every item must be a int"),
+    ("ignore = [80]", "every item must be a str"),
 ])
 def test_bad_config_is_a_usage_error(tmp_path, body, needle):
     f = tmp_path / "c.toml"
