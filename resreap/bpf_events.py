@@ -70,9 +70,13 @@ def check_usable() -> None:
             "(Linux 4.16+ has it)")
     release = platform.release()
     if kernel_headers() is None:
+        hidden = ""
+        if os.environ.get("INVOCATION_ID") and not os.path.isdir("/lib/modules"):
+            hidden = ("; /lib/modules is hidden from this service: ProtectKernelModules=yes "
+                      "in its unit? (the shipped unit says no)")
         raise BackendUnavailable(
             f"no kernel headers for {release}: apt-get install linux-headers-{release}, "
-            "or run scripts/setup, which links the distro's generic headers")
+            f"or run scripts/setup, which links the distro's generic headers{hidden}")
     if not BPF_SOURCE.is_file():
         raise BackendUnavailable(f"the BPF program is missing from the install: {BPF_SOURCE}")
 

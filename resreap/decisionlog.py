@@ -126,6 +126,35 @@ def output_gone(handlers: list[logging.Handler]) -> bool:
     return bool(streams) and all(h.broken for h in streams) and not files
 
 
+# Syslog priorities, for journald: a line "<4>..." is stored at PRIORITY=4.
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+             logging.DEBUG: 7}
+
+
+class JournalPrefix(logging.Formatter):
+    """Another formatter's line, prefixed with its syslog priority."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{self.inner.format(record)}"
+
+
+def to_journal(stream) -> bool:
+    """Is ``stream`` the journal?  systemd sets JOURNAL_STREAM to the
+    device:inode of the stderr it connects there."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    if not want:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
 def configure(*, debug: bool, json_lines: bool, log_file: str | None,
               stream=None) -> list[logging.Handler]:
     """Send resreap's logs to ``stream`` (stderr) and ``log_file``.  The file
@@ -140,7 +169,8 @@ def configure(*, debug: bool, json_lines: bool, log_file: str | None,
     for old in list(root.handlers):
         root.removeHandler(old)
     for handler in handlers:
-        handler.setFormatter(formatter)
+        journal = isinstance(handler, StderrHandler) and to_journal(handler.stream)
+        handler.setFormatter(JournalPrefix(formatter) if journal else formatter)
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False

@@ -90,10 +90,15 @@ def test_missing_config_is_an_error_but_missing_default_is_not(tmp_path):
         assert config.load(None) == {}
 
 
-def test_service_unit_and_daemonset_agree_with_the_code():
+def test_service_unit_and_daemonset_agree_with_the_code(tmp_path):
     unit = (ROOT / "packaging/resreap.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "Restart=always" in unit
     assert "ProtectSystem=strict" in unit and "NoNewPrivileges=yes" in unit
+    # bcc reads the headers under /lib/modules: hiding them turned BPF off
+    # silently under the unit (issue #12.1).
+    settings = [line for line in unit.splitlines() if not line.startswith("#")]
+    assert "ProtectKernelModules=no" in settings and "ProtectKernelModules=yes" not in settings
+    assert "RuntimeDirectory=resreap" in settings  # the one-watch lock
     install = (ROOT / "scripts/install-service").read_text()
     assert "/opt/resreap/venv" in install and "/opt/resreap/venv/bin/resreap" in unit
     import yaml
@@ -105,7 +110,6 @@ def test_service_unit_and_daemonset_agree_with_the_code():
     caps = spec["containers"][0]["securityContext"]["capabilities"]["add"]
     assert {"BPF", "PERFMON", "SYS_PTRACE", "KILL"} <= set(caps)
     cm = [d for d in docs if d["kind"] == "ConfigMap"][0]
-    (ROOT / "build").mkdir(exist_ok=True)
-    conf = ROOT / "build" / "cm.toml"
+    conf = tmp_path / "cm.toml"
     conf.write_text(cm["data"]["resreap.toml"])
     assert config.load(str(conf))["dry_run"] is True

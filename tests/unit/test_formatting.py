@@ -55,3 +55,26 @@ def test_summary():
     lines = summary_lines(rows)
     assert "ENTERED" in lines[0] and "7" in lines[1] and "4.2s" in lines[1]
     assert "no process" in summary_lines([])[0]
+
+
+def test_lines_to_the_journal_carry_their_priority(tmp_path, monkeypatch):
+    """Under systemd, stderr is the journal: "<4>" makes a reap a warning
+    there (`journalctl -u resreap -p warning`); elsewhere lines are plain."""
+    import logging
+    import os
+
+    from resreap import decisionlog
+
+    path = tmp_path / "stderr"
+    with open(path, "w") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        decisionlog.configure(debug=False, json_lines=False, log_file=None, stream=stream)
+        decisionlog.decision("reap", logging.WARNING, pid=7)
+        decisionlog.decision("reload", logging.ERROR, error="bad")
+        monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+        decisionlog.configure(debug=False, json_lines=False, log_file=None, stream=stream)
+        decisionlog.decision("stop", logging.WARNING)
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("<4>") and " reap pid=7" in lines[0]
+    assert lines[1].startswith("<3>") and lines[2][0].isdigit()
