@@ -4,6 +4,7 @@ ResreapError; only this module prints and chooses exit codes."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -347,7 +348,8 @@ def watch(
     from resreap.decisionlog import decision
     from resreap.errors import OutputGone, UsageError
     from resreap.events import open_source
-    from resreap.instance import hold_watch_lock
+    from resreap.instance import ReloadStatus, hold_watch_lock, read_reload_status, \
+        write_reload_status
     from resreap.owners import OwnerResolver, check_privileges
     from resreap.sdnotify import Notifier
     from resreap.sockets import SocketTable
@@ -368,6 +370,13 @@ def watch(
             raise UsageError(f"cannot open --log-file {st['log_file']}: {exc.strerror}") from None
         reload_requested = []
         signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
+        last = read_reload_status()
+        generation = [last.generation if last else 0]
+
+        def answer(ok: bool, detail: str) -> None:
+            """For `resreap reload` (ExecReload): the result of this reload."""
+            generation[0] += 1
+            write_reload_status(ReloadStatus(os.getpid(), generation[0], ok, detail))
         check_privileges()
         # One watch acts per host; a dry run never signals, so it may run
         # beside one to try settings.
@@ -408,14 +417,19 @@ def watch(
                         lock[0] = hold_watch_lock()  # leaving dry run: act alone
                 except ResreapError as exc:
                     decision("reload", logging.ERROR, error=str(exc), note="keeping the old settings")
+                    answer(False, str(exc))
                     return
                 except Exception as exc:  # noqa: BLE001 - a validation gap must not end the daemon
                     decision("reload", logging.ERROR, error=repr(exc), note="keeping the old settings")
+                    answer(False, repr(exc))
                     return
                 w.reconfigure(fresh)
                 decision("reload", logging.WARNING, limit=fresh.limits.limit,
                          grace=fresh.limits.grace, stall=fresh.limits.stall,
                          plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run)
+                answer(True, f"limit={fresh.limits.limit} grace={fresh.limits.grace:g} "
+                             f"stall={fresh.limits.stall:g} plan={fresh.plan.describe()!r} "
+                             f"dry_run={fresh.plan.dry_run}")
 
         watcher = Watcher(selected.source, OwnerResolver(table), config, tick=tick)
         if selected.fallback_reason:
@@ -460,6 +474,34 @@ def watch(
                  tracked=len(watcher.table), owner_cache=watcher.resolver.index.cached)
         if gone:
             raise typer.Exit(1)
+
+
+@app.command(context_settings=CONTEXT, epilog="""\b
+Examples:
+  sudo resreap reload                the running watch re-reads its config file
+  sudo resreap reload --pid 1234     that watch (the unit's ExecReload passes $MAINPID)
+""")
+def reload(
+    pid: Annotated[Optional[int], typer.Option(
+        "--pid", metavar="PID", help="The watch to reload (default: the one holding the lock).")] = None,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", metavar="SEC", help="How long to wait for its answer.")] = 10.0,
+) -> None:
+    """Make the running watch re-read its config file (SIGHUP), wait until
+    it has, and say whether the new settings apply.  Exits 1 when they were
+    rejected (a bad file keeps the old settings) or when no answer came."""
+    from resreap.errors import UsageError
+    from resreap.instance import reload as do_reload
+    from resreap.instance import watch_pid
+
+    try:
+        target = pid or watch_pid()
+        if target is None:
+            raise UsageError("no resreap watch holds the lock here; name one with --pid")
+        status = do_reload(target, timeout)
+    except ResreapError as exc:
+        fail(exc)
+    typer.echo(f"resreap: pid {target} reloaded: {status.detail}")
 
 
 @app.command(context_settings=CONTEXT, epilog="""\b

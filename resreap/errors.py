@@ -21,6 +21,10 @@ class AlreadyRunning(ResreapError):
     """Another `resreap watch` holds the host's lock."""
 
 
+class ReloadFailed(ResreapError):
+    """A reload was rejected, or not answered."""
+
+
 class OutputGone(ResreapError):
     """Nowhere left to log (stderr is a closed pipe, no --log-file)."""
 

@@ -124,3 +124,25 @@ def test_doctor_and_the_bpf_backend_judge_headers_alike():
     assert (headers.status == doctor.OK) == (bpf_events.kernel_headers() is not None)
     if bpf_events.kernel_headers():
         assert headers.detail == bpf_events.kernel_headers()
+
+
+def test_reload_command_waits_and_reports_a_rejected_config(resreap_bin, tag, tmp_path):
+    """`resreap reload` (the unit's ExecReload) returns once the watch has
+    re-read its file, and fails when the file was rejected (#12.5)."""
+    conf = tmp_path / "resreap.toml"
+    conf.write_text(f'filter = "{tag[4:]}"\nlimit = 2\n')
+    run = WatchRun(resreap_bin, "--config", str(conf))
+    try:
+        conf.write_text(f'filter = "{tag[4:]}"\nlimit = 5\n')
+        ok = subprocess.run([resreap_bin, "reload"], capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0 and "limit=5" in ok.stdout, ok.stderr
+        assert run.find(lambda e: e["event"] == "reload" and e.get("limit") == 5)
+        conf.write_text("limit = 'broken'\n")
+        bad = subprocess.run([resreap_bin, "reload", "--pid", str(run.proc.pid)],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "reload rejected" in bad.stderr
+        assert "is not a int" in bad.stderr and run.proc.poll() is None
+    finally:
+        assert run.stop() == 0
+    gone = subprocess.run([resreap_bin, "reload"], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 2 and "no resreap watch" in gone.stderr
