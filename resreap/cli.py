@@ -470,7 +470,7 @@ def watch(
                           "for; check them (a stopped one may hold its sockets)")
             lost = watcher.source.lost()
         decision("stop", logging.WARNING, lost_events=lost,
-                 reaped=watcher.results.get("terminated", 0) + watcher.results.get("killed", 0),
+                 reaped=watcher.reaped,
                  tracked=len(watcher.table), owner_cache=watcher.resolver.index.cached)
         if gone:
             raise typer.Exit(1)

@@ -56,6 +56,13 @@ class AccessDenied(ResreapError):
         self.pid = pid
 
 
+class ProcessReplaced(ProcessGone):
+    """The pid now names another process (another start time)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid, "was replaced by another process")
+
+
 class ProcessUnreadable(ResreapError):
     """/proc/PID could not be read in time (a process stuck in D state holds
     its mmap lock).  The process is looked at again later."""

@@ -18,8 +18,8 @@ import time
 from typing import Callable, NamedTuple
 
 from resreap import procinfo
-from resreap.errors import ProcessGone, UsageError
-from resreap.model import SockId
+from resreap.errors import ProcessGone, ProcessReplaced, UsageError
+from resreap.model import Result, SockId
 from resreap.owners import held_count
 
 log = logging.getLogger(__name__)
@@ -72,23 +72,11 @@ class Target(NamedTuple):
 
 class Outcome(NamedTuple):
     target: Target
-    result: str            # see RESULTS
+    result: Result
     signals: tuple[str, ...]
     hook_status: str | None
     took: float
     detail: str = ""
-
-
-RESULTS = {
-    "terminated": "exited after a signal",
-    "killed": "needed SIGKILL",
-    "exited": "exited on its own before any signal",
-    "spared": "the hook said no",
-    "resolved": "closed or passed on its sockets before any signal",
-    "replaced": "its pid names another process now",
-    "dry-run": "nothing done",
-    "failed": "could not be signalled",
-}
 
 
 # Linux refuses an execve whose single environment string exceeds 128 KiB
@@ -162,7 +150,7 @@ class _Handle:
         # Opened on the right process only if it is still the one we chose.
         if not procinfo.alive(pid, start, proc_root):
             self.close()
-            raise ProcessGone(pid, "was replaced by another process")
+            raise ProcessReplaced(pid)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -210,42 +198,44 @@ def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
     info = target.info
     sent: list[str] = []
 
-    def done(result: str, hook: str | None = None, detail: str = "") -> Outcome:
+    def done(result: Result, hook: str | None = None, detail: str = "") -> Outcome:
         return Outcome(target, result, tuple(sent), hook, time.monotonic() - began, detail)
 
     if plan.dry_run:
-        return done("dry-run")
+        return done(Result.DRY_RUN)
     try:
         handle = _Handle(info.pid, info.start, proc_root)
-    except ProcessGone as exc:
-        return done("replaced" if "replaced" in str(exc) else "exited")
+    except ProcessReplaced:
+        return done(Result.REPLACED)
+    except ProcessGone:
+        return done(Result.EXITED)
     try:
         hook_status = None
         if plan.hook:
             ok, hook_status = _run_hook(target, plan)
             if not ok:
-                return done("spared", hook_status)
+                return done(Result.SPARED, hook_status)
         if handle.exited():
-            return done("exited", hook_status)
+            return done(Result.EXITED, hook_status)
         if target.limit and target.inodes:
             # The hook may have taken seconds: is it still guilty?
             queued = sum(1 for i in target.inodes if not i)
             held = queued + held_count(info.pid, [i for i in target.inodes if i], proc_root)
             if held < target.limit:
-                return done("resolved", hook_status, f"holds {held} of them now")
+                return done(Result.RESOLVED, hook_status, f"holds {held} of them now")
         signals = [s for s in (plan.first_signal, plan.signal) if s is not None]
         for sig in signals:
             if not handle.send(sig):
-                return done("exited" if not sent else "terminated", hook_status)
+                return done(Result.EXITED if not sent else Result.TERMINATED, hook_status)
             sent.append(sig.name)
             if handle.exited(plan.wait):
-                return done("terminated", hook_status)
+                return done(Result.TERMINATED, hook_status)
         if not handle.send(signal.SIGKILL):
-            return done("terminated", hook_status)
+            return done(Result.TERMINATED, hook_status)
         sent.append("SIGKILL")
         if handle.exited(5.0):
-            return done("killed", hook_status)
-        return done("failed", hook_status, "still alive 5s after SIGKILL (D state?)")
+            return done(Result.KILLED, hook_status)
+        return done(Result.FAILED, hook_status, "still alive 5s after SIGKILL (D state?)")
     finally:
         handle.close()
 
@@ -298,7 +288,7 @@ class Killer:
             outcome = execute(target, self.plan, self.proc_root)
         except Exception as exc:  # never lose a worker silently
             log.exception("kill sequence for pid %d failed", target.info.pid)
-            outcome = Outcome(target, "failed", (), None, 0.0, repr(exc))
+            outcome = Outcome(target, Result.FAILED, (), None, 0.0, repr(exc))
         with self._lock:
             self._finished.append(outcome)
             self._running.pop(target.info.pid, None)

@@ -76,6 +76,37 @@ class Transition(NamedTuple):
 Key = tuple  # (SockId, kid): one socket as the event sources name it
 
 
+class Result(str, enum.Enum):
+    """How a kill sequence ended (the `outcome` line's `result`)."""
+
+    TERMINATED = "terminated"  # exited after a signal
+    KILLED = "killed"          # needed SIGKILL
+    EXITED = "exited"          # exited on its own before any signal
+    SPARED = "spared"          # the hook said no
+    RESOLVED = "resolved"      # closed or passed on its sockets before any signal
+    REPLACED = "replaced"      # its pid names another process now: nothing sent
+    DRY_RUN = "dry-run"        # nothing done
+    FAILED = "failed"          # could not be signalled
+
+    @property
+    def killed_it(self) -> bool:
+        """A real kill: what the storm guard and `reaped` count."""
+        return self in (Result.TERMINATED, Result.KILLED)
+
+    @property
+    def look_again(self) -> bool:
+        """Not killed this round: judged again after a grace period."""
+        return self in (Result.SPARED, Result.DRY_RUN, Result.RESOLVED)
+
+
+class SpareReason(enum.Enum):
+    """Why a process over the limit may not be reaped."""
+
+    PROTECTED = "protected (init, resreap or one of its ancestors)"
+    KTHREAD = "a kernel thread"
+    NOT_SELECTED = "does not match -f/-p"
+
+
 class Evidence(enum.Enum):
     """What the kernel says about a socket in CLOSE_WAIT, and so how long
     it must stay before it counts against its holder (see evidence.py)."""

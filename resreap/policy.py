@@ -9,10 +9,10 @@ import time
 from typing import Iterable, NamedTuple
 
 from resreap import procinfo
-from resreap.errors import ProcessGone, UsageError
+from resreap.errors import ProcessReplaced, UsageError
 from resreap.evidence import Rules
 from resreap.filters import Filters
-from resreap.model import Key, Owner
+from resreap.model import Key, Owner, SpareReason
 
 
 class Limits(NamedTuple):
@@ -71,7 +71,11 @@ def protected_pids(proc_root: str = "/proc") -> set[int]:
 
 class Verdict(NamedTuple):
     ok: bool
-    why: str
+    reason: SpareReason | None = None
+
+    @property
+    def why(self) -> str:
+        return self.reason.value if self.reason else ""
 
 
 class Eligibility:
@@ -84,17 +88,17 @@ class Eligibility:
 
     def check(self, info: procinfo.ProcInfo) -> Verdict:
         if info.pid in self.protected:
-            return Verdict(False, "protected (init, resreap or one of its ancestors)")
+            return Verdict(False, SpareReason.PROTECTED)
         if info.kthread:
-            return Verdict(False, "a kernel thread")
+            return Verdict(False, SpareReason.KTHREAD)
         if not self.filters.wants(info.pid, info.cmdline):
-            return Verdict(False, "does not match -f/-p")
-        return Verdict(True, "")
+            return Verdict(False, SpareReason.NOT_SELECTED)
+        return Verdict(True)
 
     def info(self, owner: Owner) -> procinfo.ProcInfo:
         info = procinfo.read_bounded(owner.pid, self.proc_root)
         if info.start != owner.start:
-            raise ProcessGone(owner.pid, "was replaced by another process")
+            raise ProcessReplaced(owner.pid)
         return info
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Iterator, NamedTuple
 
-from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
+from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced, ProcessUnreadable
 
 PF_KTHREAD = 0x00200000
 # A command line is whatever its process wrote there (a megabyte, if it
@@ -72,7 +72,7 @@ def read(pid: int, proc_root: str = "/proc") -> ProcInfo:
     if cut:
         cmdline += "...[cut]"
     if start_time(pid, proc_root) != start:
-        raise ProcessGone(pid, "was replaced while being read")
+        raise ProcessReplaced(pid)
     return ProcInfo(pid, start, ppid, comm, cmdline or f"[{comm}]", kthread)
 
 

@@ -18,7 +18,7 @@ from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.killer import Killer, Outcome, Plan, Target
-from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
+from resreap.model import Evidence, Key, Kind, Owner, Result, SockId, SpareReason, Transition
 from resreap.owners import Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.policy import Counter, Eligibility, Limits, StormGuard
 from resreap.tracker import CloseWaitTable, Entry
@@ -167,12 +167,17 @@ class Watcher:
             "tracked": len(self.table),
             "top": [(o.pid, o.comm, n) for n, o in best],
             "other": sum(n for n, _ in counts) - sum(n for n, _ in best),
-            "outcomes": dict(self.results),
+            "outcomes": {r.value: n for r, n in self.results.items()},
             "evidence": dict(self.reaped_evidence),
             "hook_failures": self.hook_failures,
             "events": dict(self.events_seen),
             "lost": self._lost,
         }
+
+    @property
+    def reaped(self) -> int:
+        """Processes killed (terminated or needing SIGKILL) so far."""
+        return sum(n for r, n in self.results.items() if r.killed_it)
 
     def run(self) -> None:
         """Loop forever; call ``start`` first."""
@@ -447,7 +452,8 @@ class Watcher:
         if not verdict.ok:
             if owner not in self._spared:
                 self._spared.add(owner)
-                level = logging.DEBUG if "-f" in verdict.why else logging.WARNING
+                level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
+                    else logging.WARNING
                 decision("spare", level, pid=info.pid, comm=info.comm, cmd=info.cmdline,
                          count=self.counter.count(owner), reason=verdict.why)
             return
@@ -547,35 +553,36 @@ class Watcher:
         for outcome in self.killer.finished():
             info = outcome.target.info
             owner = Owner(info.pid, info.start, info.comm)
-            level = logging.ERROR if outcome.result == "failed" else logging.WARNING
-            fields = dict(pid=info.pid, comm=info.comm, result=outcome.result,
+            result = outcome.result
+            level = logging.ERROR if result is Result.FAILED else logging.WARNING
+            fields = dict(pid=info.pid, comm=info.comm, result=result.value,
                           signals=outcome.signals, took=round(outcome.took, 3))
             if outcome.hook_status is not None:
                 fields["hook"] = outcome.hook_status
             if outcome.detail:
                 fields["detail"] = outcome.detail
-            if outcome.result in ("terminated", "killed"):
+            if result.killed_it:
                 # A real kill: what the storm guard counts (at its start).
                 self.storm.record(info.cmdline, time.monotonic() - outcome.took)
-            if outcome.result in ("terminated", "killed", "exited"):
+            if result.killed_it or result is Result.EXITED:
                 left = self._left_behind(outcome.target)
                 fields["sockets_left"] = left
                 if left:
                     fields["note"] = ("its sockets are still in CLOSE_WAIT, held by other "
                                       "processes: looking at those now")
-            decision("outcome", level if outcome.result != "dry-run" else logging.INFO, **fields)
+            decision("outcome", level if result is not Result.DRY_RUN else logging.INFO, **fields)
             self.outcomes.append(outcome)
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
                 del self.outcomes[:500]
-            self.results[outcome.result] = self.results.get(outcome.result, 0) + 1
-            if outcome.result == "spared":
+            self.results[result] = self.results.get(result, 0) + 1
+            if result is Result.SPARED:
                 self.hook_failures += 1
-            if outcome.result in ("spared", "dry-run", "resolved"):
+            if result.look_again:
                 # Not killed this round: look again after another grace
                 # period (a process that closed its sockets may leak again).
                 self._reaped.discard(owner)
                 self._deferred[owner] = time.monotonic() + max(self.limits.grace, 1.0)
-            elif outcome.result in ("replaced", "failed"):
+            elif result in (Result.REPLACED, Result.FAILED):
                 self._reaped.discard(owner)
 
     def _left_behind(self, target: Target) -> int:
