@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from procs import patience
+
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -39,7 +41,7 @@ def test_restart_after_kill9_finds_the_leak_again(watch, actors, tag):
     again = watch("-f", pattern(tag), "-i", "0.5", "-w", "0.5")
     assert again.wait_for(lambda e: e["event"] == "existing")["sockets"] >= 2
     assert again.outcome(second.pid)["result"] == "terminated"
-    time.sleep(0.3)
+    time.sleep(patience(0.3))
     assert not again.find(lambda e: e.get("pid") == first_leaker.pid)
 
 
@@ -58,7 +60,7 @@ def test_lost_events_cause_no_false_kill_and_hide_no_leak(watch, actors, tag):
     assert lost["lost"] > 0
     run.wait_for(lambda e: e["event"] == "reconcile")
     assert run.outcome(leaker.pid)["result"] == "terminated"
-    time.sleep(1.0)
+    time.sleep(patience(1.0))
     assert flood.alive()
     assert not run.find(lambda e: e["event"] == "reap" and e["pid"] != leaker.pid)
 
@@ -92,7 +94,7 @@ def test_sigterm_in_the_middle_of_a_kill_exits_0(watch, actors, tag):
     run = watch("-f", pattern(tag), "-i", "0.5", "-w", "1.5")
     client.send("close", "CLOSED")
     run.wait_for(lambda e: e["event"] == "reap")
-    time.sleep(0.2)                        # SIGTERM sent, waiting for -w
+    time.sleep(patience(0.2))                        # SIGTERM sent, waiting for -w
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(15) == 0
     run._reader.join(5)
@@ -112,11 +114,11 @@ def test_sighup_reopens_the_log_file(resreap_bin, actors, tag, tmp_path):
             time.sleep(0.05)
         os.rename(log, tmp_path / "resreap.log.1")   # what logrotate does
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.2)
+        time.sleep(patience(0.2))
         server = actors("leaky-server", "127.0.0.1", tag)
         actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
         assert server.wait_dead(10)
-        time.sleep(0.3)
+        time.sleep(patience(0.3))
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0

@@ -55,7 +55,7 @@ def test_json_stream_and_summary(resreap_bin, actors):
         wait_for_stderr(proc, "Ctrl-C to end")
         client = actors("clients", "127.0.0.1", server.port, 2)
         client.send("close", "CLOSED")
-        time.sleep(0.5)
+        time.sleep(0.5)  # not scaled: the age the EXIT line shows
         server.send("close", "CLOSED")
         time.sleep(0.5)
     finally:
@@ -81,7 +81,7 @@ def test_human_output_and_ctrl_c(resreap_bin, actors):
     try:
         wait_for_stderr(proc, "Ctrl-C to end")
         actors("clients", "127.0.0.1", server.port, 2).send("close", "CLOSED")
-        time.sleep(0.5)
+        time.sleep(patience(0.5))
     finally:
         rc, out, err = stop(proc)
     assert rc == 0

@@ -140,7 +140,7 @@ def test_sockets_in_close_wait_before_start_are_reported(harness, actors):
     server = actors("leaky-server", "127.0.0.1")
     client = actors("clients", "127.0.0.1", server.port, 3)
     client.send("close", "CLOSED")
-    time.sleep(0.2)
+    time.sleep(patience(0.2))
     h = harness()
     existing = h.on_port(server.port, Kind.EXISTING)
     assert len(existing) == 3
@@ -153,7 +153,7 @@ def test_exit_reports_time_spent_in_close_wait(harness, actors):
     client = actors("clients", "127.0.0.1", server.port, 2)
     client.send("close", "CLOSED")
     enter_owners(h, server.port, 2)
-    time.sleep(0.3)
+    time.sleep(patience(0.3))
     server.send("close", "CLOSED")
     h.until(lambda _: len(h.on_port(server.port, Kind.EXIT)) >= 2)
     exits = h.on_port(server.port, Kind.EXIT)
@@ -171,7 +171,7 @@ def test_ignored_foreign_endpoint_is_not_reported(harness, actors):
     h = harness(Filters.parse(None, [f"127.0.0.1:{ports[0]}"], ()))
     client.send("close", "CLOSED")
     h.until(lambda _: len(h.on_port(server.port, Kind.ENTER)) >= 1)
-    time.sleep(0.2)
+    time.sleep(patience(0.2))
     h.until(lambda _: False, timeout=0.2)
     assert [r.sock.rport for r in h.on_port(server.port, Kind.ENTER)] == [ports[1]]
 

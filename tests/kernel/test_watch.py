@@ -112,7 +112,7 @@ def test_forked_holders_are_both_reaped(watch, actors, tag):
 def test_sockets_present_at_start_are_reaped(watch, actors, tag):
     server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
     client.send("close", "CLOSED")
-    time.sleep(0.2)
+    time.sleep(patience(0.2))
     run = watch("-f", tag.split("=")[1], *FAST)
     assert run.wait_for(lambda e: e["event"] == "existing")["sockets"] >= 3
     assert run.outcome(server.pid)["result"] == "terminated"
@@ -124,7 +124,7 @@ def test_below_the_limit_survives(watch, actors, tag):
     client.send("close", "CLOSED")
     run.wait_for(lambda e: e.get("message", "").startswith(f"pid {server.pid} ")
                  and "below the limit 2" in e["message"])
-    time.sleep(0.5)
+    time.sleep(patience(0.5))
     assert server.alive()
     assert not run.find(lambda e: e["event"] == "reap")
 
@@ -135,10 +135,10 @@ def test_closing_within_the_grace_survives(watch, actors, tag):
     client.send("close", "CLOSED")
     # Long enough for a poller (every 1.5/4 s) to see it, well inside the grace.
     run.wait_for(lambda e: e.get("message", "").startswith("event enter"))
-    time.sleep(0.8)
+    time.sleep(0.8)  # not scaled: the close must land inside the 1.5 s grace
     server.send("close", "CLOSED")
     run.wait_for(lambda e: e.get("message", "").startswith("event exit"))
-    time.sleep(1.6)
+    time.sleep(patience(1.6))
     assert server.alive()
     assert not run.find(lambda e: e["event"] == "reap")
 
