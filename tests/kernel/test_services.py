@@ -2,8 +2,9 @@
 handled and the outcome tells the truth (socat: the child, sh and the
 command all hold the socket); a hung nginx worker is reaped before its
 master, and nginx keeps serving; eleven stuck children of one forking server
-are all handled without a false "storm".  scripts/setup --test installs
-nginx-light and socat."""
+are all handled without a false "storm"; a stopped redis-server is reaped
+after the stall.  scripts/setup --test installs nginx-light, socat and
+redis-server (without starting them)."""
 
 from __future__ import annotations
 
@@ -195,3 +196,35 @@ def test_a_hung_nginx_worker_is_reaped_and_nginx_keeps_serving(resreap_bin, tmp_
         except subprocess.TimeoutExpired:
             master.kill()
             master.wait()
+
+
+def test_a_stopped_redis_is_reaped_after_the_stall(resreap_bin):
+    """redis-server stops (SIGSTOP: it no longer accepts); clients give up
+    while queued.  Its queue counts after --stall, and a stopped process,
+    its SIGTERM pending, needs the SIGKILL."""
+    redis = need("redis-server")
+    port = free_port()
+    server = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--daemonize", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert until(lambda: subprocess.run(["ss", "-Htln", f"( sport = :{port} )"],
+                                            capture_output=True, text=True).stdout.strip(), 10)
+        time.sleep(patience(2.2))          # older than the stall below
+        run = WatchRun(resreap_bin, "-p", str(server.pid), "-i", "0.5", "--stall", "2",
+                       "-w", "0.5")
+        try:
+            server.send_signal(signal.SIGSTOP)
+            connect_and_close(port, 3)
+            reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid,
+                                timeout=10)
+            assert reap["evidence"] == "queued:3" and reap["oldest"] >= 2
+            out = run.outcome(server.pid)
+            assert out["result"] == "killed" and out["signals"] == ["SIGTERM", "SIGKILL"]
+            assert server.wait(patience(5)) == -signal.SIGKILL
+        finally:
+            assert run.stop() == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
