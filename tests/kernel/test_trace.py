@@ -34,7 +34,10 @@ class Harness:
         source_kind = "bpf" if backend == "bpf" else "proc"
         self.source = open_source(source_kind, self.table, latency=0.05).source
         assert self.source.name == source_kind
-        self.tracer = Tracer(self.source, OwnerResolver(self.table, scan_wait=0.5), filters, rules)
+        # How long a lookup may wait for the background scan: a wait, so it
+        # stretches under emulation.
+        self.tracer = Tracer(self.source, OwnerResolver(self.table, scan_wait=patience(0.5)),
+                             filters, rules)
         self.records = list(self.tracer.start())
 
     def until(self, pred, timeout: float = 5.0) -> list:
