@@ -136,11 +136,6 @@ _lock = threading.Lock()
 _stuck: set[int] = set()
 
 
-def stuck_reads() -> int:
-    with _lock:
-        return len(_stuck)
-
-
 def read_bounded(pid: int, proc_root: str = "/proc", timeout: float = 1.0) -> ProcInfo:
     with _lock:
         if pid in _stuck or len(_stuck) >= STUCK_MAX:

@@ -169,18 +169,13 @@ class Tracer:
             age = None
             if t.kind is Kind.EXIT and entry is not None:
                 age = max(0.0, t.ts - entry.entered)
-            if self.min_age and (t.kind is Kind.ENTER or (t.kind is Kind.EXIT and (
-                    age is None or age < self.min_age))):
-                if age is not None:
-                    for owner in owners:
-                        stats = self.stats.get(owner)
-                        if stats:
-                            stats.longest = max(stats.longest, age)
-                continue
                 for owner in owners:
                     stats = self.stats.get(owner)
                     if stats:
                         stats.longest = max(stats.longest, age)
+            if self.min_age and (t.kind is Kind.ENTER or (t.kind is Kind.EXIT and (
+                    age is None or age < self.min_age))):
+                continue  # counted in the summary, not shown
             out.append(TraceRecord(t.ts + self._wall_offset, _EVENT[t.kind], t.sock, owners, age,
                                    entry.netns if entry is not None else None))
         return out

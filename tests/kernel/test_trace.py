@@ -165,6 +165,8 @@ def test_exit_reports_time_spent_in_close_wait(harness, actors):
     assert all({o.pid for o in r.owners} == {server.pid} for r in exits)
     summary = {row.owner.pid: row for row in h.tracer.summary()}
     assert summary[server.pid].entered == 2 and summary[server.pid].still_open == 0
+    # LONGEST comes from the exits: the sockets are gone from the table.
+    assert summary[server.pid].longest == max(r.age for r in exits)
 
 
 def test_ignored_foreign_endpoint_is_not_reported(harness, actors):
