@@ -139,11 +139,8 @@ class FullScanner:
             # New sockets: the processes read so far hold none of the old
             # ones, but may hold the new ones.
             done.clear()
-        # Fork shares sockets within a family, and the first holder found
-        # may be the child: its parents and children hold them too.
-        if found:
-            for inode, pids in index.scan_pids(index.family(found), set(found)).items():
-                found[inode] |= pids
+        # The first holder found may be the child: its family holds them too.
+        index.add_family(found)
         self.last_took = time.monotonic() - began
         now = time.monotonic()
         with self._cond:

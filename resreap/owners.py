@@ -192,6 +192,14 @@ class FdIndex:
             near |= level
         return near - pids - {0, 1, 2}
 
+    def add_family(self, found: dict[int, set[int]], read: Iterable[int] = ()) -> None:
+        """Fork shares a socket down a tree (socat's child, its sh, the
+        command): add every holder among the found holders' family, in
+        place.  ``read``: processes already read, not read again."""
+        if found:
+            for inode, pids in self.scan_pids(self.family(found) - set(read), set(found)).items():
+                found[inode] |= pids
+
     def all_pids(self) -> list[int]:
         return [int(n) for n in os.listdir(self.proc_root) if n.isdigit()]
 
@@ -220,12 +228,7 @@ class FdIndex:
             hints |= self.children(hints)
             if hints:
                 found = self.scan_pids(hints, missing)
-                if found:
-                    # Fork shares a socket down a tree (socat's child, its sh,
-                    # the command): every holder, before anyone is judged.
-                    for inode, pids in self.scan_pids(self.family(found) - hints,
-                                                      set(found)).items():
-                        found[inode] |= pids
+                self.add_family(found, read=hints)  # every holder, before anyone is judged
                 for inode, pids in found.items():
                     result[inode] = pids
                     missing.discard(inode)
