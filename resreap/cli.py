@@ -214,6 +214,11 @@ FirstSignalOpt = Annotated[Optional[str], typer.Option(
 WaitOpt = Annotated[float, typer.Option(
     "--wait", "-w", metavar="SEC", help="Wait after each signal before the next and SIGKILL.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", "-d", help="Log what would be done; kill nothing.")]
+RestartUnitsOpt = Annotated[bool, typer.Option(
+    "--restart-units/--no-restart-units",
+    help="After a kill, start the process's systemd service again if it stayed down "
+         "(Restart=on-failure does not restart a clean exit on SIGTERM); one that systemd "
+         "restarts itself is left alone.")]
 LogFileOpt = Annotated[Optional[str], typer.Option(
     "--log-file", metavar="PATH", help="Also log to PATH (reopened after logrotate or SIGHUP).")]
 HookTimeoutOpt = Annotated[float, typer.Option(
@@ -286,7 +291,7 @@ def _watch_config(st: dict):
     plan = Plan(signal=parse_signal(str(st["sig"])),
                 first_signal=parse_signal(str(st["first_signal"])) if st["first_signal"] else None,
                 wait=float(st["wait"]), hook=st["hook"], hook_timeout=float(st["hook_timeout"]),
-                dry_run=bool(st["dry_run"]))
+                dry_run=bool(st["dry_run"]), restart_units=bool(st["restart_units"]))
     grace = float(st["grace"])
     limits = Limits(int(st["limit"]), grace, max_kills, per, stall=max(grace, float(st["stall"])),
                     fd_percent=float(st["fd_percent"]) if st["fd_percent"] is not None else None)
@@ -303,6 +308,7 @@ Examples:
   resreap watch -F 127.0.0.1:2049    ignore sockets whose peer is 127.0.0.1:2049
   resreap watch -d -D                dry run with every event and timer logged
   resreap watch -S QUIT -s TERM -w 5 stacks first, then TERM, SIGKILL after 5s
+  resreap watch --no-restart-units   never start a reaped process's systemd service
   resreap watch -c 'logger -t resreap "reaping $RESREAP_PID ($RESREAP_COUNT)"'
   resreap watch --json --log-file /var/log/resreap.log
   resreap watch --config /etc/resreap/resreap.toml --metrics 127.0.0.1:9469
@@ -321,6 +327,7 @@ def watch(
     first_signal: FirstSignalOpt = None,
     wait: WaitOpt = 2.0,
     dry_run: DryRunOpt = False,
+    restart_units: RestartUnitsOpt = True,
     debug: DebugOpt = False,
     backend: BackendOpt = "auto",
     log_file: LogFileOpt = None,
@@ -441,7 +448,8 @@ def watch(
         decision("start", logging.WARNING, backend=selected.source.name,
                  limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
                  fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
-                 dry_run=config.plan.dry_run, filter=st["command_pattern"] or "",
+                 dry_run=config.plan.dry_run, restart_units=config.plan.restart_units,
+                 filter=st["command_pattern"] or "",
                  ignore=list(st["ignore"] or ()), pid=sorted(config.filters.pids),
                  namespaces=len(table.namespaces),
                  note="Ctrl-C to end")

@@ -22,10 +22,12 @@ DEFAULT_PATH = "/etc/resreap/resreap.toml"
 KEYS: dict[str, tuple[type, ...]] = {
     "filter": (str,), "ignore": (list,), "pid": (list,), "limit": (int,),
     "grace": (int, float), "stall": (int, float), "fd_percent": (int, float), "hook": (str,), "signal": (str, int), "first_signal": (str, int),
-    "wait": (int, float), "dry_run": (bool,), "debug": (bool,), "backend": (str,),
+    "wait": (int, float), "dry_run": (bool,), "restart_units": (bool,), "debug": (bool,), "backend": (str,),
     "log_file": (str,), "json": (bool,), "hook_timeout": (int, float), "max_rate": (str,),
     "poll_interval": (int, float), "metrics": (str,),
 }
+_TYPE = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+         list: "a list"}
 # What the items of a list setting must be.
 ITEMS: dict[str, type] = {"ignore": str, "pid": int}
 
@@ -78,9 +80,9 @@ def load(path: str | None) -> dict[str, Any]:
             raise UsageError(f"config {path}: unknown setting {key!r} "
                              f"(known: {', '.join(sorted(KEYS))})")
         if isinstance(value, bool) and bool not in KEYS[name]:
-            raise UsageError(f"config {path}: {key} = {value!r} is not a {KEYS[name][0].__name__}")
+            raise UsageError(f"config {path}: {key} = {value!r} is not {_TYPE[KEYS[name][0]]}")
         if not isinstance(value, KEYS[name]):
-            raise UsageError(f"config {path}: {key} = {value!r} is not a {KEYS[name][0].__name__}")
+            raise UsageError(f"config {path}: {key} = {value!r} is not {_TYPE[KEYS[name][0]]}")
         item = ITEMS.get(name)
         if item is not None and any(isinstance(v, bool) or not isinstance(v, item) for v in value):
             raise UsageError(f"config {path}: {key} = {value!r}: every item must be a "

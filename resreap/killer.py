@@ -21,6 +21,7 @@ from resreap import procinfo
 from resreap.errors import ProcessGone, ProcessReplaced, UsageError
 from resreap.model import Result, SockId
 from resreap.owners import held_count
+from resreap.supervisor import Revival, Reviver, Supervisor, UnitState
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class Plan(NamedTuple):
     hook: str | None = None
     hook_timeout: float = 10.0
     dry_run: bool = False
+    # After a kill, start the process's systemd service if it stayed down.
+    restart_units: bool = True
 
     def describe(self) -> str:
         """The sequence in one line, e.g. 'hook > SIGQUIT > SIGTERM > wait 2s > SIGKILL'."""
@@ -68,6 +71,7 @@ class Target(NamedTuple):
     limit: int = 0
     evidence: str = ""  # e.g. "eof-ignored:3,queued:1" (evidence.summary)
     keys: tuple = ()    # the sockets' tracker keys: looked at again after the kill
+    where: Supervisor | None = None  # its systemd unit / container
 
 
 class Outcome(NamedTuple):
@@ -77,6 +81,7 @@ class Outcome(NamedTuple):
     hook_status: str | None
     took: float
     detail: str = ""
+    revive: tuple[Revival, str] | None = None  # what became of its service
 
 
 # Linux refuses an execve whose single environment string exceeds 128 KiB
@@ -245,8 +250,10 @@ class Killer:
     outcomes.  A pid already in progress is not started twice."""
 
     def __init__(self, plan: Plan, proc_root: str = "/proc", max_running: int = 32,
-                 notify: Callable[[], None] | None = None) -> None:
+                 notify: Callable[[], None] | None = None,
+                 reviver: Reviver | None = None) -> None:
         self.plan = plan
+        self.reviver = reviver or Reviver()
         self.proc_root = proc_root
         self.max_running = max_running
         self._notify = notify
@@ -285,7 +292,14 @@ class Killer:
 
     def _work(self, target: Target) -> None:
         try:
-            outcome = execute(target, self.plan, self.proc_root)
+            plan = self.plan
+            revive = plan.restart_units and not plan.dry_run and self.reviver.applies(target.where)
+            before = self.reviver.before(target.where) if revive else None
+            outcome = execute(target, plan, self.proc_root)
+            if before is not None and outcome.result.killed_it:
+                after = self.reviver.after(target.where, target.info.pid, before) \
+                    if isinstance(before, UnitState) else before
+                outcome = outcome._replace(revive=after)
         except Exception as exc:  # never lose a worker silently
             log.exception("kill sequence for pid %d failed", target.info.pid)
             outcome = Outcome(target, Result.FAILED, (), None, 0.0, repr(exc))

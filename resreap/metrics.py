@@ -21,9 +21,9 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any
 
 from resreap.errors import UsageError
+from resreap.model import Snapshot
 
 TOP = 20
 MAX_CONNECTIONS = 64
@@ -130,7 +130,7 @@ class Exporter:
                 from exc
         host, port = parse_listen(listen)
         self.backend = backend
-        self._snapshot: dict[str, Any] = {}
+        self._snapshot = Snapshot()
         self._beat = time.monotonic()
         REGISTRY.register(self)
 
@@ -150,11 +150,11 @@ class Exporter:
             raise UsageError(f"--metrics {listen}: {exc.strerror}") from None
 
     @property
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         return self._snapshot
 
     @snapshot.setter
-    def snapshot(self, value: dict[str, Any]) -> None:
+    def snapshot(self, value: Snapshot) -> None:
         """Published by the event loop: also its heartbeat for /healthz."""
         self._snapshot = value
         self._beat = time.monotonic()
@@ -167,30 +167,37 @@ class Exporter:
         info.add_metric([self.backend], 1)
         yield info
         yield GaugeMetricFamily("resreap_close_wait_sockets",
-                                "Sockets in CLOSE_WAIT (after -F)", value=snap.get("tracked", 0))
+                                "Sockets in CLOSE_WAIT (after -F)", value=snap.tracked)
         per = GaugeMetricFamily("resreap_counting_sockets",
                                 f"Sockets past the grace, per holder (top {TOP})",
-                                labels=["pid", "comm"])
-        for pid, comm, count in snap.get("top", ()):
-            per.add_metric([str(pid), comm], count)
+                                labels=["pid", "comm", "unit", "container"])
+        for holder in snap.top:
+            per.add_metric([str(holder.pid), holder.comm, holder.unit, holder.container],
+                           holder.count)
         yield per
         yield GaugeMetricFamily("resreap_counting_sockets_other",
                                 f"Sockets past the grace held by processes beyond the top {TOP}",
-                                value=snap.get("other", 0))
+                                value=snap.other)
         kills = CounterMetricFamily("resreap_kills", "Kill sequences by outcome", labels=["result"])
-        for result, n in snap.get("outcomes", {}).items():
+        for result, n in snap.outcomes.items():
             kills.add_metric([result], n)
         yield kills
         reaped = CounterMetricFamily("resreap_reaped_sockets",
                                      "Sockets behind reap decisions, by evidence", labels=["evidence"])
-        for kind, n in snap.get("evidence", {}).items():
+        for kind, n in snap.evidence.items():
             reaped.add_metric([kind], n)
         yield reaped
+        revived = CounterMetricFamily("resreap_revivals",
+                                      "What became of killed processes' systemd services",
+                                      labels=["revive"])
+        for how, n in snap.revivals.items():
+            revived.add_metric([how], n)
+        yield revived
         yield CounterMetricFamily("resreap_hook_failures", "Hooks that exited non-zero or timed out",
-                                  value=snap.get("hook_failures", 0))
+                                  value=snap.hook_failures)
         events = CounterMetricFamily("resreap_events", "Transitions seen", labels=["kind"])
-        for kind, n in snap.get("events", {}).items():
+        for kind, n in snap.events.items():
             events.add_metric([kind], n)
         yield events
         yield CounterMetricFamily("resreap_events_lost", "Events dropped in the kernel",
-                                  value=snap.get("lost", 0))
+                                  value=snap.lost)

@@ -126,6 +126,30 @@ class Owner(NamedTuple):
     comm: str
 
 
+class Holder(NamedTuple):
+    """One of the largest holders, for metrics."""
+
+    pid: int
+    comm: str
+    unit: str
+    container: str
+    count: int
+
+
+class Snapshot(NamedTuple):
+    """The watcher's figures for metrics, published about once a second."""
+
+    tracked: int = 0
+    top: tuple[Holder, ...] = ()
+    other: int = 0
+    outcomes: dict = {}   # Result.value -> kills
+    evidence: dict = {}   # Evidence.value -> reaped sockets
+    revivals: dict = {}   # Revival.value -> services
+    hook_failures: int = 0
+    events: dict = {}     # Kind.value -> transitions
+    lost: int = 0
+
+
 def format_addr(family: int, raw: bytes) -> str:
     if family == 4:
         return str(ipaddress.IPv4Address(raw))

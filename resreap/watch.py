@@ -12,15 +12,17 @@ import logging
 import time
 from typing import NamedTuple
 
-from resreap import evidence, procinfo
+from resreap import evidence, procinfo, supervisor
 from resreap.decisionlog import decision
 from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.killer import Killer, Outcome, Plan, Target
-from resreap.model import Evidence, Key, Kind, Owner, Result, SockId, SpareReason, Transition
+from resreap.model import Evidence, Holder, Key, Kind, Owner, Result, Snapshot, SockId, \
+    SpareReason, Transition
 from resreap.owners import Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.policy import Counter, Eligibility, Limits, StormGuard
+from resreap.supervisor import Revival
 from resreap.tracker import CloseWaitTable, Entry
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,14 @@ class WatchConfig(NamedTuple):
     limits: Limits
     plan: Plan
     filters: Filters
+
+
+def _where(pid: int, proc_root: str) -> dict[str, str]:
+    """unit= and container= for a decision line about ``pid``."""
+    try:
+        return supervisor.read(pid, proc_root).fields()
+    except (ProcessGone, AccessDenied):
+        return {}
 
 
 def _endpoints(socks: list[SockId]) -> list[str]:
@@ -90,6 +100,7 @@ class Watcher:
         self.events_seen = {"existing": 0, "enter": 0, "exit": 0}
         self.results: dict[str, int] = {}
         self.reaped_evidence: dict[str, int] = {}
+        self.revivals: dict[Revival, int] = {}
         self.hook_failures = 0
 
     # -- the loop ---------------------------------------------------------
@@ -157,22 +168,27 @@ class Watcher:
         for owner in list(self.counter.by_owner):
             self._deferred.setdefault(owner, now)
 
-    def snapshot(self, top: int) -> dict:
+    def snapshot(self, top: int) -> Snapshot:
         """Figures for metrics: cheap enough to build once a second."""
         import heapq
 
         counts = [(len(socks), owner) for owner, socks in self.counter.by_owner.items()]
         best = heapq.nlargest(top, counts, key=lambda c: c[0])
-        return {
-            "tracked": len(self.table),
-            "top": [(o.pid, o.comm, n) for n, o in best],
-            "other": sum(n for n, _ in counts) - sum(n for n, _ in best),
-            "outcomes": {r.value: n for r, n in self.results.items()},
-            "evidence": dict(self.reaped_evidence),
-            "hook_failures": self.hook_failures,
-            "events": dict(self.events_seen),
-            "lost": self._lost,
-        }
+        holders = []
+        for n, o in best:
+            where = _where(o.pid, self.proc_root)
+            holders.append(Holder(o.pid, o.comm, where.get("unit", ""), where.get("container", ""), n))
+        return Snapshot(
+            tracked=len(self.table),
+            top=tuple(holders),
+            other=sum(n for n, _ in counts) - sum(n for n, _ in best),
+            outcomes={r.value: n for r, n in self.results.items()},
+            evidence=dict(self.reaped_evidence),
+            revivals={r.value: n for r, n in self.revivals.items()},
+            hook_failures=self.hook_failures,
+            events=dict(self.events_seen),
+            lost=self._lost,
+        )
 
     @property
     def reaped(self) -> int:
@@ -433,6 +449,7 @@ class Watcher:
         wait = plan.hook_timeout * bool(plan.hook) + 2 * plan.wait + self.limits.grace + 5.0
         if owner not in self._deferred:
             decision("children-first", logging.INFO, pid=owner.pid, comm=owner.comm,
+                     **_where(owner.pid, self.proc_root),
                      children=sorted(kids), again_in=round(wait, 1),
                      note="its descendants hold the same sockets: they go first")
         self._deferred[owner] = now + wait
@@ -454,14 +471,16 @@ class Watcher:
                 self._spared.add(owner)
                 level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
                     else logging.WARNING
-                decision("spare", level, pid=info.pid, comm=info.comm, cmd=info.cmdline,
+                decision("spare", level, pid=info.pid, comm=info.comm,
+                         **_where(info.pid, self.proc_root), cmd=info.cmdline,
                          count=self.counter.count(owner), reason=verdict.why)
             return
         allowed = self.storm.next_allowed(info.cmdline, now,
                                           started=now - procinfo.age(info.start))
         if allowed:
             if owner not in self._deferred:
-                decision("storm", logging.WARNING, pid=info.pid, comm=info.comm, cmd=info.cmdline,
+                decision("storm", logging.WARNING, pid=info.pid, comm=info.comm,
+                         **_where(info.pid, self.proc_root), cmd=info.cmdline,
                          kills=self.storm.max_kills, per=self.storm.per,
                          next_in=round(allowed - now, 1),
                          note="this command keeps leaking after restarts: kills are rate-limited")
@@ -479,11 +498,17 @@ class Watcher:
         socks = [entry.sock for entry, _hit, _kind in rows]
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
+        try:
+            where = supervisor.read(info.pid, self.proc_root)
+        except (ProcessGone, AccessDenied):
+            where = None
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
-                        self.limits.limit, found, tuple(entry.key for entry, _h, _k in rows))
+                        self.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
+                        where)
         plan = self.config.plan
         decision("reap" if not plan.dry_run else "would-reap", logging.WARNING,
-                 pid=info.pid, comm=info.comm, count=len(socks), limit=self.limits.limit,
+                 pid=info.pid, comm=info.comm, **(where.fields() if where else {}),
+                 count=len(socks), limit=self.limits.limit,
                  evidence=found, oldest=round(oldest, 3), sockets=_endpoints(socks),
                  cmd=info.cmdline, plan=plan.describe())
         if not self.killer.submit(target):  # only if it filled up just now
@@ -555,8 +580,17 @@ class Watcher:
             owner = Owner(info.pid, info.start, info.comm)
             result = outcome.result
             level = logging.ERROR if result is Result.FAILED else logging.WARNING
-            fields = dict(pid=info.pid, comm=info.comm, result=result.value,
-                          signals=outcome.signals, took=round(outcome.took, 3))
+            where = outcome.target.where
+            fields = dict(pid=info.pid, comm=info.comm, **(where.fields() if where else {}),
+                          result=result.value, signals=outcome.signals,
+                          took=round(outcome.took, 3))
+            if outcome.revive is not None:
+                revival, said = outcome.revive
+                fields["revive"] = revival.value
+                self.revivals[revival] = self.revivals.get(revival, 0) + 1
+                if revival not in (Revival.BY_SYSTEMD, Revival.STARTED, Revival.RUNNING):
+                    fields["revive_detail"] = said
+                    level = logging.ERROR
             if outcome.hook_status is not None:
                 fields["hook"] = outcome.hook_status
             if outcome.detail:

@@ -49,7 +49,7 @@ def test_config_file_with_flag_override_and_sighup_reload(resreap_bin, actors, t
         conf.write_text("limit = 'broken'\n")
         run.proc.send_signal(signal.SIGHUP)
         bad = run.wait_for(lambda e: e["event"] == "reload" and "error" in e)
-        assert "is not a int" in bad["error"] and run.proc.poll() is None
+        assert "is not an integer" in bad["error"] and run.proc.poll() is None
     finally:
         assert run.stop() == 0
 
@@ -141,7 +141,7 @@ def test_reload_command_waits_and_reports_a_rejected_config(resreap_bin, tag, tm
         bad = subprocess.run([resreap_bin, "reload", "--pid", str(run.proc.pid)],
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1 and "reload rejected" in bad.stderr
-        assert "is not a int" in bad.stderr and run.proc.poll() is None
+        assert "is not an integer" in bad.stderr and run.proc.poll() is None
     finally:
         assert run.stop() == 0
     gone = subprocess.run([resreap_bin, "reload"], capture_output=True, text=True, timeout=60)

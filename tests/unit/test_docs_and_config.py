@@ -60,11 +60,11 @@ def test_example_config_loads_and_covers_every_setting(tmp_path):
 
 
 @pytest.mark.parametrize("body,needle", [
-    ("limit = 'x'", "is not a int"),
+    ("limit = 'x'", "is not an integer"),
     ("nonsense = 1", "unknown setting"),
     ("limit = [", "config"),
-    ("dry_run = 1", "is not a bool"),
-    ("limit = true", "is not a int"),
+    ("dry_run = 1", "is not true or false"),
+    ("limit = true", "is not an integer"),
     # issue #11.7: a typo in a list crashed the daemon at reload
     ('pid = ["1234"]', "every item must be a int"),
     ("pid = [true]", "every item must be a int"),

@@ -1,0 +1,248 @@
+"""Who restarts a process, and making sure it does.
+
+Every process is in a cgroup whose path names its systemd unit
+(``/system.slice/nginx.service``) or its container (``docker-<id>.scope``,
+``/kubepods/.../<id>``, ``machine-<name>.scope``); resreap shows both in its
+decision lines.  After a kill, a systemd service must come back: one with
+``Restart=on-failure`` whose main process exits cleanly on SIGTERM stays
+down, so resreap starts it again itself (``--no-restart-units`` turns this
+off).
+
+Who controls the cgroup path: a process can only move into cgroups it may
+write, which for a user means its own delegated subtree under user.slice.
+The system manager's unit is the first component below the slices: only
+root (systemd) creates cgroups at that level, so a user cannot make resreap
+start a system unit by naming a cgroup after it.  Deeper components (a user
+unit, a container id) are labels: shown, escaped, never acted on.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import subprocess
+import time
+from typing import Callable, NamedTuple
+
+from resreap.procinfo import proc_errors
+
+# /proc/PID/cgroup is a few short lines; a path is at most PATH_MAX.
+CGROUP_MAX = 8192
+SYSTEMCTL = "/usr/bin/systemctl"
+
+_UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,255}\.(service|scope)$")
+_CONTAINER = [
+    # docker, containerd (Kubernetes' systemd driver), CRI-O, podman
+    re.compile(r"^(?:docker|cri-containerd|crio|libpod|containerd)-([0-9a-f]{64})\.scope$"),
+    # cgroupfs drivers: /docker/<id>, /kubepods/burstable/pod<uid>/<id>
+    re.compile(r"^([0-9a-f]{64})$"),
+]
+_MACHINE = re.compile(r"^machine-(.{1,200})\.scope$")  # systemd-nspawn, libvirt
+
+
+class Supervisor(NamedTuple):
+    """Where a process lives, as its cgroup path says."""
+
+    cgroup: str = ""
+    unit: str | None = None       # the system manager's unit (nginx.service)
+    container: str | None = None  # 12 hex digits of a container id, or a machine name
+
+    def fields(self) -> dict[str, str]:
+        """For decision lines: only what is known."""
+        out = {}
+        if self.unit:
+            out["unit"] = self.unit
+        if self.container:
+            out["container"] = self.container
+        return out
+
+    @property
+    def unit_cgroup(self) -> str | None:
+        """The unit's own cgroup (the slices and the unit), to compare with
+        what systemd says the unit's ControlGroup is."""
+        if not self.unit:
+            return None
+        parts = _parts(self.cgroup)
+        return "/" + "/".join(parts[:parts.index(self.unit) + 1])
+
+
+def _parts(path: str) -> list[str]:
+    # Read from inside another cgroup namespace (a container with hostPID),
+    # paths outside ours start with "/..": what follows is still the path.
+    return [p for p in path.split("/") if p and p != ".."]
+
+
+def _unescape(name: str) -> str:
+    # systemd escapes "-" inside names as \x2d (machine-my\x2dbox.scope)
+    return re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), name)
+
+
+def parse(text: str) -> Supervisor:
+    """The supervisor named by the contents of /proc/PID/cgroup: the v1
+    name=systemd line, or the unified (v2) one."""
+    unified = named = None
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, where = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            unified = where
+        elif controllers == "name=systemd":
+            named = where
+    # Hybrid hosts have both; systemd places units in each, and the v1
+    # name=systemd one is the one it always keeps.
+    path = named if named is not None else unified
+    if path is None:
+        return Supervisor()
+    parts = _parts(path)
+    unit = None
+    for part in parts:
+        if part.endswith(".slice"):
+            continue
+        if _UNIT.match(part):
+            unit = part
+        break
+    container = None
+    for part in parts:
+        for pattern in _CONTAINER:
+            if m := pattern.match(part):
+                container = m.group(1)[:12]
+        if m := _MACHINE.match(part):
+            container = _unescape(m.group(1))
+    return Supervisor(path, unit, container)
+
+
+def read(pid: int, proc_root: str = "/proc") -> Supervisor:
+    """``pid``'s supervisor; raises ProcessGone or AccessDenied."""
+    with proc_errors(pid, "/cgroup"), open(f"{proc_root}/{pid}/cgroup", "rb") as f:
+        raw = f.read(CGROUP_MAX)
+    return parse(raw.decode("utf-8", "backslashreplace"))
+
+
+# -- bringing a systemd service back ---------------------------------------
+
+
+class Revival(str, enum.Enum):
+    """What became of a killed process's systemd service (`revive=`)."""
+
+    BY_SYSTEMD = "by-systemd"   # systemd restarted it (Restart= said so)
+    STARTED = "started"         # it stayed down: resreap started it
+    RUNNING = "running"         # the unit never went down (a worker was killed)
+    START_FAILED = "start-failed"
+    UNSETTLED = "unsettled"     # still stopping when resreap stopped looking
+    MISMATCH = "mismatch"       # systemd's cgroup for the unit is not the process's
+    UNKNOWN = "unknown"         # systemctl missing or not answering
+
+
+class UnitState(NamedTuple):
+    active: str     # ActiveState: active, reloading, inactive, failed, activating, deactivating
+    sub: str        # SubState: running, dead, auto-restart, ...
+    main_pid: int
+    cgroup: str     # ControlGroup
+
+
+class Systemctl:
+    """The few questions resreap asks systemd, through systemctl."""
+
+    def __init__(self, path: str = SYSTEMCTL, timeout: float = 5.0) -> None:
+        self.path, self.timeout = path, timeout
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([self.path, *args], capture_output=True, text=True,
+                              timeout=self.timeout, stdin=subprocess.DEVNULL)
+
+    def state(self, unit: str) -> UnitState | None:
+        try:
+            out = self._run("show", "--property=ActiveState,SubState,MainPID,ControlGroup",
+                            "--", unit)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode != 0:
+            return None
+        props = dict(line.partition("=")[::2] for line in out.stdout.splitlines())
+        try:
+            main_pid = int(props.get("MainPID", "0") or 0)
+        except ValueError:
+            main_pid = 0
+        return UnitState(props.get("ActiveState", ""), props.get("SubState", ""), main_pid,
+                         props.get("ControlGroup", ""))
+
+    def start(self, unit: str) -> str | None:
+        """None on success, else systemctl's complaint (one line)."""
+        try:
+            out = self._run("start", "--no-block", "--", unit)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        if out.returncode == 0:
+            return None
+        return (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1][:200]
+
+
+# How long a unit may take to go down (ExecStop=, TimeoutStopSec) before
+# resreap stops waiting for it.
+SETTLE = 10.0
+
+
+def bring_back(where: Supervisor, killed_pid: int, before: UnitState, systemctl: Systemctl,
+               settle: float = SETTLE, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> tuple[Revival, str]:
+    """After ``killed_pid`` died: make sure its service runs again.  Only
+    a unit that went down is started; one that systemd restarts itself, or
+    that never stopped (a worker was killed, not the main process), is left
+    alone: never a second restart.  ``before``: the unit's state just
+    before the first signal."""
+    unit = where.unit
+    assert unit is not None
+    deadline = clock() + settle
+    while True:
+        state = systemctl.state(unit)
+        if state is None:
+            return Revival.UNKNOWN, "systemctl did not answer"
+        if state.active in ("inactive", "failed"):
+            problem = systemctl.start(unit)
+            if problem:
+                return Revival.START_FAILED, problem
+            return Revival.STARTED, f"{unit} was {state.active} ({state.sub})"
+        restarted = state.main_pid not in (0, killed_pid, before.main_pid)
+        if state.sub == "auto-restart" or state.active == "activating" \
+                or state.active in ("active", "reloading") and restarted:
+            return Revival.BY_SYSTEMD, f"{unit} {state.active} ({state.sub})"
+        if state.active in ("active", "reloading") and before.main_pid != killed_pid:
+            return Revival.RUNNING, f"{unit} {state.active}, main pid {state.main_pid}"
+        # Still active with the dead pid as its main process (systemd has
+        # not reaped it yet), or stopping: look again shortly.
+        if clock() >= deadline:
+            return Revival.UNSETTLED, f"{unit} still {state.active} ({state.sub})"
+        sleep(0.1)
+
+
+class Reviver:
+    """The kill engine's partner for --restart-units: the unit's state
+    just before the first signal, and after the kill, bring_back."""
+
+    def __init__(self, systemctl: Systemctl | None = None, settle: float = SETTLE,
+                 booted: bool | None = None) -> None:
+        self.systemctl = systemctl or Systemctl()
+        self.settle = settle
+        # sd_booted(): systemd is this host's init.  Not in a container
+        # that sees the host's processes (a DaemonSet), where the unit names
+        # are the host's and there is no systemd to ask.
+        self.booted = os.path.isdir("/run/systemd/system") if booted is None else booted
+
+    def applies(self, where: Supervisor | None) -> bool:
+        # Only system services: a scope (a login session, a container's
+        # processes) cannot be started, and user@UID.service is a user's
+        # whole manager, not the leaking program.
+        return bool(self.booted and where and where.unit and where.unit.endswith(".service")
+                    and not where.unit.startswith("user@") and ".." not in where.cgroup)
+
+    def before(self, where: Supervisor) -> UnitState | tuple[Revival, str]:
+        state = self.systemctl.state(where.unit)
+        if state is None:
+            return Revival.UNKNOWN, "systemctl did not answer"
+        if state.cgroup and state.cgroup != where.unit_cgroup:
+            return Revival.MISMATCH, f"systemd says {where.unit} is {state.cgroup}"
+        return state
+
+    def after(self, where: Supervisor, pid: int, before: UnitState) -> tuple[Revival, str]:
+        return bring_back(where, pid, before, self.systemctl, self.settle)

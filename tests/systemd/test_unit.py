@@ -1,0 +1,150 @@
+"""The shipped unit under a real systemd (Debian 12 in systemd-nspawn),
+installed as the README says: BPF under the unit's hardening, a leaking
+Restart=on-failure service reaped and brought back, reaps at warning
+priority, restart after kill -9, reload feedback, upgrade, a clean stop,
+and the unit's exposure score."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from machine import ROOT, Machine, rootfs, wait_for
+
+pytestmark = pytest.mark.systemd
+
+LEAKY = """\
+[Unit]
+Description=a server that leaks sockets in CLOSE_WAIT
+[Service]
+ExecStart=/usr/bin/python3 /src/tests/systemd/leaky.py 7000
+Restart=on-failure
+"""
+CLIENTS = """\
+import socket, time
+for _ in range(3):
+    s = socket.create_connection(("127.0.0.1", 7000))
+    s.close()
+"""
+CONFIG = "[watch]\nlimit = 2\ngrace = 1.0\n"
+
+
+@pytest.fixture(scope="module")
+def machine(root_ready):
+    tree = rootfs()
+    with tempfile.TemporaryDirectory(prefix="resreap-wheels-") as wheels:
+        subprocess.run([str(ROOT / "scripts/wheelhouse"), wheels], check=True,
+                       capture_output=True, timeout=600)
+        log = Path(tempfile.mkstemp(prefix="resreap-nspawn-", suffix=".log")[1])
+        box = Machine(tree, Path(wheels), log)
+        try:
+            # As the README says, offline: the wheelhouse, no index.
+            box.run("/src/scripts/install-service", "--wheelhouse", "/wheels", timeout=300)
+            box.sh(f"cat > /etc/resreap/resreap.toml <<'EOF'\n{CONFIG}EOF\n"
+                   "systemctl restart resreap")
+            wait_for("resreap to start", lambda: "start backend=" in box.journal("resreap"))
+            yield box
+        finally:
+            box.close()
+            log.unlink(missing_ok=True)
+
+
+def _main_pid(box: Machine, unit: str) -> int:
+    return int(box.show(unit, "MainPID") or 0)
+
+
+def _started(box: Machine) -> list[str]:
+    return [line for line in box.journal("resreap").splitlines() if " start backend=" in line]
+
+
+def test_bpf_backend_under_the_unit(machine):
+    lines = _started(machine)
+    assert lines and "backend=bpf" in lines[-1], machine.journal("resreap")
+    assert "fall" not in machine.journal("resreap")  # no silent fallback to polling
+
+
+def test_the_unit_verifies_and_scores_at_most_3(machine):
+    # (no man-db in the minimal tree: the Documentation= check is skipped)
+    machine.run("systemd-analyze", "verify", "--man=no", "/etc/systemd/system/resreap.service")
+    report = machine.run("systemd-analyze", "security", "--no-pager", "resreap.service").stdout
+    score = float(re.search(r"Overall exposure level for resreap.service: ([\d.]+)", report)[1])
+    assert score <= 3.0, report
+
+
+def test_a_broken_config_on_reload_fails_and_keeps_the_old_settings(machine):
+    pid = _main_pid(machine, "resreap")
+    machine.sh("cp /etc/resreap/resreap.toml /tmp/good.toml && "
+               "echo 'limit = \"broken\"' > /etc/resreap/resreap.toml")
+    try:
+        failed = machine.run("systemctl", "reload", "resreap", check=False)
+    finally:
+        machine.sh("cp /tmp/good.toml /etc/resreap/resreap.toml")
+    assert failed.returncode != 0
+    journal = machine.journal("resreap")
+    assert "keeping the old settings" in journal and "'broken'" in journal
+    assert _main_pid(machine, "resreap") == pid  # still the same daemon
+    ok = machine.run("systemctl", "reload", "resreap", check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert re.search(r"warning reload limit=2 grace=1 ", machine.journal("resreap"))
+
+
+def test_a_leaking_on_failure_service_is_reaped_and_comes_back(machine):
+    machine.sh(f"cat > /etc/systemd/system/leaky.service <<'EOF'\n{LEAKY}EOF\n"
+               "systemctl daemon-reload && systemctl start leaky")
+    first = wait_for("leaky's main pid", lambda: _main_pid(machine, "leaky"))
+    wait_for("leaky to listen", lambda: ":7000" in machine.run("ss", "-tln").stdout)
+    machine.run("python3", "-c", CLIENTS)
+
+    def outcome():
+        return [line for line in machine.journal("resreap").splitlines()
+                if f"outcome pid={first} " in line]
+    line = wait_for("the outcome line", outcome)[0]
+    assert "unit=leaky.service" in line and "result=terminated" in line
+    # SIGTERM is a clean exit to Restart=on-failure: systemd left it down,
+    # resreap started it again.
+    assert "revive=started" in line, line
+    again = wait_for("leaky to come back", lambda: _main_pid(machine, "leaky"))
+    assert again != first
+    assert machine.show("leaky", "ActiveState") == "active"
+
+    # Reap and outcome at warning priority (journalctl -p warning lists them).
+    reap = [json.loads(raw) for raw in machine.run(
+        "journalctl", "--no-pager", "-o", "json", "-u", "resreap", "-p", "warning"
+    ).stdout.splitlines()]
+    ours = [r for r in reap if f"pid={first} " in r["MESSAGE"]]
+    assert {r["MESSAGE"].split()[2] for r in ours} == {"reap", "outcome"}
+    assert {r["PRIORITY"] for r in ours} == {"4"}
+    errors = machine.run("journalctl", "--no-pager", "-o", "cat", "-u", "resreap",
+                         "-p", "err").stdout
+    assert f"pid={first} " not in errors
+
+
+def test_kill_9_of_resreap_restarts_it(machine):
+    before = _main_pid(machine, "resreap")
+    machine.run("kill", "-9", str(before))
+    after = wait_for("a new resreap", lambda: (p := _main_pid(machine, "resreap")) != before
+                     and machine.show("resreap", "ActiveState") == "active" and p)
+    assert after != before
+    wait_for("it to watch again", lambda: len(_started(machine)) >= 2)
+    assert "backend=bpf" in _started(machine)[-1]
+
+
+def test_reinstalling_upgrades_the_running_daemon(machine):
+    before = _main_pid(machine, "resreap")
+    machine.run("/src/scripts/install-service", "--wheelhouse", "/wheels", timeout=300)
+    after = wait_for("the restarted daemon", lambda: _main_pid(machine, "resreap"))
+    assert after != before
+    assert machine.run("cat", "/etc/resreap/resreap.toml").stdout == CONFIG  # kept
+
+
+def test_stop_is_clean(machine):
+    machine.run("systemctl", "stop", "resreap")
+    # Stopped by its own exit, not by systemd's SIGKILL after TimeoutStopSec.
+    assert machine.show("resreap", "Result") == "success"
+    assert machine.show("resreap", "ActiveState") == "inactive"
+    assert re.search(r"warning stop lost_events=0 ", machine.journal("resreap"))
