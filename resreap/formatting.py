@@ -68,6 +68,8 @@ def trace_json(rec: TraceRecord) -> str:
         obj["evidence"] = rec.evidence.value
     if rec.netns is not None:
         obj["netns"] = rec.netns
+    if rec.where is not None:
+        obj.update(rec.where.fields())
     return json.dumps(obj, ensure_ascii=True)
 
 
@@ -75,14 +77,21 @@ def summary_lines(rows: Iterable[ProcSummary]) -> list[str]:
     rows = list(rows)
     if not rows:
         return ["no process was seen with a socket in CLOSE_WAIT"]
-    lines = [f"{'PID':>7} {'COMM':<16} {'ENTERED':>8} {'OPEN':>7} {'LONGEST':>9}"]
+    lines = [f"{'PID':>7} {'COMM':<16} {'ENTERED':>8} {'OPEN':>7} {'LONGEST':>9} UNIT|CONTAINER"]
     for r in rows:
         lines.append(f"{r.owner.pid:>7} {safe(r.owner.comm):<16.16} {r.entered:>8} "
-                     f"{r.still_open:>7} {r.longest:>8.1f}s")
+                     f"{r.still_open:>7} {r.longest:>8.1f}s {_supervised(r)}")
     return lines
+
+
+def _supervised(row: ProcSummary) -> str:
+    if row.where is None:
+        return "-"
+    return safe(row.where.container or row.where.unit or "-")[:28]
 
 
 def summary_json(rows: Iterable[ProcSummary]) -> str:
     return json.dumps({"summary": [
         {"pid": r.owner.pid, "comm": r.owner.comm, "entered": r.entered,
-         "open": r.still_open, "longest": round(r.longest, 3)} for r in rows]})
+         "open": r.still_open, "longest": round(r.longest, 3),
+         **(r.where.fields() if r.where else {})} for r in rows]})

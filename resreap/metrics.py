@@ -16,6 +16,7 @@ loop (Kubernetes), the same meaning as the systemd watchdog ping."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import selectors
 import socket
@@ -147,7 +148,12 @@ class Exporter:
             self.endpoint = Endpoint(host, port, {"/metrics": metrics, "/": metrics,
                                                   "/healthz": health})
         except OSError as exc:
-            raise UsageError(f"--metrics {listen}: {exc.strerror}") from None
+            hint = ""
+            if exc.errno in (errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES):
+                # The shipped unit allows no IP (RestrictAddressFamilies).
+                hint = (" (under the systemd unit: install "
+                        "packaging/resreap.service.d/network.conf as a drop-in)")
+            raise UsageError(f"--metrics {listen}: {exc.strerror}{hint}") from None
 
     @property
     def snapshot(self) -> Snapshot:

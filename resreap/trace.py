@@ -9,12 +9,13 @@ import enum
 import time
 from typing import NamedTuple
 
-from resreap import evidence, procinfo
+from resreap import evidence, procinfo, supervisor
 from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
 from resreap.events import EventSource
 from resreap.filters import Filters
 from resreap.model import Evidence, Kind, Owner, SockId, Transition
 from resreap.owners import OwnerResolver, Probe, resolve_close_wait
+from resreap.supervisor import Supervisor
 from resreap.tracker import CloseWaitTable
 
 
@@ -38,6 +39,7 @@ class TraceRecord(NamedTuple):
     age: float | None           # on exit and stayed: seconds in CLOSE_WAIT
     netns: int | None
     evidence: Evidence | None = None  # on stayed (see evidence.py)
+    where: Supervisor | None = None   # the first owner's unit / container
 
 
 class ProcSummary(NamedTuple):
@@ -45,6 +47,7 @@ class ProcSummary(NamedTuple):
     entered: int
     still_open: int
     longest: float
+    where: Supervisor | None = None
 
 
 class _Stats:
@@ -69,6 +72,7 @@ class Tracer:
         self.table = CloseWaitTable()
         self.stats: dict[Owner, _Stats] = {}
         self._cmdlines: dict[Owner, str] = {}
+        self._wheres: dict[Owner, Supervisor] = {}
         # Kernel timestamps are CLOCK_MONOTONIC; show wall-clock time.
         self._wall_offset = time.time() - time.monotonic()
 
@@ -103,7 +107,7 @@ class Tracer:
             age = now - entry.entered
             judged = evidence.judge(hit.diag, age, self.rules)
             out.append(TraceRecord(now + self._wall_offset, Event.STAYED, entry.sock, owners,
-                                   age, hit.netns, judged.evidence))
+                                   age, hit.netns, judged.evidence, self._where(owners)))
         return out
 
     def _cmdline(self, owner: Owner) -> str:
@@ -117,6 +121,22 @@ class Tracer:
                 self._cmdlines.clear()
             self._cmdlines[owner] = cmd
         return cmd
+
+    def _where(self, owners: tuple[Owner, ...]) -> Supervisor | None:
+        """The first owner's unit and container, read once per process."""
+        if not owners:
+            return None
+        owner = owners[0]
+        where = self._wheres.get(owner)
+        if where is None:
+            try:
+                where = supervisor.read(owner.pid, self.resolver.proc_root)
+            except (ProcessGone, AccessDenied):
+                where = Supervisor()
+            if len(self._wheres) > 4096:
+                self._wheres.clear()
+            self._wheres[owner] = where
+        return where
 
     def _wanted(self, owners: tuple[Owner, ...]) -> bool:
         if not self.filters.selects_processes:
@@ -161,6 +181,7 @@ class Tracer:
                     entry.netns, entry.kid, entry.inode = hit.netns, hit.diag.kid, hit.diag.inode
             for owner in entry.owners:
                 self.stats.setdefault(owner, _Stats()).entered += 1
+            self._where(entry.owners)  # while it runs: read again for the summary
         out = []
         for t, entry in order:
             owners = (entry.owners or ()) if entry is not None else ()
@@ -177,7 +198,8 @@ class Tracer:
                     age is None or age < self.min_age))):
                 continue  # counted in the summary, not shown
             out.append(TraceRecord(t.ts + self._wall_offset, _EVENT[t.kind], t.sock, owners, age,
-                                   entry.netns if entry is not None else None))
+                                   entry.netns if entry is not None else None,
+                                   where=self._where(owners)))
         return out
 
     def summary(self) -> list[ProcSummary]:
@@ -188,7 +210,8 @@ class Tracer:
             for owner in entry.owners or ():
                 open_count[owner] = open_count.get(owner, 0) + 1
                 longest[owner] = max(longest.get(owner, 0.0), now - entry.entered)
-        rows = [ProcSummary(o, s.entered, open_count.get(o, 0), longest.get(o, 0.0))
+        rows = [ProcSummary(o, s.entered, open_count.get(o, 0), longest.get(o, 0.0),
+                            self._where((o,)))
                 for o, s in self.stats.items() if self._wanted((o,))]
         rows.sort(key=lambda r: (-r.still_open, -r.entered, r.owner.pid))
         return rows

@@ -98,6 +98,10 @@ def test_service_unit_and_daemonset_agree_with_the_code(tmp_path):
     # silently under the unit (issue #12.1).
     settings = [line for line in unit.splitlines() if not line.startswith("#")]
     assert "ProtectKernelModules=no" in settings and "ProtectKernelModules=yes" not in settings
+    # No IP unless the network drop-in is installed (metrics, calling hooks).
+    assert "RestrictAddressFamilies=AF_UNIX AF_NETLINK" in settings
+    dropin = (ROOT / "packaging/resreap.service.d/network.conf").read_text()
+    assert "AF_INET AF_INET6" in dropin and "IPAddressAllow=" in dropin
     assert "RuntimeDirectory=resreap" in settings  # the one-watch lock
     install = (ROOT / "scripts/install-service").read_text()
     assert "/opt/resreap/venv" in install and "/opt/resreap/venv/bin/resreap" in unit
@@ -107,8 +111,16 @@ def test_service_unit_and_daemonset_agree_with_the_code(tmp_path):
     ds = [d for d in docs if d["kind"] == "DaemonSet"][0]
     spec = ds["spec"]["template"]["spec"]
     assert spec["hostPID"] is True
-    caps = spec["containers"][0]["securityContext"]["capabilities"]["add"]
-    assert {"BPF", "PERFMON", "SYS_PTRACE", "KILL"} <= set(caps)
+    context = spec["containers"][0]["securityContext"]
+    assert set(context["capabilities"]["add"]) == {"BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE",
+                                                   "DAC_READ_SEARCH", "KILL"}
+    assert context["capabilities"]["drop"] == ["ALL"] and context["readOnlyRootFilesystem"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert spec["automountServiceAccountToken"] is False
+    # read-only root: the lock's directory is a volume
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert "/run/resreap" in mounts and not mounts["/run/resreap"].get("readOnly")
+    assert all(m.get("readOnly") for path, m in mounts.items() if path.startswith(("/sys", "/lib")))
     cm = [d for d in docs if d["kind"] == "ConfigMap"][0]
     conf = tmp_path / "cm.toml"
     conf.write_text(cm["data"]["resreap.toml"])

@@ -1,8 +1,9 @@
 import ipaddress
 import json
 
-from resreap.formatting import safe, summary_lines, trace_json, trace_line
+from resreap.formatting import safe, summary_json, summary_lines, trace_json, trace_line
 from resreap.model import Evidence, Owner, SockId
+from resreap.supervisor import parse
 from resreap.trace import Event, ProcSummary, TraceRecord
 
 SOCK = SockId(4, ipaddress.IPv4Address("127.0.0.1").packed, 8080,
@@ -39,6 +40,26 @@ def test_stayed_shows_its_evidence():
     line = trace_line(stayed)
     assert "STAYED" in line and line.endswith(":51234 eof") and len(line) < 80
     assert json.loads(trace_json(stayed))["evidence"] == "eof-ignored"
+
+
+def test_unit_and_container_in_json_and_summary():
+    where = parse("0::/system.slice/nginx.service")
+    obj = json.loads(trace_json(rec()._replace(where=where)))
+    assert obj["unit"] == "nginx.service" and "container" not in obj
+    docker = parse(f"0::/system.slice/docker-{'f' * 64}.scope")
+    rows = [ProcSummary(Owner(7, 1, "srv"), 3, 2, 4.25, where),
+            ProcSummary(Owner(8, 1, "app"), 1, 1, 1.0, docker),
+            ProcSummary(Owner(9, 1, "gone"), 1, 0, 1.0, None)]
+    lines = summary_lines(rows)
+    assert "UNIT|CONTAINER" in lines[0]
+    assert lines[1].endswith(" nginx.service") and lines[2].endswith(" " + "f" * 12)
+    assert lines[3].endswith(" -") and all(len(line) < 80 for line in lines)
+    assert json.loads(summary_json(rows))["summary"][1]["container"] == "f" * 12
+    # a hostile cgroup name is escaped like any name
+    evil = parse("0::/machine.slice/machine-a\x1b[2J.scope")
+    assert evil.container == "a\x1b[2J"
+    line = summary_lines([rows[0]._replace(where=evil)])[1]
+    assert "\x1b" not in line and line.endswith("a\\x1b[2J")
 
 
 def test_hostile_names_are_escaped():

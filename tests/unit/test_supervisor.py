@@ -1,0 +1,194 @@
+"""Who supervises a process (its cgroup path), and bringing a killed
+process's systemd service back: with a fake systemctl, no systemd needed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from resreap import procinfo
+from resreap.killer import Killer, Plan, Target
+from resreap.model import Result
+from resreap.supervisor import Revival, Reviver, Supervisor, UnitState, bring_back, parse
+
+DOCKER = "a" * 64
+
+
+@pytest.mark.parametrize("text, unit, container", [
+    ("0::/system.slice/nginx.service\n", "nginx.service", None),
+    ("0::/system.slice/system-getty.slice/getty@tty1.service\n", "getty@tty1.service", None),
+    # a user's own units are labels inside user@UID.service, never the unit
+    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/sshd.service\n",
+     "user@1000.service", None),
+    ("0::/user.slice/user-1000.slice/session-3.scope\n", "session-3.scope", None),
+    (f"0::/system.slice/docker-{DOCKER}.scope\n", f"docker-{DOCKER}.scope", "a" * 12),
+    (f"0::/kubepods/burstable/pod0d2c/{'b' * 64}\n", None, "b" * 12),
+    (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/"
+     f"cri-containerd-{'c' * 64}.scope\n", f"cri-containerd-{'c' * 64}.scope", "c" * 12),
+    ("0::/machine.slice/machine-my\\x2dbox.scope/payload\n", "machine-my\\x2dbox.scope", "my-box"),
+    # read from a container with its own cgroup namespace (a DaemonSet)
+    ("0::/../../system.slice/redis-server.service\n", "redis-server.service", None),
+    # hybrid hierarchy: the name=systemd line wins
+    ("9:name=systemd:/system.slice/a.service\n4:memory:/x\n0::/\n", "a.service", None),
+    ("4:memory:/x\n", None, None),
+    ("0::/\n", None, None),
+    ("0::/init.scope\n", "init.scope", None),
+    ("0::/system.slice/not a unit name!.service\n", None, None),
+    ("garbage without colons\n", None, None),
+])
+def test_parse(text, unit, container):
+    where = parse(text)
+    assert (where.unit, where.container) == (unit, container)
+
+
+def test_fields_name_only_what_is_known():
+    assert parse("0::/system.slice/x.service").fields() == {"unit": "x.service"}
+    assert parse(f"0::/docker/{DOCKER}").fields() == {"container": DOCKER[:12]}
+    assert parse("0::/").fields() == {}
+
+
+def test_unit_cgroup_is_the_slices_and_the_unit():
+    where = parse("0::/system.slice/x.service/worker/deeper")
+    assert where.unit_cgroup == "/system.slice/x.service"
+
+
+def test_read_own_cgroup():
+    from resreap import supervisor
+
+    where = supervisor.read(os.getpid())
+    assert where.cgroup  # every process has one
+
+
+class FakeSystemctl:
+    """States in order (the last one repeats); records starts."""
+
+    def __init__(self, *states: UnitState | None, start_error: str | None = None) -> None:
+        self.states = list(states)
+        self.started: list[str] = []
+        self.start_error = start_error
+        self.asked = 0
+
+    def state(self, unit):
+        self.asked += 1
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    def start(self, unit):
+        self.started.append(unit)
+        return self.start_error
+
+
+SERVICE = parse("0::/system.slice/leaky.service")
+CG = "/system.slice/leaky.service"
+RUNNING = UnitState("active", "running", 100, CG)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def _bring_back(fake, killed=100, before=RUNNING, settle=10.0):
+    clock = Clock()
+    return bring_back(SERVICE, killed, before, fake, settle, clock, clock.sleep)
+
+
+def test_a_service_left_down_is_started():
+    fake = FakeSystemctl(UnitState("inactive", "dead", 0, CG))
+    assert _bring_back(fake)[0] is Revival.STARTED
+    assert fake.started == ["leaky.service"]
+
+
+def test_a_failed_service_is_started_and_a_refusal_reported():
+    fake = FakeSystemctl(UnitState("failed", "failed", 0, CG), start_error="start-limit-hit")
+    revival, said = _bring_back(fake)
+    assert revival is Revival.START_FAILED and said == "start-limit-hit"
+
+
+def test_waits_while_systemd_has_not_reaped_the_main_process():
+    fake = FakeSystemctl(RUNNING, RUNNING, UnitState("deactivating", "stop-sigterm", 100, CG),
+                         UnitState("inactive", "dead", 0, CG))
+    assert _bring_back(fake)[0] is Revival.STARTED
+    assert fake.asked == 4 and fake.started == ["leaky.service"]
+
+
+@pytest.mark.parametrize("after", [
+    UnitState("activating", "auto-restart", 0, CG),
+    UnitState("activating", "start", 0, CG),
+    UnitState("active", "running", 101, CG),  # a new main process already
+])
+def test_a_service_systemd_restarts_is_not_restarted_twice(after):
+    fake = FakeSystemctl(after)
+    assert _bring_back(fake)[0] is Revival.BY_SYSTEMD
+    assert fake.started == []
+
+
+def test_a_killed_worker_leaves_the_running_service_alone():
+    fake = FakeSystemctl(RUNNING)
+    assert _bring_back(fake, killed=555)[0] is Revival.RUNNING
+    assert fake.started == []
+
+
+def test_a_service_that_never_settles_is_reported_not_started():
+    fake = FakeSystemctl(UnitState("deactivating", "stop-sigterm", 100, CG))
+    revival, _ = _bring_back(fake, settle=1.0)
+    assert revival is Revival.UNSETTLED and fake.started == []
+
+
+def test_no_answer_from_systemctl():
+    assert _bring_back(FakeSystemctl(None))[0] is Revival.UNKNOWN
+
+
+def test_only_system_services_on_a_systemd_host():
+    reviver = Reviver(FakeSystemctl(RUNNING), booted=True)
+    assert reviver.applies(SERVICE)
+    assert not reviver.applies(parse("0::/user.slice/user-1000.slice/user@1000.service/a.service"))
+    assert not reviver.applies(parse("0::/user.slice/user-1000.slice/session-2.scope"))
+    assert not reviver.applies(parse("0::/../system.slice/x.service"))  # another cgroup ns
+    assert not reviver.applies(parse("0::/"))
+    assert not reviver.applies(None)
+    assert not Reviver(FakeSystemctl(RUNNING), booted=False).applies(SERVICE)
+
+
+def test_a_unit_whose_cgroup_systemd_disowns_is_not_touched():
+    reviver = Reviver(FakeSystemctl(UnitState("active", "running", 100, "/system.slice/other")),
+                      booted=True)
+    revival = reviver.before(SERVICE)
+    assert isinstance(revival, tuple) and revival[0] is Revival.MISMATCH
+
+
+@pytest.mark.parametrize("restart_units, dry_run, expect_started", [
+    (True, False, True), (False, False, False), (True, True, False)])
+def test_the_killer_brings_the_service_back_after_a_real_kill(restart_units, dry_run,
+                                                             expect_started):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        fake = FakeSystemctl(RUNNING, UnitState("inactive", "dead", 0, CG))
+        fake.states[0] = RUNNING._replace(main_pid=proc.pid)
+        killer = Killer(Plan(signal=signal.SIGTERM, wait=5, dry_run=dry_run,
+                             restart_units=restart_units),
+                        reviver=Reviver(fake, settle=5, booted=True))
+        info = procinfo.read(proc.pid)
+        assert killer.submit(Target(info, (), 0.0, where=SERVICE))
+        killer.join(20)
+        (outcome,) = killer.finished()
+        if dry_run:
+            assert outcome.result is Result.DRY_RUN and proc.poll() is None
+        else:
+            assert outcome.result is Result.TERMINATED
+            assert proc.wait(5) == -signal.SIGTERM
+        assert (fake.started == ["leaky.service"]) is expect_started
+        assert (outcome.revive is not None and outcome.revive[0] is Revival.STARTED) \
+            is expect_started
+    finally:
+        proc.kill()
+        proc.wait()
