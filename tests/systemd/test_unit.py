@@ -142,6 +142,29 @@ def test_reinstalling_upgrades_the_running_daemon(machine):
     assert machine.run("cat", "/etc/resreap/resreap.toml").stdout == CONFIG  # kept
 
 
+def test_metrics_need_the_network_drop_in(machine):
+    """The unit allows no IP: --metrics fails at once, saying what to
+    install; with the shipped drop-in it serves."""
+    machine.sh("cp /etc/resreap/resreap.toml /tmp/good.toml && "
+               "echo 'metrics = \"127.0.0.1:9469\"' >> /etc/resreap/resreap.toml")
+    try:
+        machine.run("systemctl", "restart", "resreap", check=False)
+        wait_for("the refusal", lambda: "resreap.service.d/network.conf" in machine.journal("resreap"))
+        machine.sh("mkdir -p /etc/systemd/system/resreap.service.d && "
+                   "cp /src/packaging/resreap.service.d/network.conf "
+                   "/etc/systemd/system/resreap.service.d/ && "
+                   "systemctl daemon-reload && systemctl reset-failed resreap && "
+                   "systemctl restart resreap")
+        fetch = ("import urllib.request as u; "
+                 "print(u.urlopen('http://127.0.0.1:9469/metrics', timeout=5).read().decode())")
+        text = wait_for("metrics", lambda: machine.run("python3", "-c", fetch, check=False).stdout)
+        assert 'resreap_backend_info{backend="bpf"} 1.0' in text
+    finally:
+        machine.sh("cp /tmp/good.toml /etc/resreap/resreap.toml && "
+                   "rm -rf /etc/systemd/system/resreap.service.d && systemctl daemon-reload && "
+                   "systemctl reset-failed resreap; systemctl restart resreap")
+
+
 def test_stop_is_clean(machine):
     machine.run("systemctl", "stop", "resreap")
     # Stopped by its own exit, not by systemd's SIGKILL after TimeoutStopSec.

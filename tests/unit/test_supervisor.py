@@ -192,3 +192,22 @@ def test_the_killer_brings_the_service_back_after_a_real_kill(restart_units, dry
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_metrics_label_holders_with_unit_and_container():
+    from resreap.metrics import Exporter
+    from resreap.model import Holder, Snapshot
+
+    exporter = Exporter.__new__(Exporter)  # no endpoint: only the collector
+    exporter.backend = "bpf"
+    exporter._snapshot = Snapshot(top=(Holder(7, "srv", "leaky.service", "", 3),
+                                       Holder(8, "app", "", "abcdef012345", 2)),
+                                  revivals={"started": 1})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in exporter.collect() for s in f.samples}
+    key = ("resreap_counting_sockets",
+           (("comm", "srv"), ("container", ""), ("pid", "7"), ("unit", "leaky.service")))
+    assert samples[key] == 3
+    assert samples[("resreap_counting_sockets", (("comm", "app"), ("container", "abcdef012345"),
+                                                 ("pid", "8"), ("unit", "")))] == 2
+    assert samples[("resreap_revivals_total", (("revive", "started"),))] == 1
