@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from resreap import evidence, procinfo, supervisor
 from resreap.decisionlog import decision
@@ -71,7 +71,11 @@ def _endpoints(socks: list[SockId]) -> list[str]:
 
 class Watcher:
     def __init__(self, source: EventSource, resolver: OwnerResolver, config: WatchConfig,
-                 killer: Killer | None = None, tick=None) -> None:
+                 killer: Killer | None = None, tick=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: CLOCK_MONOTONIC seconds, the clock of the events'
+        timestamps (tests pass a fake one with a fake event source)."""
+        self._clock = clock
         self.source = source
         self.resolver = resolver
         self.config = config
@@ -109,7 +113,7 @@ class Watcher:
         self.resolver.learn_listeners()
         seeds = self.source.start()
         self._apply(seeds)
-        self._next_reconcile = time.monotonic() + RECONCILE_EVERY
+        self._next_reconcile = self._clock() + RECONCILE_EVERY
         if seeds:
             decision("existing", logging.INFO, sockets=len(self.table),
                      note=f"already in CLOSE_WAIT at start; they count from now + "
@@ -127,12 +131,12 @@ class Watcher:
         return min(wake, self._next_reconcile)
 
     def step(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         batch = self.source.read(max(0.0, self._wake_at(now) - now))
         young, self._young = self._young, []
         self._apply(batch)
         self._resolve_young(young)
-        now = time.monotonic()
+        now = self._clock()
         touched: set[Owner] = set()
         due = self.table.due(now)
         if self._recheck:
@@ -163,7 +167,7 @@ class Watcher:
         self._spared.clear()
         # Judge every socket again under the new rules, none before its
         # (new) grace has passed.
-        now = time.monotonic()
+        now = self._clock()
         self.table.reschedule_all(lambda e: max(now, e.entered + config.limits.grace))
         for owner in list(self.counter.by_owner):
             self._deferred.setdefault(owner, now)
@@ -226,6 +230,8 @@ class Watcher:
             if t.kind is Kind.EXIT:
                 if entry is not None:
                     self._gone(entry)
+                    if entry.bound and entry.kid != entry.key[1]:
+                        self._rebind_twins(t.sock)
                 else:
                     # Seeded and reconciled sockets are keyed by their cookie,
                     # the exit event by the kernel's address: check the
@@ -234,6 +240,19 @@ class Watcher:
             elif new:
                 table.schedule(entry, entry.entered + grace)
                 self._young.append(entry.key)
+
+    def _rebind_twins(self, sock: SockId) -> None:
+        """An event's socket (the kernel's address) cannot be matched to
+        sock_diag's cookie: with the same 4-tuple in two namespaces, which
+        entry took which socket was a guess.  When one of them leaves, the
+        others are bound afresh to what is left in the kernel, so the exit
+        of one never ends the other's timer."""
+        for twin in self.table.same_tuple(sock):
+            if twin.bound and twin.kid != twin.key[1]:
+                self._forget(twin)
+                twin.netns = twin.kid = None
+                twin.owners = None
+                self._recheck.append(twin.key)
 
     def _forget(self, entry: Entry) -> None:
         """Uncount an entry (it left, or is about to be counted anew)."""
@@ -282,7 +301,7 @@ class Watcher:
         # Churn sockets live for milliseconds, leaks for the grace period: a
         # scan of every process (a second at 100k connections) is only worth
         # it once a socket has lasted a while, still well before its deadline.
-        settled = time.monotonic() - min(0.5, self.limits.grace / 4)
+        settled = self._clock() - min(0.5, self.limits.grace / 4)
         old = [self._probe(e) for e in pending if e.entered <= settled]
         recent = [self._probe(e) for e in pending if e.entered > settled]
         resolved = resolve_close_wait(self.resolver, old) if old else {}
@@ -597,7 +616,7 @@ class Watcher:
                 fields["detail"] = outcome.detail
             if result.killed_it:
                 # A real kill: what the storm guard counts (at its start).
-                self.storm.record(info.cmdline, time.monotonic() - outcome.took)
+                self.storm.record(info.cmdline, self._clock() - outcome.took)
             if result.killed_it or result is Result.EXITED:
                 left = self._left_behind(outcome.target)
                 fields["sockets_left"] = left
@@ -615,7 +634,7 @@ class Watcher:
                 # Not killed this round: look again after another grace
                 # period (a process that closed its sockets may leak again).
                 self._reaped.discard(owner)
-                self._deferred[owner] = time.monotonic() + max(self.limits.grace, 1.0)
+                self._deferred[owner] = self._clock() + max(self.limits.grace, 1.0)
             elif result in (Result.REPLACED, Result.FAILED):
                 self._reaped.discard(owner)
 

@@ -1,0 +1,413 @@
+"""A fake host for the watcher's decisions: no root, no kernel, no waiting.
+
+- processes are a fixture /proc tree (stat, status, cmdline, limits, cgroup,
+  fd symlinks "socket:[INODE]", task/PID/children), read by the real
+  procinfo, owner resolver and fd index;
+- the kernel's sockets are a FakeKernel standing in for SocketTable (the
+  sock_diag answers: state, queues, inode, cookie, uid, tcp_info idle);
+- transitions come from a FakeSource on a FakeClock: reading with a
+  timeout jumps the clock to the next scheduled event or to the timeout,
+  so a scenario of minutes runs in milliseconds, deadlines exact;
+- kill sequences go to a FakeKiller that records targets and answers with
+  scripted results.
+
+Everything the watcher decides is captured from its decision lines.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from resreap import procinfo
+from resreap.events import EventSource
+from resreap.filters import Filters
+from resreap.killer import Outcome, Plan, Target
+from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, Kind, Result, SockId, Transition
+from resreap.owners import FdIndex, OwnerResolver
+from resreap.fdscan import FullScanner
+from resreap.policy import Limits
+from resreap.sockdiag import DiagSock
+from resreap.sockets import NsSock
+from resreap.watch import Watcher, WatchConfig
+
+NS = 4026531840          # the host's network namespace
+OTHER_NS = 4026532999    # a container's
+LOCAL = ipaddress.IPv4Address("10.0.0.1").packed
+PEER = ipaddress.IPv4Address("10.0.0.2").packed
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeKernel:
+    """SocketTable's answers, from a dict: (netns, SockId) -> DiagSock."""
+
+    def __init__(self, proc_root: str) -> None:
+        self.proc_root = proc_root
+        self.socks: dict[tuple[int, SockId], DiagSock] = {}
+        self.namespaces = [NS]
+
+    def close_wait(self, info: bool = True) -> list[NsSock]:
+        return [NsSock(ns, d) for (ns, _), d in self.socks.items() if d.state == TCP_CLOSE_WAIT]
+
+    def listeners(self) -> list[NsSock]:
+        return [NsSock(ns, d) for (ns, _), d in self.socks.items() if d.state == TCP_LISTEN]
+
+    def lookup(self, sock: SockId, retry_new_namespaces: bool = True) -> list[NsSock]:
+        return [NsSock(ns, d) for (ns, s), d in self.socks.items() if s == sock]
+
+    def lookup_in(self, ino: int, sock: SockId) -> NsSock | None:
+        diag = self.socks.get((ino, sock))
+        return NsSock(ino, diag) if diag is not None else None
+
+
+class FakeSource(EventSource):
+    name = "fake"
+    latency = 0.25
+
+    def __init__(self, clock: FakeClock, on_time=lambda: None) -> None:
+        self.clock = clock
+        self.seeds: list[Transition] = []
+        self._queue: list[tuple[float, int, Transition | None]] = []
+        self._n = 0
+        self.lost_events = 0
+        self._on_time = on_time  # the kernel's state changes due by now
+
+    def start(self) -> list[Transition]:
+        return list(self.seeds)
+
+    def push(self, t: Transition) -> None:
+        self._n += 1
+        heapq.heappush(self._queue, (t.ts, self._n, t))
+
+    def wake_at(self, when: float) -> None:
+        """A wakeup without a transition (the kernel's state changes)."""
+        self._n += 1
+        heapq.heappush(self._queue, (when, self._n, None))
+
+    def read(self, timeout: float) -> list[Transition]:
+        """Everything due by now + timeout; the clock moves to the first
+        event's time, or to the timeout when there is none."""
+        until = self.clock.now + timeout
+        if self._queue and self._queue[0][0] <= until:
+            until = max(self.clock.now, self._queue[0][0])
+        self.clock.now = until
+        self._on_time()
+        out = []
+        while self._queue and self._queue[0][0] <= until:
+            t = heapq.heappop(self._queue)[2]
+            if t is not None:
+                out.append(t)
+        return out
+
+    def lost(self) -> int:
+        return self.lost_events
+
+    def close(self) -> None:
+        pass
+
+
+class InlineScanner(FullScanner):
+    """The background scan of every process, done at once (deterministic)."""
+
+    def request(self, inodes) -> None:
+        wanted = set(inodes)
+        if wanted:
+            self._scan(wanted)
+
+    def idle(self, timeout: float) -> bool:
+        return True
+
+
+class FakeKiller:
+    """Records what the watcher hands over; each kill finishes at once with
+    ``results[pid]`` (default: terminated), and the process then goes."""
+
+    def __init__(self, world: "World", plan: Plan) -> None:
+        self.world = world
+        self.plan = plan
+        self.targets: list[Target] = []
+        self.results: dict[int, Result] = {}
+        self.max_running = 32
+        self.hold: set[int] = set()  # pids whose sequence stays running
+        self._running: dict[int, Target] = {}
+        self._finished: list[Outcome] = []
+
+    def busy(self, pid: int) -> bool:
+        return pid in self._running
+
+    @property
+    def full(self) -> bool:
+        return len(self._running) >= self.max_running
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def running_pids(self) -> list[int]:
+        return sorted(self._running)
+
+    def submit(self, target: Target) -> bool:
+        pid = target.info.pid
+        if pid in self._running or self.full:
+            return False
+        self.targets.append(target)
+        self._running[pid] = target
+        if pid not in self.hold:
+            self.finish(pid)
+        return True
+
+    def finish(self, pid: int) -> None:
+        target = self._running.pop(pid)
+        result = Result.DRY_RUN if self.plan.dry_run else self.results.get(pid, Result.TERMINATED)
+        if result.killed_it:
+            self.world.exit(pid)
+        self._finished.append(Outcome(target, result, ("SIGTERM",) if result.killed_it else (),
+                                      None, 0.0))
+
+    def finished(self) -> list[Outcome]:
+        out, self._finished = self._finished, []
+        return out
+
+    def join(self, timeout: float) -> None:
+        pass
+
+
+class Proc:
+    def __init__(self, world: "World", pid: int, comm: str) -> None:
+        self.world, self.pid, self.comm = world, pid, comm
+        self.dir = world.proc / str(pid)
+        self.next_fd = 3
+
+    def hold(self, inode: int) -> int:
+        fd = self.next_fd
+        self.next_fd += 1
+        os.symlink(f"socket:[{inode}]", self.dir / "fd" / str(fd))
+        return fd
+
+    def drop(self, inode: int) -> None:
+        for link in (self.dir / "fd").iterdir():
+            if os.readlink(link) == f"socket:[{inode}]":
+                link.unlink()
+
+
+class World:
+    """One fake host.  Times given to ``at`` are seconds from the start."""
+
+    def __init__(self, root: Path) -> None:
+        self.proc = root / "proc"
+        self.proc.mkdir()
+        self.clock = FakeClock()
+        self.t0 = self.clock.now
+        self.kernel = FakeKernel(str(self.proc))
+        self.source = FakeSource(self.clock, self._due_actions)
+        self._actions: list = []
+        self.procs: dict[int, Proc] = {}
+        self._inode = 70000
+        self._port = 40000
+        self.lines: list[logging.LogRecord] = []
+        self.watcher: Watcher | None = None
+        self.killer: FakeKiller | None = None
+
+    # -- processes --------------------------------------------------------
+
+    def process(self, pid: int, comm: str = "server", cmdline: str | None = None, ppid: int = 1,
+                uid: int = 0, age: float = 3600.0, unit: str = "app.service",
+                fd_limit: int = 1024, kthread: bool = False) -> Proc:
+        d = self.proc / str(pid)
+        (d / "fd").mkdir(parents=True)
+        (d / "task" / str(pid)).mkdir(parents=True)
+        (d / "task" / str(pid) / "children").write_text("")
+        ticks = int((time.clock_gettime(time.CLOCK_BOOTTIME) - age) * procinfo.CLK_TCK)
+        flags = procinfo.PF_KTHREAD if kthread else 0
+        fields = ["S", str(ppid)] + ["0"] * 4 + [str(flags)] + ["0"] * 12 + [str(ticks)] + ["0"] * 10
+        (d / "stat").write_text(f"{pid} ({comm}) {' '.join(fields)}\n")
+        (d / "cmdline").write_bytes(((cmdline or comm).replace(" ", "\0") + "\0").encode())
+        (d / "status").write_text(f"Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"
+                                  f"FDSize:\t64\n")
+        (d / "limits").write_text(f"Limit                     Soft Limit           Hard Limit\n"
+                                  f"Max open files            {fd_limit}                 "
+                                  f"{fd_limit}                 files\n")
+        (d / "cgroup").write_text(f"0::/system.slice/{unit}\n")
+        if ppid in self.procs:
+            children = self.proc / str(ppid) / "task" / str(ppid) / "children"
+            children.write_text(children.read_text() + f"{pid} ")
+        proc = self.procs[pid] = Proc(self, pid, comm)
+        return proc
+
+    def exit(self, pid: int) -> None:
+        """A process ends: its fds close; sockets no one else holds leave
+        CLOSE_WAIT (an exit event)."""
+        proc = self.procs.pop(pid, None)
+        if proc is None:
+            return
+        held = [int(os.readlink(link)[8:-1]) for link in (proc.dir / "fd").iterdir()]
+        shutil.rmtree(proc.dir)
+        for inode in held:
+            if not any(p.holds_inode(inode) for p in self.procs.values()):
+                for key, diag in list(self.kernel.socks.items()):
+                    if diag.inode == inode:
+                        self._leave(key)
+
+    # -- sockets ----------------------------------------------------------
+
+    def listen(self, proc: Proc, port: int, netns: int = NS, backlog: int = 0) -> SockId:
+        sock = SockId(4, LOCAL, port, b"\0\0\0\0", 0)
+        inode = self._new_inode()
+        self.kernel.socks[(netns, sock)] = DiagSock(sock, TCP_LISTEN, inode, inode, backlog, 0)
+        proc.hold(inode)
+        return sock
+
+    def _new_inode(self) -> int:
+        self._inode += 1
+        return self._inode
+
+    def close_wait(self, holders: list[Proc] | Proc, port: int, n: int = 1, at: float = 0.0,
+                   evidence: str = "eof-ignored", netns: int = NS, uid: int = 0,
+                   peer_port: int | None = None, kid: int | None = None,
+                   event: bool = True) -> list[SockId]:
+        """``n`` sockets that enter CLOSE_WAIT at ``at``, held by
+        ``holders`` (several: forked or passed), with the kernel state that
+        makes ``evidence`` (eof-ignored, unread, queued, sending)."""
+        holders = holders if isinstance(holders, list) else [holders]
+        out = []
+        for _ in range(n):
+            self._port += 1
+            sock = SockId(4, LOCAL, port, PEER, peer_port or self._port)
+            inode = 0 if evidence == "queued" else self._new_inode()
+            cookie = kid or self._new_inode() + 10**9
+            rq = 1 if evidence in ("unread", "queued") else 0
+            wq = 100 if evidence == "sending" else 0
+            diag = DiagSock(sock, TCP_CLOSE_WAIT, inode, cookie, rq, uid, wq, 60.0)
+            when = self.t0 + at
+
+            def arrive(diag=diag, netns=netns, inode=inode):
+                self.kernel.socks[(netns, diag.sock)] = diag
+                if inode:
+                    for h in holders:
+                        h.hold(inode)
+            self._at(when, arrive)
+            if event:
+                self.source.push(Transition(Kind.ENTER, sock, when, kid=cookie + 7))
+            out.append(sock)
+        return out
+
+    def closes(self, sock: SockId, at: float, netns: int = NS, event: bool = True) -> None:
+        """The holders close ``sock`` at ``at`` (CLOSE_WAIT -> LAST_ACK)."""
+        def go():
+            diag = self.kernel.socks.get((netns, sock))
+            if diag is not None and diag.inode:
+                for p in self.procs.values():
+                    if p.holds_inode(diag.inode):
+                        p.drop(diag.inode)
+            self._leave((netns, sock), event)
+        self._at(self.t0 + at, go)
+
+    def set_state(self, sock: SockId, at: float, netns: int = NS, **fields) -> None:
+        """The socket's queues change at ``at`` (e.g. rqueue=0: EOF read)."""
+        def go():
+            diag = self.kernel.socks[(netns, sock)]
+            self.kernel.socks[(netns, sock)] = diag._replace(**fields)
+        self._at(self.t0 + at, go)
+
+    def _leave(self, key, event: bool = True) -> None:
+        diag = self.kernel.socks.pop(key, None)
+        if diag is not None and event:
+            self.source.push(Transition(Kind.EXIT, diag.sock, self.clock.now,
+                                        kid=diag.cookie + 7))
+
+    def lose_events(self, n: int, at: float) -> None:
+        """The ring overflows at ``at``: ``n`` events dropped."""
+        def go():
+            self.source.lost_events += n
+        self._at(self.t0 + at, go)
+
+    # -- actions at times: the kernel's state changes with the clock --------
+
+    def _at(self, when: float, action) -> None:
+        if when <= self.clock.now:
+            action()
+            return
+        self._actions.append((when, action))
+        self._actions.sort(key=lambda a: a[0])
+        self.source.wake_at(when)
+
+    def _due_actions(self) -> None:
+        while self._actions and self._actions[0][0] <= self.clock.now:
+            self._actions.pop(0)[1]()
+
+    # -- running ----------------------------------------------------------
+
+    def watch(self, limit: int = 2, grace: float = 2.0, stall: float = 60.0,
+              fd_percent: float | None = None, filters: Filters | None = None,
+              max_kills: int = 3, per: float = 60.0, dry_run: bool = False,
+              hook: str | None = None) -> Watcher:
+        plan = Plan(wait=2.0, dry_run=dry_run, hook=hook)
+        config = WatchConfig(Limits(limit, grace, max_kills, per, stall=max(grace, stall),
+                                    fd_percent=fd_percent),
+                             plan, filters or Filters.parse(None, (), ()))
+        index = FdIndex(str(self.proc))
+        index.scanner = InlineScanner(index)
+        resolver = OwnerResolver(self.kernel, index)
+        self.killer = FakeKiller(self, plan)
+        self.watcher = Watcher(self.source, resolver, config, killer=self.killer,
+                               clock=self.clock)
+        handler = _Capture(self.lines, lambda: round(self.clock.now - self.t0, 3))
+        logger = logging.getLogger("resreap.decisions")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        self._handler = handler
+        self._due_actions()
+        self.watcher.start()
+        return self.watcher
+
+    def run(self, until: float) -> None:
+        """Run the loop until ``until`` seconds from the start (bounded)."""
+        w = self.watcher
+        for _ in range(100000):
+            if self.clock.now >= self.t0 + until:
+                return
+            w.step()
+        raise AssertionError("the loop did not reach its end time")
+
+    def close(self) -> None:
+        if getattr(self, "_handler", None) is not None:
+            logging.getLogger("resreap.decisions").removeHandler(self._handler)
+
+    # -- what happened ----------------------------------------------------
+
+    def said(self, event: str) -> list[dict]:
+        return [dict(r.fields, at=r.at) for r in self.lines if r.getMessage() == event]
+
+    def reaped(self) -> list[int]:
+        return [t.info.pid for t in self.killer.targets]
+
+
+def _holds_inode(self: Proc, inode: int) -> bool:
+    fd_dir = self.dir / "fd"
+    return any(os.readlink(link) == f"socket:[{inode}]" for link in fd_dir.iterdir())
+
+
+Proc.holds_inode = _holds_inode  # type: ignore[attr-defined]
+
+
+class _Capture(logging.Handler):
+    def __init__(self, lines: list, when) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines, self.when = lines, when
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "fields"):
+            record.at = self.when()
+            self.lines.append(record)

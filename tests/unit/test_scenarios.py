@@ -1,0 +1,561 @@
+"""The watcher's decisions, scenario by scenario, on a fake host (fakehost.py):
+real tracker, owner resolver, fd index, evidence, policy and procinfo over a
+fixture /proc; fake kernel sockets, event source, clock and kill engine.
+Each scenario runs minutes of simulated time in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+
+from fakehost import NS, OTHER_NS, World
+from resreap.filters import Filters
+from resreap.model import Kind, Result, Transition
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path)
+    yield w
+    w.close()
+
+
+def server(world, pid=1000, port=8080, **kw):
+    proc = world.process(pid, **kw)
+    world.listen(proc, port)
+    return proc
+
+
+# -- when a process is reaped ------------------------------------------------
+
+def test_eof_ignored_sockets_reap_at_the_grace(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=3, at=1.0)
+    world.watch(limit=2, grace=2.0)
+    world.run(10)
+    assert world.reaped() == [1000]
+    (reap,) = world.said("reap")
+    assert reap["at"] == pytest.approx(3.0, abs=0.01)  # at the deadline, not a tick later
+    assert reap["evidence"] == "eof-ignored:3" and reap["count"] == 3
+    assert reap["unit"] == "app.service"
+    (outcome,) = world.said("outcome")
+    assert outcome["result"] == "terminated" and outcome["sockets_left"] == 0
+
+
+def test_below_the_limit_nothing_happens(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=1, at=1.0)
+    world.watch(limit=2)
+    world.run(120)
+    assert world.reaped() == [] and world.said("reap") == []
+
+
+def test_sockets_closed_within_the_grace_never_count(world):
+    srv = server(world)
+    socks = world.close_wait(srv, 8080, n=3, at=1.0)
+    for sock in socks:
+        world.closes(sock, at=2.5)
+    world.watch(limit=2, grace=2.0)
+    world.run(30)
+    assert world.reaped() == []
+
+
+def test_a_closed_socket_uncounts(world):
+    """Two count, one is closed before the third comes: 1 + 1 is never 2."""
+    srv = server(world)
+    first, = world.close_wait(srv, 8080, at=1.0)
+    world.closes(first, at=4.0)
+    world.close_wait(srv, 8080, at=5.0)
+    world.watch(limit=2, grace=2.0)
+    world.run(30)
+    assert world.reaped() == []
+
+
+def test_the_limit_is_reached_over_time(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, at=1.0)
+    world.close_wait(srv, 8080, at=20.0)
+    world.watch(limit=2, grace=2.0)
+    world.run(30)
+    assert world.reaped() == [1000]
+    assert world.said("reap")[0]["at"] == pytest.approx(22.0, abs=0.01)
+
+
+@pytest.mark.parametrize("grace", [0.5, 2.0, 7.0])
+def test_the_deadline_follows_the_grace(world, grace):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    world.watch(limit=2, grace=grace)
+    world.run(20)
+    assert world.said("reap")[0]["at"] == pytest.approx(1.0 + grace, abs=0.01)
+
+
+# -- evidence -----------------------------------------------------------------
+
+def test_unread_sockets_wait_for_the_stall(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0, evidence="unread")
+    world.watch(limit=2, grace=2.0, stall=60.0)
+    world.run(50)
+    assert world.reaped() == []
+    world.run(70)
+    assert world.reaped() == [1000]
+    reap = world.said("reap")[0]
+    assert reap["evidence"] == "unread:2" and reap["at"] == pytest.approx(61.0, abs=0.3)
+
+
+def test_sending_sockets_never_count(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=5, at=1.0, evidence="sending")
+    world.watch(limit=2, grace=2.0, stall=10.0)
+    world.run(200)
+    assert world.reaped() == []
+
+
+def test_a_socket_that_stops_sending_counts_then(world):
+    srv = server(world)
+    socks = world.close_wait(srv, 8080, n=2, at=1.0, evidence="sending")
+    for sock in socks:
+        world.set_state(sock, at=30.0, wqueue=0)
+    world.watch(limit=2, grace=2.0)
+    world.run(60)
+    assert world.reaped() == [1000]
+    assert world.said("reap")[0]["at"] > 30.0
+
+
+def test_reading_the_eof_moves_a_socket_from_stall_to_grace(world):
+    srv = server(world)
+    socks = world.close_wait(srv, 8080, n=2, at=1.0, evidence="unread")
+    for sock in socks:
+        world.set_state(sock, at=10.0, rqueue=0)
+    world.watch(limit=2, grace=2.0, stall=60.0)
+    world.run(30)
+    assert world.reaped() == [1000]
+    assert 10.0 < world.said("reap")[0]["at"] < 15.0
+
+
+def test_queued_sockets_count_against_an_old_listener_after_the_stall(world):
+    srv = server(world, age=3600)
+    world.close_wait(srv, 8080, n=2, at=1.0, evidence="queued")
+    world.watch(limit=2, stall=30.0)
+    world.run(40)
+    assert world.reaped() == [1000]
+    assert world.said("reap")[0]["evidence"] == "queued:2"
+
+
+def test_queued_sockets_spare_a_listener_younger_than_the_stall(world):
+    srv = server(world, age=5)  # just restarted: no chance to accept yet
+    world.close_wait(srv, 8080, n=3, at=1.0, evidence="queued")
+    world.watch(limit=2, stall=30.0)
+    world.run(33)
+    assert world.reaped() == []
+
+
+def test_mixed_evidence_is_summed(world):
+    srv = server(world, age=3600)
+    world.close_wait(srv, 8080, n=1, at=1.0, evidence="eof-ignored")
+    world.close_wait(srv, 8080, n=1, at=1.0, evidence="unread")
+    world.watch(limit=2, grace=2.0, stall=10.0)
+    world.run(20)
+    assert world.said("reap")[0]["evidence"] in ("eof-ignored:1,unread:1", "unread:1,eof-ignored:1")
+
+
+# -- who may be reaped --------------------------------------------------------
+
+def test_a_socket_passed_in_by_another_user_never_counts(world):
+    srv = server(world, uid=1000)
+    world.close_wait(srv, 8080, n=3, at=1.0, uid=2000)  # made by uid 2000
+    world.watch(limit=2)
+    world.run(30)
+    assert world.reaped() == []
+    assert world.said("foreign")
+
+
+def test_root_made_sockets_count_against_any_holder(world):
+    srv = server(world, uid=1000)
+    world.close_wait(srv, 8080, n=2, at=1.0, uid=0)
+    world.watch(limit=2)
+    world.run(10)
+    assert world.reaped() == [1000]
+
+
+def test_init_is_never_reaped(world):
+    init = world.process(1, comm="systemd")
+    world.listen(init, 8080)
+    world.close_wait(init, 8080, n=3, at=1.0)
+    world.watch(limit=2)
+    world.run(10)
+    assert world.reaped() == []
+    assert "protected" in world.said("spare")[0]["reason"]
+
+
+def test_kernel_threads_are_never_reaped(world):
+    kt = world.process(50, comm="kworker", kthread=True)
+    world.listen(kt, 8080)
+    world.close_wait(kt, 8080, n=3, at=1.0)
+    world.watch(limit=2)
+    world.run(10)
+    assert world.reaped() == []
+
+
+def test_filter_selects_by_command_line(world):
+    java = server(world, 1000, 8080, comm="java", cmdline="/usr/bin/java -jar app.jar")
+    py = server(world, 1001, 8081, comm="python3", cmdline="python3 app.py")
+    world.close_wait(java, 8080, n=2, at=1.0)
+    world.close_wait(py, 8081, n=2, at=1.0)
+    world.watch(limit=2, filters=Filters.parse("^/usr/bin/java", (), ()))
+    world.run(10)
+    assert world.reaped() == [1000]
+
+
+def test_pid_filter(world):
+    a, b = server(world, 1000, 8080), server(world, 1001, 8081)
+    world.close_wait(a, 8080, n=2, at=1.0)
+    world.close_wait(b, 8081, n=2, at=1.0)
+    world.watch(limit=2, filters=Filters.parse(None, (), (1001,)))
+    world.run(10)
+    assert world.reaped() == [1001]
+
+
+def test_ignored_peers_never_count(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=3, at=1.0, peer_port=2049)
+    world.watch(limit=2, filters=Filters.parse(None, ("10.0.0.2:2049",), ()))
+    world.run(10)
+    assert world.reaped() == [] and world.watcher.events_seen["enter"] == 0
+
+
+def test_fd_percent_waits_for_the_share_of_the_fd_limit(world):
+    small = server(world, 1000, 8080, fd_limit=10)
+    big = server(world, 1001, 8081, fd_limit=10000)
+    world.close_wait(small, 8080, n=5, at=1.0)
+    world.close_wait(big, 8081, n=5, at=1.0)
+    world.watch(limit=2, fd_percent=50)
+    world.run(20)
+    assert world.reaped() == [1000]
+
+
+# -- the kill engine's answers -------------------------------------------------
+
+def test_dry_run_says_would_reap_and_looks_again(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    world.watch(limit=2, grace=2.0, dry_run=True)
+    world.run(12)
+    lines = world.said("would-reap")
+    assert len(lines) >= 2 and lines[0]["at"] == pytest.approx(3.0, abs=0.01)
+    assert world.said("reap") == [] and 1000 in world.procs
+
+
+@pytest.mark.parametrize("result", [Result.SPARED, Result.RESOLVED])
+def test_spared_or_resolved_is_judged_again_after_a_grace(world, result):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    world.watch(limit=2, grace=2.0)
+    world.killer.results[1000] = result
+    world.run(4)
+    assert world.reaped() == [1000]
+    world.killer.results.pop(1000)
+    world.run(10)
+    assert world.reaped() == [1000, 1000]  # a second decision, then a kill
+    assert 1000 not in world.procs
+
+
+def test_a_failed_kill_can_be_decided_again(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    world.watch(limit=2, grace=2.0)
+    world.killer.results[1000] = Result.FAILED
+    world.run(5)
+    assert [o["result"] for o in world.said("outcome")] == ["failed"]
+
+
+def test_a_running_kill_is_not_started_twice(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    world.close_wait(srv, 8080, n=2, at=4.0)
+    world.watch(limit=2, grace=2.0)
+    world.killer.hold.add(1000)
+    world.run(20)
+    assert world.reaped() == [1000]
+
+
+def test_full_kill_slots_defer_the_decision(world):
+    a, b = server(world, 1000, 8080), server(world, 1001, 8081)
+    world.close_wait(a, 8080, n=2, at=1.0)
+    world.close_wait(b, 8081, n=2, at=1.0)
+    world.watch(limit=2, grace=2.0)
+    world.killer.max_running = 1
+    world.killer.hold.add(1000)
+    world.killer.hold.add(1001)
+    world.run(5)
+    assert world.reaped() == [1000]  # one slot: the other waits, no reap line
+    assert len(world.said("reap")) == 1
+    world.killer.finish(1000)
+    world.run(6)
+    assert world.reaped() == [1000, 1001]
+
+
+# -- storms ---------------------------------------------------------------------
+
+def test_a_command_reaped_too_often_is_rate_limited(world):
+    world.watch(limit=2, grace=1.0, max_kills=2, per=100.0)
+    for i, at in enumerate((2.0, 6.0, 10.0)):
+        # each one a restart of the last: started just before it leaks
+        srv = world.process(2000 + i, comm="leaky", cmdline="leaky --serve", age=0.5)
+        world.listen(srv, 9000 + i)
+        world.close_wait(srv, 9000 + i, n=2, at=at)
+    world.run(30)
+    assert world.reaped() == [2000, 2001]
+    (storm,) = world.said("storm")
+    assert storm["pid"] == 2002
+    world.run(110)
+    assert world.reaped() == [2000, 2001, 2002]  # once the window allows
+
+
+# -- real services: holders and families ----------------------------------------
+
+def test_a_socket_held_by_two_processes_counts_for_each(world):
+    parent = server(world, 1000)
+    child = world.process(1001, ppid=1000)
+    world.close_wait([parent, child], 8080, n=2, at=1.0)
+    world.watch(limit=2)
+    world.run(20)
+    # children first: the child is reaped, the parent judged again later
+    assert world.reaped()[0] == 1001
+    assert world.said("children-first")[0]["pid"] == 1000
+
+
+def test_a_master_whose_workers_are_reaped_is_spared_when_the_leak_goes(world):
+    master = server(world, 1000, comm="nginx")
+    worker = world.process(1001, comm="nginx", ppid=1000)
+    world.close_wait([master, worker], 8080, n=2, at=1.0)
+    world.watch(limit=2)
+    world.run(60)
+    # the worker went, and with it the last holder of the sockets... except
+    # the master, which still holds them: it is reaped after its wait.
+    assert world.reaped()[0] == 1001
+
+
+def test_sockets_left_after_a_kill_are_looked_at_again(world):
+    a = server(world, 1000)
+    b = world.process(1005, ppid=1)  # an unrelated process got them (fd passing)
+    world.close_wait([a, b], 8080, n=2, at=1.0)
+    world.watch(limit=2)
+    world.run(20)
+    assert sorted(world.reaped()) == [1000, 1005]
+    first = world.said("outcome")[0]
+    assert first["sockets_left"] == 2
+
+
+# -- identity ----------------------------------------------------------------------
+
+def test_netns_twins_are_two_sockets(world):
+    """The same 4-tuple in two namespaces: one's exit does not end the
+    other's timer."""
+    srv = server(world)
+    other = world.process(1500)
+    world.listen(other, 8080, netns=OTHER_NS)
+    world.kernel.namespaces.append(OTHER_NS)
+    twins_a = world.close_wait(srv, 8080, n=2, at=1.0, peer_port=50000)
+    world.close_wait(other, 8080, n=1, at=1.0, peer_port=50000, netns=OTHER_NS)
+    world.close_wait(other, 8080, n=1, at=1.0, peer_port=50001, netns=OTHER_NS)
+    world.closes(twins_a[0], at=1.5)  # host side closes its twin
+    world.watch(limit=2)
+    world.run(10)
+    assert world.reaped() == [1500]
+
+
+# -- lost events and reconciliation ---------------------------------------------
+
+def test_a_leak_whose_events_were_lost_is_found_by_reconciliation(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=3, at=1.0, event=False)  # no transition seen
+    world.lose_events(3, at=1.2)
+    world.watch(limit=2)
+    world.run(10)
+    assert world.said("lost-events") and world.said("reconcile")
+    assert world.reaped() == [1000]
+
+
+def test_a_lost_exit_never_causes_a_kill(world):
+    srv = server(world)
+    socks = world.close_wait(srv, 8080, n=2, at=1.0)
+    for sock in socks:
+        world.closes(sock, at=1.5, event=False)  # closed, exit never seen
+    world.watch(limit=2)
+    world.run(20)
+    assert world.reaped() == []
+
+
+def test_periodic_reconciliation_without_lost_events(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0, event=False)
+    world.watch(limit=2)
+    world.run(58)
+    assert world.reaped() == []  # nothing seen yet
+    world.run(70)
+    assert world.reaped() == [1000]  # the 60 s reconciliation found it
+
+
+def test_sockets_already_in_close_wait_count_from_the_start(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=3, at=0.0, event=False)
+    world.source.seeds = [Transition(Kind.EXISTING, ns.diag.sock, world.clock.now,
+                                     kid=ns.diag.cookie, netns=ns.netns)
+                          for ns in world.kernel.close_wait()]
+    world.watch(limit=2, grace=2.0)
+    world.run(10)
+    assert world.said("existing")[0]["sockets"] == 3
+    assert world.said("reap")[0]["at"] == pytest.approx(2.0, abs=0.01)
+
+
+# -- reload ----------------------------------------------------------------------
+
+def test_reload_applies_the_new_grace_to_pending_timers(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    w = world.watch(limit=2, grace=2.0)
+    world.run(1.5)
+    from resreap.policy import Limits
+    from resreap.watch import WatchConfig
+    w.reconfigure(WatchConfig(Limits(2, 10.0, 3, 60.0, stall=60.0), w.config.plan, w.filters))
+    world.run(8)
+    assert world.reaped() == []  # not at 3 s any more
+    world.run(15)
+    assert world.said("reap")[0]["at"] == pytest.approx(11.0, abs=0.3)
+
+
+def test_reload_with_a_higher_limit_spares(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    w = world.watch(limit=2, grace=2.0)
+    world.run(1.5)
+    from resreap.policy import Limits
+    from resreap.watch import WatchConfig
+    w.reconfigure(WatchConfig(Limits(5, 2.0, 3, 60.0, stall=60.0), w.config.plan, w.filters))
+    world.run(30)
+    assert world.reaped() == []
+
+
+# -- after a kill ------------------------------------------------------------------
+
+def test_resolved_then_leaks_again_is_reaped_again(world):
+    """The bug "resolved, then never reaped again": a process that closed
+    its sockets before the signal is judged afresh on its next leak."""
+    srv = server(world)
+    first = world.close_wait(srv, 8080, n=2, at=1.0)
+    for sock in first:
+        world.closes(sock, at=3.5)  # it closed them while the hook ran
+    world.watch(limit=2, grace=2.0)
+    world.killer.results[1000] = Result.RESOLVED
+    world.run(30)
+    assert world.reaped() == [1000] and 1000 in world.procs
+    world.killer.results.pop(1000)
+    world.close_wait(srv, 8080, n=2, at=40.0)
+    world.run(50)
+    assert world.reaped() == [1000, 1000] and 1000 not in world.procs
+    assert world.said("reap")[1]["at"] == pytest.approx(42.0, abs=0.01)
+
+
+def test_a_restarted_server_with_the_same_pid_is_a_new_process(world):
+    srv = server(world, 1000)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    world.watch(limit=2, grace=2.0)
+    world.run(5)
+    assert world.reaped() == [1000] and 1000 not in world.procs
+    again = server(world, 1000, port=8081, age=1)  # pid reused by a new process
+    world.close_wait(again, 8081, n=1, at=6.0)
+    world.run(30)
+    assert world.reaped() == [1000]  # one socket: below the limit, no second reap
+
+
+def test_many_leakers_at_once_each_get_one_reap(world):
+    for i in range(20):
+        srv = server(world, 3000 + i, 10000 + i, cmdline=f"srv{i}")
+        world.close_wait(srv, 10000 + i, n=2, at=1.0 + i * 0.01)
+    world.watch(limit=2, grace=2.0, max_kills=100)
+    world.run(10)
+    assert sorted(world.reaped()) == list(range(3000, 3020))
+    assert len(world.said("reap")) == 20
+
+
+def test_stop_reports_what_is_left(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=1, at=1.0)
+    w = world.watch(limit=2)
+    world.run(5)
+    w.shutdown(0.1)
+    assert len(w.table) == 1 and world.said("abandon") == []
+
+
+def test_snapshot_is_typed(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    w = world.watch(limit=3, grace=2.0)
+    world.run(10)
+    snap = w.snapshot(20)
+    assert snap.tracked == 2 and snap.top[0].pid == 1000 and snap.top[0].count == 2
+    assert snap.top[0].unit == "app.service" and snap.events["enter"] == 2
+
+
+def test_counting_sockets_held_by_no_one_are_orphans(world):
+    """In flight in a unix socket, or held by an unreadable process: no
+    one to reap, said once, and the retries back off."""
+    server(world)
+    world.close_wait([], 8080, n=2, at=1.0)
+    world.watch(limit=2)
+    world.run(120)
+    assert world.reaped() == []
+    (orphans,) = world.said("orphans")
+    assert orphans["sockets"] == 2
+
+
+def test_the_master_goes_after_its_children_if_the_leak_remains(world):
+    master = server(world, 1000, comm="nginx")
+    worker = world.process(1001, comm="nginx", ppid=1000)
+    world.close_wait([master, worker], 8080, n=2, at=1.0)
+    world.watch(limit=2)
+    world.run(60)
+    assert world.reaped() == [1001, 1000]
+    first_reap, second_reap = world.said("reap")
+    assert second_reap["at"] >= world.said("children-first")[0]["again_in"]
+
+
+def test_a_process_that_exits_on_its_own_is_not_reaped(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=3, at=1.0)
+    world._at(world.t0 + 2.0, lambda: world.exit(1000))
+    world.watch(limit=2, grace=2.0)
+    world.run(20)
+    assert world.reaped() == [] and len(world.watcher.table) == 0
+
+
+def test_leaving_dry_run_by_reload_reaps(world):
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    w = world.watch(limit=2, grace=2.0, dry_run=True)
+    world.run(5)
+    assert world.said("would-reap") and 1000 in world.procs
+    from resreap.killer import Plan
+    from resreap.watch import WatchConfig
+    w.reconfigure(WatchConfig(w.limits, Plan(wait=2.0), w.filters))
+    world.run(15)
+    assert world.said("reap") and 1000 not in world.procs
+
+
+def test_a_foreign_socket_is_said_once(world):
+    srv = server(world, uid=1000)
+    world.close_wait(srv, 8080, n=1, at=1.0, uid=2000)
+    world.close_wait(srv, 8080, n=1, at=30.0, uid=2000)
+    world.watch(limit=2)
+    world.run(200)
+    assert len(world.said("foreign")) == 1 and world.reaped() == []
+
+
+def test_each_event_is_counted(world):
+    srv = server(world)
+    socks = world.close_wait(srv, 8080, n=3, at=1.0)
+    world.closes(socks[0], at=1.5)
+    w = world.watch(limit=5)
+    world.run(5)
+    assert w.events_seen == {"existing": 0, "enter": 3, "exit": 1}
