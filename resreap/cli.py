@@ -124,13 +124,13 @@ def trace(
     evidence watch would judge (eof-ignored, unread, queued, sending).
     Ctrl-C prints a per-process summary and exits 0.
     """
-    from resreap import formatting
-    from resreap.events import open_source
-    from resreap.evidence import Rules
-    from resreap.filters import Filters
-    from resreap.owners import OwnerResolver, check_privileges
-    from resreap.sockets import SocketTable
-    from resreap.trace import Tracer
+    from resreap.ops import formatting
+    from resreap.sources.events import open_source
+    from resreap.engine.evidence import Rules
+    from resreap.engine.filters import Filters
+    from resreap.engine.owners import OwnerResolver, check_privileges
+    from resreap.host.sockets import SocketTable
+    from resreap.engine.trace import Tracer
 
     _setup_logging(debug)
     _stop_on_signals()
@@ -256,7 +256,7 @@ def _positive(name: str, value: float, minimum: float = 0.0, *, strict: bool = F
 
 def _merge(ctx: typer.Context, given: dict, config_path: Optional[str]) -> dict:
     """Defaults < config file < command line."""
-    from resreap import config
+    from resreap.ops import config
 
     settings = dict(given)
     for name, value in config.load(config_path).items():
@@ -270,10 +270,10 @@ def _merge(ctx: typer.Context, given: dict, config_path: Optional[str]) -> dict:
 def _watch_config(st: dict):
     """Validated domain settings from merged options (raises UsageError)."""
     from resreap.errors import UsageError
-    from resreap.filters import Filters
-    from resreap.killer import Plan, parse_signal
-    from resreap.policy import Limits, parse_rate
-    from resreap.watch import WatchConfig
+    from resreap.engine.filters import Filters
+    from resreap.engine.killer import Plan, parse_signal
+    from resreap.engine.policy import Limits, parse_rate
+    from resreap.engine.watch import WatchConfig
 
     filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or ())
     _positive("-l", st["limit"], 1)
@@ -351,16 +351,16 @@ def watch(
     Its supervisor is expected to restart it.  Every decision is logged on
     one line (stderr, --log-file); --json makes them JSON lines.
     """
-    from resreap import decisionlog
-    from resreap.decisionlog import decision
+    from resreap.ops import decisionlog
+    from resreap.engine.decisions import decision
     from resreap.errors import OutputGone, UsageError
-    from resreap.events import open_source
-    from resreap.instance import ReloadStatus, hold_watch_lock, read_reload_status, \
+    from resreap.sources.events import open_source
+    from resreap.ops.instance import ReloadStatus, hold_watch_lock, read_reload_status, \
         write_reload_status
-    from resreap.owners import OwnerResolver, check_privileges
-    from resreap.sdnotify import Notifier
-    from resreap.sockets import SocketTable
-    from resreap.watch import Watcher
+    from resreap.engine.owners import OwnerResolver, check_privileges
+    from resreap.ops.sdnotify import Notifier
+    from resreap.host.sockets import SocketTable
+    from resreap.engine.watch import Watcher
 
     given = {k: v for k, v in locals().items() if k in ctx.params}
     _stop_on_signals()
@@ -402,7 +402,7 @@ def watch(
                                poll_interval=st["poll_interval"] or max(0.05, grace_s / 2))
         exporter = None
         if st["metrics"]:
-            from resreap.metrics import TOP, Exporter
+            from resreap.ops.metrics import TOP, Exporter
 
             exporter = Exporter(st["metrics"], selected.source.name)
         last_snapshot = [0.0]
@@ -499,8 +499,8 @@ def reload(
     it has, and say whether the new settings apply.  Exits 1 when they were
     rejected (a bad file keeps the old settings) or when no answer came."""
     from resreap.errors import UsageError
-    from resreap.instance import reload as do_reload
-    from resreap.instance import watch_pid
+    from resreap.ops.instance import reload as do_reload
+    from resreap.ops.instance import watch_pid
 
     try:
         target = pid or watch_pid()
@@ -523,7 +523,7 @@ def doctor(json_out: JsonOpt = False) -> None:
     when resreap can run here (with either backend), 1 otherwise."""
     import json
 
-    from resreap import doctor as doc
+    from resreap.ops import doctor as doc
 
     results = doc.checks()
     for check in results:

@@ -109,7 +109,7 @@ class SpareReason(enum.Enum):
 
 class Evidence(enum.Enum):
     """What the kernel says about a socket in CLOSE_WAIT, and so how long
-    it must stay before it counts against its holder (see evidence.py)."""
+    it must stay before it counts against its holder (see engine/evidence.py)."""
 
     EOF_IGNORED = "eof-ignored"  # the process read the EOF and kept the socket
     UNREAD = "unread"            # the peer's FIN (and maybe data) is unread

@@ -32,7 +32,7 @@ def pytest_runtest_makereport(item, call):
 def _bpf_problem() -> str | None:
     if os.geteuid() != 0:
         return "not root"
-    from resreap.bpf_events import check_usable
+    from resreap.sources.bpf_events import check_usable
     from resreap.errors import ResreapError
 
     try:

@@ -175,7 +175,7 @@ def test_invalid_utf8_and_control_bytes_in_a_command_line(watch, actors, tag, tm
 def test_blocked_proc_read_never_blocks_the_caller(tmp_path):
     """/proc/PID/cmdline of a process in D state can hang; a FIFO without a
     writer hangs the same way.  The bounded read gives up in time."""
-    from resreap import procinfo
+    from resreap.host import procinfo
     from resreap.errors import ProcessUnreadable
 
     d = tmp_path / "4242"
@@ -196,15 +196,15 @@ def test_full_kill_slots_never_log_a_reap_twice(actors, tag, caplog):
     process gets exactly one "reap" line, and one kill."""
     import logging
 
-    from resreap.events import open_source
-    from resreap.filters import Filters
-    from resreap.killer import Killer, Plan
-    from resreap.owners import OwnerResolver
-    from resreap.policy import Limits
-    from resreap.sockets import SocketTable
-    from resreap.watch import WatchConfig, Watcher
+    from resreap.sources.events import open_source
+    from resreap.engine.filters import Filters
+    from resreap.engine.killer import Killer, Plan
+    from resreap.engine.owners import OwnerResolver
+    from resreap.engine.policy import Limits
+    from resreap.host.sockets import SocketTable
+    from resreap.engine.watch import WatchConfig, Watcher
 
-    caplog.set_level(logging.INFO, logger="resreap.decisions")
+    caplog.set_level(logging.INFO, logger="resreap.engine.decisions")
     table = SocketTable()
     source = open_source("bpf", table, latency=0.05).source
     plan = Plan(wait=0.5)

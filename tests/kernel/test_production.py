@@ -118,7 +118,8 @@ def test_doctor_not_root_fails(resreap_bin):
 
 def test_doctor_and_the_bpf_backend_judge_headers_alike():
     """One predicate serves both: doctor must not call FAIL what BPF accepts."""
-    from resreap import bpf_events, doctor
+    from resreap.sources import bpf_events
+    from resreap.ops import doctor
 
     headers = [c for c in doctor.checks() if c.name == "headers"][0]
     assert (headers.status == doctor.OK) == (bpf_events.kernel_headers() is not None)

@@ -6,14 +6,14 @@ import time
 
 import pytest
 
-from resreap.events import open_source
-from resreap.filters import Filters
+from resreap.sources.events import open_source
+from resreap.engine.filters import Filters
 from resreap.model import Kind
-from resreap.owners import OwnerResolver
-from resreap.sockets import SocketTable
-from resreap.evidence import Rules
+from resreap.engine.owners import OwnerResolver
+from resreap.host.sockets import SocketTable
+from resreap.engine.evidence import Rules
 from resreap.model import Evidence
-from resreap.trace import Event, Tracer
+from resreap.engine.trace import Event, Tracer
 
 from procs import patience
 
@@ -212,7 +212,7 @@ def test_stayed_lines_name_the_evidence(harness, actors, mode, want):
 
 def test_min_age_shows_only_sockets_that_stayed(harness, actors):
     """Real traffic is a firehose: --min-age keeps the sockets that stayed."""
-    from resreap.trace import Tracer
+    from resreap.engine.trace import Tracer
 
     quick = actors("flood", "127.0.0.1", "1")          # short CLOSE_WAITs
     server = actors("leaky-server", "127.0.0.1")

@@ -304,8 +304,9 @@ def test_recycled_pid_is_never_signalled(monkeypatch, root_ready, pidfd):
     another process (here: same pid, other start time) is left alone.  Also
     without pidfds (Linux < 5.3), where identity is re-checked right before
     each signal."""
-    from resreap import killer, procinfo
-    from resreap.killer import Plan, Target, execute
+    from resreap.engine import killer
+    from resreap.host import procinfo
+    from resreap.engine.killer import Plan, Target, execute
 
     monkeypatch.setattr(killer, "HAVE_PIDFD", pidfd)
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -324,9 +325,9 @@ def test_recycled_pid_is_never_signalled(monkeypatch, root_ready, pidfd):
 
 
 def test_protected_processes_are_refused(root_ready):
-    from resreap import procinfo
-    from resreap.filters import Filters
-    from resreap.policy import Eligibility
+    from resreap.host import procinfo
+    from resreap.engine.filters import Filters
+    from resreap.engine.policy import Eligibility
 
     elig = Eligibility(Filters())
     assert not elig.check(procinfo.read(1)).ok

@@ -24,17 +24,17 @@ import shutil
 import time
 from pathlib import Path
 
-from resreap import procinfo
-from resreap.events import EventSource
-from resreap.filters import Filters
-from resreap.killer import Outcome, Plan, Target
+from resreap.host import procinfo
+from resreap.sources.events import EventSource
+from resreap.engine.filters import Filters
+from resreap.engine.killer import Outcome, Plan, Target
 from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, Kind, Result, SockId, Transition
-from resreap.owners import FdIndex, OwnerResolver
-from resreap.fdscan import FullScanner
-from resreap.policy import Limits
-from resreap.sockdiag import DiagSock
-from resreap.sockets import NsSock
-from resreap.watch import Watcher, WatchConfig
+from resreap.engine.owners import FdIndex, OwnerResolver
+from resreap.engine.fdscan import FullScanner
+from resreap.engine.policy import Limits
+from resreap.host.sockdiag import DiagSock
+from resreap.host.sockets import NsSock
+from resreap.engine.watch import Watcher, WatchConfig
 
 NS = 4026531840          # the host's network namespace
 OTHER_NS = 4026532999    # a container's
@@ -364,7 +364,7 @@ class World:
         self.watcher = Watcher(self.source, resolver, config, killer=self.killer,
                                clock=self.clock)
         handler = _Capture(self.lines, lambda: round(self.clock.now - self.t0, 3))
-        logger = logging.getLogger("resreap.decisions")
+        logger = logging.getLogger("resreap.engine.decisions")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         self._handler = handler
@@ -383,7 +383,7 @@ class World:
 
     def close(self) -> None:
         if getattr(self, "_handler", None) is not None:
-            logging.getLogger("resreap.decisions").removeHandler(self._handler)
+            logging.getLogger("resreap.engine.decisions").removeHandler(self._handler)
 
     # -- what happened ----------------------------------------------------
 

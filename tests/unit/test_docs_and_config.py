@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from resreap import config
+from resreap.ops import config
 from resreap.cli import app
 from resreap.errors import UsageError
 

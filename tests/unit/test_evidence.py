@@ -1,10 +1,10 @@
-"""The evidence rules (resreap/evidence.py): what counts, after how long."""
+"""The evidence rules (resreap/engine/evidence.py): what counts, after how long."""
 
 import pytest
 
-from resreap.evidence import MIN_RECHECK, Rules, counts_against, judge, summary
+from resreap.engine.evidence import MIN_RECHECK, Rules, counts_against, judge, summary
 from resreap.model import TCP_CLOSE_WAIT, Evidence, SockId
-from resreap.sockdiag import DiagSock
+from resreap.host.sockdiag import DiagSock
 
 S = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\2", 4000)
 RULES = Rules(grace=2.0, stall=60.0)

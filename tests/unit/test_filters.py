@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from resreap.errors import UsageError
-from resreap.filters import Filters, parse_endpoint
+from resreap.engine.filters import Filters, parse_endpoint
 from resreap.model import SockId
 
 V4 = ipaddress.IPv4Address

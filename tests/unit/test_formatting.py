@@ -1,10 +1,10 @@
 import ipaddress
 import json
 
-from resreap.formatting import safe, summary_json, summary_lines, trace_json, trace_line
+from resreap.ops.formatting import safe, summary_json, summary_lines, trace_json, trace_line
 from resreap.model import Evidence, Owner, SockId
-from resreap.supervisor import parse
-from resreap.trace import Event, ProcSummary, TraceRecord
+from resreap.host.supervisor import parse
+from resreap.engine.trace import Event, ProcSummary, TraceRecord
 
 SOCK = SockId(4, ipaddress.IPv4Address("127.0.0.1").packed, 8080,
               ipaddress.IPv4Address("127.0.0.1").packed, 51234)
@@ -84,18 +84,19 @@ def test_lines_to_the_journal_carry_their_priority(tmp_path, monkeypatch):
     import logging
     import os
 
-    from resreap import decisionlog
+    from resreap.ops import decisionlog
+    from resreap.engine import decisions
 
     path = tmp_path / "stderr"
     with open(path, "w") as stream:
         st = os.fstat(stream.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
         decisionlog.configure(debug=False, json_lines=False, log_file=None, stream=stream)
-        decisionlog.decision("reap", logging.WARNING, pid=7)
-        decisionlog.decision("reload", logging.ERROR, error="bad")
+        decisions.decision("reap", logging.WARNING, pid=7)
+        decisions.decision("reload", logging.ERROR, error="bad")
         monkeypatch.setenv("JOURNAL_STREAM", "1:2")
         decisionlog.configure(debug=False, json_lines=False, log_file=None, stream=stream)
-        decisionlog.decision("stop", logging.WARNING)
+        decisions.decision("stop", logging.WARNING)
     lines = path.read_text().splitlines()
     assert lines[0].startswith("<4>") and " reap pid=7" in lines[0]
     assert lines[1].startswith("<3>") and lines[2][0].isdigit()

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from resreap import config, procinfo
+from resreap.ops import config
+from resreap.host import procinfo
 from resreap.errors import AccessDenied, ProcessUnreadable, UsageError
-from resreap.owners import FdIndex
-from resreap.policy import StormGuard
+from resreap.engine.owners import FdIndex
+from resreap.engine.policy import StormGuard
 
 
 def fake_proc(root, pid, cmdline=b"srv\0", fifo=False):
@@ -115,7 +116,7 @@ def test_6_trusted_config(tmp_path):
 def test_9_owner_hints_are_a_bounded_lru():
     """One key per ephemeral port or peer: 330 bytes a connection, for ever,
     in a soak of slow closers (the map was only cleared at 65,536)."""
-    from resreap.owners import Hints
+    from resreap.engine.owners import Hints
 
     hints = Hints()
     for port in range(20000):

@@ -4,7 +4,7 @@ child, newest-first)."""
 
 import os
 
-from resreap.owners import FdIndex
+from resreap.engine.owners import FdIndex
 
 
 def proc(root, pid, ppid, fds=(), children=()):

@@ -4,12 +4,12 @@ import signal
 
 import pytest
 
-from resreap.decisionlog import JsonFormatter, TextFormatter
+from resreap.ops.decisionlog import JsonFormatter, TextFormatter
 from resreap.errors import UsageError
-from resreap.killer import Plan, Target, hook_env, parse_signal
+from resreap.engine.killer import Plan, Target, hook_env, parse_signal
 from resreap.model import Owner, SockId
-from resreap.policy import Counter, StormGuard, parse_rate
-from resreap.procinfo import ProcInfo
+from resreap.engine.policy import Counter, StormGuard, parse_rate
+from resreap.host.procinfo import ProcInfo
 
 A = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\1", 1000)
 B = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\1", 1001)
@@ -82,7 +82,7 @@ def test_hook_env_carries_facts_not_code():
 
 
 def _record(event, **fields):
-    rec = logging.LogRecord("resreap.decisions", logging.WARNING, "", 0, event, (), None)
+    rec = logging.LogRecord("resreap.engine.decisions", logging.WARNING, "", 0, event, (), None)
     rec.fields = fields
     return rec
 

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from resreap import procinfo
+from resreap.host import procinfo
 from resreap.errors import ProcessGone
-from resreap.owners import FdIndex
+from resreap.engine.owners import FdIndex
 
 
 def make_proc(root, pid, comm="srv", ppid=1, flags=0, start=1234, cmdline=b"srv\0-x\0", fds=(),

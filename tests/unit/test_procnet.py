@@ -2,7 +2,7 @@
 
 import ipaddress
 
-from resreap.procnet import ProcNetTcp, parse
+from resreap.host.procnet import ProcNetTcp, parse
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000003 00:00000000 00000000     0        0 1681 1 0000000076ce5da3 100 0 0 10 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from fakehost import NS, OTHER_NS, World
-from resreap.filters import Filters
+from resreap.engine.filters import Filters
 from resreap.model import Kind, Result, Transition
 
 
@@ -416,8 +416,8 @@ def test_reload_applies_the_new_grace_to_pending_timers(world):
     world.close_wait(srv, 8080, n=2, at=1.0)
     w = world.watch(limit=2, grace=2.0)
     world.run(1.5)
-    from resreap.policy import Limits
-    from resreap.watch import WatchConfig
+    from resreap.engine.policy import Limits
+    from resreap.engine.watch import WatchConfig
     w.reconfigure(WatchConfig(Limits(2, 10.0, 3, 60.0, stall=60.0), w.config.plan, w.filters))
     world.run(8)
     assert world.reaped() == []  # not at 3 s any more
@@ -430,8 +430,8 @@ def test_reload_with_a_higher_limit_spares(world):
     world.close_wait(srv, 8080, n=2, at=1.0)
     w = world.watch(limit=2, grace=2.0)
     world.run(1.5)
-    from resreap.policy import Limits
-    from resreap.watch import WatchConfig
+    from resreap.engine.policy import Limits
+    from resreap.engine.watch import WatchConfig
     w.reconfigure(WatchConfig(Limits(5, 2.0, 3, 60.0, stall=60.0), w.config.plan, w.filters))
     world.run(30)
     assert world.reaped() == []
@@ -536,8 +536,8 @@ def test_leaving_dry_run_by_reload_reaps(world):
     w = world.watch(limit=2, grace=2.0, dry_run=True)
     world.run(5)
     assert world.said("would-reap") and 1000 in world.procs
-    from resreap.killer import Plan
-    from resreap.watch import WatchConfig
+    from resreap.engine.killer import Plan
+    from resreap.engine.watch import WatchConfig
     w.reconfigure(WatchConfig(w.limits, Plan(wait=2.0), w.filters))
     world.run(15)
     assert world.said("reap") and 1000 not in world.procs

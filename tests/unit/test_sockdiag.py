@@ -1,7 +1,7 @@
 import struct
 
 from resreap.model import SockId, format_endpoint
-from resreap.sockdiag import _MSG, _RTATTR, INET_DIAG_INFO, _parse, _request, states_mask
+from resreap.host.sockdiag import _MSG, _RTATTR, INET_DIAG_INFO, _parse, _request, states_mask
 
 
 def test_request_layout():

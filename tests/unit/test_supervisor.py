@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from resreap import procinfo
-from resreap.killer import Killer, Plan, Target
+from resreap.host import procinfo
+from resreap.engine.killer import Killer, Plan, Target
 from resreap.model import Result
-from resreap.supervisor import Revival, Reviver, Supervisor, UnitState, bring_back, parse
+from resreap.host.supervisor import Revival, Reviver, Supervisor, UnitState, bring_back, parse
 
 DOCKER = "a" * 64
 
@@ -57,7 +57,7 @@ def test_unit_cgroup_is_the_slices_and_the_unit():
 
 
 def test_read_own_cgroup():
-    from resreap import supervisor
+    from resreap.host import supervisor
 
     where = supervisor.read(os.getpid())
     assert where.cgroup  # every process has one
@@ -195,7 +195,7 @@ def test_the_killer_brings_the_service_back_after_a_real_kill(restart_units, dry
 
 
 def test_metrics_label_holders_with_unit_and_container():
-    from resreap.metrics import Exporter
+    from resreap.ops.metrics import Exporter
     from resreap.model import Holder, Snapshot
 
     exporter = Exporter.__new__(Exporter)  # no endpoint: only the collector

@@ -1,5 +1,5 @@
 from resreap.model import Kind, SockId, Transition
-from resreap.tracker import CloseWaitTable
+from resreap.engine.tracker import CloseWaitTable
 
 A = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\1", 1000)
 B = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\1", 1001)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple
 
 from resreap.model import Evidence
-from resreap.sockdiag import DiagSock
+from resreap.host.sockdiag import DiagSock
 
 # A socket that does not count yet is looked at again at most this often,
 # and at least this far apart (tiny graces in tests must not spin).

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from resreap.errors import KernelQueryError
 from resreap.model import SockId
-from resreap.sockdiag import DiagSock
+from resreap.host.sockdiag import DiagSock
 
 
 def _addr(hexwords: str) -> bytes:

@@ -18,12 +18,12 @@ import struct
 import subprocess
 import time
 
-from resreap.bpf_loader import BPF_SOURCE, CHILD_CWD, child_python
+from resreap.sources.bpf_loader import BPF_SOURCE, CHILD_CWD, child_python
 from resreap.errors import BackendUnavailable, NotRoot
-from resreap.events import EventSource, seed_transitions
+from resreap.sources.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, Kind, SockId, Transition
-from resreap.ringbuf import PerCpuCounters, RingBuffer
-from resreap.sockets import SocketTable
+from resreap.sources.ringbuf import PerCpuCounters, RingBuffer
+from resreap.host.sockets import SocketTable
 
 TRACEPOINT = ("sock", "inet_sock_set_state")
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -86,7 +86,7 @@ def _load() -> tuple[dict, list[int]]:
     with mine:
         try:
             helper = subprocess.Popen(
-                child_python("-m", "resreap.bpf_loader", str(theirs.fileno()),
+                child_python("-m", "resreap.sources.bpf_loader", str(theirs.fileno()),
                              str(RINGBUF_PAGES), str(WAKEUP_EVERY)),
                 pass_fds=[theirs.fileno()], cwd=CHILD_CWD, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

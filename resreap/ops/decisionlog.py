@@ -1,7 +1,7 @@
-"""How decisions are logged: one line each, as text or JSON.
+"""How decision lines are logged: one line each, as text or JSON.
 
-Domain code calls ``decision(event, message-fields...)``; the CLI decides
-where lines go (stderr, --log-file) and in which form.  Values that come
+The engine calls ``decisions.decision(event, fields...)``; the CLI decides
+where lines go (stderr, --log-file, the journal) and in which form.  Values that come
 from other processes (names, command lines) are escaped, never trusted.
 """
 
@@ -15,9 +15,9 @@ import stat
 import time
 from typing import Any
 
-from resreap.formatting import safe
+from resreap.ops.formatting import safe
 
-log = logging.getLogger("resreap.decisions")
+from resreap.engine.decisions import decision, log  # noqa: F401 - the one logger, re-exported
 
 _QUOTE = set(' "\'=\\')
 # A field comes from other processes (a command line may be 64 KiB): no log
@@ -29,11 +29,6 @@ def bounded(text: str, limit: int = VALUE_MAX) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}...[{len(text) - limit} more]"
-
-
-def decision(event: str, level: int = logging.INFO, /, **fields: Any) -> None:
-    if log.isEnabledFor(level):
-        log.log(level, event, extra={"fields": fields})
 
 
 def _text_value(value: Any) -> str:

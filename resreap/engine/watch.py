@@ -12,18 +12,19 @@ import logging
 import time
 from typing import Callable, NamedTuple
 
-from resreap import evidence, procinfo, supervisor
-from resreap.decisionlog import decision
+from resreap.engine import evidence
+from resreap.host import procinfo, supervisor
+from resreap.engine.decisions import decision
 from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
-from resreap.events import EventSource
-from resreap.filters import Filters
-from resreap.killer import Killer, Outcome, Plan, Target
+from resreap.sources.events import EventSource
+from resreap.engine.filters import Filters
+from resreap.engine.killer import Killer, Outcome, Plan, Target
 from resreap.model import Evidence, Holder, Key, Kind, Owner, Result, Snapshot, SockId, \
     SpareReason, Transition
-from resreap.owners import Found, OwnerResolver, Probe, resolve_close_wait
-from resreap.policy import Counter, Eligibility, Limits, StormGuard
-from resreap.supervisor import Revival
-from resreap.tracker import CloseWaitTable, Entry
+from resreap.engine.owners import Found, OwnerResolver, Probe, resolve_close_wait
+from resreap.engine.policy import Counter, Eligibility, Limits, StormGuard
+from resreap.host.supervisor import Revival
+from resreap.engine.tracker import CloseWaitTable, Entry
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ keeps the program alive and readable over a unix socket (SCM_RIGHTS):
 It then leaves with os._exit: bcc's atexit cleanup would disable the perf
 event that the watchdog now shares.
 
-    python -m resreap.bpf_loader FD RINGBUF_PAGES WAKEUP_EVERY
+    python -m resreap.sources.bpf_loader FD RINGBUF_PAGES WAKEUP_EVERY
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent
 # The kernel program ships inside the package (pyproject.toml copies the
-# top-level bpf/ there); a source checkout uses bpf/ itself.
-BPF_DIR = _HERE / "bpf" if (_HERE / "bpf").is_dir() else _HERE.parent / "bpf"
+# top-level bpf/ to resreap/bpf); a source checkout uses bpf/ itself.
+BPF_DIR = _PACKAGE / "bpf" if (_PACKAGE / "bpf").is_dir() else _PACKAGE.parent / "bpf"
 BPF_SOURCE = BPF_DIR / "resreap.bpf.c"
 TRACEPOINT = b"sock:inet_sock_set_state"
 # Where Python children run: a directory only root can write.

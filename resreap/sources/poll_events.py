@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 
-from resreap.events import EventSource
+from resreap.sources.events import EventSource
 from resreap.model import Kind, SockId, Transition
-from resreap.sockets import SocketTable
+from resreap.host.sockets import SocketTable
 
 
 # (network namespace, 4-tuple, cookie or inode): one socket, even where two

@@ -9,7 +9,7 @@ import time
 from typing import Iterable
 
 from resreap.model import Evidence, Owner, format_addr
-from resreap.trace import ProcSummary, TraceRecord
+from resreap.engine.trace import ProcSummary, TraceRecord
 
 # C0/C1 controls and DEL: a hostile process name must not drive the terminal.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")

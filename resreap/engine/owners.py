@@ -21,12 +21,12 @@ import threading
 import time
 from typing import Iterable, Iterator, NamedTuple
 
-from resreap import procinfo
+from resreap.host import procinfo
 from resreap.errors import AccessDenied, NotRoot, ProcessGone
-from resreap.fdscan import FullScanner, fd_count
+from resreap.engine.fdscan import FullScanner, fd_count
 from resreap.model import TCP_CLOSE_WAIT, Owner, SockId
-from resreap.sockdiag import DiagSock
-from resreap.sockets import NsSock, SocketTable
+from resreap.host.sockdiag import DiagSock
+from resreap.host.sockets import NsSock, SocketTable
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def _other_fds() -> Check:
     """Owners come from other processes' /proc/PID/fd: hidepid=2 or a
     missing CAP_SYS_PTRACE leaves every socket without an owner."""
     from resreap.errors import AccessDenied
-    from resreap.owners import socket_fds
+    from resreap.engine.owners import socket_fds
 
     me = os.getpid()
     others = [p for p in (1, os.getppid()) if p != me]
@@ -58,8 +58,8 @@ def _other_fds() -> Check:
 
 
 def checks() -> list[Check]:
-    from resreap import bpf_events
-    from resreap.bpf_loader import CHILD_CWD, child_python
+    from resreap.sources import bpf_events
+    from resreap.sources.bpf_loader import CHILD_CWD, child_python
     from resreap.errors import ResreapError
 
     out: list[Check] = []
@@ -99,7 +99,7 @@ def checks() -> list[Check]:
                      "" if headers else f"apt-get install linux-headers-{platform.release()} "
                                         "(or scripts/setup links generic ones)"))
     try:
-        from resreap.sockets import SocketTable
+        from resreap.host.sockets import SocketTable
 
         table = SocketTable(mode="sock_diag")
         table.close_wait()
@@ -118,7 +118,7 @@ def checks() -> list[Check]:
                      "" if pidfd else "Linux 5.3+; without it pid+start time are re-checked"))
     if root:
         try:
-            from resreap.sockets import SocketTable
+            from resreap.host.sockets import SocketTable
 
             source = bpf_events.BpfSource(SocketTable(), latency=0.1)
             source.close()

@@ -14,11 +14,11 @@ import os
 import time
 from typing import Iterable, NamedTuple
 
-from resreap import netns
+from resreap.host import netns
 from resreap.errors import KernelQueryError
 from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, SockId
-from resreap.procnet import ProcNetTcp
-from resreap.sockdiag import DiagSock, SockDiag
+from resreap.host.procnet import ProcNetTcp
+from resreap.host.sockdiag import DiagSock, SockDiag
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,15 @@ import enum
 import time
 from typing import NamedTuple
 
-from resreap import evidence, procinfo, supervisor
+from resreap.engine import evidence
+from resreap.host import procinfo, supervisor
 from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
-from resreap.events import EventSource
-from resreap.filters import Filters
+from resreap.sources.events import EventSource
+from resreap.engine.filters import Filters
 from resreap.model import Evidence, Kind, Owner, SockId, Transition
-from resreap.owners import OwnerResolver, Probe, resolve_close_wait
-from resreap.supervisor import Supervisor
-from resreap.tracker import CloseWaitTable
+from resreap.engine.owners import OwnerResolver, Probe, resolve_close_wait
+from resreap.host.supervisor import Supervisor
+from resreap.engine.tracker import CloseWaitTable
 
 
 class Event(enum.Enum):

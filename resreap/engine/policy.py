@@ -8,10 +8,10 @@ import os
 import time
 from typing import Iterable, NamedTuple
 
-from resreap import procinfo
+from resreap.host import procinfo
 from resreap.errors import ProcessReplaced, UsageError
-from resreap.evidence import Rules
-from resreap.filters import Filters
+from resreap.engine.evidence import Rules
+from resreap.engine.filters import Filters
 from resreap.model import Key, Owner, SpareReason
 
 

@@ -17,11 +17,11 @@ import threading
 import time
 from typing import Callable, NamedTuple
 
-from resreap import procinfo
+from resreap.host import procinfo
 from resreap.errors import ProcessGone, ProcessReplaced, UsageError
 from resreap.model import Result, SockId
-from resreap.owners import held_count
-from resreap.supervisor import Revival, Reviver, Supervisor, UnitState
+from resreap.engine.owners import held_count
+from resreap.host.supervisor import Revival, Reviver, Supervisor, UnitState
 
 log = logging.getLogger(__name__)
 

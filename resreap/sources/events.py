@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from resreap.errors import BackendUnavailable, UsageError
 from resreap.model import Kind, Transition
-from resreap.sockets import SocketTable
+from resreap.host.sockets import SocketTable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def open_source(backend: str, table: SocketTable, *, latency: float,
         raise UsageError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend in ("auto", "bpf"):
         try:
-            from resreap.bpf_events import BpfSource
+            from resreap.sources.bpf_events import BpfSource
 
             return Selected(BpfSource(table, latency=latency), None)
         except BackendUnavailable as exc:
@@ -73,6 +73,6 @@ def open_source(backend: str, table: SocketTable, *, latency: float,
             reason = str(exc)
     else:
         reason = None
-    from resreap.poll_events import PollSource
+    from resreap.sources.poll_events import PollSource
 
     return Selected(PollSource(table, interval=poll_interval or latency), reason)

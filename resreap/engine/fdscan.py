@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
-    from resreap.owners import FdIndex
+    from resreap.engine.owners import FdIndex
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import subprocess
 import time
 from typing import Callable, NamedTuple
 
-from resreap.procinfo import proc_errors
+from resreap.host.procinfo import proc_errors
 
 # /proc/PID/cgroup is a few short lines; a path is at most PATH_MAX.
 CGROUP_MAX = 8192
