@@ -124,7 +124,7 @@ def trace(
     evidence watch would judge (eof-ignored, unread, queued, sending).
     Ctrl-C prints a per-process summary and exits 0.
     """
-    from resreap.ops import formatting
+    from resreap.ops import formatting, settings
     from resreap.sources.events import open_source
     from resreap.engine.evidence import Rules
     from resreap.engine.filters import Filters
@@ -147,9 +147,9 @@ def trace(
         if selected.fallback_reason:
             typer.echo(f"resreap: BPF unavailable ({selected.fallback_reason}); "
                        f"polling every {selected.source.latency:g}s instead", err=True)
-        _positive("-i", grace, strict=True)
+        settings.positive("-i", grace, strict=True)
         if min_age is not None:
-            _positive("--min-age", min_age, strict=True)
+            settings.positive("--min-age", min_age, strict=True)
         tracer = Tracer(selected.source, OwnerResolver(table, scan_wait=TRACE_SCAN_WAIT), filters,
                         Rules(grace=grace), min_age=min_age)
         existing = tracer.start()
@@ -243,59 +243,14 @@ MetricsOpt = Annotated[Optional[str], typer.Option(
          "keep it off untrusted networks.")]
 
 
-def _positive(name: str, value: float, minimum: float = 0.0, *, strict: bool = False) -> None:
-    """A finite number >= minimum (> minimum when ``strict``)."""
-    from resreap.errors import UsageError
-
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value \
-        and value != float("inf") and (value > minimum if strict else value >= minimum)
-    if not ok:
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise UsageError(f"bad {name} value {value!r}: must be a number {bound}")
-
-
-def _merge(ctx: typer.Context, given: dict, config_path: Optional[str]) -> dict:
-    """Defaults < config file < command line."""
-    from resreap.ops import config
-
-    settings = dict(given)
-    for name, value in config.load(config_path).items():
-        key = {"filter": "command_pattern", "signal": "sig", "json": "json_out"}.get(name, name)
-        source = ctx.get_parameter_source(key)
-        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
-            settings[key] = value
-    return settings
-
-
-def _watch_config(st: dict):
-    """Validated domain settings from merged options (raises UsageError)."""
-    from resreap.errors import UsageError
-    from resreap.engine.filters import Filters
-    from resreap.engine.killer import Plan, parse_signal
-    from resreap.engine.policy import Limits, parse_rate
-    from resreap.engine.watch import WatchConfig
-
-    filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or ())
-    _positive("-l", st["limit"], 1)
-    _positive("-i", st["grace"], strict=True)
-    _positive("--stall", st["stall"], strict=True)
-    if st["fd_percent"] is not None:
-        _positive("--fd-percent", st["fd_percent"])
-        if not 0 < st["fd_percent"] <= 100:
-            raise UsageError(f"bad --fd-percent value {st['fd_percent']!r}: must be in (0, 100]")
-    _positive("-w", st["wait"])
-    _positive("--hook-timeout", st["hook_timeout"], strict=True)
-    if st["poll_interval"] is not None:
-        _positive("--poll-interval", st["poll_interval"], 0.01)
-    max_kills, per = parse_rate(st["max_rate"])
-    plan = Plan(signal=parse_signal(str(st["sig"])),
-                first_signal=parse_signal(str(st["first_signal"])) if st["first_signal"] else None,
-                wait=float(st["wait"]), hook=st["hook"], hook_timeout=float(st["hook_timeout"]),
-                dry_run=bool(st["dry_run"]), restart_units=bool(st["restart_units"]))
-    grace = float(st["grace"])
-    limits = Limits(int(st["limit"]), grace, max_kills, per, stall=max(grace, float(st["stall"])),
-                    fd_percent=float(st["fd_percent"]) if st["fd_percent"] is not None else None)
-    return WatchConfig(limits, plan, filters)
+def _from_flags(ctx: typer.Context) -> set[str]:
+    """The parameters the user typed (not defaults): they win over the file."""
+    typed = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            typed.add(name)
+    return typed
 
 
 @app.command(context_settings=CONTEXT, epilog="""\b
@@ -351,7 +306,7 @@ def watch(
     Its supervisor is expected to restart it.  Every decision is logged on
     one line (stderr, --log-file); --json makes them JSON lines.
     """
-    from resreap.ops import decisionlog
+    from resreap.ops import decisionlog, settings
     from resreap.engine.decisions import decision
     from resreap.errors import OutputGone, UsageError
     from resreap.sources.events import open_source
@@ -363,18 +318,19 @@ def watch(
     from resreap.engine.watch import Watcher
 
     given = {k: v for k, v in locals().items() if k in ctx.params}
+    typed = _from_flags(ctx)
     _stop_on_signals()
     watcher = None
     gone = False
     notifier = Notifier()
     try:
-        st = _merge(ctx, given, config_file)
-        config = _watch_config(st)
+        st = settings.resolve(given, typed, config_file)
+        config = st.engine
         try:
-            handlers = decisionlog.configure(debug=bool(st["debug"]), json_lines=bool(st["json_out"]),
-                                             log_file=st["log_file"])
+            handlers = decisionlog.configure(debug=st.debug, json_lines=st.json_out,
+                                             log_file=st.log_file)
         except OSError as exc:
-            raise UsageError(f"cannot open --log-file {st['log_file']}: {exc.strerror}") from None
+            raise UsageError(f"cannot open --log-file {st.log_file}: {exc.strerror}") from None
         reload_requested = []
         signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
         last = read_reload_status()
@@ -393,18 +349,18 @@ def watch(
         # timestamps, so this bounds work per wakeup, not timer accuracy.
         grace_s = config.limits.grace
         latency = min(0.25, max(0.01, grace_s / 4))
-        if st["backend"] != "proc":
+        if st.backend != "proc":
             # Compiling takes about a second, much longer on a busy host:
             # say so at once, not after it.
-            decision("loading", logging.INFO, backend=st["backend"],
+            decision("loading", logging.INFO, backend=st.backend,
                      note="compiling and attaching the BPF program")
-        selected = open_source(st["backend"], table, latency=latency,
-                               poll_interval=st["poll_interval"] or max(0.05, grace_s / 2))
+        selected = open_source(st.backend, table, latency=latency,
+                               poll_interval=st.poll_interval or max(0.05, grace_s / 2))
         exporter = None
-        if st["metrics"]:
+        if st.metrics:
             from resreap.ops.metrics import TOP, Exporter
 
-            exporter = Exporter(st["metrics"], selected.source.name)
+            exporter = Exporter(st.metrics, selected.source.name)
         last_snapshot = [0.0]
 
         def tick(w: Watcher) -> None:
@@ -419,7 +375,7 @@ def watch(
                 for problem in decisionlog.reopen(handlers):
                     decision("reload", logging.ERROR, error=f"cannot reopen the log file: {problem}")
                 try:
-                    fresh = _watch_config(_merge(ctx, given, config_file))
+                    fresh = settings.resolve(given, typed, config_file).engine
                     if not fresh.plan.dry_run and lock[0] is None:
                         lock[0] = hold_watch_lock()  # leaving dry run: act alone
                 except ResreapError as exc:
@@ -449,8 +405,8 @@ def watch(
                  limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
                  fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
                  dry_run=config.plan.dry_run, restart_units=config.plan.restart_units,
-                 filter=st["command_pattern"] or "",
-                 ignore=list(st["ignore"] or ()), pid=sorted(config.filters.pids),
+                 filter=st.command_pattern or "",
+                 ignore=list(st.ignore), pid=sorted(config.filters.pids),
                  namespaces=len(table.namespaces),
                  note="Ctrl-C to end")
         notifier.ready(f"watching ({selected.source.name} backend)")

@@ -63,6 +63,10 @@ class Transition(NamedTuple):
     ``netns`` is the network namespace where the source knows it (polling,
     seeding); the tracepoint does not carry it, so BPF events leave it None
     and the socket is bound to its namespace when first looked up.
+
+    ``by_owner``: the transition ran in the owner's own close()
+    (CLOSE_WAIT -> LAST_ACK, process context), so ``cpu_pid`` is a process
+    that held the socket; every other transition may run on any task.
     """
 
     kind: Kind
@@ -71,6 +75,7 @@ class Transition(NamedTuple):
     cpu_pid: int = 0
     kid: int = 0
     netns: int | None = None
+    by_owner: bool = False
 
 
 Key = tuple  # (SockId, kid): one socket as the event sources name it

@@ -198,6 +198,50 @@ def flood(host: str, seconds: str) -> None:
         pass
 
 
+def set_comm(name: str) -> None:
+    """This process's comm (prctl PR_SET_NAME): tell processes apart in a
+    trace by name, not only by pid."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(15, name.encode(), 0, 0, 0)
+
+
+def churn_server(host: str) -> None:
+    """Accepts, reads to the peer's FIN, closes: each connection passes
+    through CLOSE_WAIT for as long as that takes (its comm: churn-srv)."""
+    set_comm("churn-srv")
+    srv = listen(host, 4096)
+    say(port=srv.getsockname()[1], pid=os.getpid())
+
+    def loop():
+        while True:
+            conn, _ = srv.accept()
+            while conn.recv(4096):
+                pass
+            conn.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    for _ in commands():
+        pass
+
+
+def churn_clients(host: str, port: str, seconds: str) -> None:
+    """Connects and closes at once, as fast as it can, for SECONDS: the
+    peer of churn-server, in another process (its comm: churn-cli)."""
+    set_comm("churn-cli")
+    say(pid=os.getpid())
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    made, began = 0, time.monotonic()
+    while time.monotonic() - began < float(seconds):
+        c = socket.socket(family, socket.SOCK_STREAM)
+        c.connect((host, int(port)))
+        c.close()
+        made += 1
+    print(f"DONE {made} {made / (time.monotonic() - began):.0f}", flush=True)
+    for _ in commands():
+        pass
+
+
 def fork_storm(seconds: str) -> None:
     """Processes starting and exiting as fast as fork allows."""
     say(pid=os.getpid())
@@ -521,6 +565,8 @@ def slow_closers(host: str, count: str) -> None:
 
 ROLES = {
     "closing-server": closing_server,
+    "churn-server": churn_server,
+    "churn-clients": churn_clients,
     "eof-clients": eof_clients,
     "fd-hogs": fd_hogs,
     "in-flight": in_flight,

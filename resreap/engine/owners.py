@@ -320,6 +320,25 @@ class OwnerResolver:
         exact = [lst for lst in same_port if lst.diag.sock.laddr == child.laddr]
         return exact or [lst for lst in same_port if _wildcard(lst.diag.sock.laddr)]
 
+    def listening_on(self, sock: SockId) -> set[int]:
+        """The pids that hold a listener on ``sock``'s local address and
+        port, in any namespace (one list, refreshed at most once a second):
+        an accepted socket's likely owners when its own fd is gone."""
+        for refresh in (False, True):
+            if refresh:
+                if time.monotonic() - self._listeners_at < 1.0:
+                    break
+                self._listeners = self.table.listeners()
+                self._listeners_at = time.monotonic()
+            same = [lst for lst in self._listeners
+                    if lst.diag.sock.lport == sock.lport and lst.diag.sock.family == sock.family
+                    and (lst.diag.sock.laddr == sock.laddr or _wildcard(lst.diag.sock.laddr))]
+            if same:
+                inodes = [lst.diag.inode for lst in same]
+                held = self.index.holders(inodes, self._by_lport.get(sock.lport), full_scan=False)
+                return {pid for pids in held.values() for pid in pids}
+        return set()
+
     def _accept_queue_owner(self, ns: NsSock) -> set[int]:
         for refresh in (False, True):
             listeners = self._listener_for(ns, refresh)

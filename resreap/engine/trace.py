@@ -32,6 +32,15 @@ class Event(enum.Enum):
 _EVENT = {Kind.EXISTING: Event.EXISTING, Kind.ENTER: Event.ENTER, Kind.EXIT: Event.EXIT}
 
 
+class Via(enum.Enum):
+    """Where a line's owner came from: how sure it is."""
+
+    FD = "fd"              # it held the socket: read from /proc/PID/fd
+    CLOSE = "close"        # it closed the socket: the pid of CLOSE_WAIT -> LAST_ACK
+    LISTENER = "listener"  # likely: it holds the listener on the socket's port
+    NONE = "-"             # not found: gone before it could be read
+
+
 class TraceRecord(NamedTuple):
     ts: float                   # unix seconds
     kind: Event
@@ -41,6 +50,7 @@ class TraceRecord(NamedTuple):
     netns: int | None
     evidence: Evidence | None = None  # on stayed (see evidence.py)
     where: Supervisor | None = None   # the first owner's unit / container
+    via: Via = Via.FD
 
 
 class ProcSummary(NamedTuple):
@@ -74,6 +84,8 @@ class Tracer:
         self.stats: dict[Owner, _Stats] = {}
         self._cmdlines: dict[Owner, str] = {}
         self._wheres: dict[Owner, Supervisor] = {}
+        # How each tracked socket's owner was found, when not from its fd.
+        self._via: dict[tuple, Via] = {}
         # Kernel timestamps are CLOCK_MONOTONIC; show wall-clock time.
         self._wall_offset = time.time() - time.monotonic()
 
@@ -108,7 +120,8 @@ class Tracer:
             age = now - entry.entered
             judged = evidence.judge(hit.diag, age, self.rules)
             out.append(TraceRecord(now + self._wall_offset, Event.STAYED, entry.sock, owners,
-                                   age, hit.netns, judged.evidence, self._where(owners)))
+                                   age, hit.netns, judged.evidence, self._where(owners),
+                                   Via.FD if hit.owners else self._via.get(entry.key, Via.FD)))
         return out
 
     def _cmdline(self, owner: Owner) -> str:
@@ -169,6 +182,11 @@ class Tracer:
         # inside one batch is gone already and stays without owner.
         probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in fresh}
         resolved = resolve_close_wait(self.resolver, list(set(probes.values())))
+        # The owner of a socket that came and went too fast to be read from
+        # /proc: the process whose close() took it out of CLOSE_WAIT.
+        pids: dict[int, Owner | None] = {}
+        closers = {entry.key: owner for t, entry in order
+                   if entry is not None and (owner := self._closer(t, pids)) is not None}
         for entry in fresh:
             hits = resolved.get(probes[entry.key], [])
             hit = hits[0] if len(hits) == 1 else None
@@ -180,12 +198,23 @@ class Tracer:
                 entry.owners = hit.owners if hit else ()
                 if hit is not None:
                     entry.netns, entry.kid, entry.inode = hit.netns, hit.diag.kid, hit.diag.inode
+            if not entry.owners:
+                self._attribute(entry, closers.get(entry.key))
             for owner in entry.owners:
                 self.stats.setdefault(owner, _Stats()).entered += 1
             self._where(entry.owners)  # while it runs: read again for the summary
         out = []
         for t, entry in order:
             owners = (entry.owners or ()) if entry is not None else ()
+            via = self._via.get(entry.key, Via.FD) if entry is not None else Via.NONE
+            if t.kind is Kind.EXIT:
+                if entry is not None:
+                    self._via.pop(entry.key, None)
+                closer = closers.get(entry.key) if entry is not None else self._closer(t, pids)
+                if closer is not None and (not owners or via is Via.LISTENER):
+                    owners, via = (closer,), Via.CLOSE
+            if not owners:
+                via = Via.NONE
             if not self._wanted(owners):
                 continue
             age = None
@@ -200,8 +229,31 @@ class Tracer:
                 continue  # counted in the summary, not shown
             out.append(TraceRecord(t.ts + self._wall_offset, _EVENT[t.kind], t.sock, owners, age,
                                    entry.netns if entry is not None else None,
-                                   where=self._where(owners)))
+                                   where=self._where(owners), via=via))
         return out
+
+    def _closer(self, t: Transition, cache: dict[int, Owner | None]) -> Owner | None:
+        """The process that ran CLOSE_WAIT -> LAST_ACK: its own close()
+        (``by_owner``), so a holder of the socket, never the peer."""
+        if t.kind is not Kind.EXIT or not t.by_owner or not t.cpu_pid:
+            return None
+        if t.cpu_pid not in cache:
+            found = self.resolver.owners((t.cpu_pid,))
+            cache[t.cpu_pid] = found[0] if found else None
+        return cache[t.cpu_pid]
+
+    def _attribute(self, entry, closer: Owner | None) -> None:
+        """An entry whose fd was gone before it could be read: its closer,
+        else (likely) the holders of the listener on its local port, the
+        process that accepted it (a prefork server's workers share it)."""
+        if closer is not None:
+            entry.owners, self._via[entry.key] = (closer,), Via.CLOSE
+            return
+        pids = self.resolver.listening_on(entry.sock)
+        if pids:
+            entry.owners = tuple(self.resolver.owners(pids))
+            if entry.owners:
+                self._via[entry.key] = Via.LISTENER
 
     def summary(self) -> list[ProcSummary]:
         now = time.monotonic()

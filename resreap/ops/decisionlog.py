@@ -17,7 +17,6 @@ from typing import Any
 
 from resreap.ops.formatting import safe
 
-from resreap.engine.decisions import decision, log  # noqa: F401 - the one logger, re-exported
 
 _QUOTE = set(' "\'=\\')
 # A field comes from other processes (a command line may be 64 KiB): no log

@@ -9,7 +9,7 @@ import time
 from typing import Iterable
 
 from resreap.model import Evidence, Owner, format_addr
-from resreap.engine.trace import ProcSummary, TraceRecord
+from resreap.engine.trace import ProcSummary, TraceRecord, Via
 
 # C0/C1 controls and DEL: a hostile process name must not drive the terminal.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -24,11 +24,13 @@ def clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
-def _who(owners: tuple[Owner, ...]) -> tuple[str, str]:
+def _who(owners: tuple[Owner, ...], via: Via = Via.FD) -> tuple[str, str]:
     if not owners:
         return "-", "-"
     first = owners[0]
     pid = str(first.pid) if len(owners) == 1 else f"{first.pid}+{len(owners) - 1}"
+    if via is Via.LISTENER:
+        pid = "~" + pid  # likely: the listener's owner, not read from its fd
     return pid, safe(first.comm)
 
 
@@ -41,7 +43,7 @@ _SHORT = {Evidence.EOF_IGNORED: "eof"}
 
 
 def trace_line(rec: TraceRecord) -> str:
-    pid, comm = _who(rec.owners)
+    pid, comm = _who(rec.owners, rec.via)
     if rec.evidence is not None:
         tail = " " + _SHORT.get(rec.evidence, rec.evidence.value)
     else:
@@ -56,6 +58,7 @@ def trace_json(rec: TraceRecord) -> str:
         "event": rec.kind.value,
         "pids": [o.pid for o in rec.owners],
         "comms": [o.comm for o in rec.owners],
+        "owner_from": rec.via.value,
         "family": rec.sock.family,
         "laddr": format_addr(rec.sock.family, rec.sock.laddr),
         "lport": rec.sock.lport,

@@ -21,7 +21,7 @@ import time
 from resreap.sources.bpf_loader import BPF_SOURCE, CHILD_CWD, child_python
 from resreap.errors import BackendUnavailable, NotRoot
 from resreap.sources.events import EventSource, seed_transitions
-from resreap.model import TCP_CLOSE_WAIT, Kind, SockId, Transition
+from resreap.model import TCP_CLOSE_WAIT, TCP_LAST_ACK, Kind, SockId, Transition
 from resreap.sources.ringbuf import PerCpuCounters, RingBuffer
 from resreap.host.sockets import SocketTable
 
@@ -153,7 +153,10 @@ class BpfSource(EventSource):
         kind = Kind.ENTER if newstate == TCP_CLOSE_WAIT else Kind.EXIT
         # The socket's kernel address tells two namespaces' sockets with the
         # same 4-tuple apart; which namespace it is in is looked up later.
-        self._batch.append(Transition(kind, sock, ts / 1e9, cpu_pid, skaddr))
+        # CLOSE_WAIT -> LAST_ACK runs in the owner's close(): its pid is the
+        # owner (the way in runs in softirq, on whatever task is there).
+        self._batch.append(Transition(kind, sock, ts / 1e9, cpu_pid, skaddr,
+                                      by_owner=newstate == TCP_LAST_ACK))
 
     def start(self) -> list[Transition]:
         # Attached already: seeding after attaching means no socket falls

@@ -125,3 +125,30 @@ def test_service_unit_and_daemonset_agree_with_the_code(tmp_path):
     conf = tmp_path / "cm.toml"
     conf.write_text(cm["data"]["resreap.toml"])
     assert config.load(str(conf))["dry_run"] is True
+
+
+def test_every_watch_option_has_its_config_key():
+    """One schema: a new flag without its key in the file (or a key no flag
+    has) fails here."""
+    from resreap.ops.settings import FILE_TO_CLI
+
+    watch = typer.main.get_command(app).commands["watch"]
+    params = {p.name for p in watch.params} - {"ctx", "config_file", "version"}
+    keys = {FILE_TO_CLI.get(k, k) for k in config.KEYS}
+    assert params == keys, (params ^ keys)
+
+
+def test_settings_are_validated_once_into_typed_values(tmp_path):
+    from resreap.ops import settings
+
+    defaults = {p.name: p.default for p in typer.main.get_command(app).commands["watch"].params
+                if p.name not in ("ctx", "version")}
+    conf = tmp_path / "r.toml"
+    conf.write_text("limit = 5\nsignal = 'KILL'\nfilter = '^java'\n")
+    conf.chmod(0o644)
+    st = settings.resolve(dict(defaults, limit=3), {"limit"}, str(conf))
+    assert st.engine.limits.limit == 3            # the flag wins
+    assert st.engine.plan.signal.name == "SIGKILL"  # the file fills the rest
+    assert st.command_pattern == "^java" and st.backend == "auto"
+    with pytest.raises(UsageError, match="--stall"):
+        settings.validate(dict(defaults, stall=0))

@@ -4,7 +4,7 @@ import json
 from resreap.ops.formatting import safe, summary_json, summary_lines, trace_json, trace_line
 from resreap.model import Evidence, Owner, SockId
 from resreap.host.supervisor import parse
-from resreap.engine.trace import Event, ProcSummary, TraceRecord
+from resreap.engine.trace import Event, ProcSummary, TraceRecord, Via
 
 SOCK = SockId(4, ipaddress.IPv4Address("127.0.0.1").packed, 8080,
               ipaddress.IPv4Address("127.0.0.1").packed, 51234)
@@ -30,9 +30,20 @@ def test_trace_line_with_several_owners_and_none():
 def test_json_fields():
     obj = json.loads(trace_json(rec()))
     assert obj == {"ts": 1700000000.25, "event": "exit", "pids": [1234], "comms": ["fe-server"],
+                   "owner_from": "fd",
                    "family": 4, "laddr": "127.0.0.1", "lport": 8080, "raddr": "127.0.0.1",
                    "rport": 51234, "age": 1.5, "netns": 4026531833}
     assert "age" not in json.loads(trace_json(rec(kind=Event.ENTER, age=None)))
+
+
+def test_where_an_owner_came_from():
+    likely = rec(kind=Event.ENTER, age=None)._replace(via=Via.LISTENER)
+    assert " ~1234 " in trace_line(likely)
+    assert json.loads(trace_json(likely))["owner_from"] == "listener"
+    closed = rec()._replace(via=Via.CLOSE)
+    assert " 1234 " in trace_line(closed) and "~" not in trace_line(closed)
+    assert json.loads(trace_json(closed))["owner_from"] == "close"
+    assert json.loads(trace_json(rec(owners=())._replace(via=Via.NONE)))["owner_from"] == "-"
 
 
 def test_stayed_shows_its_evidence():

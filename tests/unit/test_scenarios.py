@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fakehost import NS, OTHER_NS, World
+from fakehost import OTHER_NS, World
 from resreap.engine.filters import Filters
 from resreap.model import Kind, Result, Transition
 

@@ -13,7 +13,7 @@ import pytest
 from resreap.host import procinfo
 from resreap.engine.killer import Killer, Plan, Target
 from resreap.model import Result
-from resreap.host.supervisor import Revival, Reviver, Supervisor, UnitState, bring_back, parse
+from resreap.host.supervisor import Revival, Reviver, UnitState, bring_back, parse
 
 DOCKER = "a" * 64
 

@@ -1,0 +1,385 @@
+"""When does each socket count, and against whom: the per-socket state
+machine of `watch`.  Transitions come in (apply); each new socket is bound
+to the kernel's socket and its holders found while it is young; at its
+deadline the kernel is asked what the process did with it (evidence.py)
+and it counts, or is looked at again later, or is dropped; the Counter
+keeps each holder's counting sockets.  The Watcher decides about
+processes; this module only about sockets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from resreap.engine import evidence
+from resreap.engine.decisions import decision
+from resreap.engine.filters import Filters
+from resreap.engine.owners import Found, OwnerResolver, Probe, resolve_close_wait
+from resreap.engine.policy import Counter, Limits
+from resreap.engine.tracker import CloseWaitTable, Entry
+from resreap.errors import AccessDenied, ProcessGone
+from resreap.host import procinfo
+from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
+
+log = logging.getLogger("resreap.engine.watch")
+
+# Owners not found yet (the background scan is still reading, an accept
+# queue shared by several processes) are looked for again after this, then
+# twice as long each time up to the cap (a socket in flight in a unix
+# socket has no holder at all, and must not cost a core).
+RETRY_UNRESOLVED = 0.25
+RETRY_UNRESOLVED_MAX = 60.0
+# A counting socket still held by no one after this many looks (about 4 s)
+# is an orphan; the `orphans` line is repeated at most this often.
+ORPHAN_AFTER = 4
+ORPHANS_EVERY = 3600.0
+# A counting socket is looked at again this often (new holders after a
+# fork, or a change of evidence); the decision re-checks anyway.
+RECHECK_COUNTED = 30.0
+# Without lost events, the kernel's CLOSE_WAIT set is still compared with
+# ours this often, so that no leak can hide behind a missed event.
+RECONCILE_EVERY = 60.0
+
+
+class Counting:
+    def __init__(self, resolver: OwnerResolver, limits: Limits, filters: Filters,
+                 clock: Callable[[], float]) -> None:
+        self.resolver = resolver
+        self.proc_root = resolver.proc_root
+        self.limits = limits
+        self.filters = filters
+        self._clock = clock
+        self.table = CloseWaitTable()
+        self.counter = Counter()
+        self.young: list[Key] = []      # new sockets whose holders are looked for
+        self.recheck: list[Key] = []    # sockets to look at on the next turn
+        self._foreign: set[Owner] = set()     # passed-in sockets: said once
+        self._uids: dict[Owner, frozenset[int]] = {}
+        self._next_reconcile = 0.0
+        self._orphans_said = float("-inf")
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self.events_seen = {"existing": 0, "enter": 0, "exit": 0}
+
+    def configure(self, limits: Limits, filters: Filters) -> None:
+        """New rules: every socket is judged again, none before its (new)
+        grace has passed."""
+        self.limits, self.filters = limits, filters
+        now = self._clock()
+        self.table.reschedule_all(lambda e: max(now, e.entered + limits.grace))
+
+    def due(self, now: float) -> list[Entry]:
+        """Sockets whose deadline has come, and those to look at again."""
+        due = self.table.due(now)
+        if self.recheck:
+            keys, self.recheck = set(self.recheck), []
+            due += [e for k in keys if (e := self.table.get(k)) is not None and e not in due]
+        return due
+
+    def reconcile_due(self, now: float) -> bool:
+        return now >= self._next_reconcile
+
+    @property
+    def next_reconcile(self) -> float:
+        return self._next_reconcile
+
+    def start_reconciling(self, now: float) -> None:
+        self._next_reconcile = now + RECONCILE_EVERY
+
+    def apply(self, batch: list[Transition]) -> None:
+        ignores, debug, table = self.filters.ignores, self._debug, self.table
+        grace = self.limits.grace
+        for t in batch:
+            if self.filters.ignore and ignores(t.sock):
+                continue
+            entry, new = table.apply(t)
+            self.events_seen[t.kind.value] += 1
+            if debug:
+                log.debug("event %s %s -> %s cpu_pid=%d (hint only)", t.kind.value,
+                          t.sock.local, t.sock.remote, t.cpu_pid)
+            if t.kind is Kind.EXIT:
+                if entry is not None:
+                    self._gone(entry)
+                    if entry.bound and entry.kid != entry.key[1]:
+                        self._rebind_twins(t.sock)
+                else:
+                    # Seeded and reconciled sockets are keyed by their cookie,
+                    # the exit event by the kernel's address: check the
+                    # entries with this 4-tuple against the kernel now.
+                    self.recheck.extend(e.key for e in table.same_tuple(t.sock) if e.bound)
+            elif new:
+                table.schedule(entry, entry.entered + grace)
+                self.young.append(entry.key)
+
+
+    def _rebind_twins(self, sock: SockId) -> None:
+        """An event's socket (the kernel's address) cannot be matched to
+        sock_diag's cookie: with the same 4-tuple in two namespaces, which
+        entry took which socket was a guess.  When one of them leaves, the
+        others are bound afresh to what is left in the kernel, so the exit
+        of one never ends the other's timer."""
+        for twin in self.table.same_tuple(sock):
+            if twin.bound and twin.kid != twin.key[1]:
+                self._forget(twin)
+                twin.netns = twin.kid = None
+                twin.owners = None
+                self.recheck.append(twin.key)
+
+
+    def _forget(self, entry: Entry) -> None:
+        """Uncount an entry (it left, or is about to be counted anew)."""
+        if entry.counted and entry.owners:
+            self.counter.remove(entry.key, entry.owners)
+        entry.counted = False
+
+
+    def _gone(self, entry: Entry) -> None:
+        """An entry that left the table: uncount it, and drop its cached
+        holders (one cache entry per connection would grow forever)."""
+        self._forget(entry)
+        if entry.inode:
+            self.resolver.index.forget(entry.inode)
+
+
+    def _drop(self, entry: Entry) -> None:
+        self.table.remove(entry.key)
+        self._gone(entry)
+
+
+    def _probe(self, entry: Entry) -> Probe:
+        return Probe(entry.sock, entry.netns, entry.kid)
+
+
+    def _bind(self, entry: Entry, found: list[Found]) -> Found | None:
+        """Which namespace's socket this entry is.  None: no longer in
+        CLOSE_WAIT, or it is another entry's socket (seeded at start and
+        reported by the kernel too), in which case the entry is dropped."""
+        if entry.bound:
+            return found[0] if found else None
+        claimed = {(e.netns, e.kid) for e in self.table.same_tuple(entry.sock)
+                   if e.bound and e is not entry}
+        free = [f for f in found if (f.netns, f.diag.kid) not in claimed]
+        if not free:
+            if found:
+                self._drop(entry)
+            return None
+        hit = free[0]
+        entry.netns, entry.kid = hit.netns, hit.diag.kid
+        return hit
+
+
+    def resolve_young(self, young: list[Key]) -> None:
+        """Bind new sockets and find their owners while they are young: by
+        the deadline the answer is cached and costs one readlink to verify.
+        Sockets that came and went within one batch never get here."""
+        pending = [e for k in young if (e := self.table.get(k)) is not None and e.owners is None]
+        if not pending:
+            return
+        # Churn sockets live for milliseconds, leaks for the grace period: a
+        # scan of every process (a second at 100k connections) is only worth
+        # it once a socket has lasted a while, still well before its deadline.
+        settled = self._clock() - min(0.5, self.limits.grace / 4)
+        old = [self._probe(e) for e in pending if e.entered <= settled]
+        recent = [self._probe(e) for e in pending if e.entered > settled]
+        resolved = resolve_close_wait(self.resolver, old) if old else {}
+        if recent:
+            resolved.update(resolve_close_wait(self.resolver, recent, full_scan=False))
+        for entry in pending:
+            if self.table.get(entry.key) is not entry:
+                continue
+            hit = self._bind(entry, resolved.get(self._probe(entry), []))
+            if hit is None:
+                continue  # left CLOSE_WAIT: its exit is on the way
+            entry.inode = hit.diag.inode
+            if hit.owners:
+                entry.owners = hit.owners
+            else:
+                # Not found yet (the full scan is rate-limited): try again on
+                # the next wakeup, so that the deadline finds it resolved.
+                self.young.append(entry.key)
+
+
+    def _holder_uids(self, owner: Owner) -> frozenset[int] | None:
+        uids = self._uids.get(owner)
+        if uids is None:
+            try:
+                uids = procinfo.read_uids(owner.pid, self.proc_root)
+            except (ProcessGone, AccessDenied):
+                return None  # cannot be judged: nothing counts against it
+            if len(self._uids) > 4096:  # bounded: owners come and go
+                self._uids.clear()
+            self._uids[owner] = uids
+        return uids
+
+
+    def _against(self, hit: Found, kind: Evidence) -> tuple[Owner, ...]:
+        """The holders this socket may count against: not those that got it
+        from another non-root user, and for a socket never accepted, only
+        listeners that have been there for the whole stall (a worker just
+        started to replace a hung one has had no chance to accept it)."""
+        out = []
+        for owner in hit.owners:
+            if kind is Evidence.QUEUED and procinfo.age(owner.start) < self.limits.stall:
+                continue
+            uids = self._holder_uids(owner)
+            if uids is None:
+                continue
+            if evidence.counts_against(hit.diag.uid, uids):
+                out.append(owner)
+            elif owner not in self._foreign:
+                self._foreign.add(owner)
+                if len(self._foreign) > 4096:
+                    self._foreign.clear()
+                decision("foreign", logging.INFO, pid=owner.pid, comm=owner.comm,
+                         socket_uid=hit.diag.uid, uids=sorted(uids),
+                         socket=f"{hit.diag.sock.local}->{hit.diag.sock.remote}",
+                         note="made by another user and passed in: does not count against it")
+        return tuple(out)
+
+
+    def check(self, entries: list[Entry], now: float) -> set[Owner]:
+        """Sockets due for a look: ask the kernel what their process did
+        with each (a lost exit must not count), judge the evidence, and
+        count the socket against the holders it may count against."""
+        touched: set[Owner] = set()
+        rules = self.limits.rules
+        resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}))
+        for entry in entries:
+            if self.table.get(entry.key) is not entry:
+                continue
+            hit = self._bind(entry, resolved.get(self._probe(entry), []))
+            if hit is None:
+                if self.table.get(entry.key) is entry:
+                    self._drop(entry)
+                if self._debug:
+                    log.debug("timer %s -> %s: no longer in CLOSE_WAIT, dropped",
+                              entry.sock.local, entry.sock.remote)
+                continue
+            judged = evidence.judge(hit.diag, now - entry.entered, rules)
+            self._forget(entry)
+            entry.owners, entry.evidence, entry.inode = hit.owners, judged.evidence, hit.diag.inode
+            if not judged.counts:
+                self.table.schedule(entry, now + judged.recheck)
+                if self._debug:
+                    log.debug("timer %s -> %s: %s, does not count yet (again in %.2fs)",
+                              entry.sock.local, entry.sock.remote, judged.evidence.value,
+                              judged.recheck)
+                continue
+            entry.counted = True
+            if not hit.owners:
+                entry.misses += 1
+                delay = min(RETRY_UNRESOLVED * 2 ** (entry.misses - 1), RETRY_UNRESOLVED_MAX)
+                self.table.schedule(entry, now + delay)
+                if entry.misses == ORPHAN_AFTER:
+                    self._say_orphans(now)
+                if self._debug:
+                    log.debug("timer %s -> %s: counts, owner not found yet (again in %.2fs)",
+                              entry.sock.local, entry.sock.remote, delay)
+                continue
+            entry.misses = 0
+            against = self._against(hit, judged.evidence)
+            entry.owners = against
+            self.counter.add(entry.key, against)
+            touched.update(against)
+            self.table.schedule(entry, now + RECHECK_COUNTED)
+            if self._debug:
+                log.debug("timer %s -> %s: %s, counts for %s", entry.sock.local,
+                          entry.sock.remote, judged.evidence.value,
+                          ",".join(str(o.pid) for o in against) or "nobody")
+        return touched
+
+
+    def _say_orphans(self, now: float) -> None:
+        """Sockets that count and that no process holds: say once (an hour)
+        that they exist, and why nobody can be reaped for them."""
+        if now - self._orphans_said < ORPHANS_EVERY:
+            return
+        self._orphans_said = now
+        orphans = sum(1 for e in self.table if e.counted and not e.owners)
+        denied = len(self.resolver.index.denied)
+        decision("orphans", logging.WARNING, sockets=orphans, unreadable_processes=denied,
+                 note="in CLOSE_WAIT and counting, but held by no process found: in flight in "
+                      "a unix socket, held by a dying process"
+                      + (", or by a process whose fds cannot be read" if denied else "")
+                      + "; nobody can be reaped for them; looked for again less and less often")
+
+
+    def verify(self, owner: Owner, now: float) -> dict[Key, tuple[Entry, Found, object]]:
+        """The owner's counting sockets that, right now, are still in
+        CLOSE_WAIT, still held by it, and still count (it may have closed
+        them, passed them on or started using them since they counted)."""
+        entries = []
+        for key in list(self.counter.by_owner.get(owner, ())):
+            entry = self.table.get(key)
+            if entry is None:
+                self.counter.remove(key, (owner,))
+            else:
+                entries.append(entry)
+        rules = self.limits.rules
+        resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}))
+        held: dict[Key, tuple[Entry, Found, object]] = {}
+        for entry in entries:
+            hit = self._bind(entry, resolved.get(self._probe(entry), []))
+            if hit is None:
+                if self.table.get(entry.key) is entry:
+                    self._drop(entry)
+                continue
+            judged = evidence.judge(hit.diag, now - entry.entered, rules)
+            holds = any(o.pid == owner.pid and o.start == owner.start for o in hit.owners)
+            if judged.counts and holds:
+                held[entry.key] = (entry, hit, judged.evidence)
+                continue
+            # Changed since it counted: count it again as it stands now.
+            self._forget(entry)
+            entry.owners, entry.evidence = hit.owners, judged.evidence
+            if judged.counts:
+                entry.counted = True
+                entry.owners = self._against(hit, judged.evidence)
+                self.counter.add(entry.key, entry.owners)
+                self.table.schedule(entry, now + RECHECK_COUNTED)
+            else:
+                self.table.schedule(entry, now + judged.recheck)
+        return held
+
+
+    def left_behind(self, keys) -> int:
+        """After a kill: how many of its sockets are still in CLOSE_WAIT
+        (other holders: fork, fd passing)?  Those are looked at again at
+        once, holders found afresh, so the leak is not left half-reaped."""
+        entries = [e for k in keys if (e := self.table.get(k)) is not None]
+        if not entries:
+            return 0
+        resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}),
+                                      full_scan=False)
+        left = 0
+        for entry in entries:
+            if resolved.get(self._probe(entry)):
+                left += 1
+                self._forget(entry)
+                entry.owners = None
+                self.recheck.append(entry.key)
+        return left
+
+
+    def reconcile(self, now: float, after_loss: bool = False) -> None:
+        """Make the table match the kernel: a lost entry must not hide a
+        leak, a lost exit must not cause a kill."""
+        self._next_reconcile = now + RECONCILE_EVERY
+        kernel = self.resolver.table.close_wait()
+        if self.filters.ignore:
+            kernel = [ns for ns in kernel if not self.filters.ignores(ns.diag.sock)]
+        present = {(ns.netns, ns.diag.kid) for ns in kernel}
+        tuples = {ns.diag.sock for ns in kernel}
+        gone = [e for e in self.table if ((e.netns, e.kid) not in present if e.bound
+                                          else e.sock not in tuples)]
+        for entry in gone:
+            self._drop(entry)
+        claimed = {(e.netns, e.kid) for e in self.table if e.bound}
+        unbound = {e.sock for e in self.table if not e.bound}
+        added = [Transition(Kind.ENTER, ns.diag.sock, now, kid=ns.diag.kid, netns=ns.netns)
+                 for ns in kernel
+                 if (ns.netns, ns.diag.kid) not in claimed and ns.diag.sock not in unbound]
+        self.apply(added)
+        if gone or added:
+            decision("reconcile", logging.WARNING if after_loss else logging.INFO,
+                     added=len(added), removed=len(gone))
+
