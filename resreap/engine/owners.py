@@ -453,7 +453,9 @@ _DUMP_ABOVE = 256
 
 def _close_wait(table: SocketTable, probes: list[Probe]) -> dict[Probe, list[NsSock]]:
     out: dict[Probe, list[NsSock]] = {}
-    if len(probes) > _DUMP_ABOVE:
+    # /proc/net/tcp has no lookup: each one parses the whole file (every
+    # TIME_WAIT socket too), so there one dump serves every probe.
+    if len(probes) > _DUMP_ABOVE or (len(probes) > 1 and "procfs" in table.kind):
         by_tuple: dict[SockId, list[NsSock]] = {}
         wanted = {p.sock for p in probes}
         for ns in table.close_wait():

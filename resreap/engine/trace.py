@@ -187,6 +187,7 @@ class Tracer:
         pids: dict[int, Owner | None] = {}
         closers = {entry.key: owner for t, entry in order
                    if entry is not None and (owner := self._closer(t, pids)) is not None}
+        listeners: dict[tuple, tuple[Owner, ...]] = {}  # one lookup per port and batch
         for entry in fresh:
             hits = resolved.get(probes[entry.key], [])
             hit = hits[0] if len(hits) == 1 else None
@@ -199,7 +200,7 @@ class Tracer:
                 if hit is not None:
                     entry.netns, entry.kid, entry.inode = hit.netns, hit.diag.kid, hit.diag.inode
             if not entry.owners:
-                self._attribute(entry, closers.get(entry.key))
+                self._attribute(entry, closers.get(entry.key), listeners)
             for owner in entry.owners:
                 self.stats.setdefault(owner, _Stats()).entered += 1
             self._where(entry.owners)  # while it runs: read again for the summary
@@ -242,18 +243,20 @@ class Tracer:
             cache[t.cpu_pid] = found[0] if found else None
         return cache[t.cpu_pid]
 
-    def _attribute(self, entry, closer: Owner | None) -> None:
+    def _attribute(self, entry, closer: Owner | None, listeners: dict) -> None:
         """An entry whose fd was gone before it could be read: its closer,
         else (likely) the holders of the listener on its local port, the
         process that accepted it (a prefork server's workers share it)."""
         if closer is not None:
             entry.owners, self._via[entry.key] = (closer,), Via.CLOSE
             return
-        pids = self.resolver.listening_on(entry.sock)
-        if pids:
-            entry.owners = tuple(self.resolver.owners(pids))
-            if entry.owners:
-                self._via[entry.key] = Via.LISTENER
+        sock = entry.sock
+        where = (sock.family, sock.laddr, sock.lport)
+        if where not in listeners:
+            listeners[where] = tuple(self.resolver.owners(self.resolver.listening_on(sock)))
+        if listeners[where]:
+            entry.owners = listeners[where]
+            self._via[entry.key] = Via.LISTENER
 
     def summary(self) -> list[ProcSummary]:
         now = time.monotonic()

@@ -71,6 +71,8 @@ class Watcher:
         self.storm = StormGuard(config.limits.max_kills, config.limits.per)
         self.killer = killer or Killer(config.plan, self.proc_root)
         self._deferred: dict[Owner, float] = {}
+        # Parents waiting for their children's kill sequences (children first).
+        self._parents: dict[Owner, set[int]] = {}
         self._reaped: set[Owner] = set()      # handed to the killer already
         self._spared: set[Owner] = set()      # ineligible: said once
         self._lost = 0
@@ -247,6 +249,9 @@ class Watcher:
                      children=sorted(kids), again_in=round(wait, 1),
                      note="its descendants hold the same sockets: they go first")
         self._deferred[owner] = now + wait
+        if len(self._parents) > 4096:  # bounded: parents whose children were spared
+            self._parents.clear()
+        self._parents[owner] = set(kids)
         return True
 
     def _consider(self, owner: Owner, now: float) -> None:
@@ -334,6 +339,7 @@ class Watcher:
     def _collect(self) -> None:
         for outcome in self.killer.finished():
             info = outcome.target.info
+            self._children_done(info.pid)
             owner = Owner(info.pid, info.start, info.comm)
             result = outcome.result
             level = logging.ERROR if result is Result.FAILED else logging.WARNING
@@ -375,6 +381,17 @@ class Watcher:
                 self._deferred[owner] = self._clock() + max(self.limits.grace, 1.0)
             elif result in (Result.REPLACED, Result.FAILED):
                 self._reaped.discard(owner)
+
+    def _children_done(self, pid: int) -> None:
+        """A child's kill sequence ended: once all of a parent's have, judge
+        the parent again at once (its `again_in` is only the longest wait),
+        after the sockets the children left are counted afresh."""
+        for parent, kids in list(self._parents.items()):
+            kids.discard(pid)
+            if not kids:
+                del self._parents[parent]
+                if parent in self._deferred:
+                    self._deferred[parent] = min(self._deferred[parent], self._clock() + 0.05)
 
     # -- lost events ------------------------------------------------------
 

@@ -53,6 +53,8 @@ class FakeClock:
 class FakeKernel:
     """SocketTable's answers, from a dict: (netns, SockId) -> DiagSock."""
 
+    kind = "sock_diag"
+
     def __init__(self, proc_root: str) -> None:
         self.proc_root = proc_root
         self.socks: dict[tuple[int, SockId], DiagSock] = {}
@@ -83,6 +85,7 @@ class FakeSource(EventSource):
         self._n = 0
         self.lost_events = 0
         self._on_time = on_time  # the kernel's state changes due by now
+        self.horizon = float("inf")  # World.run: the clock stops there
 
     def start(self) -> list[Transition]:
         return list(self.seeds)
@@ -99,7 +102,7 @@ class FakeSource(EventSource):
     def read(self, timeout: float) -> list[Transition]:
         """Everything due by now + timeout; the clock moves to the first
         event's time, or to the timeout when there is none."""
-        until = self.clock.now + timeout
+        until = min(self.clock.now + timeout, self.horizon)
         if self._queue and self._queue[0][0] <= until:
             until = max(self.clock.now, self._queue[0][0])
         self.clock.now = until
@@ -375,6 +378,7 @@ class World:
     def run(self, until: float) -> None:
         """Run the loop until ``until`` seconds from the start (bounded)."""
         w = self.watcher
+        self.source.horizon = self.t0 + until
         for _ in range(100000):
             if self.clock.now >= self.t0 + until:
                 return

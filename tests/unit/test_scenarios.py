@@ -518,7 +518,9 @@ def test_the_master_goes_after_its_children_if_the_leak_remains(world):
     world.run(60)
     assert world.reaped() == [1001, 1000]
     first_reap, second_reap = world.said("reap")
-    assert second_reap["at"] >= world.said("children-first")[0]["again_in"]
+    wait = world.said("children-first")[0]
+    # judged again as soon as the child's kill ended, not after the whole wait
+    assert second_reap["at"] - first_reap["at"] < 1.0 < wait["again_in"]
 
 
 def test_a_process_that_exits_on_its_own_is_not_reaped(world):
@@ -559,3 +561,27 @@ def test_each_event_is_counted(world):
     w = world.watch(limit=5)
     world.run(5)
     assert w.events_seen == {"existing": 0, "enter": 3, "exit": 1}
+
+
+def test_the_default_stall_for_a_hung_accept_queue(world):
+    """At the defaults a `watch` starts with (flags and file resolved by
+    ops/settings): a server that stopped calling accept() is reaped when
+    its queued connections have waited the default stall, 60 s, and not
+    a moment before."""
+    import typer
+
+    from resreap.cli import app
+    from resreap.ops import settings
+
+    params = typer.main.get_command(app).commands["watch"].params
+    defaults = settings.validate({p.name: p.default for p in params
+                                  if p.name not in ("ctx", "version", "config_file")})
+    limits = defaults.engine.limits
+    assert (limits.limit, limits.grace, limits.stall) == (2, 2.0, 60.0)
+    srv = server(world, age=3600)
+    world.close_wait(srv, 8080, n=2, at=1.0, evidence="queued")
+    world.watch(limit=limits.limit, grace=limits.grace, stall=limits.stall)
+    world.run(60.9)
+    assert world.reaped() == []
+    world.run(62)
+    assert world.said("reap")[0]["at"] == pytest.approx(61.0, abs=0.01)
