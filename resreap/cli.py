@@ -19,6 +19,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 # trace shows each socket once: it may wait this long for a background scan
 # to name its owner.
 TRACE_SCAN_WAIT = 0.5
+# A stop lets running kill sequences finish for at most this long: under
+# systemd (TimeoutStopSec=5) a stop never takes more than 5 s.
+STOP_WAIT = 4.0
 
 app = typer.Typer(
     name="resreap",
@@ -420,7 +423,7 @@ def watch(
     if watcher is not None:
         notifier.stopping()
         running = watcher.killer.running_pids()
-        wait = min(10.0, watcher.config.plan.wait * 2 + 1)
+        wait = min(STOP_WAIT, watcher.config.plan.wait * 2 + 1)
         try:
             if running:
                 decision("stopping", logging.WARNING, kills_in_progress=running,

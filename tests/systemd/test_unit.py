@@ -166,8 +166,10 @@ def test_metrics_need_the_network_drop_in(machine):
 
 
 def test_stop_is_clean(machine):
+    assert machine.show("resreap", "TimeoutStopUSec") == "5s"
     machine.run("systemctl", "stop", "resreap")
-    # Stopped by its own exit, not by systemd's SIGKILL after TimeoutStopSec.
+    # Stopped by its own exit within TimeoutStopSec=5, not by systemd's
+    # SIGKILL after it (Result would be "timeout").
     assert machine.show("resreap", "Result") == "success"
     assert machine.show("resreap", "ActiveState") == "inactive"
     assert re.search(r"warning stop lost_events=0 ", machine.journal("resreap"))
