@@ -21,7 +21,7 @@ from resreap.errors import AccessDenied, ProcessGone
 from resreap.host import procinfo
 from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
 
-log = logging.getLogger("resreap.engine.watch")
+log = logging.getLogger(__name__)
 
 # Owners not found yet (the background scan is still reading, an accept
 # queue shared by several processes) are looked for again after this, then
@@ -110,7 +110,6 @@ class Counting:
                 table.schedule(entry, entry.entered + grace)
                 self.young.append(entry.key)
 
-
     def _rebind_twins(self, sock: SockId) -> None:
         """An event's socket (the kernel's address) cannot be matched to
         sock_diag's cookie: with the same 4-tuple in two namespaces, which
@@ -124,13 +123,11 @@ class Counting:
                 twin.owners = None
                 self.recheck.append(twin.key)
 
-
     def _forget(self, entry: Entry) -> None:
         """Uncount an entry (it left, or is about to be counted anew)."""
         if entry.counted and entry.owners:
             self.counter.remove(entry.key, entry.owners)
         entry.counted = False
-
 
     def _gone(self, entry: Entry) -> None:
         """An entry that left the table: uncount it, and drop its cached
@@ -139,15 +136,12 @@ class Counting:
         if entry.inode:
             self.resolver.index.forget(entry.inode)
 
-
     def _drop(self, entry: Entry) -> None:
         self.table.remove(entry.key)
         self._gone(entry)
 
-
     def _probe(self, entry: Entry) -> Probe:
         return Probe(entry.sock, entry.netns, entry.kid)
-
 
     def _bind(self, entry: Entry, found: list[Found]) -> Found | None:
         """Which namespace's socket this entry is.  None: no longer in
@@ -165,7 +159,6 @@ class Counting:
         hit = free[0]
         entry.netns, entry.kid = hit.netns, hit.diag.kid
         return hit
-
 
     def resolve_young(self, young: list[Key]) -> None:
         """Bind new sockets and find their owners while they are young: by
@@ -197,7 +190,6 @@ class Counting:
                 # the next wakeup, so that the deadline finds it resolved.
                 self.young.append(entry.key)
 
-
     def _holder_uids(self, owner: Owner) -> frozenset[int] | None:
         uids = self._uids.get(owner)
         if uids is None:
@@ -209,7 +201,6 @@ class Counting:
                 self._uids.clear()
             self._uids[owner] = uids
         return uids
-
 
     def _against(self, hit: Found, kind: Evidence) -> tuple[Owner, ...]:
         """The holders this socket may count against: not those that got it
@@ -234,7 +225,6 @@ class Counting:
                          socket=f"{hit.diag.sock.local}->{hit.diag.sock.remote}",
                          note="made by another user and passed in: does not count against it")
         return tuple(out)
-
 
     def check(self, entries: list[Entry], now: float) -> set[Owner]:
         """Sockets due for a look: ask the kernel what their process did
@@ -287,7 +277,6 @@ class Counting:
                           ",".join(str(o.pid) for o in against) or "nobody")
         return touched
 
-
     def _say_orphans(self, now: float) -> None:
         """Sockets that count and that no process holds: say once (an hour)
         that they exist, and why nobody can be reaped for them."""
@@ -301,7 +290,6 @@ class Counting:
                       "a unix socket, held by a dying process"
                       + (", or by a process whose fds cannot be read" if denied else "")
                       + "; nobody can be reaped for them; looked for again less and less often")
-
 
     def verify(self, owner: Owner, now: float) -> dict[Key, tuple[Entry, Found, object]]:
         """The owner's counting sockets that, right now, are still in
@@ -340,7 +328,6 @@ class Counting:
                 self.table.schedule(entry, now + judged.recheck)
         return held
 
-
     def left_behind(self, keys) -> int:
         """After a kill: how many of its sockets are still in CLOSE_WAIT
         (other holders: fork, fd passing)?  Those are looked at again at
@@ -358,7 +345,6 @@ class Counting:
                 entry.owners = None
                 self.recheck.append(entry.key)
         return left
-
 
     def reconcile(self, now: float, after_loss: bool = False) -> None:
         """Make the table match the kernel: a lost entry must not hide a

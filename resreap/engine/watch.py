@@ -199,8 +199,6 @@ class Watcher:
                      note="resreap is exiting; these sequences were cut short")
         self.source.close()
 
-
-
     # -- decisions --------------------------------------------------------
 
     def _decide(self, owners: set[Owner], now: float) -> None:
