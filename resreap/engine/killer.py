@@ -113,6 +113,9 @@ def hook_env(target: Target, plan: Plan) -> dict[str, str]:
         "RESREAP_SOCKETS": _bounded(" ".join(socks)),
         "RESREAP_EVIDENCE": target.evidence,
         "RESREAP_SIGNAL": plan.signal.name,
+        # Its supervisor, as its cgroup names it (empty: none known).
+        "RESREAP_UNIT": (target.where or Supervisor()).unit or "",
+        "RESREAP_CONTAINER": (target.where or Supervisor()).container or "",
     })
     return {k: v.replace("\0", "") for k, v in env.items()}
 

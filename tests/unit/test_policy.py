@@ -7,6 +7,7 @@ import pytest
 from resreap.ops.decisionlog import JsonFormatter, TextFormatter
 from resreap.errors import UsageError
 from resreap.engine.killer import Plan, Target, hook_env, parse_signal
+from resreap.host.supervisor import parse
 from resreap.model import Owner, SockId
 from resreap.engine.policy import Counter, StormGuard, parse_rate
 from resreap.host.procinfo import ProcInfo
@@ -79,6 +80,11 @@ def test_hook_env_carries_facts_not_code():
     assert env["RESREAP_SOCKETS"] == "127.0.0.1:80->127.0.0.1:1000 127.0.0.1:80->127.0.0.1:1001"
     assert env["RESREAP_CMDLINE"] == "srv --evil $(rm -rf /) x"  # NUL cannot travel in env
     assert env["RESREAP_SIGNAL"] == "SIGQUIT" and env["RESREAP_OLDEST"] == "3.500"
+    assert env["RESREAP_UNIT"] == env["RESREAP_CONTAINER"] == ""
+    where = parse(f"0::/system.slice/docker-{'c' * 64}.scope")
+    env = hook_env(Target(info, (A,), 1.0, where=where), Plan())
+    assert env["RESREAP_UNIT"] == f"docker-{'c' * 64}.scope"
+    assert env["RESREAP_CONTAINER"] == "c" * 12
 
 
 def _record(event, **fields):
