@@ -57,6 +57,24 @@ def _other_fds() -> Check:
     return Check("process fds", OK, "other processes' /proc/PID/fd readable")
 
 
+def _supervisor() -> Check:
+    """Who brings a reaped process back here (--restart-units)."""
+    from resreap.host import supervisor
+
+    if not supervisor.Reviver(booted=None).booted:
+        return Check("supervisor", OK, "no systemd: their own supervisors restart them")
+    try:
+        version = subprocess.run([supervisor.SYSTEMCTL, "--version"], capture_output=True,
+                                 text=True, timeout=5).stdout.split("\n")[0]
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    if not version:
+        return Check("supervisor", WARN, "systemd is init but systemctl does not answer",
+                     "reaped services that stay down will not be started again")
+    return Check("supervisor", OK, f"{version.split('(')[0].strip()}: services left down "
+                 "are started again")
+
+
 def checks() -> list[Check]:
     from resreap.sources import bpf_events
     from resreap.sources.bpf_loader import CHILD_CWD, child_python
@@ -116,6 +134,7 @@ def checks() -> list[Check]:
             pidfd = False
     out.append(Check("pidfd", OK if pidfd else WARN, "pidfd_open works" if pidfd else "unavailable",
                      "" if pidfd else "Linux 5.3+; without it pid+start time are re-checked"))
+    out.append(_supervisor())
     if root:
         try:
             from resreap.host.sockets import SocketTable

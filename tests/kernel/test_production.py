@@ -103,6 +103,8 @@ def test_doctor(resreap_bin):
     for name in ("root", "tracepoint", "bcc", "headers", "sock_diag", "pidfd", "backend"):
         assert lines[name] == "OK", run.stdout
     assert "auto would use bpf" in run.stdout
+    # this host's init is not systemd: nothing to start services again
+    assert lines["supervisor"] == "OK" and "no systemd" in run.stdout
     js = subprocess.run([resreap_bin, "doctor", "--json"], capture_output=True, text=True,
                         timeout=120)
     checks = [json.loads(ln) for ln in js.stdout.splitlines()]

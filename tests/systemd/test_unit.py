@@ -68,6 +68,12 @@ def test_bpf_backend_under_the_unit(machine):
     assert "fall" not in machine.journal("resreap")  # no silent fallback to polling
 
 
+def test_doctor_names_systemd_as_the_supervisor(machine):
+    out = machine.run("/opt/resreap/venv/bin/resreap", "doctor").stdout
+    line = [ln for ln in out.splitlines() if ln.split()[1] == "supervisor"][0]
+    assert line.startswith("OK") and "systemd 252: services left down are started again" in line
+
+
 def test_the_unit_verifies_and_scores_at_most_3(machine):
     # (no man-db in the minimal tree: the Documentation= check is skipped)
     machine.run("systemd-analyze", "verify", "--man=no", "/etc/systemd/system/resreap.service")
