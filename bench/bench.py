@@ -12,7 +12,14 @@ phases and prints one table:
          first signal - (time the leaker's sockets entered CLOSE_WAIT +
          grace), p50 and p99
   churn  R connections/s passing through CLOSE_WAIT (bench/churn.c):
-         the tool's CPU as % of one core, events lost, false kills
+         the tool's CPU as % of one core, and as % of the CPU the traffic
+         itself took (the generator's client and server), events lost,
+         false kills
+
+--sweep RATES runs only the churn phase, at each rate, for resreap (bpf:
+the kernel's first pass; bpf-full: without it, RESREAP_FIRST_PASS=0, as
+before), the polling backend and bcc's tcpstates, and plots the cost against
+the rate (docs/churn-cost.png).
 
 Peak RSS is VmHWM of the tool's process.  Figures are compared as ratios
 measured in the same run: machines are noisy.  Results land in
@@ -120,13 +127,22 @@ class Tool:
     def __init__(self, name: str, tag: str, resreap: str) -> None:
         self.name = name
         self.events: list[dict] = []
-        if name in ("bpf", "proc"):
+        if name == "tcpstates":
+            # bcc's tool, as shipped (bpfcc-tools): every TCP transition, printed.
+            self.proc = subprocess.Popen(["/usr/sbin/tcpstates-bpfcc"], stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)
+            if expect(self.proc, "SKADDR", 120) is None:
+                raise RuntimeError("tcpstates did not start")
+            threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        elif name in ("bpf", "bpf-full", "proc"):
             # -f: the leakers and the churn generator are eligible, so a
             # false kill of the churn server would show.
-            argv = [resreap, "watch", "--json", "--backend", name, "-f", f"{tag}|churn",
+            backend = "bpf" if name.startswith("bpf") else name
+            argv = [resreap, "watch", "--json", "--backend", backend, "-f", f"{tag}|churn",
                     "-i", str(GRACE), "-w", "1"]
+            env = dict(os.environ, RESREAP_FIRST_PASS="0" if name == "bpf-full" else "1")
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True)
+                                         stderr=subprocess.PIPE, text=True, env=env)
             threading.Thread(target=self._read, daemon=True).start()
             deadline = time.monotonic() + 120
             while not any(e.get("event") == "start" for e in self.events):
@@ -148,7 +164,8 @@ class Tool:
 
     def stop(self) -> dict:
         rss = peak_rss_mb(self.proc.pid)
-        self.proc.send_signal(signal.SIGINT if self.name in ("bpf", "proc") else signal.SIGKILL)
+        self.proc.send_signal(signal.SIGINT if self.name in ("bpf", "bpf-full", "proc", "tcpstates")
+                              else signal.SIGKILL)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -205,12 +222,73 @@ def phase_churn(tool: Tool, churn_bin: str, rate: int, seconds: float, leaker_pi
     expect(churn, "READY", 10)
     done = expect(churn, "DONE", seconds + 30)
     cpu = cpu_seconds(tool.proc.pid) - c0
+    # The traffic's own CPU: the generator and its server child, which it
+    # waits for before it exits (ip netns exec execs it: same pid).
+    traffic = None
+    if done:
+        _pid, _status, usage = os.wait4(churn.pid, 0)
+        churn.returncode = 0
+        traffic = usage.ru_utime + usage.ru_stime
     reap([churn])
     made, took = (int(done.split()[1]), float(done.split()[2])) if done else (0, seconds)
     reaps = [e for e in tool.events[before:] if e.get("event") == "reap"]
     return {"cpu_pct": cpu / took * 100, "rate": made / took,
+            "traffic_cpu_pct": traffic / took * 100 if traffic else None,
+            "vs_traffic_pct": 100 * cpu / traffic if traffic else None,
             "false_kills": sum(1 for e in reaps if e["pid"] not in leaker_pids)
-            if tool.name in ("bpf", "proc") else None}
+            if tool.name in ("bpf", "bpf-full", "proc") else None}
+
+
+def sweep(args, churn_bin: str, resreap: str) -> list[dict]:
+    """Only the churn phase, at each rate, each tool started afresh."""
+    rows = []
+    for name in args.tools:
+        for rate in args.sweep:
+            tool = Tool(name, f"rrbench{uuid.uuid4().hex[:8]}", resreap)
+            try:
+                time.sleep(1.0)  # past start-up
+                churn = phase_churn(tool, churn_bin, rate, args.churn_secs, set())
+            finally:
+                tool.stop()
+            row = {"tool": name, "asked": rate, "rate": round(churn["rate"]),
+                   "cpu_pct": round(churn["cpu_pct"], 2),
+                   "traffic_cpu_pct": fmt(churn["traffic_cpu_pct"], ".1f"),
+                   "vs_traffic_pct": fmt(churn["vs_traffic_pct"], ".2f")}
+            rows.append(row)
+            print(f"  {name:<10} {row['rate']:>7} conn/s: {row['cpu_pct']:.2f}% of a core, "
+                  f"{row['vs_traffic_pct']}% of the traffic's CPU", file=sys.stderr)
+    return rows
+
+
+def sweep_table(rows: list[dict]) -> list[str]:
+    lines = ["| tool | conn/s | tool CPU % core | traffic CPU % core | tool / traffic CPU |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tool']} | {r['rate']} | {r['cpu_pct']:.2f} | {r['traffic_cpu_pct']} | "
+                     f"{r['vs_traffic_pct']}% |")
+    return lines
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    names = {"bpf": "resreap watch (kernel first pass)", "bpf-full": "resreap watch (before: "
+             "every transition)", "proc": "resreap watch --backend proc",
+             "tcpstates": "bcc tcpstates"}
+    for tool in dict.fromkeys(r["tool"] for r in rows):
+        pts = [(r["rate"], r["cpu_pct"]) for r in rows if r["tool"] == tool]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=names.get(tool, tool))
+    ax.set_xlabel("connections per second through CLOSE_WAIT")
+    ax.set_ylabel("CPU, % of one core")
+    ax.set_title("Cost of watching CLOSE_WAIT churn")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -264,6 +342,7 @@ def run_size(n: int, args, churn_bin: str, resreap: str) -> list[dict]:
                    "lat_p99_ms": None if not lat else round(pct(lat, 0.99) * 1000, 1),
                    "leaks_missed": leak["missed"], "churn_rate": round(churn["rate"]),
                    "churn_cpu_pct": round(churn["cpu_pct"], 2),
+                   "vs_traffic_pct": fmt(churn["vs_traffic_pct"], ".2f"),
                    "false_kills": churn["false_kills"], **end}
             rows.append(row)
             print(f" idle {row['idle_cpu_s_per_min']:.3f} cpu-s/min, p50 {row['lat_p50_ms']} ms",
@@ -279,8 +358,9 @@ def fmt(v, spec="") -> str:
 
 def table(rows: list[dict]) -> list[str]:
     head = ("| N | tool | idle CPU s/min | vs netstat | latency p50 ms | p99 ms | missed | "
-            "churn conn/s | churn CPU % core | lost | false kills | peak RSS MB |")
-    lines = [head, "|" + "---|" * 12]
+            "churn conn/s | churn CPU % core | vs traffic CPU | lost | false kills | "
+            "peak RSS MB |")
+    lines = [head, "|" + "---|" * 13]
     by_n: dict[int, dict[str, dict]] = {}
     for r in rows:
         by_n.setdefault(r["n"], {})[r["tool"]] = r
@@ -290,7 +370,8 @@ def table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['n']} | {r['tool']} | {r['idle_cpu_s_per_min']:.3f} | {ratio} | "
             f"{fmt(r['lat_p50_ms'])} | {fmt(r['lat_p99_ms'])} | {r['leaks_missed']} | "
-            f"{r['churn_rate']} | {r['churn_cpu_pct']:.1f} | {fmt(r['lost_events'])} | "
+            f"{r['churn_rate']} | {r['churn_cpu_pct']:.1f} | {r.get('vs_traffic_pct', '-')}% | "
+            f"{fmt(r['lost_events'])} | "
             f"{fmt(r['false_kills'])} | {r['peak_rss_mb']} |")
     return lines
 
@@ -308,13 +389,30 @@ def main() -> None:
     ap.add_argument("--churn", type=int, default=10000, help="connections/s")
     ap.add_argument("--churn-secs", type=float, default=10.0)
     ap.add_argument("--churn-bin", required=True)
+    ap.add_argument("--sweep", default="",
+                    help="churn rates, e.g. 1000,5000,20000,40000: only the churn phase, "
+                         "plotted (tools default to bpf,bpf-full,proc,tcpstates)")
     ap.add_argument("--resreap", default=str(ROOT / ".venv" / "bin" / "resreap"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"))
     args = ap.parse_args()
+    if args.sweep and "--tools" not in sys.argv:
+        args.tools = "bpf,bpf-full,proc,tcpstates"
     args.tools = args.tools.split(",")
+    args.sweep = [int(r) for r in args.sweep.split(",") if r]
     if os.geteuid() != 0:
         sys.exit("bench: run as root (sudo scripts/bench)")
     make_netns()
+    if args.sweep:
+        try:
+            rows = sweep(args, args.churn_bin, args.resreap)
+        finally:
+            subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
+        lines = sweep_table(rows)
+        print("\n".join(lines))
+        Path(args.out + "-sweep.json").write_text(json.dumps(
+            {"machine": machine(), "settings": vars(args), "rows": rows}, indent=1) + "\n")
+        plot(rows, str(Path(args.out).parent / "churn-cost.png"))
+        return
     rows: list[dict] = []
     try:
         for n in (int(x) for x in args.sizes.split(",")):

@@ -318,7 +318,7 @@ def watch(
     from resreap.engine.owners import OwnerResolver, check_privileges
     from resreap.ops.sdnotify import Notifier
     from resreap.host.sockets import SocketTable
-    from resreap.engine.watch import Watcher
+    from resreap.engine.watch import Watcher, read_latency
 
     given = {k: v for k, v in locals().items() if k in ctx.params}
     typed = _from_flags(ctx)
@@ -351,14 +351,17 @@ def watch(
         # Events may wait in the ring this long; deadlines use kernel
         # timestamps, so this bounds work per wakeup, not timer accuracy.
         grace_s = config.limits.grace
-        latency = min(0.25, max(0.01, grace_s / 4))
+        latency = read_latency(grace_s)
         if st.backend != "proc":
             # Compiling takes about a second, much longer on a busy host:
             # say so at once, not after it.
             decision("loading", logging.INFO, backend=st.backend,
                      note="compiling and attaching the BPF program")
+        # The kernel's first pass: churn costs nothing here (trace keeps
+        # the full stream).
         selected = open_source(st.backend, table, latency=latency,
-                               poll_interval=st.poll_interval or max(0.05, grace_s / 2))
+                               poll_interval=st.poll_interval or max(0.05, grace_s / 2),
+                               first_pass=True)
         exporter = None
         if st.metrics:
             from resreap.ops.metrics import TOP, Exporter
@@ -405,6 +408,7 @@ def watch(
         # Attach and seed first: "start" means resreap is watching now.
         watcher.start()
         decision("start", logging.WARNING, backend=selected.source.name,
+                 first_pass=getattr(selected.source, "first_pass", False),
                  limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
                  fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
                  dry_run=config.plan.dry_run, restart_units=config.plan.restart_units,

@@ -36,6 +36,14 @@ class WatchConfig(NamedTuple):
     filters: Filters
 
 
+def read_latency(grace: float) -> float:
+    """How long the loop may sleep without new events: a quarter of the
+    grace, within [0.01, 0.25] s.  Deadlines use the kernel's timestamps, so
+    this bounds how late a new socket is seen (and, with the kernel's first
+    pass, how often the pending sockets are taken), not timer accuracy."""
+    return min(0.25, max(0.01, grace / 4))
+
+
 def _where(pid: int, proc_root: str) -> dict[str, str]:
     """unit= and container= for a decision line about ``pid``."""
     try:
@@ -153,6 +161,8 @@ class Watcher:
         self.killer.plan = config.plan
         self._spared.clear()
         self.sockets.configure(config.limits, config.filters)
+        if self.source.name == "bpf":  # a poller keeps its --poll-interval
+            self.source.latency = read_latency(config.limits.grace)
         now = self._clock()
         for owner in list(self.counter.by_owner):
             self._deferred.setdefault(owner, now)

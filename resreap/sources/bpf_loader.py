@@ -14,7 +14,7 @@ keeps the program alive and readable over a unix socket (SCM_RIGHTS):
 It then leaves with os._exit: bcc's atexit cleanup would disable the perf
 event that the watchdog now shares.
 
-    python -m resreap.sources.bpf_loader FD RINGBUF_PAGES WAKEUP_EVERY
+    python -m resreap.sources.bpf_loader FD RINGBUF_PAGES WAKEUP_EVERY PENDING_MAX
 """
 
 from __future__ import annotations
@@ -81,13 +81,18 @@ def _layout(event_class) -> dict:
     return {"size": ct.sizeof(event_class), "fields": fields}
 
 
-def load(ringbuf_pages: int, wakeup_every: int) -> tuple[dict, list[int]]:
+def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0) -> tuple[dict, list[int]]:
+    """Compile, load and attach; (facts, fds: perf event, ring, counters
+    [, pending]).  ``pending_max``: the first pass (FIRST_PASS) with a
+    pending map of that many sockets; 0: every transition through the ring."""
     try:
         from bcc import BPF
     except ImportError:
         return {"error": "bcc is not importable: apt-get install python3-bpfcc and use a venv "
                          "made with --system-site-packages (scripts/setup does both)"}, []
     cflags = [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DWAKEUP_EVERY={wakeup_every}"]
+    if pending_max:
+        cflags += ["-DFIRST_PASS", f"-DPENDING_MAX={pending_max}"]
     with tempfile.NamedTemporaryFile("w+", prefix="resreap-bcc-") as diag:
         try:
             with _stderr_to(diag.name):
@@ -107,7 +112,10 @@ def load(ringbuf_pages: int, wakeup_every: int) -> tuple[dict, list[int]]:
         return {"error": "the BPF program loaded but did not attach to the tracepoint"}, []
     info = {"layout": _layout(_event_class(events)),
             "ringbuf_bytes": ringbuf_pages * os.sysconf("SC_PAGE_SIZE")}
-    return info, [perf_fd, events.map_fd, counts.map_fd]
+    fds = [perf_fd, events.map_fd, counts.map_fd]
+    if pending_max:
+        fds.append(bpf[b"pending"].map_fd)
+    return info, fds
 
 
 def _event_class(table):
@@ -117,10 +125,10 @@ def _event_class(table):
 
 
 def main() -> None:
-    fd, pages, wakeup = (int(a) for a in sys.argv[1:4])
+    fd, pages, wakeup, pending_max = (int(a) for a in sys.argv[1:5])
     chan = socket.socket(fileno=fd)
     try:
-        info, fds = load(pages, wakeup)
+        info, fds = load(pages, wakeup, pending_max)
     except Exception as exc:  # report, never hang the parent
         info, fds = {"error": f"BPF loader failed: {exc!r}"}, []
     socket.send_fds(chan, [json.dumps(info).encode()], fds)

@@ -57,7 +57,7 @@ class Selected(NamedTuple):
 
 
 def open_source(backend: str, table: SocketTable, *, latency: float,
-                poll_interval: float | None = None) -> Selected:
+                poll_interval: float | None = None, first_pass: bool = False) -> Selected:
     """Build the source asked for; ``auto`` prefers BPF and falls back to
     polling with the reason."""
     if backend not in BACKENDS:
@@ -66,7 +66,7 @@ def open_source(backend: str, table: SocketTable, *, latency: float,
         try:
             from resreap.sources.bpf_events import BpfSource
 
-            return Selected(BpfSource(table, latency=latency), None)
+            return Selected(BpfSource(table, latency=latency, first_pass=first_pass), None)
         except BackendUnavailable as exc:
             if backend == "bpf":
                 raise BackendUnavailable(f"{exc}; --backend proc polls instead") from exc

@@ -1,4 +1,5 @@
-"""Reading a BPF ring buffer and a per-CPU counter map without bcc.
+"""Reading a BPF ring buffer, a per-CPU counter map and taking a hash map's
+entries in batches, without bcc.
 
 The ring buffer is mmapped as the kernel lays it out (kernel/bpf/ringbuf.c):
 one page with the consumer position (ours to write), one with the producer
@@ -10,7 +11,9 @@ whose length word carries a BUSY bit (being written) and a DISCARD bit.
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
+import os
 import platform
 import select
 import struct
@@ -27,6 +30,7 @@ _U32 = struct.Struct("=I")
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351,
             "armv7l": 386, "i686": 357}
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25  # Linux 5.6+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -108,3 +112,51 @@ class PerCpuCounters:
                          ctypes.sizeof(attr)) != 0:
             return 0
         return sum(self._values)
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class BatchTaker:
+    """Takes every entry of a BPF hash map (u64 keys) and deletes it, in a
+    few system calls: BPF_MAP_LOOKUP_AND_DELETE_BATCH.  An entry the BPF
+    program deletes concurrently is either taken here or deleted there,
+    never both (the kernel holds the bucket's lock for each)."""
+
+    CHUNK = 4096
+
+    def __init__(self, map_fd: int, value_size: int) -> None:
+        nr = _SYS_BPF.get(platform.machine())
+        if nr is None:
+            raise BackendUnavailable(f"no bpf() syscall number known for {platform.machine()}")
+        self.fd, self._nr, self.value_size = map_fd, nr, value_size
+        self._keys = (ctypes.c_uint64 * self.CHUNK)()
+        self._values = ctypes.create_string_buffer(value_size * self.CHUNK)
+        self._in = ctypes.c_uint64(0)
+        self._out = ctypes.c_uint64(0)
+
+    def take(self) -> list[bytes]:
+        """The values of every entry, removed from the map.  Raises OSError
+        where the kernel has no batch operations (before Linux 5.6)."""
+        out: list[bytes] = []
+        first = True
+        while True:
+            attr = _BatchAttr(0 if first else ctypes.addressof(self._in),
+                              ctypes.addressof(self._out), ctypes.addressof(self._keys),
+                              ctypes.addressof(self._values), self.CHUNK, self.fd, 0, 0)
+            rc = _libc.syscall(self._nr, BPF_MAP_LOOKUP_AND_DELETE_BATCH, ctypes.byref(attr),
+                               ctypes.sizeof(attr))
+            err = ctypes.get_errno() if rc != 0 else 0
+            raw = self._values.raw
+            size = self.value_size
+            out.extend(raw[i * size:(i + 1) * size] for i in range(attr.count))
+            if err == errno.ENOENT:   # the whole map was walked
+                return out
+            if err:
+                raise OSError(err, os.strerror(err))
+            first = False
+            self._in.value = self._out.value

@@ -46,10 +46,11 @@ def test_restart_after_kill9_finds_the_leak_again(watch, actors, tag):
 
 
 def test_lost_events_cause_no_false_kill_and_hide_no_leak(watch, actors, tag):
-    """A one-page ring buffer flooded with churn: events are lost, a
-    reconciliation with the kernel follows, the leaker is still reaped and
-    the flood's server (eligible too) is not."""
-    env = dict(os.environ, RESREAP_RINGBUF_PAGES="1")
+    """A one-page ring buffer flooded with churn (and a one-socket pending
+    map, so that the kernel's first pass sends it through the ring): events
+    are lost, a reconciliation with the kernel follows, the leaker is still
+    reaped and the flood's server (eligible too) is not."""
+    env = dict(os.environ, RESREAP_RINGBUF_PAGES="1", RESREAP_PENDING_MAX="1")
     run = watch("-f", pattern(tag), "-i", "0.5", "-w", "0.5", "--backend", "bpf", env=env)
     leaker = actors("leaky-server", "127.0.0.1", tag)
     client = actors("clients", "127.0.0.1", leaker.port, 3, tag)

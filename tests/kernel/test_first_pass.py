@@ -1,0 +1,87 @@
+"""The kernel's first pass (watch, BPF, Linux 5.6+): new CLOSE_WAIT sockets
+wait in a kernel map that watch takes in batches; those that leave before
+(churn) never reach user space.  Nothing may hide behind it: a leak in the
+middle of churn, exits of taken sockets, a grace shortened by SIGHUP, a full
+map (tests/faults: lost events and reconciliation)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from procs import patience
+from watchrun import WatchRun
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
+
+
+def entered(run: WatchRun, port: int) -> int:
+    """Transitions into CLOSE_WAIT the watcher saw on local port ``port``
+    (its -D lines)."""
+    return len(run.find(lambda e: e.get("message", "").startswith(
+        f"event enter 127.0.0.1:{port} ")))
+
+
+def test_churn_stays_in_the_kernel_and_a_leak_in_it_is_reaped_on_time(resreap_bin, actors, tag):
+    run = WatchRun(resreap_bin, "--backend", "bpf", "-f", tag[4:], "-i", "1", "-w", "0.5", "-D")
+    try:
+        assert run.wait_for(lambda e: e["event"] == "start")["first_pass"] is True
+        churn = actors("churn-server", "127.0.0.1", tag)
+        clients = actors("churn-clients", "127.0.0.1", churn.port, str(patience(3)), tag)
+        time.sleep(patience(1))
+        leaker = actors("leaky-server", "127.0.0.1", tag)
+        actors("clients", "127.0.0.1", leaker.port, 2, tag).send("close", "CLOSED")
+        closed = time.monotonic()
+        reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == leaker.pid, timeout=5)
+        assert time.monotonic() - closed <= patience(1 + 0.5)
+        assert reap["evidence"] == "eof-ignored:2"
+        made = int(clients.expect("DONE", timeout=30).split()[1])
+        time.sleep(0.5)
+        # Connections through CLOSE_WAIT by the thousand; hardly any of them
+        # was still there when the map was taken (the server closes at once).
+        assert made >= 1000 * (1 if patience(1) == 1 else 0.1)
+        assert entered(run, churn.port) <= 0.05 * made, (entered(run, churn.port), made)
+        assert churn.alive()
+    finally:
+        assert run.stop() == 0
+
+
+def test_exits_of_taken_sockets_arrive(resreap_bin, actors, tag):
+    """Taken (seen by the watcher), then closed by the server inside the
+    grace: the exit comes through the ring, and nothing is reaped."""
+    server = actors("leaky-server", "127.0.0.1", tag)
+    client = actors("clients", "127.0.0.1", server.port, 2, tag)
+    run = WatchRun(resreap_bin, "--backend", "bpf", "-f", tag[4:], "-i", "3", "-D")
+    try:
+        client.send("close", "CLOSED")
+        run.wait_for(lambda e: entered(run, server.port) >= 2)
+        server.send("close", "CLOSED")
+        run.wait_for(lambda e: e.get("message", "").startswith(
+            f"event exit 127.0.0.1:{server.port} "))
+        time.sleep(patience(3.5))
+        assert server.alive() and not run.find(lambda e: e["event"] == "reap")
+    finally:
+        assert run.stop() == 0
+
+
+def test_a_grace_shortened_by_sighup_applies_to_taken_sockets(resreap_bin, actors, tag, tmp_path):
+    conf = tmp_path / "resreap.toml"
+    conf.write_text(f'filter = "{tag[4:]}"\ngrace = 30.0\nwait = 0.5\n')
+    server = actors("leaky-server", "127.0.0.1", tag)
+    client = actors("clients", "127.0.0.1", server.port, 2, tag)
+    run = WatchRun(resreap_bin, "--backend", "bpf", "--config", str(conf), "-D")
+    try:
+        run.wait_for(lambda e: e["event"] == "start")
+        client.send("close", "CLOSED")
+        run.wait_for(lambda e: entered(run, server.port) >= 2)
+        conf.write_text(conf.read_text().replace("grace = 30.0", "grace = 0.5"))
+        run.proc.send_signal(signal.SIGHUP)
+        reloaded = time.monotonic()
+        run.wait_for(lambda e: e["event"] == "reload" and "error" not in e)
+        reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=5)
+        assert time.monotonic() - reloaded <= patience(2)
+        assert reap["evidence"] == "eof-ignored:2"
+    finally:
+        assert run.stop() == 0
