@@ -41,8 +41,10 @@ def test_churn_stays_in_the_kernel_and_a_leak_in_it_is_reaped_on_time(resreap_bi
         time.sleep(0.5)
         # Connections through CLOSE_WAIT by the thousand; hardly any of them
         # was still there when the map was taken (the server closes at once).
-        assert made >= 1000 * (1 if patience(1) == 1 else 0.1)
-        assert entered(run, churn.port) <= 0.05 * made, (entered(run, churn.port), made)
+        emulated = patience(1) != 1  # the 6.1 guest under QEMU: everything slower
+        assert made >= (100 if emulated else 1000)
+        share = 0.25 if emulated else 0.05
+        assert entered(run, churn.port) <= share * made, (entered(run, churn.port), made)
         assert churn.alive()
     finally:
         assert run.stop() == 0
