@@ -408,7 +408,7 @@ def watch(
         # Attach and seed first: "start" means resreap is watching now.
         watcher.start()
         decision("start", logging.WARNING, backend=selected.source.name,
-                 first_pass=getattr(selected.source, "first_pass", False),
+                 first_pass=selected.source.first_pass,
                  limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
                  fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
                  dry_run=config.plan.dry_run, restart_units=config.plan.restart_units,

@@ -75,9 +75,6 @@ class Counting:
             due += [e for k in keys if (e := self.table.get(k)) is not None and e not in due]
         return due
 
-    def reconcile_due(self, now: float) -> bool:
-        return now >= self._next_reconcile
-
     @property
     def next_reconcile(self) -> float:
         return self._next_reconcile

@@ -143,10 +143,7 @@ class Tracer:
         owner = owners[0]
         where = self._wheres.get(owner)
         if where is None:
-            try:
-                where = supervisor.read(owner.pid, self.resolver.proc_root)
-            except (ProcessGone, AccessDenied):
-                where = Supervisor()
+            where = supervisor.of(owner.pid, self.resolver.proc_root)
             if len(self._wheres) > 4096:
                 self._wheres.clear()
             self._wheres[owner] = where

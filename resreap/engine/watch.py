@@ -46,10 +46,7 @@ def read_latency(grace: float) -> float:
 
 def _where(pid: int, proc_root: str) -> dict[str, str]:
     """unit= and container= for a decision line about ``pid``."""
-    try:
-        return supervisor.read(pid, proc_root).fields()
-    except (ProcessGone, AccessDenied):
-        return {}
+    return supervisor.of(pid, proc_root).fields()
 
 
 def _endpoints(socks: list[SockId]) -> list[str]:
@@ -305,16 +302,13 @@ class Watcher:
         socks = [entry.sock for entry, _hit, _kind in rows]
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
-        try:
-            where = supervisor.read(info.pid, self.proc_root)
-        except (ProcessGone, AccessDenied):
-            where = None
+        where = supervisor.of(info.pid, self.proc_root)
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
                         self.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
                         where)
         plan = self.config.plan
         decision("reap" if not plan.dry_run else "would-reap", logging.WARNING,
-                 pid=info.pid, comm=info.comm, **(where.fields() if where else {}),
+                 pid=info.pid, comm=info.comm, **where.fields(),
                  count=len(socks), limit=self.limits.limit,
                  evidence=found, oldest=round(oldest, 3), sockets=_endpoints(socks),
                  cmd=info.cmdline, plan=plan.describe())
@@ -410,5 +404,5 @@ class Watcher:
                      note="reconciling with the kernel's CLOSE_WAIT sockets")
             self._lost = lost
             self.sockets.reconcile(now, after_loss=True)
-        elif self.sockets.reconcile_due(now):
+        elif now >= self.sockets.next_reconcile:
             self.sockets.reconcile(now, after_loss=bool(self._lost))

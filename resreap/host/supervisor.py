@@ -25,6 +25,7 @@ import subprocess
 import time
 from typing import Callable, NamedTuple
 
+from resreap.errors import AccessDenied, ProcessGone
 from resreap.host.procinfo import proc_errors
 
 # /proc/PID/cgroup is a few short lines; a path is at most PATH_MAX.
@@ -117,6 +118,15 @@ def read(pid: int, proc_root: str = "/proc") -> Supervisor:
     with proc_errors(pid, "/cgroup"), open(f"{proc_root}/{pid}/cgroup", "rb") as f:
         raw = f.read(CGROUP_MAX)
     return parse(raw.decode("utf-8", "backslashreplace"))
+
+
+def of(pid: int, proc_root: str = "/proc") -> Supervisor:
+    """``pid``'s supervisor, or an empty one when the process is gone or
+    unreadable: for labels, where nothing is known is simply not shown."""
+    try:
+        return read(pid, proc_root)
+    except (ProcessGone, AccessDenied):
+        return Supervisor()
 
 
 # -- bringing a systemd service back ---------------------------------------

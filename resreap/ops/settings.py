@@ -17,6 +17,7 @@ from resreap.engine.policy import Limits, parse_rate
 from resreap.engine.watch import WatchConfig
 from resreap.errors import UsageError
 from resreap.ops import config
+from resreap.sources.events import BACKENDS
 
 # config file key -> the CLI's parameter name, where they differ
 FILE_TO_CLI = {"filter": "command_pattern", "signal": "sig", "json": "json_out"}
@@ -73,8 +74,8 @@ def validate(st: dict[str, Any]) -> WatchSettings:
     positive("--hook-timeout", st["hook_timeout"], strict=True)
     if st["poll_interval"] is not None:
         positive("--poll-interval", st["poll_interval"], 0.01)
-    if st["backend"] not in ("auto", "bpf", "proc"):
-        raise UsageError(f"bad backend {st['backend']!r}: use auto, bpf or proc")
+    if st["backend"] not in BACKENDS:
+        raise UsageError(f"unknown backend {st['backend']!r}: choose one of {', '.join(BACKENDS)}")
     max_kills, per = parse_rate(st["max_rate"])
     plan = Plan(signal=parse_signal(str(st["sig"])),
                 first_signal=parse_signal(str(st["first_signal"])) if st["first_signal"] else None,

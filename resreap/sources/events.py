@@ -26,10 +26,13 @@ class EventSource(abc.ABC):
     (they produce no event of their own).  ``read`` waits at most
     ``timeout`` seconds and returns everything that arrived, oldest first.
     ``latency`` is the longest an event may wait before ``read`` returns it.
+    ``first_pass``: the kernel drops sockets that leave CLOSE_WAIT before
+    ``read`` takes them (BPF, for watch).
     """
 
     name: str = ""
     latency: float = 0.0
+    first_pass: bool = False
 
     @abc.abstractmethod
     def start(self) -> list[Transition]: ...

@@ -199,6 +199,9 @@ class Proc:
         os.symlink(f"socket:[{inode}]", self.dir / "fd" / str(fd))
         return fd
 
+    def holds_inode(self, inode: int) -> bool:
+        return any(os.readlink(link) == f"socket:[{inode}]" for link in (self.dir / "fd").iterdir())
+
     def drop(self, inode: int) -> None:
         for link in (self.dir / "fd").iterdir():
             if os.readlink(link) == f"socket:[{inode}]":
@@ -396,14 +399,6 @@ class World:
 
     def reaped(self) -> list[int]:
         return [t.info.pid for t in self.killer.targets]
-
-
-def _holds_inode(self: Proc, inode: int) -> bool:
-    fd_dir = self.dir / "fd"
-    return any(os.readlink(link) == f"socket:[{inode}]" for link in fd_dir.iterdir())
-
-
-Proc.holds_inode = _holds_inode  # type: ignore[attr-defined]
 
 
 class _Capture(logging.Handler):

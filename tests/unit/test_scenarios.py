@@ -19,6 +19,13 @@ def world(tmp_path):
     w.close()
 
 
+def reload(w, **limits):
+    """A SIGHUP with these limits changed (the rest as they were)."""
+    from resreap.engine.watch import WatchConfig
+
+    w.reconfigure(WatchConfig(w.limits._replace(**limits), w.config.plan, w.filters))
+
+
 def server(world, pid=1000, port=8080, **kw):
     proc = world.process(pid, **kw)
     world.listen(proc, port)
@@ -416,9 +423,7 @@ def test_reload_applies_the_new_grace_to_pending_timers(world):
     world.close_wait(srv, 8080, n=2, at=1.0)
     w = world.watch(limit=2, grace=2.0)
     world.run(1.5)
-    from resreap.engine.policy import Limits
-    from resreap.engine.watch import WatchConfig
-    w.reconfigure(WatchConfig(Limits(2, 10.0, 3, 60.0, stall=60.0), w.config.plan, w.filters))
+    reload(w, grace=10.0)
     world.run(8)
     assert world.reaped() == []  # not at 3 s any more
     world.run(15)
@@ -430,9 +435,7 @@ def test_reload_with_a_higher_limit_spares(world):
     world.close_wait(srv, 8080, n=2, at=1.0)
     w = world.watch(limit=2, grace=2.0)
     world.run(1.5)
-    from resreap.engine.policy import Limits
-    from resreap.engine.watch import WatchConfig
-    w.reconfigure(WatchConfig(Limits(5, 2.0, 3, 60.0, stall=60.0), w.config.plan, w.filters))
+    reload(w, limit=5)
     world.run(30)
     assert world.reaped() == []
 
