@@ -225,9 +225,12 @@ def churn_server(host: str) -> None:
         pass
 
 
-def churn_clients(host: str, port: str, seconds: str) -> None:
+def churn_clients(host: str, port: str, seconds: str, paced: str = "") -> None:
     """Connects and closes at once, as fast as it can, for SECONDS: the
-    peer of churn-server, in another process (its comm: churn-cli)."""
+    peer of churn-server, in another process (its comm: churn-cli).  With
+    PACED ("paced"), each connection waits for the server's close before the
+    next: one socket at most in CLOSE_WAIT however the two are scheduled
+    (without, a starved server's accept queue fills with them)."""
     set_comm("churn-cli")
     say(pid=os.getpid())
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -235,6 +238,10 @@ def churn_clients(host: str, port: str, seconds: str) -> None:
     while time.monotonic() - began < float(seconds):
         c = socket.socket(family, socket.SOCK_STREAM)
         c.connect((host, int(port)))
+        if paced:
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(4096):
+                pass
         c.close()
         made += 1
     print(f"DONE {made} {made / (time.monotonic() - began):.0f}", flush=True)
@@ -416,11 +423,12 @@ def fd_injector(path: str, count: str) -> None:
         pass
 
 
-def twin_churn(host: str, port: str, cports: str, seconds: str) -> None:
+def twin_churn(host: str, port: str, cports: str) -> None:
     """Attack 4, inside another network namespace: sockets with exactly the
     4-tuples of a leak elsewhere (server HOST:PORT, clients on CPORTS) pass
-    through CLOSE_WAIT again and again for SECONDS: the peer half-closes,
-    waits, then resets (no TIME_WAIT: the 4-tuple is free again at once)."""
+    through CLOSE_WAIT again and again until told "stop": the peer
+    half-closes, waits, then resets (no TIME_WAIT: the 4-tuple is free again
+    at once).  Answers "DONE cycles"."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     srv = socket.socket(family, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -433,27 +441,34 @@ def twin_churn(host: str, port: str, cports: str, seconds: str) -> None:
         threading.Timer(1.0, conn.close).start()
 
     accept_each(srv, handle)
-    say(pid=os.getpid())
-    cycles, end = 0, time.monotonic() + float(seconds)
+    stop, cycles = threading.Event(), [0]
     linger = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
-    while time.monotonic() < end:
-        conns = []
-        for cport in cports.split(","):
-            c = socket.socket(family, socket.SOCK_STREAM)
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            c.bind((host, int(cport)))
-            c.connect((host, int(port)))
-            c.shutdown(socket.SHUT_WR)   # the twin enters CLOSE_WAIT
-            conns.append(c)
-        time.sleep(0.3)
-        for c in conns:
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            c.close()                    # RST: the twin leaves CLOSE_WAIT
-        cycles += 1
-        time.sleep(0.05)
-    print(f"DONE {cycles}", flush=True)
-    for _ in commands():
-        pass
+
+    def churn():
+        while not stop.is_set():
+            conns = []
+            for cport in cports.split(","):
+                c = socket.socket(family, socket.SOCK_STREAM)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                c.bind((host, int(cport)))
+                c.connect((host, int(port)))
+                c.shutdown(socket.SHUT_WR)   # the twin enters CLOSE_WAIT
+                conns.append(c)
+            time.sleep(0.3)
+            for c in conns:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                c.close()                    # RST: the twin leaves CLOSE_WAIT
+            cycles[0] += 1
+            time.sleep(0.05)
+
+    worker = threading.Thread(target=churn, daemon=True)
+    worker.start()
+    say(pid=os.getpid())
+    for words in commands():
+        if words == ["stop"]:
+            stop.set()
+            worker.join(5)
+            print(f"DONE {cycles[0]}", flush=True)
 
 
 def closing_server(host: str) -> None:

@@ -20,6 +20,16 @@ def patience(seconds: float) -> float:
     return seconds * SLOWDOWN
 
 
+def until(pred, timeout: float) -> bool:
+    """Poll ``pred()`` for up to ``patience(timeout)``; its last answer."""
+    deadline = time.monotonic() + patience(timeout)
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())
+
+
 class Actor:
     """One actor process.  ``facts`` holds what it printed with READY."""
 

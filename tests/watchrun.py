@@ -10,10 +10,22 @@ import time
 
 from procs import patience
 
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: the package's own dependency
+    import tomli as tomllib
+
+
+# Tests run side by side (scripts/test): a watch that may signal must be
+# fenced to the test's own processes, by its command lines or its pids.
+FENCES = ("-f", "--filter", "-p", "--pid", "-d", "--dry-run")
+
 
 class WatchRun:
     def __init__(self, resreap_bin: str, *args: str, timeout: float = 20,
                  env: dict | None = None) -> None:
+        if not fenced(args):
+            raise ValueError(f"watch {args} could signal another test's processes")
         self.proc = subprocess.Popen([resreap_bin, "watch", "--json", *args], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
@@ -54,6 +66,15 @@ class WatchRun:
             time.sleep(0.02)
         raise AssertionError(f"no matching log line within {timeout}s; log:\n" + "\n".join(self.lines))
 
+    def until(self, condition, timeout: float = 10) -> None:
+        """Wait for ``condition()`` (on the log so far) to hold."""
+        timeout = patience(timeout)
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not so within {timeout}s; log:\n" + "\n".join(self.lines))
+            time.sleep(0.05)
+
     def outcome(self, pid: int, timeout: float = 10) -> dict:
         return self.wait_for(lambda e: e["event"] == "outcome" and e["pid"] == pid, timeout)
 
@@ -72,3 +93,16 @@ class WatchRun:
             self.proc.wait()
         self._reader.join(5)
         return self.proc.returncode
+
+
+def fenced(args) -> bool:
+    """-f, -p or a dry run on the command line, or in the --config file."""
+    args = list(args)
+    if any(a in FENCES for a in args):
+        return True
+    if "--config" in args:
+        with open(args[args.index("--config") + 1], "rb") as f:
+            conf = tomllib.load(f)
+        conf = conf.get("watch", conf)
+        return bool(conf.get("filter") or conf.get("pid") or conf.get("dry_run"))
+    return False

@@ -36,7 +36,7 @@ def test_restart_after_kill9_finds_the_leak_again(watch, actors, tag):
     client.send("close", "CLOSED")
     slow.wait_for(lambda e: e["event"] == "start")
     slow.proc.kill()                       # kill -9: no cleanup at all
-    slow.proc.wait(10)
+    slow.proc.wait(patience(10))
     assert second.alive()
     again = watch("-f", pattern(tag), "-i", "0.5", "-w", "0.5")
     assert again.wait_for(lambda e: e["event"] == "existing")["sockets"] >= 2
@@ -45,6 +45,7 @@ def test_restart_after_kill9_finds_the_leak_again(watch, actors, tag):
     assert not again.find(lambda e: e.get("pid") == first_leaker.pid)
 
 
+@pytest.mark.alone
 def test_lost_events_cause_no_false_kill_and_hide_no_leak(watch, actors, tag):
     """A one-page ring buffer flooded with churn (and a one-socket pending
     map, so that the kernel's first pass sends it through the ring): events
@@ -97,7 +98,7 @@ def test_sigterm_in_the_middle_of_a_kill_exits_0(watch, actors, tag):
     run.wait_for(lambda e: e["event"] == "reap")
     time.sleep(patience(0.2))                        # SIGTERM sent, waiting for -w
     run.proc.send_signal(signal.SIGTERM)
-    assert run.proc.wait(15) == 0
+    assert run.proc.wait(patience(15)) == 0
     run._reader.join(5)
     out = run.wait_for(lambda e: e["event"] in ("outcome", "abandon"), timeout=1)
     assert out["event"] == "abandon" or out["result"] == "killed"
@@ -122,11 +123,12 @@ def test_sighup_reopens_the_log_file(resreap_bin, actors, tag, tmp_path):
         time.sleep(patience(0.3))
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
+        assert proc.wait(patience(15)) == 0
     assert " reap " in log.read_text() and " start " not in log.read_text()
     assert " start " in (tmp_path / "resreap.log.1").read_text()
 
 
+@pytest.mark.alone
 def test_flood_of_leaks_across_many_processes(watch, actors, tag):
     """4000 sockets in CLOSE_WAIT across 20 processes (the 100k/1000 version
     is bench/flood: too slow for every CI run).  All are reaped, each once,
@@ -150,6 +152,7 @@ def test_flood_of_leaks_across_many_processes(watch, actors, tag):
     assert all(client.alive() for _, client in pairs)
 
 
+@pytest.mark.alone
 def test_process_churn_does_not_disturb(watch, actors, tag):
     """Thousands of processes starting and exiting while a leak is reaped."""
     run = watch("-f", pattern(tag), "-i", "0.5", "-w", "0.5")

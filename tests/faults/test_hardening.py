@@ -42,6 +42,7 @@ def healthz(port: int) -> int:
         return exc.code
 
 
+@pytest.mark.alone
 def test_2_huge_fd_tables_never_blind_the_loop(watch, actors, tag):
     """100 processes of 20,000 fds each, newer than a client-side leaker (no
     listener: only a scan of every process finds its sockets).  A scan of
@@ -121,12 +122,12 @@ def test_6_a_config_file_a_user_can_write_is_refused(resreap_bin, tmp_path):
     conf.write_text('hook = "touch /tmp/pwned"\n')
     os.chmod(conf, 0o666)
     out = subprocess.run([resreap_bin, "watch", "--config", str(conf)], capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=patience(30))
     assert out.returncode == 2 and "writable by group or others" in out.stderr
     os.chmod(conf, 0o644)
     os.chown(conf, 65534, 65534)
     out = subprocess.run([resreap_bin, "watch", "--config", str(conf)], capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=patience(30))
     assert out.returncode == 2 and "owned by uid 65534" in out.stderr
 
 
@@ -149,7 +150,8 @@ def test_7_a_reload_with_a_typo_keeps_the_old_settings(resreap_bin, tmp_path, ta
                                          (["--hook-timeout", "0"], "must be a number > 0"),
                                          (["--stall", "-1"], "must be a number > 0")])
 def test_7_nonsense_values_are_one_line_errors(resreap_bin, args, needle):
-    out = subprocess.run([resreap_bin, "watch", *args], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([resreap_bin, "watch", *args],
+                         capture_output=True, text=True, timeout=patience(30))
     assert out.returncode == 2 and needle in out.stderr and out.stderr.count("\n") == 1
 
 
@@ -159,23 +161,31 @@ def test_8_the_log_file_is_never_a_link(resreap_bin, tmp_path):
     link = tmp_path / "resreap.log"
     link.symlink_to(target)
     out = subprocess.run([resreap_bin, "watch", "--log-file", str(link)], capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=patience(30))
     assert out.returncode == 2 and "symbolic link" in out.stderr
     hard = tmp_path / "hard.log"
     os.link(target, hard)
     out = subprocess.run([resreap_bin, "watch", "--log-file", str(hard)], capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=patience(30))
     assert out.returncode == 2 and "hard links" in out.stderr
     assert target.read_text() == "secret\n"
 
 
+@pytest.mark.alone
 def test_9_slow_but_healthy_closers_leave_nothing_behind(watch, actors, tag):
     """Each connection closed 0.5-1 s after its peer: 600 of them.  The owner
     cache kept one entry per connection forever (290 MB a day)."""
-    run = watch("-f", word(tag))
+    run = watch("-f", word(tag), "-D")
     server = actors("slow-closers", "127.0.0.1", 600, tag)
     server.expect("DONE", timeout=60)
-    time.sleep(patience(0.5))
+
+    def seen(kind: str) -> int:
+        return len(run.find(lambda e: e.get("message", "").startswith(
+            f"event {kind} 127.0.0.1:{server.port} ")))
+
+    # Every socket the watcher saw enter, it saw leave (those that left
+    # before the first pass took them, it never saw at all).
+    run.until(lambda: seen("exit") == seen("enter") > 0, timeout=10)
     assert run.stop() == 0
     stop = run.wait_for(lambda e: e["event"] == "stop", timeout=1)
     assert stop["tracked"] == 0 and stop["owner_cache"] <= 20, stop
@@ -214,6 +224,7 @@ def test_12_sockets_in_flight_are_named_once_and_cost_little(watch, actors, tag)
 
 def test_14_doctor_says_when_other_processes_fds_cannot_be_read(resreap_bin):
     out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                          resreap_bin, "doctor"], capture_output=True, text=True, timeout=60)
+                          resreap_bin, "doctor"],
+                         capture_output=True, text=True, timeout=patience(60))
     line = next(line for line in out.stdout.splitlines() if "process fds" in line)
     assert line.startswith("FAIL") and "CAP_SYS_PTRACE" in line

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from procs import patience
 from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_ready")]
@@ -62,7 +63,7 @@ def test_auto_falls_back_with_one_line_reason(resreap_bin, hidden_bcc, case):
         second = proc.stderr.readline()
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=15)
+        out, err = proc.communicate(timeout=patience(15))
     assert reason in first and "polling" in first and first.count("\n") == 1
     assert "proc backend" in second and "Ctrl-C to end" in second
     assert proc.returncode == 0 and "Traceback" not in err
@@ -73,7 +74,7 @@ def test_forced_bpf_fails_with_one_line_reason(resreap_bin, hidden_bcc, case):
     wrap, hide, reason = CASES[case]
     run = subprocess.run(wrap([resreap_bin, "trace", "--backend", "bpf"]),
                          env=hidden_bcc if hide else None, capture_output=True, text=True,
-                         timeout=60)
+                         timeout=patience(60))
     assert run.returncode == 1
     assert reason in run.stderr and "--backend proc" in run.stderr
     assert run.stderr.count("\n") == 1

@@ -57,7 +57,7 @@ def test_json_stream_and_summary(resreap_bin, actors):
         client.send("close", "CLOSED")
         time.sleep(0.5)  # not scaled: the age the EXIT line shows
         server.send("close", "CLOSED")
-        time.sleep(0.5)
+        time.sleep(patience(0.5))
     finally:
         rc, out, err = stop(proc)
     assert rc == 0, err
@@ -98,14 +98,16 @@ def test_human_output_and_ctrl_c(resreap_bin, actors):
     (["--backend", "carrier-pigeon"], "unknown backend"),
 ])
 def test_bad_options_are_one_line_and_exit_2(resreap_bin, args, needle):
-    run = subprocess.run([resreap_bin, "trace", *args], capture_output=True, text=True, timeout=30)
+    run = subprocess.run([resreap_bin, "trace", *args],
+                         capture_output=True, text=True, timeout=patience(30))
     assert run.returncode == 2
     assert needle in run.stderr and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
 
 
 def test_not_root_is_one_line(resreap_bin):
     run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                          resreap_bin, "trace"], capture_output=True, text=True, timeout=30)
+                          resreap_bin, "trace"],
+                         capture_output=True, text=True, timeout=patience(30))
     assert run.returncode == 1
     assert "must run as root" in run.stderr and run.stderr.count("\n") == 1
 
@@ -116,11 +118,12 @@ def test_bcc_missing_is_one_line_with_the_fix(resreap_bin, tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     run = subprocess.run([resreap_bin, "trace", "--backend", "bpf"], capture_output=True,
-                         text=True, timeout=30, env=env)
+                         text=True, timeout=patience(30), env=env)
     assert run.returncode == 1
     assert "python3-bpfcc" in run.stderr and run.stderr.count("\n") == 1
 
 
+@pytest.mark.alone
 def test_trace_keeps_up_with_churn(resreap_bin, actors, tmp_path):
     """Every transition of a flood of short connections (as fast as Python
     makes them, thousands a second) reaches the output: two per connection,
@@ -136,7 +139,7 @@ def test_trace_keeps_up_with_churn(resreap_bin, actors, tmp_path):
             time.sleep(patience(1))
         finally:
             trace.send_signal(signal.SIGINT)
-            _out, err = trace.communicate(timeout=30)
+            _out, err = trace.communicate(timeout=patience(30))
     assert made >= 1000
     events = [json.loads(line) for line in out.read_text().splitlines()]
     mine = [e for e in events if e.get("lport") == flood.port]
@@ -145,6 +148,7 @@ def test_trace_keeps_up_with_churn(resreap_bin, actors, tmp_path):
     assert "lost" not in err
 
 
+@pytest.mark.alone
 def test_churned_sockets_name_their_owner_never_the_peer(resreap_bin, actors, tmp_path):
     """A server and its clients in two processes (comms churn-srv and
     churn-cli), over a thousand connections a second, each in CLOSE_WAIT
@@ -164,7 +168,7 @@ def test_churned_sockets_name_their_owner_never_the_peer(resreap_bin, actors, tm
             time.sleep(patience(1))
         finally:
             trace.send_signal(signal.SIGINT)
-            trace.communicate(timeout=30)
+            trace.communicate(timeout=patience(30))
     events = [json.loads(line) for line in out.read_text().splitlines()]
     mine = [e for e in events if e.get("lport") == server.port and "pids" in e]
     moves = [e for e in mine if e["event"] in ("enter", "exit")]

@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from procs import patience
+
 pytestmark = [pytest.mark.kernel]
 
 PLANT = "open({marker!r}, 'w').write('imported as root')\n"
@@ -29,7 +31,7 @@ def test_modules_in_the_working_directory_are_never_imported(resreap_bin, bpf_re
             line = proc.stderr.readline()
             assert "Tracing" in line, line
             proc.terminate()
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=patience(60))
     finally:
         if proc.poll() is None:
             proc.kill()

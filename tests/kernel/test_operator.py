@@ -20,7 +20,7 @@ def test_one_watch_per_host_but_a_dry_run_may_run_beside_it(resreap_bin, tag):
     first = WatchRun(resreap_bin, "-f", tag[4:])
     try:
         second = subprocess.run([resreap_bin, "watch", "-f", tag[4:]], capture_output=True,
-                                text=True, timeout=60)
+                                text=True, timeout=patience(60))
         assert second.returncode == 1
         assert f"another resreap watch is running (pid {first.proc.pid})" in second.stderr
         dry = WatchRun(resreap_bin, "-f", tag[4:], "--dry-run")
@@ -81,6 +81,6 @@ def test_start_says_at_once_that_bpf_is_loading(resreap_bin, tag):
 
 def test_trace_with_stdout_closed_is_an_error(resreap_bin):
     out = subprocess.run([resreap_bin, "trace"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True, timeout=60, pass_fds=(), close_fds=True,
+                         text=True, timeout=patience(60), pass_fds=(), close_fds=True,
                          preexec_fn=lambda: __import__("os").close(1))
     assert out.returncode == 2 and "stdout is closed" in out.stderr

@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from procs import patience
 from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
@@ -62,7 +63,7 @@ def test_metrics_are_scraped(resreap_bin, actors, tag):
         server = actors("leaky-server", "127.0.0.1", tag)
         actors("clients", "127.0.0.1", server.port, 3, tag).send("close", "CLOSED")
         assert run.outcome_result(server.pid, "terminated")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + patience(10)
         text = ""
         while 'resreap_kills_total{result="terminated"} 1.0' not in text:
             assert time.monotonic() < deadline, text
@@ -97,7 +98,8 @@ def test_systemd_ready_and_watchdog_notifications(resreap_bin, tmp_path):
 
 
 def test_doctor(resreap_bin):
-    run = subprocess.run([resreap_bin, "doctor"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([resreap_bin, "doctor"],
+                         capture_output=True, text=True, timeout=patience(120))
     assert run.returncode == 0, run.stdout + run.stderr
     lines = {ln.split()[1]: ln.split()[0] for ln in run.stdout.splitlines()}
     for name in ("root", "tracepoint", "bcc", "headers", "sock_diag", "pidfd", "backend"):
@@ -106,14 +108,15 @@ def test_doctor(resreap_bin):
     # this host's init is not systemd: nothing to start services again
     assert lines["supervisor"] == "OK" and "no systemd" in run.stdout
     js = subprocess.run([resreap_bin, "doctor", "--json"], capture_output=True, text=True,
-                        timeout=120)
+                        timeout=patience(120))
     checks = [json.loads(ln) for ln in js.stdout.splitlines()]
     assert {c["name"] for c in checks} >= {"root", "bcc", "backend"}
 
 
 def test_doctor_not_root_fails(resreap_bin):
     run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                          resreap_bin, "doctor"], capture_output=True, text=True, timeout=120)
+                          resreap_bin, "doctor"],
+                         capture_output=True, text=True, timeout=patience(120))
     assert run.returncode == 1
     assert run.stdout.splitlines()[0].startswith("FAIL root")
 
@@ -137,15 +140,17 @@ def test_reload_command_waits_and_reports_a_rejected_config(resreap_bin, tag, tm
     run = WatchRun(resreap_bin, "--config", str(conf))
     try:
         conf.write_text(f'filter = "{tag[4:]}"\nlimit = 5\n')
-        ok = subprocess.run([resreap_bin, "reload"], capture_output=True, text=True, timeout=60)
+        ok = subprocess.run([resreap_bin, "reload"],
+                            capture_output=True, text=True, timeout=patience(60))
         assert ok.returncode == 0 and "limit=5" in ok.stdout, ok.stderr
         assert run.find(lambda e: e["event"] == "reload" and e.get("limit") == 5)
         conf.write_text("limit = 'broken'\n")
         bad = subprocess.run([resreap_bin, "reload", "--pid", str(run.proc.pid)],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=patience(60))
         assert bad.returncode == 1 and "reload rejected" in bad.stderr
         assert "is not an integer" in bad.stderr and run.proc.poll() is None
     finally:
         assert run.stop() == 0
-    gone = subprocess.run([resreap_bin, "reload"], capture_output=True, text=True, timeout=60)
+    gone = subprocess.run([resreap_bin, "reload"],
+                          capture_output=True, text=True, timeout=patience(60))
     assert gone.returncode == 2 and "no resreap watch" in gone.stderr

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from procs import kill_quietly, patience, pid_alive
+from procs import kill_quietly, patience, pid_alive, until
 from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
@@ -40,15 +40,6 @@ def close_wait(port: int) -> int:
     out = subprocess.run(["ss", "-Htn", "state", "close-wait", f"( sport = :{port} )"],
                          capture_output=True, text=True, check=True).stdout
     return len([line for line in out.splitlines() if line.strip()])
-
-
-def until(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + patience(timeout)
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def descendants(pid: int) -> set[int]:
@@ -192,7 +183,7 @@ def test_a_hung_nginx_worker_is_reaped_and_nginx_keeps_serving(resreap_bin, tmp_
     finally:
         master.send_signal(signal.SIGQUIT)
         try:
-            master.wait(10)
+            master.wait(patience(10))
         except subprocess.TimeoutExpired:
             master.kill()
             master.wait()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from procs import patience, pid_alive
+from procs import patience, pid_alive, until
 from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel]
@@ -64,10 +64,7 @@ def leak(actors, role, host, tag, n=3, netns=None):
 
 
 def wait_dead(pid, timeout=10):
-    deadline = time.monotonic() + patience(timeout)
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not pid_alive(pid)
+    return until(lambda: not pid_alive(pid), timeout)
 
 
 @pytest.mark.each_backend
@@ -214,7 +211,7 @@ def test_ignored_endpoint_does_not_count(watch, actors, tag):
     run = watch("-f", tag.split("=")[1], "-D", *ignore, *FAST)
     client.send("close", "CLOSED")
     run.wait_for(lambda e: "below the limit" in e.get("message", ""))
-    time.sleep(0.5)
+    time.sleep(patience(0.5))
     assert server.alive() and not run.find(lambda e: e["event"] == "reap")
 
 
@@ -298,7 +295,7 @@ def test_dry_run_kills_nothing(watch, actors, tag):
     client.send("close", "CLOSED")
     run.wait_for(lambda e: e["event"] == "would-reap" and e["pid"] == server.pid)
     assert run.outcome(server.pid)["result"] == "dry-run"
-    time.sleep(0.6)
+    time.sleep(patience(0.6))
     assert server.alive()
 
 
@@ -307,14 +304,17 @@ def test_text_log_file(resreap_bin, actors, tag, tmp_path, bpf_ready):
     logfile = tmp_path / "resreap.log"
     proc = subprocess.Popen([resreap_bin, "watch", "-f", tag.split("=")[1], *FAST,
                              "--log-file", str(logfile)], stderr=subprocess.DEVNULL)
+    def logged(word: str) -> bool:
+        return logfile.exists() and word in logfile.read_text()
+
     try:
-        time.sleep(1.0)
+        assert until(lambda: logged(" start "), 20)
         client.send("close", "CLOSED")
         assert server.wait_dead(10)
-        time.sleep(0.3)
+        assert until(lambda: logged(f"outcome pid={server.pid}"), 5)
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
+        assert proc.wait(patience(15)) == 0
     text = logfile.read_text()
     reap = [ln for ln in text.splitlines() if " reap " in ln]
     assert len(reap) == 1 and f"pid={server.pid}" in reap[0] and "count=3" in reap[0]
@@ -341,7 +341,7 @@ def test_recycled_pid_is_never_signalled(monkeypatch, root_ready, pidfd):
         assert victim.poll() is None
         out = execute(Target(info, (), 5.0), Plan(wait=0.2))
         assert out.result == "terminated" and out.signals == ("SIGTERM",)
-        assert victim.wait(5) == -signal.SIGTERM
+        assert victim.wait(patience(5)) == -signal.SIGTERM
     finally:
         victim.kill()
         victim.wait()

@@ -16,7 +16,9 @@ import pytest
 
 from machine import ROOT, Machine, rootfs, wait_for
 
-pytestmark = pytest.mark.systemd
+# One worker runs these, between others: the container is booted once per
+# session (per module, it would boot again after every other test).
+pytestmark = [pytest.mark.systemd, pytest.mark.xdist_group("systemd")]
 
 LEAKY = """\
 [Unit]
@@ -34,7 +36,7 @@ for _ in range(3):
 CONFIG = "[watch]\nlimit = 2\ngrace = 1.0\n"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def machine(root_ready):
     tree = rootfs()
     with tempfile.TemporaryDirectory(prefix="resreap-wheels-") as wheels:

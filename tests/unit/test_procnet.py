@@ -41,3 +41,19 @@ def test_reader_on_a_fixture_tree(tmp_path):
     assert [d.inode for d in reader.dump([8])] == [4242]
     target = parse(TCP, 4)[1].sock
     assert reader.lookup(target).inode == 4242
+
+
+def test_lookup_finds_one_socket_by_its_printed_endpoints(tmp_path):
+    net = tmp_path / "42" / "net"
+    net.mkdir(parents=True)
+    (net / "tcp").write_text(TCP)
+    (net / "tcp6").write_text(TCP6)
+    reader = ProcNetTcp(42, str(tmp_path))
+    for table, family in ((TCP, 4), (TCP6, 6)):
+        for want in parse(table, family):
+            assert reader.lookup(want.sock) == want
+    cw = parse(TCP, 4)[1].sock
+    assert reader.lookup(cw._replace(rport=cw.rport + 1)) is None
+    # the listener shares the local endpoint, not the remote one
+    assert reader.lookup(cw).inode == 4242
+
