@@ -158,8 +158,7 @@ class Watcher:
         self.killer.plan = config.plan
         self._spared.clear()
         self.sockets.configure(config.limits, config.filters)
-        if self.source.name == "bpf":  # a poller keeps its --poll-interval
-            self.source.latency = read_latency(config.limits.grace)
+        self.source.follow(read_latency(config.limits.grace))
         now = self._clock()
         for owner in list(self.counter.by_owner):
             self._deferred.setdefault(owner, now)

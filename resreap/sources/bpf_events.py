@@ -200,6 +200,9 @@ class BpfSource(EventSource):
         batch, self._batch = self._batch, []
         return batch
 
+    def follow(self, latency: float) -> None:
+        self.latency = latency
+
     def lost(self) -> int:
         if self._ring is not None:
             self._lost = self._counts.sum(0)

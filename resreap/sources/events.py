@@ -44,6 +44,10 @@ class EventSource(abc.ABC):
         """Events dropped before they reached us, since start."""
         return 0
 
+    def follow(self, latency: float) -> None:
+        """A reload's read latency (it follows the grace).  A poller keeps
+        the interval it was given (--poll-interval): by default, nothing."""
+
     def close(self) -> None:
         pass
 

@@ -90,6 +90,10 @@ class FakeSource(EventSource):
     def start(self) -> list[Transition]:
         return list(self.seeds)
 
+    def follow(self, latency: float) -> None:
+        """As BPF does: the read latency follows a reload's grace."""
+        self.latency = latency
+
     def push(self, t: Transition) -> None:
         self._n += 1
         heapq.heappush(self._queue, (t.ts, self._n, t))

@@ -430,6 +430,19 @@ def test_reload_applies_the_new_grace_to_pending_timers(world):
     assert world.said("reap")[0]["at"] == pytest.approx(11.0, abs=0.3)
 
 
+def test_reload_to_a_short_grace_wakes_the_loop_more_often(world):
+    """A grace cut from 30 s to 0.2 s: the loop's sleep (how late a new
+    socket is seen) follows, or the first deadline would pass unseen."""
+    srv = server(world)
+    w = world.watch(limit=2, grace=30.0)
+    assert world.source.latency == 0.25
+    reload(w, grace=0.2)
+    assert world.source.latency == pytest.approx(0.05)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    world.run(3)
+    assert world.said("reap")[0]["at"] == pytest.approx(1.2, abs=0.06)
+
+
 def test_reload_with_a_higher_limit_spares(world):
     srv = server(world)
     world.close_wait(srv, 8080, n=2, at=1.0)
