@@ -4,7 +4,6 @@ a failure, so a CI run can never pass without the kernel tests."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -16,19 +15,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# first: it sets the environment every watch a test starts inherits
+from sidebyside import LOCK_DIR, host_share  # noqa: E402
 from procs import Actor  # noqa: E402
 
 REQUIRE_KERNEL = os.environ.get("RESREAP_REQUIRE_KERNEL") == "1"
-
-# Workers of one run (scripts/test: pytest-xdist) each get their own
-# one-watch-per-host lock, and with it their own `resreap reload` status:
-# set before anything imports resreap, inherited by every watch a test starts.
-WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-LOCK_DIR = None
-if WORKER and "RESREAP_LOCK" not in os.environ:
-    RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", "run")[:12]
-    LOCK_DIR = f"/run/resreap-test/{RUN}-{WORKER}"
-    os.environ["RESREAP_LOCK"] = f"{LOCK_DIR}/watch.lock"
 
 
 def pytest_sessionfinish(session):
@@ -61,20 +52,7 @@ def _bpf_problem() -> str | None:
 
 @pytest.fixture(autouse=True)
 def host_turn(request, tmp_path_factory):
-    """Side by side (scripts/test), a test marked ``alone`` runs while no
-    other test does: it judges the whole host (lost events, the watcher's
-    table, keeping up with a flood) or loads all of it.  A readers-writer
-    lock between the workers, on two files of the run's temporary directory:
-    the gate lets a waiting ``alone`` test in before further shared ones."""
-    if not WORKER:
-        yield
-        return
-    root = tmp_path_factory.getbasetemp().parent
-    alone = request.node.get_closest_marker("alone") is not None
-    with open(root / "host.gate", "a") as gate, open(root / "host.lock", "a") as host:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        fcntl.flock(host, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
-        fcntl.flock(gate, fcntl.LOCK_UN)
+    with host_share(tmp_path_factory, request.node.get_closest_marker("alone") is not None):
         yield
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from machine import ROOT, Machine, rootfs, wait_for
+from sidebyside import host_share
 
 # One worker runs these, between others: the container is booted once per
 # session (per module, it would boot again after every other test).
@@ -37,22 +38,27 @@ CONFIG = "[watch]\nlimit = 2\ngrace = 1.0\n"
 
 
 @pytest.fixture(scope="session")
-def machine(root_ready):
-    tree = rootfs()
+def machine(root_ready, tmp_path_factory):
     with tempfile.TemporaryDirectory(prefix="resreap-wheels-") as wheels:
-        subprocess.run([str(ROOT / "scripts/wheelhouse"), wheels], check=True,
-                       capture_output=True, timeout=600)
         log = Path(tempfile.mkstemp(prefix="resreap-nspawn-", suffix=".log")[1])
-        box = Machine(tree, Path(wheels), log)
+        box = None
         try:
-            # As the README says, offline: the wheelhouse, no index.
-            box.run("/src/scripts/install-service", "--wheelhouse", "/wheels", timeout=300)
-            box.sh(f"cat > /etc/resreap/resreap.toml <<'EOF'\n{CONFIG}EOF\n"
-                   "systemctl restart resreap")
-            wait_for("resreap to start", lambda: "start backend=" in box.journal("resreap"))
+            # Making the tree, booting and installing load the whole host:
+            # never beside a test marked alone.
+            with host_share(tmp_path_factory):
+                tree = rootfs()
+                subprocess.run([str(ROOT / "scripts/wheelhouse"), wheels], check=True,
+                               capture_output=True, timeout=600)
+                box = Machine(tree, Path(wheels), log)
+                # As the README says, offline: the wheelhouse, no index.
+                box.run("/src/scripts/install-service", "--wheelhouse", "/wheels", timeout=300)
+                box.sh(f"cat > /etc/resreap/resreap.toml <<'EOF'\n{CONFIG}EOF\n"
+                       "systemctl restart resreap")
+                wait_for("resreap to start", lambda: "start backend=" in box.journal("resreap"))
             yield box
         finally:
-            box.close()
+            if box is not None:
+                box.close()
             log.unlink(missing_ok=True)
 
 
