@@ -350,10 +350,10 @@ class Watcher:
                           took=round(outcome.took, 3))
             if outcome.revive is not None:
                 revival, said = outcome.revive
-                fields["revive"] = revival.value
+                fields["revive"], fields["revive_detail"] = revival.value, said
                 self.revivals[revival] = self.revivals.get(revival, 0) + 1
-                if revival not in (Revival.BY_SYSTEMD, Revival.STARTED, Revival.RUNNING):
-                    fields["revive_detail"] = said
+                if revival not in (Revival.BY_SYSTEMD, Revival.STARTED, Revival.RUNNING,
+                                   Revival.STOPPED):
                     level = logging.ERROR
             if outcome.hook_status is not None:
                 fields["hook"] = outcome.hook_status

@@ -31,6 +31,7 @@ from resreap.host.procinfo import proc_errors
 # /proc/PID/cgroup is a few short lines; a path is at most PATH_MAX.
 CGROUP_MAX = 8192
 SYSTEMCTL = "/usr/bin/systemctl"
+JOURNALCTL = "/usr/bin/journalctl"
 
 _UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,255}\.(service|scope)$")
 _CONTAINER = [
@@ -141,6 +142,7 @@ class Revival(str, enum.Enum):
     START_FAILED = "start-failed"
     UNSETTLED = "unsettled"     # still stopping when resreap stopped looking
     MISMATCH = "mismatch"       # systemd's cgroup for the unit is not the process's
+    STOPPED = "stopped"         # someone stopped the unit meanwhile: left down
     UNKNOWN = "unknown"         # systemctl missing or not answering
 
 
@@ -149,13 +151,21 @@ class UnitState(NamedTuple):
     sub: str        # SubState: running, dead, auto-restart, ...
     main_pid: int
     cgroup: str     # ControlGroup
+    read_at: float = 0.0  # wall clock (the journal's), when systemctl answered
+
+
+# systemd's "Stopping UNIT..." (SD_MESSAGE_UNIT_STOPPING): logged by PID 1 for
+# every stop job (systemctl stop, restart, a dependency's stop), never when
+# the main process just dies.
+UNIT_STOPPING = "de5b426a63be47a7b6ac3eaac82e2f6f"
 
 
 class Systemctl:
     """The few questions resreap asks systemd, through systemctl."""
 
-    def __init__(self, path: str = SYSTEMCTL, timeout: float = 5.0) -> None:
-        self.path, self.timeout = path, timeout
+    def __init__(self, path: str = SYSTEMCTL, timeout: float = 5.0,
+                 journal: str = JOURNALCTL) -> None:
+        self.path, self.timeout, self.journal = path, timeout, journal
 
     def _run(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([self.path, *args], capture_output=True, text=True,
@@ -175,7 +185,24 @@ class Systemctl:
         except ValueError:
             main_pid = 0
         return UnitState(props.get("ActiveState", ""), props.get("SubState", ""), main_pid,
-                         props.get("ControlGroup", ""))
+                         props.get("ControlGroup", ""), time.time())
+
+    def stop_jobs_since(self, unit: str, since: float) -> bool | None:
+        """Did systemd run a stop job for ``unit`` since ``since`` (wall
+        clock)?  None when the journal cannot say.  Matched on fields only
+        journald sets (_PID=1, _UID=0): a user's own log line with the same
+        MESSAGE_ID cannot keep a service down."""
+        try:
+            out = subprocess.run(
+                [self.journal, "--no-pager", "--quiet", "--output=cat",
+                 f"--since=@{int(since) - 1}", f"MESSAGE_ID={UNIT_STOPPING}", "_PID=1",
+                 "_UID=0", f"UNIT={unit}"],
+                capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode != 0:
+            return None
+        return bool(out.stdout.strip())
 
     def start(self, unit: str) -> str | None:
         """None on success, else systemctl's complaint (one line)."""
@@ -209,10 +236,17 @@ def bring_back(where: Supervisor, killed_pid: int, before: UnitState, systemctl:
         if state is None:
             return Revival.UNKNOWN, "systemctl did not answer"
         if state.active in ("inactive", "failed"):
+            # An admin's `systemctl stop` while the kill ran (or a stop
+            # that dependencies propagated) is a decision: never undone.
+            stopped = systemctl.stop_jobs_since(unit, before.read_at)
+            if stopped:
+                return Revival.STOPPED, f"{unit} was stopped by systemd job since the kill began"
             problem = systemctl.start(unit)
             if problem:
                 return Revival.START_FAILED, problem
-            return Revival.STARTED, f"{unit} was {state.active} ({state.sub})"
+            unsure = "; the journal could not say whether it was stopped" if stopped is None \
+                else ""
+            return Revival.STARTED, f"{unit} was {state.active} ({state.sub}){unsure}"
         restarted = state.main_pid not in (0, killed_pid, before.main_pid)
         if state.sub == "auto-restart" or state.active == "activating" \
                 or state.active in ("active", "reloading") and restarted:

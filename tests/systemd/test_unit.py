@@ -34,7 +34,17 @@ for _ in range(3):
     s = socket.create_connection(("127.0.0.1", 7000))
     s.close()
 """
-CONFIG = "[watch]\nlimit = 2\ngrace = 1.0\n"
+STUBBORN = """\
+[Unit]
+Description=a leaking server that ignores SIGTERM
+[Service]
+ExecStart=/usr/bin/python3 /src/tests/systemd/leaky.py 7001 stubborn
+Restart=on-failure
+TimeoutStopSec=0.5
+"""
+# wait: a stubborn process's SIGKILL comes 5 s after its SIGTERM, time for
+# an operator's stop to begin first.
+CONFIG = "[watch]\nlimit = 2\ngrace = 1.0\nwait = 5.0\n"
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +146,27 @@ def test_a_leaking_on_failure_service_is_reaped_and_comes_back(machine):
     errors = machine.run("journalctl", "--no-pager", "-o", "cat", "-u", "resreap",
                          "-p", "err").stdout
     assert f"pid={first} " not in errors
+
+
+def test_a_service_stopped_during_the_kill_stays_down(machine):
+    """resreap sent SIGTERM (ignored) and waits -w before SIGKILL; meanwhile
+    an operator runs `systemctl stop`.  The process dies of that stop, the
+    unit is inactive: starting it again would undo the operator."""
+    machine.sh(f"cat > /etc/systemd/system/stubborn.service <<'EOF'\n{STUBBORN}EOF\n"
+               "systemctl daemon-reload && systemctl start stubborn")
+    pid = wait_for("stubborn's main pid", lambda: _main_pid(machine, "stubborn"))
+    wait_for("stubborn to listen", lambda: ":7001" in machine.run("ss", "-tln").stdout)
+    machine.run("python3", "-c", CLIENTS.replace("7000", "7001"))
+    wait_for("the reap", lambda: f"reap pid={pid} " in machine.journal("resreap"), every=0.05)
+    machine.run("systemctl", "stop", "--no-block", "stubborn")
+
+    def outcome():
+        return [line for line in machine.journal("resreap").splitlines()
+                if f"outcome pid={pid} " in line]
+    line = wait_for("the outcome line", outcome)[0]
+    assert "revive=stopped" in line and "unit=stubborn.service" in line, line
+    assert machine.show("stubborn", "ActiveState") in ("inactive", "failed")
+    assert _main_pid(machine, "stubborn") == 0
 
 
 def test_kill_9_of_resreap_restarts_it(machine):

@@ -13,7 +13,7 @@ import pytest
 from resreap.host import procinfo
 from resreap.engine.killer import Killer, Plan, Target
 from resreap.model import Result
-from resreap.host.supervisor import Revival, Reviver, UnitState, bring_back, parse
+from resreap.host.supervisor import Revival, Reviver, Systemctl, UnitState, bring_back, parse
 
 DOCKER = "a" * 64
 
@@ -66,11 +66,14 @@ def test_read_own_cgroup():
 class FakeSystemctl:
     """States in order (the last one repeats); records starts."""
 
-    def __init__(self, *states: UnitState | None, start_error: str | None = None) -> None:
+    def __init__(self, *states: UnitState | None, start_error: str | None = None,
+                 stop_jobs: bool | None = False) -> None:
         self.states = list(states)
         self.started: list[str] = []
         self.start_error = start_error
+        self.stop_jobs = stop_jobs    # what the journal says (None: cannot say)
         self.asked = 0
+        self.since: list[float] = []
 
     def state(self, unit):
         self.asked += 1
@@ -79,6 +82,10 @@ class FakeSystemctl:
     def start(self, unit):
         self.started.append(unit)
         return self.start_error
+
+    def stop_jobs_since(self, unit, since):
+        self.since.append(since)
+        return self.stop_jobs
 
 
 SERVICE = parse("0::/system.slice/leaky.service")
@@ -106,6 +113,41 @@ def test_a_service_left_down_is_started():
     fake = FakeSystemctl(UnitState("inactive", "dead", 0, CG))
     assert _bring_back(fake)[0] is Revival.STARTED
     assert fake.started == ["leaky.service"]
+
+
+def test_a_service_someone_stopped_during_the_kill_stays_down():
+    """`systemctl stop` while resreap waited for the process: an operator's
+    decision, never undone.  Asked from the moment of the first signal."""
+    before = RUNNING._replace(read_at=1_800_000_000.5)
+    fake = FakeSystemctl(UnitState("inactive", "dead", 0, CG), stop_jobs=True)
+    revival, said = _bring_back(fake, before=before)
+    assert revival is Revival.STOPPED and "stopped" in said
+    assert fake.started == [] and fake.since == [before.read_at]
+
+
+def test_a_journal_that_cannot_say_does_not_keep_a_service_down():
+    fake = FakeSystemctl(UnitState("inactive", "dead", 0, CG), stop_jobs=None)
+    revival, said = _bring_back(fake)
+    assert revival is Revival.STARTED and fake.started == ["leaky.service"]
+    assert "journal could not say" in said
+
+
+def test_the_journal_is_asked_for_stop_jobs_from_pid_1_only(tmp_path):
+    """The query matches fields only journald sets: a user's own log line
+    with systemd's MESSAGE_ID cannot keep a service down."""
+    args = tmp_path / "args"
+    journal = tmp_path / "journalctl"
+    journal.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {args}\n'
+                       'echo "Stopping leaky.service..."\n')
+    journal.chmod(0o755)
+    assert Systemctl(journal=str(journal)).stop_jobs_since("leaky.service", 1000.7) is True
+    said = args.read_text().split()
+    assert {"_PID=1", "_UID=0", "UNIT=leaky.service", "--since=@999",
+            "MESSAGE_ID=de5b426a63be47a7b6ac3eaac82e2f6f"} <= set(said)
+    journal.write_text("#!/bin/sh\nexit 1\n")
+    assert Systemctl(journal=str(journal)).stop_jobs_since("leaky.service", 1000.7) is None
+    journal.write_text("#!/bin/sh\nexit 0\n")
+    assert Systemctl(journal=str(journal)).stop_jobs_since("leaky.service", 1000.7) is False
 
 
 def test_a_failed_service_is_started_and_a_refusal_reported():
