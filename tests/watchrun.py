@@ -66,14 +66,11 @@ class WatchRun:
             time.sleep(0.02)
         raise AssertionError(f"no matching log line within {timeout}s; log:\n" + "\n".join(self.lines))
 
-    def until(self, condition, timeout: float = 10) -> None:
-        """Wait for ``condition()`` (on the log so far) to hold."""
-        timeout = patience(timeout)
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not so within {timeout}s; log:\n" + "\n".join(self.lines))
-            time.sleep(0.05)
+    def transitions(self, kind: str, port: int) -> int:
+        """Transitions of ``kind`` (enter, exit) on local port ``port`` that
+        the watcher saw: its -D lines."""
+        start = f"event {kind} 127.0.0.1:{port} "
+        return len(self.find(lambda e: e.get("message", "").startswith(start)))
 
     def outcome(self, pid: int, timeout: float = 10) -> dict:
         return self.wait_for(lambda e: e["event"] == "outcome" and e["pid"] == pid, timeout)

@@ -167,14 +167,14 @@ class Systemctl:
                  journal: str = JOURNALCTL) -> None:
         self.path, self.timeout, self.journal = path, timeout, journal
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([self.path, *args], capture_output=True, text=True,
+    def _run(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True,
                               timeout=self.timeout, stdin=subprocess.DEVNULL)
 
     def state(self, unit: str) -> UnitState | None:
         try:
-            out = self._run("show", "--property=ActiveState,SubState,MainPID,ControlGroup",
-                            "--", unit)
+            out = self._run(self.path, "show",
+                            "--property=ActiveState,SubState,MainPID,ControlGroup", "--", unit)
         except (OSError, subprocess.TimeoutExpired):
             return None
         if out.returncode != 0:
@@ -193,11 +193,9 @@ class Systemctl:
         journald sets (_PID=1, _UID=0): a user's own log line with the same
         MESSAGE_ID cannot keep a service down."""
         try:
-            out = subprocess.run(
-                [self.journal, "--no-pager", "--quiet", "--output=cat",
-                 f"--since=@{int(since) - 1}", f"MESSAGE_ID={UNIT_STOPPING}", "_PID=1",
-                 "_UID=0", f"UNIT={unit}"],
-                capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
+            out = self._run(self.journal, "--no-pager", "--quiet", "--output=cat",
+                            f"--since=@{int(since) - 1}", f"MESSAGE_ID={UNIT_STOPPING}",
+                            "_PID=1", "_UID=0", f"UNIT={unit}")
         except (OSError, subprocess.TimeoutExpired):
             return None
         if out.returncode != 0:
@@ -207,7 +205,7 @@ class Systemctl:
     def start(self, unit: str) -> str | None:
         """None on success, else systemctl's complaint (one line)."""
         try:
-            out = self._run("start", "--no-block", "--", unit)
+            out = self._run(self.path, "start", "--no-block", "--", unit)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return str(exc)
         if out.returncode == 0:

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from procs import patience
+from procs import patience, until
 from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
@@ -179,13 +179,10 @@ def test_9_slow_but_healthy_closers_leave_nothing_behind(watch, actors, tag):
     server = actors("slow-closers", "127.0.0.1", 600, tag)
     server.expect("DONE", timeout=60)
 
-    def seen(kind: str) -> int:
-        return len(run.find(lambda e: e.get("message", "").startswith(
-            f"event {kind} 127.0.0.1:{server.port} ")))
-
     # Every socket the watcher saw enter, it saw leave (those that left
     # before the first pass took them, it never saw at all).
-    run.until(lambda: seen("exit") == seen("enter") > 0, timeout=10)
+    assert until(lambda: run.transitions("exit", server.port)
+                 == run.transitions("enter", server.port) > 0, 10), "\n".join(run.lines)
     assert run.stop() == 0
     stop = run.wait_for(lambda e: e["event"] == "stop", timeout=1)
     assert stop["tracked"] == 0 and stop["owner_cache"] <= 20, stop

@@ -11,17 +11,10 @@ import time
 
 import pytest
 
-from procs import patience
+from procs import patience, until
 from watchrun import WatchRun
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
-
-
-def entered(run: WatchRun, port: int) -> int:
-    """Transitions into CLOSE_WAIT the watcher saw on local port ``port``
-    (its -D lines)."""
-    return len(run.find(lambda e: e.get("message", "").startswith(
-        f"event enter 127.0.0.1:{port} ")))
 
 
 @pytest.mark.alone
@@ -47,7 +40,8 @@ def test_churn_stays_in_the_kernel_and_a_leak_in_it_is_reaped_on_time(resreap_bi
         emulated = patience(1) != 1  # the 6.1 guest under QEMU: everything slower
         assert made >= (100 if emulated else 1000)
         share = 0.25 if emulated else 0.05
-        assert entered(run, churn.port) <= share * made, (entered(run, churn.port), made)
+        taken = run.transitions("enter", churn.port)
+        assert taken <= share * made, (taken, made)
         assert churn.alive()
     finally:
         assert run.stop() == 0
@@ -61,7 +55,7 @@ def test_exits_of_taken_sockets_arrive(resreap_bin, actors, tag):
     run = WatchRun(resreap_bin, "--backend", "bpf", "-f", tag[4:], "-i", "3", "-D")
     try:
         client.send("close", "CLOSED")
-        run.wait_for(lambda e: entered(run, server.port) >= 2)
+        assert until(lambda: run.transitions("enter", server.port) >= 2, 10), "\n".join(run.lines)
         server.send("close", "CLOSED")
         run.wait_for(lambda e: e.get("message", "").startswith(
             f"event exit 127.0.0.1:{server.port} "))
@@ -80,7 +74,7 @@ def test_a_grace_shortened_by_sighup_applies_to_taken_sockets(resreap_bin, actor
     try:
         run.wait_for(lambda e: e["event"] == "start")
         client.send("close", "CLOSED")
-        run.wait_for(lambda e: entered(run, server.port) >= 2)
+        assert until(lambda: run.transitions("enter", server.port) >= 2, 10), "\n".join(run.lines)
         conf.write_text(conf.read_text().replace("grace = 30.0", "grace = 0.5"))
         run.proc.send_signal(signal.SIGHUP)
         reloaded = time.monotonic()

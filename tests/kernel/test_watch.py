@@ -304,6 +304,7 @@ def test_text_log_file(resreap_bin, actors, tag, tmp_path, bpf_ready):
     logfile = tmp_path / "resreap.log"
     proc = subprocess.Popen([resreap_bin, "watch", "-f", tag.split("=")[1], *FAST,
                              "--log-file", str(logfile)], stderr=subprocess.DEVNULL)
+
     def logged(word: str) -> bool:
         return logfile.exists() and word in logfile.read_text()
 
