@@ -81,8 +81,11 @@ def pid_args(pids) -> list[str]:
 
 
 def connect_and_close(port: int, count: int) -> None:
-    for _ in range(count):
-        socket.create_connection(("127.0.0.1", port)).close()
+    """All connected first, then all closed: their CLOSE_WAITs begin
+    together, however slowly this process is scheduled."""
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for conn in conns:
+        conn.close()
 
 
 def test_every_holder_of_a_leak_is_handled_and_the_outcome_is_truthful(resreap_bin, socat_server,
