@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from resreap.engine import evidence
 from resreap.host import procinfo, supervisor
@@ -76,8 +76,10 @@ class _Stats:
 
 class Tracer:
     def __init__(self, source: EventSource, resolver: OwnerResolver, filters: Filters,
-                 rules: evidence.Rules = evidence.Rules(), min_age: float | None = None) -> None:
-        """``min_age``: show only sockets that stayed that long (their
+                 rules: evidence.Rules = evidence.Rules(), min_age: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: CLOCK_MONOTONIC seconds, the events' clock (a fake
+        source brings its own).  ``min_age``: show only sockets that stayed that long (their
         STAYED line, at that age, and their EXIT): real traffic makes
         millions of short CLOSE_WAITs."""
         self.source = source
@@ -94,7 +96,8 @@ class Tracer:
         # Due sockets the kernel's table did not show: how often, so far.
         self._missed: dict[tuple, int] = {}
         # Kernel timestamps are CLOCK_MONOTONIC; show wall-clock time.
-        self._wall_offset = time.time() - time.monotonic()
+        self._clock = clock
+        self._wall_offset = time.time() - clock()
 
     def start(self) -> list[TraceRecord]:
         self.resolver.learn_listeners()
@@ -103,9 +106,9 @@ class Tracer:
     def step(self, timeout: float) -> list[TraceRecord]:
         deadline = self.table.next_deadline()
         if deadline is not None:
-            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            timeout = max(0.0, min(timeout, deadline - self._clock()))
         out = self._handle(self.source.read(timeout))
-        return out + self._stayed(time.monotonic())
+        return out + self._stayed(self._clock())
 
     def _stayed(self, now: float) -> list[TraceRecord]:
         """Sockets in CLOSE_WAIT for the grace: what the kernel says of them."""
@@ -273,7 +276,7 @@ class Tracer:
             self._via[entry.key] = Via.LISTENER
 
     def summary(self) -> list[ProcSummary]:
-        now = time.monotonic()
+        now = self._clock()
         open_count: dict[Owner, int] = {}
         longest: dict[Owner, float] = {o: s.longest for o, s in self.stats.items()}
         for entry in self.table:

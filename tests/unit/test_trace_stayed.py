@@ -36,13 +36,13 @@ def tracer(world, monkeypatch, misses: int):
     index = FdIndex(str(world.proc))
     index.scanner = InlineScanner(index)
     resolver = OwnerResolver(world.kernel, index)
-    t = Tracer(world.source, resolver, Filters(), Rules(grace=0.5))
+    t = Tracer(world.source, resolver, Filters(), Rules(grace=0.5), clock=world.clock)
     t.start()
     return t
 
 
 def stayed(t: Tracer, steps: int = 10) -> list:
-    return [r for _ in range(steps) for r in t.step(0.0) if r.kind is Event.STAYED]
+    return [r for _ in range(steps) for r in t.step(1.0) if r.kind is Event.STAYED]
 
 
 def test_a_socket_a_read_skipped_still_gets_its_stayed_line(world, monkeypatch):
