@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import selectors
 import socket
 import threading
@@ -26,10 +27,15 @@ import time
 from resreap.errors import UsageError
 from resreap.model import Snapshot
 
+log = logging.getLogger(__name__)
+
 TOP = 20
 MAX_CONNECTIONS = 64
 REQUEST_TIMEOUT = 2.0
 REQUEST_MAX = 8192
+# Out of fds, accept() fails and leaves the connection queued: pause this
+# long before accepting again.
+ACCEPT_PAUSE = 0.1
 HEALTH_STALE = 10.0
 
 
@@ -62,6 +68,7 @@ class Endpoint:
         self._listener.setblocking(False)
         self._routes = routes
         self.address = self._listener.getsockname()
+        self.accept_pauses = 0  # times accept() ran out of fds
         threading.Thread(target=self._serve, name="metrics", daemon=True).start()
 
     def _serve(self) -> None:
@@ -70,41 +77,70 @@ class Endpoint:
         open_: dict[socket.socket, list] = {}  # conn -> [deadline, request bytes]
 
         def drop(conn: socket.socket) -> None:
-            open_.pop(conn, None)
+            # Idempotent: a connection may be dropped for a new one while
+            # its own key waits later in the same batch.
+            if open_.pop(conn, None) is None:
+                return
             sel.unregister(conn)
             conn.close()
 
+        paused_until = 0.0
         while True:
             now = time.monotonic()
-            timeout = max(0.0, min(d for d, _ in open_.values()) - now) if open_ else None
-            for key, _mask in sel.select(timeout):
-                if key.fileobj is self._listener:
-                    try:
-                        conn, _addr = self._listener.accept()
-                    except OSError:
+            deadlines = [d for d, _ in open_.values()]
+            if paused_until > now:
+                deadlines.append(paused_until)
+            elif paused_until:
+                paused_until = 0.0
+                sel.register(self._listener, selectors.EVENT_READ)
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            try:
+                ready = sel.select(timeout)
+                for key, _mask in ready:
+                    if key.fileobj is self._listener:
+                        if self._accept(sel, open_, drop):
+                            continue
+                        # Out of fds: the connection stays queued and select
+                        # would report it again at once; stop listening for a
+                        # moment instead of spinning a core.
+                        self.accept_pauses += 1
+                        paused_until = time.monotonic() + ACCEPT_PAUSE
+                        sel.unregister(self._listener)
                         continue
-                    if len(open_) >= MAX_CONNECTIONS:
-                        drop(min(open_, key=lambda c: open_[c][0]))
-                    conn.setblocking(False)
-                    open_[conn] = [time.monotonic() + REQUEST_TIMEOUT, b""]
-                    sel.register(conn, selectors.EVENT_READ)
-                    continue
-                conn = key.fileobj
-                try:
-                    data = conn.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
+                    if key.fileobj in open_:  # not dropped earlier in this batch
+                        self._read(key.fileobj, open_, drop)
+                now = time.monotonic()
+                for conn in [c for c, (deadline, _) in open_.items() if deadline <= now]:
                     drop(conn)
-                    continue
-                open_[conn][1] += data
-                request = open_[conn][1]
-                if b"\r\n\r\n" in request or b"\n\n" in request or len(request) > REQUEST_MAX:
-                    self._answer(conn, request)
-                    drop(conn)
-            now = time.monotonic()
-            for conn in [c for c, (deadline, _) in open_.items() if deadline <= now]:
-                drop(conn)
+            except Exception:  # noqa: BLE001 - the only thread of /metrics and /healthz
+                log.exception("metrics endpoint: a connection failed; serving on")
+
+    def _accept(self, sel, open_: dict, drop) -> bool:
+        """Take one connection; False when out of fds (EMFILE, ENFILE)."""
+        try:
+            conn, _addr = self._listener.accept()
+        except OSError as exc:
+            return exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+        if len(open_) >= MAX_CONNECTIONS:
+            drop(min(open_, key=lambda c: open_[c][0]))
+        conn.setblocking(False)
+        open_[conn] = [time.monotonic() + REQUEST_TIMEOUT, b""]
+        sel.register(conn, selectors.EVENT_READ)
+        return True
+
+    def _read(self, conn: socket.socket, open_: dict, drop) -> None:
+        try:
+            data = conn.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            drop(conn)
+            return
+        open_[conn][1] += data
+        request = open_[conn][1]
+        if b"\r\n\r\n" in request or b"\n\n" in request or len(request) > REQUEST_MAX:
+            self._answer(conn, request)
+            drop(conn)
 
     def _answer(self, conn: socket.socket, request: bytes) -> None:
         parts = request.split(b" ", 2)
