@@ -382,7 +382,7 @@ def watch(
                     decision("reload", logging.ERROR, error=f"cannot reopen the log file: {problem}")
                 try:
                     fresh = settings.resolve(given, typed, config_file).engine
-                    if not fresh.plan.dry_run and lock[0] is None:
+                    if not fresh.plan.dry_run and (lock[0] is None or not lock[0].enforced):
                         lock[0] = hold_watch_lock()  # leaving dry run: act alone
                 except ResreapError as exc:
                     decision("reload", logging.ERROR, error=str(exc), note="keeping the old settings")
@@ -415,6 +415,7 @@ def watch(
                  filter=st.command_pattern or "",
                  ignore=list(st.ignore), pid=sorted(config.filters.pids),
                  namespaces=len(table.namespaces),
+                 lock=lock[0].describe() if lock[0] is not None else "none (dry run)",
                  note="Ctrl-C to end")
         notifier.ready(f"watching ({selected.source.name} backend)")
         watcher.run()
@@ -463,16 +464,16 @@ def reload(
     rejected (a bad file keeps the old settings) or when no answer came."""
     from resreap.errors import UsageError
     from resreap.ops.instance import reload as do_reload
-    from resreap.ops.instance import watch_pid
+    from resreap.ops.instance import watch_holder
 
     try:
-        target = pid or watch_pid()
+        target = pid or watch_holder()
         if target is None:
             raise UsageError("no resreap watch holds the lock here; name one with --pid")
         status = do_reload(target, timeout)
     except ResreapError as exc:
         fail(exc)
-    typer.echo(f"resreap: pid {target} reloaded: {status.detail}")
+    typer.echo(f"resreap: pid {status.pid} reloaded: {status.detail}")
 
 
 @app.command(context_settings=CONTEXT, epilog="""\b

@@ -2,7 +2,14 @@
 one would report the other's SIGKILL as its own.  An flock on a file in
 /run (the unit's RuntimeDirectory) held for the life of the process: the
 kernel releases it however the process ends, kill -9 included.  `trace`
-and dry runs take no lock: they never signal."""
+and dry runs take no lock: they never signal.
+
+flock(2) needs no write access, only an open fd: a lock file anyone may
+open is a lock anyone may take (and, taken while a watch runs, hold the
+moment it exits, so that no watch starts again).  So the lock lives in a
+directory only root may enter (0700, root's, its whole chain root's and
+not writable by others), the file is 0600, and it names its holder by pid
+and start time, so that `resreap reload` never signals a recycled pid."""
 
 from __future__ import annotations
 
@@ -10,34 +17,105 @@ import fcntl
 import json
 import os
 import signal
+import stat
 import time
 from typing import NamedTuple
 
-from resreap.errors import AlreadyRunning, ReloadFailed
+from resreap.errors import AlreadyRunning, ReloadFailed, ResreapError, UsageError
+from resreap.host import procinfo
 
 LOCK_PATH = os.environ.get("RESREAP_LOCK", "/run/resreap/watch.lock")
 
 
-def hold_watch_lock(path: str = LOCK_PATH) -> int | None:
-    """Take the lock; return its fd (keep it open), or None where no lock
-    file can be made (a read-only /run): then nothing is enforced.  Raises
-    AlreadyRunning with the holder's pid."""
+class Lock(NamedTuple):
+    """The one-watch lock as taken: ``fd`` is kept open for the process's
+    life; None with ``why`` where none could be taken (a read-only /run)."""
+
+    fd: int | None
+    why: str = ""
+
+    @property
+    def enforced(self) -> bool:
+        return self.fd is not None
+
+    def describe(self) -> str:
+        """For the start line: lock=enforced, or why not."""
+        return "enforced" if self.enforced else f"off ({self.why})"
+
+
+class Holder(NamedTuple):
+    pid: int
+    start: int | None  # starttime ticks (None: an old lock file with a pid only)
+
+
+def _private_dir(path: str) -> None:
+    """Make ``path`` root's 0700 directory, or refuse: it and every
+    directory above it must be ours (or root's) and not writable by group or
+    others (a root-owned sticky directory excepted, as for the config)."""
+    me = os.geteuid()
     try:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except OSError:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"lock directory {path} is not a directory (a symlink?): refusing it")
+    if st.st_uid != me:
+        raise UsageError(f"lock directory {path} is owned by uid {st.st_uid}, not root: "
+                         "refusing it (anyone could take the one-watch lock)")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)  # ours: RuntimeDirectory= makes it 0755 by default
+    where = os.path.dirname(path)
+    while True:
+        up = os.stat(where)
+        sticky_root = up.st_mode & stat.S_ISVTX and up.st_uid == 0
+        if up.st_uid not in (0, me) or (up.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                                        and not sticky_root):
+            raise UsageError(f"lock directory {path}: {where} may be changed by others "
+                             f"(uid {up.st_uid}, mode {stat.S_IMODE(up.st_mode):o}): refusing it")
+        if where == "/":
+            return
+        where = os.path.dirname(where)
+
+
+def _holder(text: str) -> Holder | None:
+    parts = text.split()
+    if not parts or not parts[0].isdigit():
         return None
+    start = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    return Holder(int(parts[0]), start)
+
+
+def hold_watch_lock(path: str = LOCK_PATH) -> Lock:
+    """Take the lock.  Where no lock file can be made (a read-only /run)
+    nothing is enforced, and the Lock says why.  Raises AlreadyRunning with
+    the holder's pid, UsageError for a lock directory others may change."""
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(os.path.dirname(parent), mode=0o755, exist_ok=True)
+        _private_dir(parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        return Lock(None, f"cannot create {path}: {exc.strerror}")
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UsageError(f"lock file {path} is owned by uid {st.st_uid}, not root: refusing it")
+    if stat.S_IMODE(st.st_mode) != 0o600:
+        os.fchmod(fd, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        holder = _holder(os.pread(fd, 64, 0).decode(errors="replace"))
         os.close(fd)
         raise AlreadyRunning(
-            f"another resreap watch is running (pid {holder}); one per host: stop it first "
-            "(systemctl stop resreap), or try settings beside it with --dry-run") from None
+            f"another resreap watch is running (pid {holder.pid if holder else '?'}); one per "
+            "host: stop it first (systemctl stop resreap), or try settings beside it with "
+            "--dry-run") from None
+    me = os.getpid()
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    os.pwrite(fd, f"{me} {procinfo.start_time(me)}\n".encode(), 0)
+    return Lock(fd)
 
 
 # The result of each SIGHUP reload, for `resreap reload` (the unit's
@@ -74,8 +152,8 @@ def read_reload_status(path: str = STATUS_PATH) -> ReloadStatus | None:
         return None
 
 
-def watch_pid(path: str = LOCK_PATH) -> int | None:
-    """The pid of the watch holding the lock, if one does."""
+def watch_holder(path: str = LOCK_PATH) -> Holder | None:
+    """The watch holding the lock, if one does."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
@@ -84,20 +162,44 @@ def watch_pid(path: str = LOCK_PATH) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None  # nobody holds it
     except BlockingIOError:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else None
+        return _holder(os.pread(fd, 64, 0).decode(errors="replace"))
     finally:
         os.close(fd)
 
 
-def reload(pid: int, timeout: float, path: str = STATUS_PATH) -> ReloadStatus:
-    """SIGHUP ``pid`` and wait for its answer.  Raises ReloadFailed."""
+def _pin(holder: Holder) -> int:
+    """A pidfd on the holder, once it is sure to be the process the lock
+    names (pid and start time): signals through it never reach a recycled
+    pid.  Raises ReloadFailed."""
+    try:
+        fd = os.pidfd_open(holder.pid)
+    except ProcessLookupError:
+        raise ReloadFailed(f"no process {holder.pid}: is resreap watch running?") from None
+    try:
+        same = holder.start is None or procinfo.start_time(holder.pid) == holder.start
+    except ResreapError:
+        same = False
+    if not same:
+        os.close(fd)
+        raise ReloadFailed(f"pid {holder.pid} is not the watch that took the lock (gone, or "
+                           "its start time differs): not signalled")
+    return fd
+
+
+def reload(holder: Holder | int, timeout: float, path: str = STATUS_PATH) -> ReloadStatus:
+    """SIGHUP the watch and wait for its answer.  Raises ReloadFailed."""
+    if isinstance(holder, int):
+        holder = Holder(holder, None)
+    pid = holder.pid
     before = read_reload_status(path)
     generation = before.generation if before else 0
+    fd = _pin(holder)
     try:
-        os.kill(pid, signal.SIGHUP)
+        signal.pidfd_send_signal(fd, signal.SIGHUP)
     except ProcessLookupError:
         raise ReloadFailed(f"no process {pid}: is resreap watch running?") from None
+    finally:
+        os.close(fd)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = read_reload_status(path)
