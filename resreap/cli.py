@@ -217,6 +217,10 @@ FirstSignalOpt = Annotated[Optional[str], typer.Option(
 WaitOpt = Annotated[float, typer.Option(
     "--wait", "-w", metavar="SEC", help="Wait after each signal before the next and SIGKILL.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", "-d", help="Log what would be done; kill nothing.")]
+RestartUnitOpt = Annotated[Optional[list[str]], typer.Option(
+    "--restart-unit", metavar="UNIT",
+    help="Also start UNIT again after a kill although its Restart= would not have "
+         "(Restart=no); never a oneshot.  Repeatable.")]
 RestartUnitsOpt = Annotated[bool, typer.Option(
     "--restart-units/--no-restart-units",
     help="After a kill, start the process's systemd service again if it stayed down "
@@ -267,6 +271,8 @@ Examples:
   resreap watch -d -D                dry run with every event and timer logged
   resreap watch -S QUIT -s TERM -w 5 stacks first, then TERM, SIGKILL after 5s
   resreap watch --no-restart-units   never start a reaped process's systemd service
+  resreap watch --restart-unit legacy.service
+                                     start it again after a kill although Restart=no
   resreap watch -c 'logger -t resreap "reaping $RESREAP_PID ($RESREAP_COUNT)"'
   resreap watch --json --log-file /var/log/resreap.log
   resreap watch --config /etc/resreap/resreap.toml --metrics 127.0.0.1:9469
@@ -286,6 +292,7 @@ def watch(
     wait: WaitOpt = 2.0,
     dry_run: DryRunOpt = False,
     restart_units: RestartUnitsOpt = True,
+    restart_unit: RestartUnitOpt = None,
     debug: DebugOpt = False,
     backend: BackendOpt = "auto",
     log_file: LogFileOpt = None,

@@ -50,6 +50,8 @@ class Plan(NamedTuple):
     dry_run: bool = False
     # After a kill, start the process's systemd service if it stayed down.
     restart_units: bool = True
+    # Units started again even though their Restart= would not (--restart-unit).
+    restart_also: frozenset = frozenset()
 
     def describe(self) -> str:
         """The sequence in one line, e.g. 'hook > SIGQUIT > SIGTERM > wait 2s > SIGKILL'."""
@@ -297,7 +299,7 @@ class Killer:
         try:
             plan = self.plan
             revive = plan.restart_units and not plan.dry_run and self.reviver.applies(target.where)
-            before = self.reviver.before(target.where) if revive else None
+            before = self.reviver.before(target.where, plan.restart_also) if revive else None
             outcome = execute(target, plan, self.proc_root)
             if before is not None and outcome.result.killed_it:
                 after = self.reviver.after(target.where, target.info.pid, before) \

@@ -142,7 +142,10 @@ class Revival(str, enum.Enum):
     START_FAILED = "start-failed"
     UNSETTLED = "unsettled"     # still stopping when resreap stopped looking
     MISMATCH = "mismatch"       # systemd's cgroup for the unit is not the process's
-    STOPPED = "stopped"         # someone stopped the unit meanwhile: left down
+    STOPPED = "stopped"         # someone stopped (or restarted) the unit meanwhile: left
+    WAS_DOWN = "was-down"       # not running before the kill: left as it was
+    NOT_MAIN = "not-main"       # the killed process was not the unit's main one
+    NOT_RESTARTABLE = "not-restartable"  # a oneshot, or Restart= would not bring it back
     UNKNOWN = "unknown"         # systemctl missing or not answering
 
 
@@ -152,6 +155,24 @@ class UnitState(NamedTuple):
     main_pid: int
     cgroup: str     # ControlGroup
     read_at: float = 0.0  # wall clock (the journal's), when systemctl answered
+    # InvocationID: systemd makes a new one for every start of the unit
+    # (auto-restarts too), so "the same invocation" means nothing else
+    # started or restarted it in between.  "" where unknown.
+    invocation: str = ""
+    type: str = "simple"     # Type=
+    restart: str = "on-failure"  # Restart=
+
+    def up(self) -> bool:
+        return self.active in ("active", "reloading")
+
+    def other_invocation(self, before: "UnitState") -> bool:
+        return bool(self.invocation and before.invocation and self.invocation != before.invocation)
+
+
+# Restart= values under which systemd itself would have started the service
+# again after its main process died of a signal or an error exit (what a
+# leak's crash looks like): only such a service is resreap's to bring back.
+RESTARTS_AFTER_A_CRASH = ("always", "on-failure", "on-abnormal", "on-abort")
 
 
 # systemd's "Stopping UNIT..." (SD_MESSAGE_UNIT_STOPPING): logged by PID 1 for
@@ -173,8 +194,8 @@ class Systemctl:
 
     def state(self, unit: str) -> UnitState | None:
         try:
-            out = self._run(self.path, "show",
-                            "--property=ActiveState,SubState,MainPID,ControlGroup", "--", unit)
+            out = self._run(self.path, "show", "--property=ActiveState,SubState,MainPID,"
+                            "ControlGroup,InvocationID,Type,Restart", "--", unit)
         except (OSError, subprocess.TimeoutExpired):
             return None
         if out.returncode != 0:
@@ -185,7 +206,9 @@ class Systemctl:
         except ValueError:
             main_pid = 0
         return UnitState(props.get("ActiveState", ""), props.get("SubState", ""), main_pid,
-                         props.get("ControlGroup", ""), time.time())
+                         props.get("ControlGroup", ""), time.time(),
+                         props.get("InvocationID", ""), props.get("Type", ""),
+                         props.get("Restart", ""))
 
     def stop_jobs_since(self, unit: str, since: float) -> bool | None:
         """Did systemd run a stop job for ``unit`` since ``since`` (wall
@@ -222,10 +245,12 @@ def bring_back(where: Supervisor, killed_pid: int, before: UnitState, systemctl:
                settle: float = SETTLE, clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> tuple[Revival, str]:
     """After ``killed_pid`` died: make sure its service runs again.  Only
-    a unit that went down is started; one that systemd restarts itself, or
-    that never stopped (a worker was killed, not the main process), is left
-    alone: never a second restart.  ``before``: the unit's state just
-    before the first signal."""
+    what the kill took down is started: a unit that was running with the
+    killed process as its main one (``before``, read just before the first
+    signal; Reviver.before refused the rest), in the same invocation since
+    (nobody started, restarted or stopped it meanwhile).  One that systemd
+    restarts itself, or that never stopped, is left alone: never a second
+    restart."""
     unit = where.unit
     assert unit is not None
     deadline = clock() + settle
@@ -233,9 +258,19 @@ def bring_back(where: Supervisor, killed_pid: int, before: UnitState, systemctl:
         state = systemctl.state(unit)
         if state is None:
             return Revival.UNKNOWN, "systemctl did not answer"
+        restarted = state.other_invocation(before) and (state.up() or state.active == "activating") \
+            or state.up() and state.main_pid not in (0, killed_pid, before.main_pid)
+        if state.sub == "auto-restart" or restarted:
+            return Revival.BY_SYSTEMD, f"{unit} {state.active} ({state.sub})"
         if state.active in ("inactive", "failed"):
+            if before.main_pid != killed_pid:
+                return Revival.NOT_MAIN, (f"{unit} went {state.active}; pid {killed_pid} was "
+                                          f"not its main process ({before.main_pid}): not started")
+            if state.other_invocation(before):
+                return Revival.STOPPED, f"{unit} ran again since the kill began: left {state.active}"
             # An admin's `systemctl stop` while the kill ran (or a stop
             # that dependencies propagated) is a decision: never undone.
+            # The invocation stays the same through a stop: the journal says.
             stopped = systemctl.stop_jobs_since(unit, before.read_at)
             if stopped:
                 return Revival.STOPPED, f"{unit} was stopped by systemd job since the kill began"
@@ -245,14 +280,10 @@ def bring_back(where: Supervisor, killed_pid: int, before: UnitState, systemctl:
             unsure = "; the journal could not say whether it was stopped" if stopped is None \
                 else ""
             return Revival.STARTED, f"{unit} was {state.active} ({state.sub}){unsure}"
-        restarted = state.main_pid not in (0, killed_pid, before.main_pid)
-        if state.sub == "auto-restart" or state.active == "activating" \
-                or state.active in ("active", "reloading") and restarted:
-            return Revival.BY_SYSTEMD, f"{unit} {state.active} ({state.sub})"
-        if state.active in ("active", "reloading") and before.main_pid != killed_pid:
+        if state.up() and before.main_pid != killed_pid:
             return Revival.RUNNING, f"{unit} {state.active}, main pid {state.main_pid}"
         # Still active with the dead pid as its main process (systemd has
-        # not reaped it yet), or stopping: look again shortly.
+        # not reaped it yet), stopping, or still starting: look again shortly.
         if clock() >= deadline:
             return Revival.UNSETTLED, f"{unit} still {state.active} ({state.sub})"
         sleep(0.1)
@@ -278,12 +309,27 @@ class Reviver:
         return bool(self.booted and where and where.unit and where.unit.endswith(".service")
                     and not where.unit.startswith("user@") and ".." not in where.cgroup)
 
-    def before(self, where: Supervisor) -> UnitState | tuple[Revival, str]:
-        state = self.systemctl.state(where.unit)
+    def before(self, where: Supervisor, also: frozenset[str] = frozenset()
+               ) -> UnitState | tuple[Revival, str]:
+        """The unit's state just before the first signal, or why the unit is
+        not resreap's to start again whatever happens.  ``also``: units an
+        operator opted in (--restart-unit), started again even where their
+        Restart= would not have (never a oneshot)."""
+        unit = where.unit
+        state = self.systemctl.state(unit)
         if state is None:
             return Revival.UNKNOWN, "systemctl did not answer"
         if state.cgroup and state.cgroup != where.unit_cgroup:
-            return Revival.MISMATCH, f"systemd says {where.unit} is {state.cgroup}"
+            return Revival.MISMATCH, f"systemd says {unit} is {state.cgroup}"
+        if not state.up():
+            # An operator stopped it (a KillMode=process unit keeps its
+            # leftover processes): the kill of one of them must not start it.
+            return Revival.WAS_DOWN, f"{unit} was {state.active} ({state.sub}) before the kill"
+        if state.type == "oneshot":
+            return Revival.NOT_RESTARTABLE, f"{unit} is a oneshot job: never run again"
+        if state.restart not in RESTARTS_AFTER_A_CRASH and unit not in also:
+            return Revival.NOT_RESTARTABLE, (f"{unit} has Restart={state.restart or '?'}: "
+                                             "not started again (opt in: --restart-unit)")
         return state
 
     def after(self, where: Supervisor, pid: int, before: UnitState) -> tuple[Revival, str]:

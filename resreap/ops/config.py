@@ -22,14 +22,15 @@ DEFAULT_PATH = "/etc/resreap/resreap.toml"
 KEYS: dict[str, tuple[type, ...]] = {
     "filter": (str,), "ignore": (list,), "pid": (list,), "limit": (int,),
     "grace": (int, float), "stall": (int, float), "fd_percent": (int, float), "hook": (str,), "signal": (str, int), "first_signal": (str, int),
-    "wait": (int, float), "dry_run": (bool,), "restart_units": (bool,), "debug": (bool,), "backend": (str,),
+    "wait": (int, float), "dry_run": (bool,), "restart_units": (bool,),
+    "restart_unit": (list,), "debug": (bool,), "backend": (str,),
     "log_file": (str,), "json": (bool,), "hook_timeout": (int, float), "max_rate": (str,),
     "poll_interval": (int, float), "metrics": (str,),
 }
 _TYPE = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
          list: "a list"}
 # What the items of a list setting must be.
-ITEMS: dict[str, type] = {"ignore": str, "pid": int}
+ITEMS: dict[str, type] = {"ignore": str, "pid": int, "restart_unit": str}
 
 
 def check_trusted(path: str) -> None:

@@ -77,10 +77,16 @@ def validate(st: dict[str, Any]) -> WatchSettings:
     if st["backend"] not in BACKENDS:
         raise UsageError(f"unknown backend {st['backend']!r}: choose one of {', '.join(BACKENDS)}")
     max_kills, per = parse_rate(st["max_rate"])
+    also = tuple(st.get("restart_unit") or ())
+    for unit in also:
+        if not unit.endswith(".service") or "/" in unit:
+            raise UsageError(f"bad --restart-unit {unit!r}: expected a system service's name, "
+                             "e.g. legacy.service")
     plan = Plan(signal=parse_signal(str(st["sig"])),
                 first_signal=parse_signal(str(st["first_signal"])) if st["first_signal"] else None,
                 wait=float(st["wait"]), hook=st["hook"], hook_timeout=float(st["hook_timeout"]),
-                dry_run=bool(st["dry_run"]), restart_units=bool(st["restart_units"]))
+                dry_run=bool(st["dry_run"]), restart_units=bool(st["restart_units"]),
+                restart_also=frozenset(also))
     grace = float(st["grace"])
     limits = Limits(int(st["limit"]), grace, max_kills, per, stall=max(grace, float(st["stall"])),
                     fd_percent=float(st["fd_percent"]) if st["fd_percent"] is not None else None)

@@ -90,7 +90,7 @@ class FakeSystemctl:
 
 SERVICE = parse("0::/system.slice/leaky.service")
 CG = "/system.slice/leaky.service"
-RUNNING = UnitState("active", "running", 100, CG)
+RUNNING = UnitState("active", "running", 100, CG, invocation="inv-1")
 
 
 class Clock:
@@ -165,7 +165,7 @@ def test_waits_while_systemd_has_not_reaped_the_main_process():
 
 @pytest.mark.parametrize("after", [
     UnitState("activating", "auto-restart", 0, CG),
-    UnitState("activating", "start", 0, CG),
+    UnitState("activating", "start", 0, CG, invocation="inv-2"),  # started anew
     UnitState("active", "running", 101, CG),  # a new main process already
 ])
 def test_a_service_systemd_restarts_is_not_restarted_twice(after):
@@ -253,3 +253,72 @@ def test_metrics_label_holders_with_unit_and_container():
     assert samples[("resreap_counting_sockets", (("comm", "app"), ("container", "abcdef012345"),
                                                  ("pid", "8"), ("unit", "")))] == 2
     assert samples[("resreap_revivals_total", (("revive", "started"),))] == 1
+
+
+# -- #21 items 2, 6, 10: only what the kill took down is started ------------
+
+
+def test_a_unit_already_down_before_the_kill_is_never_started():
+    """An operator stopped a KillMode=process unit (cron, atd, containerd);
+    a user's leftover job in its cgroup leaks and is reaped: the unit stays
+    as the operator left it."""
+    fake = FakeSystemctl(UnitState("inactive", "dead", 0, CG), UnitState("inactive", "dead", 0, CG))
+    reviver = Reviver(fake, booted=True)
+    revival = reviver.before(SERVICE)
+    assert isinstance(revival, tuple) and revival[0] is Revival.WAS_DOWN
+    assert fake.started == []
+
+
+def test_a_killed_process_that_was_not_the_main_one_never_starts_the_unit():
+    fake = FakeSystemctl(UnitState("inactive", "dead", 0, CG))
+    revival, said = _bring_back(fake, killed=555)
+    assert revival is Revival.NOT_MAIN and "not its main process" in said
+    assert fake.started == []
+
+
+@pytest.mark.parametrize("type_, restart, also, verdict", [
+    ("oneshot", "no", frozenset(), Revival.NOT_RESTARTABLE),
+    ("oneshot", "on-failure", frozenset({"leaky.service"}), Revival.NOT_RESTARTABLE),
+    ("simple", "no", frozenset(), Revival.NOT_RESTARTABLE),
+    ("simple", "on-success", frozenset(), Revival.NOT_RESTARTABLE),
+    ("simple", "no", frozenset({"leaky.service"}), None),   # the operator opted in
+    ("notify", "always", frozenset(), None),
+    ("forking", "on-abnormal", frozenset(), None),
+])
+def test_only_long_running_services_that_systemd_would_restart(type_, restart, also, verdict):
+    """A oneshot backup killed for its pooled connections must not run
+    again from the start; a Restart=no service is the operator's to start."""
+    state = RUNNING._replace(type=type_, restart=restart)
+    got = Reviver(FakeSystemctl(state), booted=True).before(SERVICE, also)
+    if verdict is None:
+        assert got == state
+    else:
+        assert isinstance(got, tuple) and got[0] is verdict
+
+
+def test_a_unit_still_activating_in_the_same_invocation_is_not_by_systemd():
+    """A unit that is still starting (the same InvocationID) was not
+    restarted by systemd: resreap waits, and says it never settled."""
+    fake = FakeSystemctl(UnitState("activating", "start", 100, CG, invocation="inv-1"))
+    revival, _ = _bring_back(fake, settle=1.0)
+    assert revival is Revival.UNSETTLED and fake.started == []
+
+
+def test_a_unit_started_and_stopped_again_during_the_kill_stays_down():
+    """Another invocation since the first signal: someone else started it
+    (and it went down again): not resreap's to undo, whatever the journal."""
+    fake = FakeSystemctl(UnitState("inactive", "dead", 0, CG, invocation="inv-2"))
+    revival, said = _bring_back(fake)
+    assert revival is Revival.STOPPED and "ran again" in said
+    assert fake.started == []
+
+
+def test_the_state_asks_systemd_for_the_invocation_type_and_restart(tmp_path):
+    tool = tmp_path / "systemctl"
+    tool.write_text("#!/bin/sh\nprintf 'ActiveState=active\\nSubState=running\\nMainPID=7\\n"
+                    "ControlGroup=/system.slice/x.service\\nInvocationID=abc\\nType=oneshot\\n"
+                    "Restart=no\\n'\n")
+    tool.chmod(0o755)
+    state = Systemctl(path=str(tool)).state("x.service")
+    assert (state.invocation, state.type, state.restart, state.main_pid) == \
+        ("abc", "oneshot", "no", 7)
