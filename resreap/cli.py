@@ -320,8 +320,8 @@ def watch(
     from resreap.engine.decisions import decision
     from resreap.errors import OutputGone, UsageError
     from resreap.sources.events import open_source
-    from resreap.ops.instance import ReloadStatus, hold_watch_lock, read_reload_status, \
-        write_reload_status
+    from resreap.ops.instance import ReloadStatus, hold_watch_lock, raise_fd_limit, \
+        read_reload_status, write_reload_status
     from resreap.engine.owners import OwnerResolver, check_privileges
     from resreap.ops.sdnotify import Notifier
     from resreap.host.sockets import SocketTable
@@ -351,6 +351,7 @@ def watch(
             generation[0] += 1
             write_reload_status(ReloadStatus(os.getpid(), generation[0], ok, detail))
         check_privileges()
+        fd_limit = raise_fd_limit()
         # One watch acts per host; a dry run never signals, so it may run
         # beside one to try settings.
         lock = [None if config.plan.dry_run else hold_watch_lock()]
@@ -423,6 +424,7 @@ def watch(
                  ignore=list(st.ignore), pid=sorted(config.filters.pids),
                  namespaces=len(table.namespaces),
                  lock=lock[0].describe() if lock[0] is not None else "none (dry run)",
+                 fd_limit=fd_limit,
                  note="Ctrl-C to end")
         notifier.ready(f"watching ({selected.source.name} backend)")
         watcher.run()

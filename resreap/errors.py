@@ -38,6 +38,16 @@ class KernelQueryError(ResreapError):
     """A netlink sock_diag request failed."""
 
 
+class OutOfFds(ResreapError):
+    """resreap itself hit its fd limit (EMFILE) or the system's (ENFILE).
+    Never read as "the process is gone": what could not be read is unknown,
+    and nothing is decided on it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"out of file descriptors while {what}: raise LimitNOFILE "
+                         "(the unit sets 16384) or find what holds them (ls /proc/PID/fd)")
+
+
 class ProcessGone(ResreapError):
     """The process exited or its pid now names another process.  A normal
     outcome for a watchdog, never a crash."""

@@ -23,10 +23,11 @@ FENCES = ("-f", "--filter", "-p", "--pid", "-d", "--dry-run")
 
 class WatchRun:
     def __init__(self, resreap_bin: str, *args: str, timeout: float = 20,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, wrap: tuple[str, ...] = ()) -> None:
+        """``wrap``: a command that runs the watch (prlimit ...)."""
         if not fenced(args):
             raise ValueError(f"watch {args} could signal another test's processes")
-        self.proc = subprocess.Popen([resreap_bin, "watch", "--json", *args], env=env,
+        self.proc = subprocess.Popen([*wrap, resreap_bin, "watch", "--json", *args], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -79,6 +79,9 @@ class Counting:
     def next_reconcile(self) -> float:
         return self._next_reconcile
 
+    def reconcile_soon(self, when: float) -> None:
+        self._next_reconcile = min(self._next_reconcile, when)
+
     def start_reconciling(self, now: float) -> None:
         self._next_reconcile = now + RECONCILE_EVERY
 

@@ -50,7 +50,8 @@ def socket_fds(pid: int, proc_root: str = "/proc") -> Iterator[tuple[int, int]]:
         fds = os.listdir(base)
     except PermissionError:
         raise AccessDenied(pid, "/fd") from None
-    except OSError:  # exited, or a kernel thread
+    except OSError as exc:  # exited, or a kernel thread; never "exited" for EMFILE
+        procinfo.out_of_fds(exc, f"listing /proc/{pid}/fd")
         return
     for fd in fds:
         try:

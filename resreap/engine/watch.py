@@ -18,7 +18,7 @@ from resreap.engine.filters import Filters
 from resreap.engine.killer import Killer, Outcome, Plan, Target
 from resreap.engine.owners import OwnerResolver
 from resreap.engine.policy import Eligibility, Limits, StormGuard
-from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
+from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, supervisor
 from resreap.host.supervisor import Revival
 from resreap.model import Holder, Owner, Result, Snapshot, SockId, SpareReason
@@ -27,6 +27,7 @@ from resreap.sources.events import EventSource
 log = logging.getLogger(__name__)
 
 SAMPLE = 3  # endpoints named in a decision line
+OUT_OF_FDS_EVERY = 60.0  # the out-of-fds line is repeated at most this often
 UNREADABLE_RETRY = 10.0
 
 
@@ -81,6 +82,7 @@ class Watcher:
         self._reaped: set[Owner] = set()      # handed to the killer already
         self._spared: set[Owner] = set()      # ineligible: said once
         self._lost = 0
+        self._out_of_fds_said = float("-inf")
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.outcomes: list[Outcome] = []
         # Called once per loop turn (sd_notify pings, config reloads).
@@ -128,6 +130,22 @@ class Watcher:
     def step(self) -> None:
         now = self._clock()
         batch = self.source.read(max(0.0, self._wake_at(now) - now))
+        try:
+            self._turn(batch)
+        except OutOfFds as exc:
+            # Loud, and never taken as "the process is gone": what could not
+            # be read decides nothing.  The kernel's table is compared with
+            # ours again soon, so no socket of this turn is lost for good.
+            now = self._clock()
+            if now - self._out_of_fds_said >= OUT_OF_FDS_EVERY:
+                self._out_of_fds_said = now
+                decision("out-of-fds", logging.ERROR, error=str(exc),
+                         note="this turn's sockets are looked at again shortly")
+            self.sockets.reconcile_soon(now + 1.0)
+        if self._tick is not None:
+            self._tick(self)
+
+    def _turn(self, batch) -> None:
         young, self.sockets.young = self.sockets.young, []
         self.sockets.apply(batch)
         self.sockets.resolve_young(young)
@@ -144,8 +162,6 @@ class Watcher:
             self._decide(touched, now)
         self._collect()
         self._check_lost(now)
-        if self._tick is not None:
-            self._tick(self)
 
     def reconfigure(self, config: WatchConfig) -> None:
         """New settings from a reloaded config file: they apply to the next
@@ -353,7 +369,8 @@ class Watcher:
                 fields["revive"], fields["revive_detail"] = revival.value, said
                 self.revivals[revival] = self.revivals.get(revival, 0) + 1
                 if revival not in (Revival.BY_SYSTEMD, Revival.STARTED, Revival.RUNNING,
-                                   Revival.STOPPED):
+                                   Revival.STOPPED, Revival.WAS_DOWN, Revival.NOT_MAIN,
+                                   Revival.NOT_RESTARTABLE):
                     level = logging.ERROR
             if outcome.hook_status is not None:
                 fields["hook"] = outcome.hook_status

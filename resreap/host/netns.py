@@ -9,11 +9,12 @@ entering it from a short-lived thread (setns changes only the calling thread).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import threading
 
-from resreap.errors import KernelQueryError
+from resreap.errors import KernelQueryError, OutOfFds
 
 CLONE_NEWNET = 0x40000000
 NETLINK_SOCK_DIAG = 4
@@ -39,11 +40,31 @@ def own_namespace(proc_root: str = "/proc") -> int:
     return os.stat(f"{proc_root}/self/ns/net").st_ino
 
 
+def own_user_namespace(proc_root: str = "/proc") -> int:
+    return os.stat(f"{proc_root}/self/ns/user").st_ino
+
+
+def user_namespace_of(pid: int, proc_root: str = "/proc") -> int | None:
+    """The user namespace of ``pid`` (None: gone).  A network namespace
+    whose processes live in resreap's own user namespace was made by root
+    (a container runtime, ip netns); one in another user namespace by
+    anyone (`unshare -Urn`, a rootless container)."""
+    try:
+        return os.stat(f"{proc_root}/{pid}/ns/user").st_ino
+    except OSError:
+        return None
+
+
 def netlink_socket_in(pid: int | None, proc_root: str = "/proc") -> socket.socket:
     """A NETLINK_SOCK_DIAG socket in the network namespace of ``pid``
     (``None``: our own)."""
     if pid is None:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+        try:
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise OutOfFds("opening sock_diag") from exc
+            raise KernelQueryError(f"cannot open sock_diag: {exc.strerror}") from exc
     result: list[object] = []
 
     def enter() -> None:
@@ -58,13 +79,15 @@ def netlink_socket_in(pid: int | None, proc_root: str = "/proc") -> socket.socke
             result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
                                         NETLINK_SOCK_DIAG))
         except OSError as exc:
-            result.append(exc)
+            result.append(exc)  # EMFILE included: handed to the caller
 
     worker = threading.Thread(target=enter, name=f"netns-{pid}")
     worker.start()
     worker.join()
     got = result[0]
     if isinstance(got, OSError):
+        if got.errno in (errno.EMFILE, errno.ENFILE):
+            raise OutOfFds(f"opening sock_diag in the network namespace of pid {pid}")
         raise KernelQueryError(f"cannot enter the network namespace of pid {pid}: {got.strerror}")
     assert isinstance(got, socket.socket)
     return got

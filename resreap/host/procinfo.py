@@ -7,12 +7,24 @@ time we act on it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import time
 from typing import Iterator, NamedTuple
 
-from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced, ProcessUnreadable
+from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessReplaced, \
+    ProcessUnreadable
+
+# resreap's own fd table (or the system's) is full: not a fact about the
+# process read.
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+
+
+def out_of_fds(exc: OSError, what: str) -> None:
+    """Raise OutOfFds for EMFILE/ENFILE, return for any other error."""
+    if exc.errno in OUT_OF_FDS:
+        raise OutOfFds(what) from exc
 
 PF_KTHREAD = 0x00200000
 # A command line is whatever its process wrote there (a megabyte, if it
@@ -40,6 +52,9 @@ def proc_errors(pid: int, what: str = "") -> Iterator[None]:
         raise ProcessGone(pid) from exc
     except PermissionError as exc:
         raise AccessDenied(pid, what) from exc
+    except OSError as exc:
+        out_of_fds(exc, f"reading /proc/{pid}{what}")
+        raise
 
 
 def read_stat(pid: int, proc_root: str = "/proc") -> tuple[int, int, str, bool]:

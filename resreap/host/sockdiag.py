@@ -116,13 +116,19 @@ def _parse(family: int, payload: memoryview, info: bool) -> DiagSock:
                     _idle_sent(payload) if info else None)
 
 
+RECV_BUFFER = 1 << 20
+
+
 class SockDiag:
     """sock_diag queries over one netlink socket (one network namespace)."""
 
-    def __init__(self, nl: socket.socket) -> None:
+    def __init__(self, nl: socket.socket, buf: bytearray | None = None) -> None:
+        """``buf``: the receive buffer, shared by every namespace's
+        connection of one table (one at a time uses it): a megabyte each
+        was a megabyte per network namespace, which anyone can make."""
         self._nl = nl
         self._seq = 0
-        self._buf = bytearray(1 << 20)
+        self._buf = buf if buf is not None else bytearray(RECV_BUFFER)
 
     def close(self) -> None:
         self._nl.close()

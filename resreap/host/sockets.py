@@ -3,12 +3,25 @@
 Wraps one sock_diag connection per namespace, or /proc/PID/net/tcp{,6}
 where sock_diag is unavailable (old or stripped kernels; forced with
 RESREAP_SOCKET_TABLE=procfs).  Namespaces come and go with containers: the
-set is refreshed on a slow period and whenever a lookup finds nothing in
-the known ones.
+set is refreshed on a slow period, new ones are noticed at every dump (the
+poller's), and a lookup that finds nothing looks for new ones.
+
+Anyone may make network namespaces (`unshare -Urn`, a thousand of them in
+a second), so nothing here grows with them unbounded:
+
+- a namespace's connection is opened only when it has TCP sockets (its
+  sockstat says so), and at most MAX_OPEN stay open (least recently used
+  closed first); every connection shares one receive buffer;
+- at most MAX_USER_NAMESPACES namespaces made inside another user
+  namespace (an unprivileged user's, a rootless container's) are watched,
+  and MAX_NAMESPACES in all; past that a warning line says how many are
+  not, and which kind.  Root's namespaces (container runtimes, ip netns)
+  come first, so a user's namespaces never push a container's out.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -18,9 +31,21 @@ from resreap.host import netns
 from resreap.errors import KernelQueryError
 from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, SockId
 from resreap.host.procnet import ProcNetTcp
-from resreap.host.sockdiag import DiagSock, SockDiag
+from resreap.host.sockdiag import RECV_BUFFER, DiagSock, SockDiag
 
 log = logging.getLogger(__name__)
+
+MAX_OPEN = 128
+MAX_NAMESPACES = 4096
+MAX_USER_NAMESPACES = 64
+# How often the "namespaces not watched" line may be repeated.
+SKIPPED_EVERY = 600.0
+# New namespaces are looked for at most this often by dumps (a listing of
+# /proc, then one stat per new process).
+NOTICE_EVERY = 0.25
+# How long a namespace's sockstat answer ("has TCP sockets") is trusted by
+# lookups.
+SOCKSTAT_FRESH = 1.0
 
 
 class NsSock(NamedTuple):
@@ -40,10 +65,20 @@ class SocketTable:
         if self.mode not in MODES:
             raise KernelQueryError(f"RESREAP_SOCKET_TABLE={self.mode!r}: use one of {', '.join(MODES)}")
         self._own = netns.own_namespace(proc_root)
-        self._diag: dict[int, SockDiag | ProcNetTcp] = {}
-        self._pid: dict[int, int] = {}
+        self._own_user = netns.own_user_namespace(proc_root)
+        self._buf = bytearray(RECV_BUFFER)
+        # Open readers, least recently used first; ours is never closed.
+        self._open: collections.OrderedDict[int, SockDiag | ProcNetTcp] = collections.OrderedDict()
+        self._kinds: set[str] = set()
+        self._pid: dict[int, int] = {}     # watched namespaces -> a process inside
+        self._users: int = 0               # of them, made in another user namespace
+        self._pids_seen: set[int] = set()  # /proc at the last look for new namespaces
+        self._noticed = float("-inf")
         self._inuse: dict[tuple[int, int], int] = {}  # (netns, family) -> sockstat inuse
+        self._tcp: dict[int, tuple[float, tuple[int, ...]]] = {}  # netns -> (when, families)
         self._refreshed = float("-inf")
+        self._skipped_said = float("-inf")
+        self.skipped = 0  # namespaces in use but not watched (the caps)
         self.refresh()
 
     def _families(self, ino: int) -> tuple[int, ...]:
@@ -92,48 +127,124 @@ class SocketTable:
     @property
     def kind(self) -> str:
         """Which reader serves the namespaces: sock_diag or procfs."""
-        kinds = {"procfs" if isinstance(d, ProcNetTcp) else "sock_diag" for d in self._diag.values()}
-        return "+".join(sorted(kinds)) or "none"
+        return "+".join(sorted(self._kinds)) or "none"
 
-    def _open(self, ino: int, pid: int) -> SockDiag | ProcNetTcp:
+    def _make(self, ino: int, pid: int) -> SockDiag | ProcNetTcp:
         mine = ino == self._own
         if self.mode != "procfs":
             try:
-                diag = SockDiag(netns.netlink_socket_in(None if mine else pid, self.proc_root))
-                diag.dump(())  # an empty-filter probe: fails where sock_diag is missing
+                diag = SockDiag(netns.netlink_socket_in(None if mine else pid, self.proc_root),
+                                self._buf)
+                try:
+                    diag.dump(())  # an empty-filter probe: fails where sock_diag is missing
+                except KernelQueryError:
+                    diag.close()
+                    raise
+                self._kinds.add("sock_diag")
                 return diag
-            except (KernelQueryError, OSError) as exc:
+            except KernelQueryError as exc:
                 if self.mode == "sock_diag":
                     raise KernelQueryError(f"sock_diag unavailable: {exc}") from exc
                 log.debug("netns %d: sock_diag unavailable (%s), reading /proc", ino, exc)
+        self._kinds.add("procfs")
         return ProcNetTcp("self" if mine else pid, self.proc_root)
 
+    def _reader(self, ino: int) -> SockDiag | ProcNetTcp | None:
+        """The namespace's reader, opened now if need be (None: the
+        namespace is not watched, or its last process left)."""
+        reader = self._open.get(ino)
+        if reader is not None:
+            self._open.move_to_end(ino)
+            return reader
+        pid = self._pid.get(ino)
+        if pid is None:
+            return None
+        try:
+            reader = self._make(ino, pid)
+        except KernelQueryError as exc:
+            if self.mode == "sock_diag":
+                raise
+            log.debug("netns %d skipped: %s", ino, exc)  # its last process left
+            return None
+        self._open[ino] = reader
+        while len(self._open) > MAX_OPEN:
+            victim = next(i for i in self._open if i != self._own)
+            self._open.pop(victim).close()
+        return reader
+
     def close(self) -> None:
-        for diag in self._diag.values():
-            diag.close()
-        self._diag.clear()
+        for reader in self._open.values():
+            reader.close()
+        self._open.clear()
 
     def refresh(self) -> None:
-        """Open sock_diag in new namespaces, drop the ones no process uses."""
-        self._refreshed = time.monotonic()
+        """The namespaces in use now (within the caps); close the readers
+        of the ones no process uses any more."""
+        self._refreshed = self._noticed = time.monotonic()
         live = netns.namespaces(self.proc_root)
-        live.setdefault(self._own, 0)
-        for ino in list(self._diag):
-            if ino not in live:
-                self._diag.pop(ino).close()
-        self._pid = live
-        for ino, pid in live.items():
-            if isinstance(self._diag.get(ino), ProcNetTcp) and ino != self._own:
+        self._pids_seen = set(live.values())
+        self._pid = {self._own: 0}
+        self._users = 0
+        self.skipped = 0
+        self._admit(live)
+        for ino in list(self._open):
+            if ino not in self._pid:
+                self._open.pop(ino).close()
+            elif isinstance(self._open[ino], ProcNetTcp) and ino != self._own:
                 # Read through a process of that namespace: keep it a live one.
-                self._diag[ino] = ProcNetTcp(pid, self.proc_root)
-            if ino in self._diag:
+                self._open[ino] = ProcNetTcp(self._pid[ino], self.proc_root)
+        self._tcp.clear()
+
+    def _admit(self, found: dict[int, int]) -> None:
+        """Watch these namespaces (ino -> a pid inside), root's first,
+        within the caps; say what the caps left out."""
+        root, users = [], []
+        for ino, pid in found.items():
+            if ino in self._pid:
                 continue
+            mine = netns.user_namespace_of(pid, self.proc_root) == self._own_user
+            (root if mine else users).append((pid, ino))
+        for pid, ino in sorted(root):
+            if len(self._pid) >= MAX_NAMESPACES:
+                self.skipped += 1
+                continue
+            self._pid[ino] = pid
+        for pid, ino in sorted(users):
+            if len(self._pid) >= MAX_NAMESPACES or self._users >= MAX_USER_NAMESPACES:
+                self.skipped += 1
+                continue
+            self._pid[ino] = pid
+            self._users += 1
+        now = time.monotonic()
+        if self.skipped and now - self._skipped_said >= SKIPPED_EVERY:
+            self._skipped_said = now
+            log.warning("%d network namespace(s) not watched: at most %d made in other user "
+                        "namespaces (unshare -Urn, rootless containers) and %d in all; leaks "
+                        "inside them are not seen", self.skipped, MAX_USER_NAMESPACES,
+                        MAX_NAMESPACES)
+
+    def _notice_new(self) -> None:
+        """Namespaces that got their first process since the last look:
+        only processes new since then are looked at (one stat each)."""
+        now = time.monotonic()
+        if now - self._noticed < NOTICE_EVERY:
+            return
+        self._noticed = now
+        try:
+            pids = {int(n) for n in os.listdir(self.proc_root) if n.isdigit()}
+        except OSError:
+            return
+        fresh: dict[int, int] = {}
+        for pid in pids - self._pids_seen:
             try:
-                self._diag[ino] = self._open(ino, pid)
-            except KernelQueryError as exc:
-                if self.mode == "sock_diag":
-                    raise
-                log.debug("netns %d skipped: %s", ino, exc)  # its last process left
+                ino = os.stat(f"{self.proc_root}/{pid}/ns/net").st_ino
+            except OSError:
+                continue
+            if ino not in self._pid:
+                fresh.setdefault(ino, pid)
+        self._pids_seen = pids
+        if fresh:
+            self._admit(fresh)
 
     def _maybe_refresh(self) -> None:
         if time.monotonic() - self._refreshed >= self.refresh_every:
@@ -141,18 +252,46 @@ class SocketTable:
 
     @property
     def namespaces(self) -> list[int]:
-        return list(self._diag)
+        """The watched namespaces."""
+        return list(self._pid)
+
+    @property
+    def open_readers(self) -> int:
+        return len(self._open)
+
+    def _has_tcp(self, ino: int) -> tuple[int, ...]:
+        """The families with TCP sockets in the namespace.  A namespace
+        that had some within SOCKSTAT_FRESH is taken to have them still
+        (lookups ask often); one that had none is asked again every time:
+        a socket that just appeared there must never be missed."""
+        now = time.monotonic()
+        known = self._tcp.get(ino)
+        if known is None or not known[1] or now - known[0] > SOCKSTAT_FRESH:
+            known = self._tcp[ino] = (now, self._families(ino))
+        return known[1]
 
     def _each(self):
-        for ino, diag in list(self._diag.items()):
-            yield ino, diag
+        """(namespace, reader) for each watched namespace with TCP sockets."""
+        for ino in list(self._pid):
+            if not self._has_tcp(ino):
+                continue
+            reader = self._reader(ino)
+            if reader is not None:
+                yield ino, reader
 
     def dump(self, states: Iterable[int], info: bool = False) -> list[NsSock]:
         self._maybe_refresh()
+        self._notice_new()
         states = tuple(states)
         out: list[NsSock] = []
-        for ino, diag in self._each():
+        for ino in list(self._pid):
             families = self._families(ino)
+            self._tcp[ino] = (time.monotonic(), families)
+            if not families:
+                continue  # no TCP socket at all: no connection opened for it
+            diag = self._reader(ino)
+            if diag is None:
+                continue
             if TCP_LISTEN not in states:
                 families = self._with_established(ino, diag, families)
             if not families:
@@ -183,7 +322,7 @@ class SocketTable:
     def lookup_in(self, ino: int, sock: SockId) -> NsSock | None:
         """The socket with this 4-tuple in one namespace (None: gone, or
         the namespace is)."""
-        diag = self._diag.get(ino)
+        diag = self._reader(ino)
         if diag is None:
             return None
         try:

@@ -321,12 +321,12 @@ class Reviver:
             return Revival.UNKNOWN, "systemctl did not answer"
         if state.cgroup and state.cgroup != where.unit_cgroup:
             return Revival.MISMATCH, f"systemd says {unit} is {state.cgroup}"
-        if not state.up():
+        if state.type == "oneshot":  # running, a oneshot is "activating"
+            return Revival.NOT_RESTARTABLE, f"{unit} is a oneshot job: never run again"
+        if not state.up() and state.active != "activating":
             # An operator stopped it (a KillMode=process unit keeps its
             # leftover processes): the kill of one of them must not start it.
             return Revival.WAS_DOWN, f"{unit} was {state.active} ({state.sub}) before the kill"
-        if state.type == "oneshot":
-            return Revival.NOT_RESTARTABLE, f"{unit} is a oneshot job: never run again"
         if state.restart not in RESTARTS_AFTER_A_CRASH and unit not in also:
             return Revival.NOT_RESTARTABLE, (f"{unit} has Restart={state.restart or '?'}: "
                                              "not started again (opt in: --restart-unit)")

@@ -24,6 +24,23 @@ from typing import NamedTuple
 from resreap.errors import AlreadyRunning, ReloadFailed, ResreapError, UsageError
 from resreap.host import procinfo
 
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one and return it: the
+    default soft 1024 is what a user's thousand network namespaces filled.
+    (resource is imported here: the import costs nothing elsewhere.)"""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 LOCK_PATH = os.environ.get("RESREAP_LOCK", "/run/resreap/watch.lock")
 
 

@@ -21,11 +21,13 @@ class Notifier:
     def send(self, message: str) -> None:
         if not self._addr:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            try:
+        try:
+            # socket() inside the try too: out of fds, a ping is skipped, the
+            # loop goes on (the watchdog notices if it stays so).
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
                 s.sendto(message.encode(), self._addr)
-            except OSError:
-                pass  # systemd gone or not listening: nothing to tell
+        except OSError:
+            pass  # systemd gone or not listening, or no fd: nothing to tell
 
     def ready(self, status: str) -> None:
         self.send(f"READY=1\nSTATUS={status}")

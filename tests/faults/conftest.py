@@ -12,8 +12,8 @@ from watchrun import WatchRun
 def watch(resreap_bin):
     runs = []
 
-    def start(*args, env=None) -> WatchRun:
-        run = WatchRun(resreap_bin, *args, env=env)
+    def start(*args, env=None, wrap=()) -> WatchRun:
+        run = WatchRun(resreap_bin, *args, env=env, wrap=wrap)
         runs.append(run)
         return run
 

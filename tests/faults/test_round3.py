@@ -76,3 +76,100 @@ def test_7_reload_never_signals_a_pid_the_lock_did_not_take(lock_dir, tmp_path):
     finally:
         victim.kill()
         victim.wait()
+
+
+# -- item 1: a user's thousand network namespaces --------------------------
+
+# Run as nobody: N children, each in a user and network namespace of its
+# own (what `unshare -Urn` makes) with a TCP listener there, so that each
+# namespace has TCP sockets to look at.  SIGTERM ends them all.
+NAMESPACES = r"""
+import ctypes, os, signal, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+kids = []
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        if libc.unshare(0x10000000 | 0x40000000) != 0:   # CLONE_NEWUSER | CLONE_NEWNET
+            os._exit(1)
+        s = socket.socket()
+        s.bind(("0.0.0.0", 0))
+        s.listen(1)
+        signal.pause()
+        os._exit(0)
+    kids.append(pid)
+def end(*_):
+    for k in kids:
+        os.kill(k, signal.SIGKILL)
+    for k in kids:
+        os.waitpid(k, 0)
+    os._exit(0)
+signal.signal(signal.SIGTERM, end)
+print("READY", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.fixture
+def user_namespaces():
+    made = []
+
+    def make(n: int) -> subprocess.Popen:
+        proc = subprocess.Popen([*NOBODY, sys.executable, "-c", NAMESPACES, str(n)],
+                                stdout=subprocess.PIPE, text=True, cwd="/")
+        assert proc.stdout.readline().strip() == "READY"
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        proc.terminate()
+        proc.wait(30)
+
+
+def fds_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("VmRSS:")).split()[1]) / 1024
+
+
+@pytest.mark.alone
+@pytest.mark.parametrize("backend", ["bpf", "proc"])
+def test_1_a_users_namespaces_cannot_exhaust_the_fds(watch, actors, tag, user_namespaces,
+                                                     backend):
+    """300 namespaces made by nobody, under a hard limit of 200 fds: one
+    netlink socket (and 1 MiB) per namespace made watch die with EMFILE
+    before its start line.  Now it starts, says what it does not watch,
+    stays within its fds, and reaps a real leak."""
+    user_namespaces(300)
+    server = actors("leaky-server", "127.0.0.1", tag)
+    run = watch("-f", tag.split("=")[1], "--backend", backend, "-D",
+                wrap=("prlimit", "--nofile=200:200", "--"))
+    start = run.wait_for(lambda e: e["event"] == "start")
+    assert start["fd_limit"] == 200
+    run.wait_for(lambda e: "network namespace(s) not watched" in e.get("message", ""))
+    actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
+    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=10)
+    assert fds_of(run.proc.pid) < 200
+    assert rss_mib(run.proc.pid) < 150
+    assert not run.find(lambda e: e["event"] == "out-of-fds")
+
+
+# -- item 9: the polling fallback and a namespace made after start ----------
+
+
+@pytest.mark.parametrize("backend", ["bpf", "proc"])
+def test_9_a_namespace_made_after_start_is_watched_at_once(watch, actors, tag, make_netns,
+                                                            backend):
+    """A leak in a namespace that got its first process after the watch
+    started: BPF reaped it, polling missed it for up to 30 s (the
+    namespace set was refreshed every 30 s and a dump never retried)."""
+    run = watch("-f", tag.split("=")[1], "--backend", backend, "-i", "0.5")
+    here = make_netns()
+    server = actors("leaky-server", "127.0.0.1", tag, netns=here)
+    actors("clients", "127.0.0.1", server.port, 2, tag, netns=here).send("close", "CLOSED")
+    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=8)

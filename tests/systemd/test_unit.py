@@ -42,6 +42,24 @@ ExecStart=/usr/bin/python3 /src/tests/systemd/leaky.py 7001 stubborn
 Restart=on-failure
 TimeoutStopSec=0.5
 """
+# KillMode=process: a stop ends only the main process; the leaking server
+# it started stays behind in the unit's cgroup (cron's and atd's jobs do).
+LEFTOVER = """\
+[Unit]
+Description=a service whose stop leaves a leaking process behind
+[Service]
+ExecStart=/bin/sh -c '/usr/bin/python3 /src/tests/systemd/leaky.py 7002 & exec sleep infinity'
+KillMode=process
+Restart=on-failure
+"""
+# A job, not a service: run once (each run appends a line), never again.
+ONESHOT = """\
+[Unit]
+Description=a oneshot job that leaks pooled connections
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo run >> /run/oneshot.runs; exec /usr/bin/python3 /src/tests/systemd/leaky.py 7003'
+"""
 # wait: a stubborn process's SIGKILL comes 5 s after its SIGTERM, time for
 # an operator's stop to begin first.
 CONFIG = "[watch]\nlimit = 2\ngrace = 1.0\nwait = 5.0\n"
@@ -167,6 +185,50 @@ def test_a_service_stopped_during_the_kill_stays_down(machine):
     assert "revive=stopped" in line and "unit=stubborn.service" in line, line
     assert machine.show("stubborn", "ActiveState") in ("inactive", "failed")
     assert _main_pid(machine, "stubborn") == 0
+
+
+def _outcome(machine: Machine, pid: int) -> str:
+    return wait_for("the outcome line", lambda: [
+        line for line in machine.journal("resreap").splitlines()
+        if f"outcome pid={pid} " in line])[0]
+
+
+def _server_pid(machine: Machine, port: int) -> int:
+    """The pid of tests/systemd/leaky.py serving ``port`` (0: none yet)."""
+    pids = machine.run("pgrep", "-f", f"leaky.py {port}$", check=False).stdout.split()
+    return int(pids[0]) if len(pids) == 1 else 0
+
+
+def test_a_unit_stopped_before_the_kill_is_not_started(machine):
+    """#21 item 2: an operator stopped a KillMode=process unit; its leftover
+    process leaks and is reaped.  Before, resreap started the unit the
+    operator had stopped (revive=started)."""
+    machine.sh(f"cat > /etc/systemd/system/leftover.service <<'EOF'\n{LEFTOVER}EOF\n"
+               "systemctl daemon-reload && systemctl start leftover")
+    wait_for("leftover to listen", lambda: ":7002" in machine.run("ss", "-tln").stdout)
+    machine.run("systemctl", "stop", "leftover")
+    left = wait_for("the process left behind", lambda: _server_pid(machine, 7002))
+    assert machine.show("leftover", "ActiveState") in ("inactive", "failed")
+    machine.run("python3", "-c", CLIENTS.replace("7000", "7002"))
+    line = _outcome(machine, left)
+    assert "result=terminated" in line and "revive=was-down" in line, line
+    assert machine.show("leftover", "ActiveState") in ("inactive", "failed")
+    assert _main_pid(machine, "leftover") == 0
+
+
+def test_a_oneshot_job_is_never_run_again(machine):
+    """#21 item 6: a oneshot job killed for its leaked connections ran a
+    second time from the start when resreap started it again."""
+    machine.sh(f"rm -f /run/oneshot.runs; cat > /etc/systemd/system/job.service <<'EOF'\n"
+               f"{ONESHOT}EOF\nsystemctl daemon-reload && systemctl start --no-block job")
+    wait_for("the job to listen", lambda: ":7003" in machine.run("ss", "-tln").stdout)
+    pid = wait_for("the job's pid", lambda: _server_pid(machine, 7003))
+    machine.run("python3", "-c", CLIENTS.replace("7000", "7003"))
+    line = _outcome(machine, pid)
+    assert "result=terminated" in line and "revive=not-restartable" in line, line
+    assert "oneshot" in line
+    wait_for("the job to end", lambda: machine.show("job", "ActiveState") in ("inactive", "failed"))
+    assert machine.run("cat", "/run/oneshot.runs").stdout.split() == ["run"]
 
 
 def test_kill_9_of_resreap_restarts_it(machine):
