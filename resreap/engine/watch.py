@@ -27,7 +27,8 @@ from resreap.sources.events import EventSource
 log = logging.getLogger(__name__)
 
 SAMPLE = 3  # endpoints named in a decision line
-OUT_OF_FDS_EVERY = 60.0  # the out-of-fds line is repeated at most this often
+OUT_OF_FDS_EVERY = 60.0
+CHILDREN_FIRST_WAITS = 2  # times a parent waits for its children before it is judged  # the out-of-fds line is repeated at most this often
 UNREADABLE_RETRY = 10.0
 
 
@@ -83,6 +84,7 @@ class Watcher:
         self._spared: set[Owner] = set()      # ineligible: said once
         self._lost = 0
         self._out_of_fds_said = float("-inf")
+        self._waits: dict[Owner, int] = {}  # children-first waits per parent
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.outcomes: list[Outcome] = []
         # Called once per loop turn (sd_notify pings, config reloads).
@@ -231,16 +233,17 @@ class Watcher:
                     log.debug("pid %d (%s): %d counting socket(s), below the limit %d",
                               owner.pid, owner.comm, count, self.limits.limit)
                 continue
-            if owner in self._reaped or self.killer.busy(owner.pid):
-                continue
+            if owner in self._reaped or owner in self._spared or self.killer.busy(owner.pid):
+                continue  # an ineligible verdict holds for the process's life (until a reload)
             if self._deferred.get(owner, now) > now:
-                continue  # spared, rate-limited or unreadable: judged at its time
-            if self._children_first(owner, now):
-                continue
+                continue  # rate-limited, waiting for children or unreadable: judged at its time
             if self.killer.full:
                 # Bounded concurrency: decide when a kill slot is free, so that
-                # a "reap" line always means a kill sequence started.
+                # a "reap" line always means a kill sequence started.  Checked
+                # first: waiting owners cost nothing more while slots are full.
                 self._deferred[owner] = now + 0.05
+                continue
+            if self._children_first(owner, now):
                 continue
             self._consider(owner, now)
 
@@ -253,14 +256,32 @@ class Watcher:
         mine = self.counter.by_owner.get(owner)
         if not mine:
             return False
+        # The co-holders, from the owner's own sockets (each knows whom it
+        # counts against): never a walk over every owner, which made each
+        # decision cost the number of owners (a user's 10,000 processes
+        # stalled the loop for a minute).
+        others: set[Owner] = set()
+        for key in mine:
+            entry = self.table.get(key)
+            if entry is not None:
+                others.update(entry.owners or ())
+        others.discard(owner)
         kids = []
-        for other, keys in self.counter.by_owner.items():
-            if other != owner and other not in self._spared and len(keys) >= self.limits.limit \
-                    and keys & mine \
+        for other in sorted(others):
+            if other not in self._spared and self.counter.count(other) >= self.limits.limit \
                     and owner.pid in procinfo.ancestors(other.pid, self.proc_root) - {other.pid}:
                 kids.append(other.pid)
         if not kids:
             return False
+        # Bounded: a descendant that is never handled (rate-limited,
+        # unreadable) must not shelter its parent forever; after this many
+        # waits the parent is judged as it stands.
+        waits = self._waits.get(owner, 0)
+        if waits >= CHILDREN_FIRST_WAITS:
+            return False
+        if len(self._waits) > 4096:
+            self._waits.clear()
+        self._waits[owner] = waits + 1
         plan = self.config.plan
         wait = plan.hook_timeout * bool(plan.hook) + 2 * plan.wait + self.limits.grace + 5.0
         if owner not in self._deferred:

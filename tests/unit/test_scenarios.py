@@ -5,6 +5,8 @@ Each scenario runs minutes of simulated time in milliseconds."""
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
 from fakehost import OTHER_NS, World
@@ -601,3 +603,56 @@ def test_the_default_stall_for_a_hung_accept_queue(world):
     assert world.reaped() == []
     world.run(62)
     assert world.said("reap")[0]["at"] == pytest.approx(61.0, abs=0.01)
+
+
+# -- #21 item 4: decisions cost what the owner holds, not how many owners ----
+
+class _CountedWalks(collections.defaultdict):
+    """Counter.by_owner, counting the walks over every owner."""
+
+    walks = 0
+
+    def items(self):
+        type(self).walks += 1
+        return super().items()
+
+
+def test_many_spared_owners_cost_one_look_each(world, monkeypatch):
+    """A user's thousands of processes, each holding 2 eof-ignored sockets,
+    all spared by -f: each decision walked every owner (children first)
+    and read the process again at every recheck; 10,000 of them silenced
+    the loop for 57 s.  Now a spared process is read once, and no decision
+    walks the other owners."""
+    from resreap.engine import policy
+
+    n = 1500
+    for i in range(n):
+        proc = world.process(2000 + i, comm="sleep", cmdline=f"sleep {i}")
+        world.close_wait(proc, 10000 + i, n=2, at=1.0)
+    reads = []
+    real_info = policy.Eligibility.info
+    monkeypatch.setattr(policy.Eligibility, "info",
+                        lambda self, owner: reads.append(owner.pid) or real_info(self, owner))
+    w = world.watch(limit=2, grace=2.0, filters=Filters.parse("^never-matches", (), ()))
+    counter = w.counter
+    walks = _CountedWalks(set, counter.by_owner)
+    counter.by_owner = walks
+    world.run(100)   # the counting sockets are looked at again every 30 s
+    assert len(reads) == n and len(set(reads)) == n
+    assert _CountedWalks.walks == 0
+    assert world.reaped() == []
+
+
+def test_a_child_never_handled_does_not_shelter_its_parent_forever(world):
+    """#21 item 13: the worker's own kills are rate-limited for hours (its
+    command keeps leaking); the master, holding the same sockets, waited
+    for it at every look.  After two waits it is judged as it stands."""
+    master = server(world, 1000, comm="nginx", cmdline="nginx: master")
+    worker = world.process(1001, comm="nginx", ppid=1000, cmdline="nginx: worker")
+    world.close_wait([master, worker], 8080, n=2, at=1.0)
+    w = world.watch(limit=2, max_kills=1, per=1e7)
+    w.storm.record("nginx: worker", world.clock.now - 1e6)
+    world.run(200)
+    assert world.reaped() == [1000]
+    assert len(world.said("children-first")) == 2
+    assert world.said("storm")[0]["pid"] == 1001
