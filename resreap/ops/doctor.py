@@ -75,6 +75,15 @@ def _supervisor() -> Check:
                  "are started again")
 
 
+def _older(version: str, than: tuple[int, ...]) -> bool:
+    """'0.26.0' older than (0, 30)?  An unparsable version is not."""
+    try:
+        parts = tuple(int(p) for p in version.split("+")[0].split("-")[0].split(".")[:len(than)])
+    except ValueError:
+        return False
+    return parts < than
+
+
 def checks() -> list[Check]:
     from resreap.sources import bpf_events
     from resreap.sources.bpf_loader import CHILD_CWD, child_python
@@ -107,10 +116,21 @@ def checks() -> list[Check]:
     btf = os.path.exists("/sys/kernel/btf/vmlinux")
     out.append(Check("BTF", OK if btf else WARN, "/sys/kernel/btf/vmlinux" if btf else "absent",
                      "" if btf else "not needed by resreap (it reads only tracepoint fields)"))
-    bcc = subprocess.run(child_python("-c", "import bcc"), cwd=CHILD_CWD,
-                         capture_output=True).returncode == 0
-    out.append(Check("bcc", OK if bcc else FAIL, "importable" if bcc else "not importable",
-                     "" if bcc else "apt-get install python3-bpfcc; venv with --system-site-packages"))
+    probe = subprocess.run(child_python("-c", "import bcc; print(bcc.__version__)"),
+                           cwd=CHILD_CWD, capture_output=True, text=True)
+    bcc = probe.returncode == 0
+    version = probe.stdout.strip() if bcc else ""
+    if not bcc:
+        out.append(Check("bcc", FAIL, "not importable",
+                         "apt-get install python3-bpfcc; venv with --system-site-packages"))
+    elif _older(version, (0, 30)):
+        # CVE-2024-2314: kheaders under a $TMPDIR anyone may plant in.
+        out.append(Check("bcc", WARN, f"{version}: has CVE-2024-2314 (headers taken from "
+                         "$TMPDIR/kheaders-RELEASE, whoever made it)",
+                         "resreap gives its loader a private TMPDIR; upgrade bcc to 0.30+ "
+                         "for other bcc tools"))
+    else:
+        out.append(Check("bcc", OK, version or "importable", ""))
     headers = bpf_events.kernel_headers()
     out.append(Check("headers", OK if headers else FAIL,
                      headers or f"/lib/modules/{platform.release()}/build missing",

@@ -10,12 +10,15 @@ event.  The program is compiled by a short-lived helper process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import socket
 import struct
+import shutil
 import subprocess
+import tempfile
 import time
 
 from resreap.sources.bpf_loader import BPF_SOURCE, CHILD_CWD, child_python
@@ -56,7 +59,13 @@ def kernel_headers() -> str | None:
     """Where bcc will find headers for the running kernel, or None."""
     build = f"/lib/modules/{platform.release()}/build"
     if os.path.exists(build):
-        return os.path.realpath(build)
+        real = os.path.realpath(build)
+        # Root's BPF program is compiled from these: never from a tree
+        # someone else owns or may write.
+        st = os.stat(real)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return None
+        return real
     if os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return "/sys/kernel/kheaders.tar.xz"
     return None
@@ -88,15 +97,30 @@ def check_usable() -> None:
         raise BackendUnavailable(f"the BPF program is missing from the install: {BPF_SOURCE}")
 
 
+@contextlib.contextmanager
+def loader_env():
+    """The loader's environment: ours, with a TMPDIR of its own.  bcc 0.26
+    (Debian 12's) compiles against ${TMPDIR:-/tmp}/kheaders-RELEASE when
+    that directory merely exists, whoever made it (CVE-2024-2314): outside
+    the unit's PrivateTmp=, a user's planted header would rewrite root's BPF
+    program.  A fresh 0700 directory (mkdtemp) can hold nothing of theirs;
+    it is removed once the loader is done."""
+    private = tempfile.mkdtemp(prefix="resreap-loader-")
+    try:
+        yield {**os.environ, "TMPDIR": private}
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
 def _load(pending_max: int) -> tuple[dict, list[int]]:
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with mine:
+    with mine, loader_env() as env:
         try:
             helper = subprocess.Popen(
                 child_python("-m", "resreap.sources.bpf_loader", str(theirs.fileno()),
                              str(RINGBUF_PAGES), str(WAKEUP_EVERY), str(pending_max)),
                 pass_fds=[theirs.fileno()], cwd=CHILD_CWD, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         finally:
             theirs.close()
         mine.settimeout(LOAD_TIMEOUT)

@@ -128,3 +128,30 @@ def test_9_owner_hints_are_a_bounded_lru():
     for pid in range(1000):
         hints.add("shared", {pid})
     assert len(hints.get("shared")) == 64 and 999 in hints.get("shared")
+
+
+def test_the_bpf_loader_gets_a_private_tmpdir(monkeypatch, tmp_path):
+    """#21 item 8: bcc 0.26 compiles against ${TMPDIR:-/tmp}/kheaders-REL if
+    that directory merely exists (CVE-2024-2314).  The loader never sees a
+    TMPDIR anyone else could have planted in: its own, 0700, empty, gone
+    afterwards."""
+    from resreap.sources import bpf_events
+
+    planted = tmp_path / "shared"
+    (planted / f"kheaders-{os.uname().release}").mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(planted))
+    with bpf_events.loader_env() as env:
+        private = env["TMPDIR"]
+        assert private != str(planted) and not private.startswith(str(planted) + "/")
+        st = os.stat(private)
+        assert st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o700
+        assert os.listdir(private) == []
+    assert not os.path.exists(private)
+
+
+def test_doctor_flags_a_bcc_with_the_kheaders_cve():
+    from resreap.ops.doctor import _older
+
+    assert _older("0.26.0", (0, 30)) and _older("0.29.1", (0, 30))
+    assert not _older("0.30.0", (0, 30)) and not _older("0.31.0+git", (0, 30))
+    assert not _older("unknown", (0, 30))
