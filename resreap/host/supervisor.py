@@ -41,6 +41,8 @@ _CONTAINER = [
     re.compile(r"^([0-9a-f]{64})$"),
 ]
 _MACHINE = re.compile(r"^machine-(.{1,200})\.scope$")  # systemd-nspawn, libvirt
+_MACHINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_USER_MANAGER = re.compile(r"^user@[0-9]+\.service$")
 
 
 class Supervisor(NamedTuple):
@@ -80,20 +82,23 @@ def _unescape(name: str) -> str:
     return re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), name)
 
 
-def parse(text: str) -> Supervisor:
+def parse(text: str, named: bool = True) -> Supervisor:
     """The supervisor named by the contents of /proc/PID/cgroup: the v1
-    name=systemd line, or the unified (v2) one."""
-    unified = named = None
+    name=systemd line, or the unified (v2) one.  ``named``: this host's
+    systemd keeps a name=systemd hierarchy (hybrid or legacy).  On a
+    unified host such a line is a hierarchy someone else mounted (a
+    container's old systemd mounts its own, and writes it): never read."""
+    unified = named_path = None
     for line in text.splitlines():
         hierarchy, _, rest = line.partition(":")
         controllers, _, where = rest.partition(":")
         if hierarchy == "0" and controllers == "":
             unified = where
-        elif controllers == "name=systemd":
-            named = where
+        elif controllers == "name=systemd" and named:
+            named_path = where
     # Hybrid hosts have both; systemd places units in each, and the v1
     # name=systemd one is the one it always keeps.
-    path = named if named is not None else unified
+    path = named_path if named_path is not None else unified
     if path is None:
         return Supervisor()
     parts = _parts(path)
@@ -106,19 +111,44 @@ def parse(text: str) -> Supervisor:
         break
     container = None
     for part in parts:
+        if _USER_MANAGER.match(part):
+            # Below a user's manager every name is the user's to choose (a
+            # rootless container, or a cgroup named like one): no container
+            # id is taken from there.
+            break
         for pattern in _CONTAINER:
             if m := pattern.match(part):
                 container = m.group(1)[:12]
         if m := _MACHINE.match(part):
-            container = _unescape(m.group(1))
+            name = _unescape(m.group(1))
+            # Unescaped, \xNN may be anything: a control character or a
+            # shell metacharacter for a hook.  Only a plain machine name.
+            container = name if _MACHINE_NAME.match(name) else container
     return Supervisor(path, unit, container)
+
+
+_HOST_NAMED: dict[str, bool] = {}
+
+
+def host_keeps_named(proc_root: str = "/proc") -> bool:
+    """Does this host's systemd keep a name=systemd hierarchy?  Read once,
+    from our own cgroup file (init's may be hidden)."""
+    known = _HOST_NAMED.get(proc_root)
+    if known is None:
+        try:
+            with open(f"{proc_root}/self/cgroup", "rb") as f:
+                known = b":name=systemd:" in f.read(CGROUP_MAX)
+        except OSError:
+            known = False
+        _HOST_NAMED[proc_root] = known
+    return known
 
 
 def read(pid: int, proc_root: str = "/proc") -> Supervisor:
     """``pid``'s supervisor; raises ProcessGone or AccessDenied."""
     with proc_errors(pid, "/cgroup"), open(f"{proc_root}/{pid}/cgroup", "rb") as f:
         raw = f.read(CGROUP_MAX)
-    return parse(raw.decode("utf-8", "backslashreplace"))
+    return parse(raw.decode("utf-8", "backslashreplace"), host_keeps_named(proc_root))
 
 
 def of(pid: int, proc_root: str = "/proc") -> Supervisor:

@@ -39,10 +39,28 @@ DOCKER = "a" * 64
     ("0::/init.scope\n", "init.scope", None),
     ("0::/system.slice/not a unit name!.service\n", None, None),
     ("garbage without colons\n", None, None),
+    # #21 item 11: below a user's manager no container id is taken (a user
+    # names those cgroups), and a machine name carries no control or shell
+    # characters once unescaped
+    (f"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{DOCKER}.scope\n",
+     "user@1000.service", None),
+    (f"0::/user.slice/user-1000.slice/user@1000.service/app.slice/{DOCKER}\n",
+     "user@1000.service", None),
+    ("0::/machine.slice/machine-evil\\x0a\\x1b\\x3b.scope/payload\n",
+     "machine-evil\\x0a\\x1b\\x3b.scope", None),
+    ("0::/machine.slice/machine-a\\x24\\x28id\\x29.scope\n", "machine-a\\x24\\x28id\\x29.scope", None),
 ])
 def test_parse(text, unit, container):
     where = parse(text)
     assert (where.unit, where.container) == (unit, container)
+
+
+def test_a_name_systemd_line_is_not_read_on_a_unified_host():
+    """#21 item 13: on a unified host a name=systemd hierarchy is one a
+    container mounted (and may write): it must not name a system unit."""
+    text = "1:name=systemd:/system.slice/nginx.service\n0::/user.slice/user-1000.slice/session-2.scope\n"
+    assert parse(text, named=False).unit == "session-2.scope"
+    assert parse(text, named=True).unit == "nginx.service"  # a hybrid host's own
 
 
 def test_fields_name_only_what_is_known():
