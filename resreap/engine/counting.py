@@ -36,6 +36,8 @@ ORPHANS_EVERY = 3600.0
 # A counting socket is looked at again this often (new holders after a
 # fork, or a change of evidence); the decision re-checks anyway.
 RECHECK_COUNTED = 30.0
+# A holder's uids are read again after this long (setuid after start-up).
+UIDS_FRESH = 30.0
 # Without lost events, the kernel's CLOSE_WAIT set is still compared with
 # ours this often, so that no leak can hide behind a missed event.
 RECONCILE_EVERY = 60.0
@@ -54,7 +56,8 @@ class Counting:
         self.young: list[Key] = []      # new sockets whose holders are looked for
         self.recheck: list[Key] = []    # sockets to look at on the next turn
         self._foreign: set[Owner] = set()     # passed-in sockets: said once
-        self._uids: dict[Owner, frozenset[int]] = {}
+        self._uids: dict[Owner, tuple[float, frozenset[int]]] = {}
+        self._serving: dict[tuple[Owner, int], bool] = {}
         self._next_reconcile = 0.0
         self._orphans_said = float("-inf")
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -191,16 +194,32 @@ class Counting:
                 self.young.append(entry.key)
 
     def _holder_uids(self, owner: Owner) -> frozenset[int] | None:
-        uids = self._uids.get(owner)
-        if uids is None:
+        """The owner's uids, read again after UIDS_FRESH: a process may
+        change them (a daemon dropping root after start-up)."""
+        now = self._clock()
+        known = self._uids.get(owner)
+        if known is None or now - known[0] > UIDS_FRESH:
             try:
                 uids = procinfo.read_uids(owner.pid, self.proc_root)
             except (ProcessGone, AccessDenied):
                 return None  # cannot be judged: nothing counts against it
             if len(self._uids) > 4096:  # bounded: owners come and go
                 self._uids.clear()
-            self._uids[owner] = uids
-        return uids
+            known = self._uids[owner] = (now, uids)
+        return known[1]
+
+    def _serves(self, owner: Owner, sock: SockId) -> bool:
+        """Does ``owner``, or a process above it, hold a listener on the
+        socket's local address and port (the service that accepted it)?"""
+        key = (owner, sock.lport)
+        known = self._serving.get(key)
+        if known is None:
+            listeners = self.resolver.listening_on(sock)
+            known = bool(listeners & procinfo.ancestors(owner.pid, self.proc_root))
+            if len(self._serving) > 4096:  # bounded: owners come and go
+                self._serving.clear()
+            self._serving[key] = known
+        return known
 
     def _against(self, hit: Found, kind: Evidence) -> tuple[Owner, ...]:
         """The holders this socket may count against: not those that got it
@@ -214,7 +233,9 @@ class Counting:
             uids = self._holder_uids(owner)
             if uids is None:
                 continue
-            if evidence.counts_against(hit.diag.uid, uids):
+            vouched = hit.diag.uid == 0 and 0 not in uids and (
+                kind is Evidence.QUEUED or self._serves(owner, hit.diag.sock))
+            if evidence.counts_against(hit.diag.uid, uids, vouched):
                 out.append(owner)
             elif owner not in self._foreign:
                 self._foreign.add(owner)

@@ -76,13 +76,20 @@ def judge(diag: DiagSock, age: float, rules: Rules) -> Judgement:
                      _later(min(rules.stall - quiet, rules.grace), rules))
 
 
-def counts_against(sock_uid: int, holder_uids: Iterable[int]) -> bool:
+def counts_against(sock_uid: int, holder_uids: Iterable[int], vouched: bool = True) -> bool:
     """May a socket created by ``sock_uid`` count against a process with
-    these uids (real, effective, saved, fs)?  Sockets made by root count
-    against anyone (services get their listeners from root: systemd, a
-    master process); a socket made by another non-root user reached this
-    process over SCM_RIGHTS, which anyone can arrange."""
-    return sock_uid == 0 or sock_uid in set(holder_uids)
+    these uids (real, effective, saved, fs)?  Its own sockets do.  A socket
+    made by another non-root user reached this process over SCM_RIGHTS,
+    which anyone can arrange: never.  A socket made by root counts only
+    where root's part is ``vouched`` for: the socket still waits in a
+    listener's queue, or the holder (or its ancestor) holds the listener it
+    was accepted on (a service gets its listener from root: systemd, a
+    master process).  Otherwise a user holding root-accepted sockets (inetd,
+    Accept=yes, a root proxy) could pass them to anyone."""
+    uids = set(holder_uids)
+    if sock_uid in uids:
+        return True
+    return sock_uid == 0 and vouched
 
 
 def summary(kinds: Iterable[Evidence]) -> str:

@@ -70,6 +70,13 @@ def test_counts_against(sock_uid, uids, want):
     assert counts_against(sock_uid, uids) is want
 
 
+def test_a_root_socket_counts_only_where_vouched_for():
+    """#21 item 12: root-accepted sockets passed to a process that neither
+    listens on their port nor descends from one that does."""
+    assert counts_against(0, {1000}, vouched=False) is False
+    assert counts_against(1000, {1000}, vouched=False) is True
+
+
 def test_summary():
     assert summary([Evidence.QUEUED, Evidence.EOF_IGNORED, Evidence.EOF_IGNORED]) == \
         "eof-ignored:2,queued:1"

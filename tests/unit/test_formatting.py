@@ -66,11 +66,14 @@ def test_unit_and_container_in_json_and_summary():
     assert lines[1].endswith(" nginx.service") and lines[2].endswith(" " + "f" * 12)
     assert lines[3].endswith(" -") and all(len(line) < 80 for line in lines)
     assert json.loads(summary_json(rows))["summary"][1]["container"] == "f" * 12
-    # a hostile cgroup name is escaped like any name
+    # a hostile cgroup name is no container name at all (#21 item 11: control
+    # characters are kept out at the source), and a hostile unit name is
+    # escaped like any name on output
     evil = parse("0::/machine.slice/machine-a\x1b[2J.scope")
-    assert evil.container == "a\x1b[2J"
-    line = summary_lines([rows[0]._replace(where=evil)])[1]
-    assert "\x1b" not in line and line.endswith("a\\x1b[2J")
+    assert evil.container is None
+    hostile = where._replace(unit="a\x1b[2J.service")
+    line = summary_lines([rows[0]._replace(where=hostile)])[1]
+    assert "\x1b" not in line and line.endswith("a\\x1b[2J.service")
 
 
 def test_hostile_names_are_escaped():

@@ -187,6 +187,22 @@ def test_root_made_sockets_count_against_any_holder(world):
     assert world.reaped() == [1000]
 
 
+def test_root_accepted_sockets_passed_to_a_stranger_never_count(world):
+    """#21 item 12: a user holding root-accepted sockets (inetd, Accept=yes,
+    a root proxy) passes them over SCM_RIGHTS to another user's process:
+    the receiver neither listens on their port nor descends from one that
+    does, so they do not count against it; the listener's own worker's do."""
+    srv = server(world, uid=0)
+    victim = world.process(1500, uid=1001, cmdline="victim")
+    worker = world.process(1600, uid=33, ppid=1000, cmdline="worker")
+    world.close_wait(victim, 8080, n=3, at=1.0, uid=0)
+    world.close_wait(worker, 8080, n=2, at=1.0, uid=0)
+    world.watch(limit=2)
+    world.run(30)
+    assert world.reaped() == [1600]
+    assert any(f["pid"] == 1500 for f in world.said("foreign"))
+
+
 def test_init_is_never_reaped(world):
     init = world.process(1, comm="systemd")
     world.listen(init, 8080)
