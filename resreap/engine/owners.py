@@ -62,6 +62,30 @@ def socket_fds(pid: int, proc_root: str = "/proc") -> Iterator[tuple[int, int]]:
             yield int(fd), int(link[8:-1])
 
 
+# The fds the event loop may read inline for one lookup (hints and their
+# family, by fd table size, smallest first); about 20 ms of readlinks.
+INLINE_FDS = 16384
+
+
+class Budget:
+    """A number of fds to read inline; processes are taken smallest fd
+    table first while they fit."""
+
+    def __init__(self, fds: int) -> None:
+        self.left = fds
+        self.left_out = 0
+
+    def take(self, pids: Iterable[int], proc_root: str) -> list[int]:
+        out = []
+        for size, pid in sorted((fd_count(pid, proc_root), pid) for pid in pids):
+            if size > self.left:
+                self.left_out += 1
+                continue
+            self.left -= size
+            out.append(pid)
+        return out
+
+
 class FdIndex:
     """inode -> {pid: fd} for socket fds, from /proc/PID/fd.  The event loop
     verifies cached answers and scans likely holders inline; a scan of every
@@ -80,6 +104,9 @@ class FdIndex:
         # Processes whose fds could not be read: their sockets have no owner
         # here.  Bounded; reported once by whoever reads it.
         self.denied: set[int] = set()
+        # Processes whose fd tables did not fit the inline budget (left to
+        # the background scan), so far.
+        self.inline_deferred = 0
 
     @property
     def full_scans(self) -> int:
@@ -193,12 +220,18 @@ class FdIndex:
             near |= level
         return near - pids - {0, 1, 2}
 
-    def add_family(self, found: dict[int, set[int]], read: Iterable[int] = ()) -> None:
+    def add_family(self, found: dict[int, set[int]], read: Iterable[int] = (),
+                   budget: "Budget | None" = None) -> None:
         """Fork shares a socket down a tree (socat's child, its sh, the
         command): add every holder among the found holders' family, in
-        place.  ``read``: processes already read, not read again."""
+        place.  ``read``: processes already read, not read again.
+        ``budget``: read only the family members whose fd tables fit it
+        (the event loop); the rest are left to the background scan."""
         if found:
-            for inode, pids in self.scan_pids(self.family(found) - set(read), set(found)).items():
+            family = self.family(found) - set(read)
+            if budget is not None:
+                family = budget.take(family, self.proc_root)
+            for inode, pids in self.scan_pids(family, set(found)).items():
                 found[inode] |= pids
 
     def all_pids(self) -> list[int]:
@@ -228,11 +261,21 @@ class FdIndex:
             hints = set(hints)
             hints |= self.children(hints)
             if hints:
-                found = self.scan_pids(hints, missing)
-                self.add_family(found, read=hints)  # every holder, before anyone is judged
+                # Inline, within a budget of fds: big fd tables (a user's 40
+                # children of 20,000 fds, connecting to themselves) go to
+                # the background scan instead of silencing the loop.
+                budget = Budget(INLINE_FDS)
+                found = self.scan_pids(budget.take(hints, self.proc_root), missing)
+                self.add_family(found, read=hints, budget=budget)  # every holder, before anyone is judged
                 for inode, pids in found.items():
                     result[inode] = pids
                     missing.discard(inode)
+                if budget.left_out:
+                    self.inline_deferred += budget.left_out
+                    if found and full_scan:
+                        # Their family's big members: read in the background,
+                        # found in the cache by a later look.
+                        self.scanner.request(found)
         if missing and full_scan:
             self.scanner.request(missing)
         return result
