@@ -36,6 +36,10 @@ ORPHANS_EVERY = 3600.0
 # A counting socket is looked at again this often (new holders after a
 # fork, or a change of evidence); the decision re-checks anyway.
 RECHECK_COUNTED = 30.0
+# procfs: how often, and how far apart, a due socket not seen is looked
+# for again before it is dropped (trace does the same).
+LOOK_AGAIN = 3
+LOOK_AGAIN_AFTER = 0.1
 # A holder's uids are read again after this long (setuid after start-up).
 UIDS_FRESH = 30.0
 # Without lost events, the kernel's CLOSE_WAIT set is still compared with
@@ -259,12 +263,15 @@ class Counting:
                 continue
             hit = self._bind(entry, resolved.get(self._probe(entry), []))
             if hit is None:
+                if self.table.get(entry.key) is entry and self._maybe_missed(entry, now):
+                    continue
                 if self.table.get(entry.key) is entry:
                     self._drop(entry)
                 if self._debug:
                     log.debug("timer %s -> %s: no longer in CLOSE_WAIT, dropped",
                               entry.sock.local, entry.sock.remote)
                 continue
+            entry.unseen = 0
             judged = evidence.judge(hit.diag, now - entry.entered, rules)
             self._forget(entry)
             entry.owners, entry.evidence, entry.inode = hit.owners, judged.evidence, hit.diag.inode
@@ -297,6 +304,18 @@ class Counting:
                           entry.sock.remote, judged.evidence.value,
                           ",".join(str(o.pid) for o in against) or "nobody")
         return touched
+
+    def _maybe_missed(self, entry: Entry, now: float) -> bool:
+        """/proc/net/tcp is read in pieces while sockets come and go: a read
+        under churn skips a line now and then.  There, a due socket not
+        seen is looked for again (LOOK_AGAIN times, LOOK_AGAIN_AFTER apart)
+        before it is dropped; its exit, if real, removes it first.  True:
+        looked for again later."""
+        if "procfs" not in self.resolver.table.kind or entry.unseen >= LOOK_AGAIN:
+            return False
+        entry.unseen += 1
+        self.table.schedule(entry, now + LOOK_AGAIN_AFTER)
+        return True
 
     def _say_orphans(self, now: float) -> None:
         """Sockets that count and that no process holds: say once (an hour)

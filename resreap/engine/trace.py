@@ -30,9 +30,9 @@ class Event(enum.Enum):
 
 
 # A due socket the kernel's table did not show is looked for again this
-# many times, this far apart, before its STAYED line is given up.
-LOOK_AGAIN = 3
-LOOK_AGAIN_AFTER = 0.1
+# many times, this far apart, before its STAYED line is given up (as watch
+# does before it drops one).
+from resreap.engine.counting import LOOK_AGAIN, LOOK_AGAIN_AFTER  # noqa: E402
 
 _EVENT = {Kind.EXISTING: Event.EXISTING, Kind.ENTER: Event.ENTER, Kind.EXIT: Event.EXIT}
 

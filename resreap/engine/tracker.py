@@ -22,7 +22,7 @@ class Entry:
     """One socket in CLOSE_WAIT."""
 
     __slots__ = ("key", "entered", "existing", "netns", "kid", "inode", "owners", "counted",
-                 "evidence", "due", "misses")
+                 "evidence", "due", "misses", "unseen")
 
     def __init__(self, key: Key, entered: float, existing: bool) -> None:
         self.key = key
@@ -36,6 +36,7 @@ class Entry:
         self.evidence: Evidence | None = None
         self.due = float("inf")         # next look, monotonic seconds
         self.misses = 0                 # looks that found it counting, held by no one
+        self.unseen = 0                 # looks in a row that did not find it (procfs)
 
     @property
     def sock(self) -> SockId:
