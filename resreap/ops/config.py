@@ -33,12 +33,12 @@ _TYPE = {int: "an integer", float: "a number", str: "a string", bool: "true or f
 ITEMS: dict[str, type] = {"ignore": str, "pid": int, "restart_unit": str}
 
 
-def check_trusted(path: str) -> None:
-    """Refuse a file that someone other than root could have written: its
-    hook runs as root.  Like sshd's StrictModes: the file and every directory
-    above it (symlinks resolved) owned by root or by us, and not writable by
-    group or others; a sticky directory owned by root (/tmp) is accepted,
-    since no one else may replace what root put there."""
+def check_chain(path: str, what: str, why: str) -> None:
+    """Refuse ``path`` (symlinks resolved) unless it and every directory
+    above it is owned by root (or us) and not writable by group or others;
+    a root-owned sticky directory (/tmp) is accepted above ``path``, since
+    no one else may replace what root put there.  ``what`` names it in the
+    error, ``why`` says what a rewrite would give away."""
     me = os.geteuid()
     real = os.path.realpath(path)
     where = real
@@ -46,18 +46,40 @@ def check_trusted(path: str) -> None:
         try:
             st = os.stat(where)
         except OSError as exc:
-            raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
         if st.st_uid not in (0, me):
-            raise UsageError(f"config {path}: {where} is owned by uid {st.st_uid}, not root: "
-                             "refusing it (its hook would run as root)")
+            raise UsageError(f"{what} {path}: {where} is owned by uid {st.st_uid}, not root: "
+                             f"refusing it ({why})")
         writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         sticky_root_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == 0
         if writable and not (sticky_root_dir and where != real):
-            raise UsageError(f"config {path}: {where} is writable by group or others "
+            raise UsageError(f"{what} {path}: {where} is writable by group or others "
                              f"(mode {stat.S_IMODE(st.st_mode):o}): refusing it; chmod go-w")
         if where == "/":
             return
         where = os.path.dirname(where)
+
+
+def check_trusted(path: str) -> os.stat_result:
+    """Refuse a file that someone other than root could have written: its
+    hook runs as root.  Like sshd's StrictModes (see check_chain).  Returns
+    the file's stat, for the opener to check it opened that very file."""
+    check_chain(path, "config", "its hook would run as root")
+    return os.stat(os.path.realpath(path))
+
+
+def _read_checked(path: str, checked: os.stat_result) -> bytes:
+    """The file's bytes, opened once (no symlink at the end) and checked to
+    be the file whose chain was checked: nothing swapped in between."""
+    try:
+        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if (st.st_dev, st.st_ino) != (checked.st_dev, checked.st_ino):
+            raise UsageError(f"config {path} changed while it was checked: refusing it")
+        return f.read()
 
 
 def load(path: str | None) -> dict[str, Any]:
@@ -66,12 +88,9 @@ def load(path: str | None) -> dict[str, Any]:
         if not Path(DEFAULT_PATH).exists():
             return {}
         path = DEFAULT_PATH
-    check_trusted(path)
+    checked = check_trusted(path)
     try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+        raw = tomllib.loads(_read_checked(path, checked).decode("utf-8", "replace"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config {path}: {exc}") from None
     settings: dict[str, Any] = {}

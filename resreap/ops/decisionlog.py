@@ -15,6 +15,8 @@ import stat
 import time
 from typing import Any
 
+from resreap.errors import UsageError
+from resreap.ops import config
 from resreap.ops.formatting import safe
 
 
@@ -76,6 +78,13 @@ class SafeFileHandler(logging.handlers.WatchedFileHandler):
     Reopened when logrotate moves it, with the same checks."""
 
     def _open(self):
+        # Its directories too: through a user's directory swapped for a
+        # symlink, root would create the file anywhere (/etc/cron.d).
+        try:
+            config.check_chain(os.path.dirname(self.baseFilename) or ".", "log directory",
+                               "root's log lines could be sent anywhere")
+        except UsageError as exc:
+            raise OSError(1, str(exc)) from None
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(self.baseFilename, flags, 0o640)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from resreap.errors import AlreadyRunning, ReloadFailed, ResreapError, UsageError
 from resreap.host import procinfo
+from resreap.ops import config
 
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one and return it: the
@@ -82,17 +83,8 @@ def _private_dir(path: str) -> None:
                          "refusing it (anyone could take the one-watch lock)")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o700)  # ours: RuntimeDirectory= makes it 0755 by default
-    where = os.path.dirname(path)
-    while True:
-        up = os.stat(where)
-        sticky_root = up.st_mode & stat.S_ISVTX and up.st_uid == 0
-        if up.st_uid not in (0, me) or (up.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-                                        and not sticky_root):
-            raise UsageError(f"lock directory {path}: {where} may be changed by others "
-                             f"(uid {up.st_uid}, mode {stat.S_IMODE(up.st_mode):o}): refusing it")
-        if where == "/":
-            return
-        where = os.path.dirname(where)
+    config.check_chain(os.path.dirname(path), "lock directory",
+                       "anyone could take the one-watch lock")
 
 
 def _holder(text: str) -> Holder | None:

@@ -173,3 +173,32 @@ def test_9_a_namespace_made_after_start_is_watched_at_once(watch, actors, tag, m
     server = actors("leaky-server", "127.0.0.1", tag, netns=here)
     actors("clients", "127.0.0.1", server.port, 2, tag, netns=here).send("close", "CLOSED")
     run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=8)
+
+
+# -- item 13: the log file's directories, the config read once ---------------
+
+
+def test_13_a_log_file_in_a_users_directory_is_refused(tmp_path):
+    """A user's directory in the log file's path could be swapped for a
+    symlink (to /etc/cron.d) between runs: root would create its log there."""
+    from resreap.ops.decisionlog import SafeFileHandler
+
+    users = tmp_path / "logs"
+    users.mkdir()
+    os.chown(users, 65534, 65534)
+    with pytest.raises(OSError, match="owned by uid 65534"):
+        SafeFileHandler(str(users / "resreap.log"))
+    assert not (users / "resreap.log").exists()
+
+
+def test_13_the_config_read_is_the_file_that_was_checked(tmp_path):
+    from resreap.ops import config
+
+    conf = tmp_path / "a.toml"
+    other = tmp_path / "b.toml"
+    conf.write_text("limit = 3\n")
+    other.write_text("hook = 'evil'\n")
+    checked = config.check_trusted(str(other))   # as if swapped after the check
+    with pytest.raises(UsageError, match="changed while it was checked"):
+        config._read_checked(str(conf), checked)
+    assert config.load(str(conf)) == {"limit": 3}
