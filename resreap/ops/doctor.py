@@ -120,17 +120,15 @@ def checks() -> list[Check]:
                            cwd=CHILD_CWD, capture_output=True, text=True)
     bcc = probe.returncode == 0
     version = probe.stdout.strip() if bcc else ""
-    if not bcc:
-        out.append(Check("bcc", FAIL, "not importable",
-                         "apt-get install python3-bpfcc; venv with --system-site-packages"))
-    elif _older(version, (0, 30)):
+    out.append(Check("bcc", OK if bcc else FAIL,
+                     f"importable ({version})" if bcc else "not importable",
+                     "" if bcc else "apt-get install python3-bpfcc; venv with --system-site-packages"))
+    if bcc and _older(version, (0, 30)):
         # CVE-2024-2314: kheaders under a $TMPDIR anyone may plant in.
-        out.append(Check("bcc", WARN, f"{version}: has CVE-2024-2314 (headers taken from "
-                         "$TMPDIR/kheaders-RELEASE, whoever made it)",
-                         "resreap gives its loader a private TMPDIR; upgrade bcc to 0.30+ "
-                         "for other bcc tools"))
-    else:
-        out.append(Check("bcc", OK, version or "importable", ""))
+        out.append(Check("bcc-cve", WARN, f"bcc {version} has CVE-2024-2314 (headers taken "
+                         "from $TMPDIR/kheaders-RELEASE, whoever made it)",
+                         "resreap's loader has a private TMPDIR; for other bcc tools, "
+                         "upgrade bcc to 0.30+"))
     headers = bpf_events.kernel_headers()
     out.append(Check("headers", OK if headers else FAIL,
                      headers or f"/lib/modules/{platform.release()}/build missing",
