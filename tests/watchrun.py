@@ -22,7 +22,10 @@ FENCES = ("-f", "--filter", "-p", "--pid", "-d", "--dry-run")
 
 
 class WatchRun:
-    def __init__(self, resreap_bin: str, *args: str, timeout: float = 20,
+    # timeout: until the start line, which waits for bcc's compile: under
+    # the 6.1 guest's emulation it once took over 120 s (20 s x 6); only an
+    # upper bound, never waited for when the watch starts sooner.
+    def __init__(self, resreap_bin: str, *args: str, timeout: float = 40,
                  env: dict | None = None, wrap: tuple[str, ...] = ()) -> None:
         """``wrap``: a command that runs the watch (prlimit ...)."""
         if not fenced(args):
