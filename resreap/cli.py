@@ -4,10 +4,7 @@ ResreapError; only this module prints and chooses exit codes."""
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
-import time
 from typing import Annotated, NoReturn, Optional
 
 import typer
@@ -16,12 +13,6 @@ from resreap import __version__
 from resreap.errors import ResreapError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-# trace shows each socket once: it may wait this long for a background scan
-# to name its owner.
-TRACE_SCAN_WAIT = 0.5
-# A stop lets running kill sequences finish for at most this long: under
-# systemd (TimeoutStopSec=5) a stop never takes more than 5 s.
-STOP_WAIT = 4.0
 
 app = typer.Typer(
     name="resreap",
@@ -66,16 +57,6 @@ def _root(version: VersionOpt = None) -> None:
 def fail(exc: ResreapError) -> NoReturn:
     typer.echo(f"resreap: error: {exc}", err=True)
     raise typer.Exit(exc.exit_code)
-
-
-def _stop_on_signals() -> None:
-    """End cleanly on INT and TERM, even when started with SIGINT ignored
-    (a background job of a non-interactive shell inherits SIG_IGN)."""
-    def handler(_signo, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def _setup_logging(debug: bool) -> None:
@@ -127,65 +108,19 @@ def trace(
     evidence watch would judge (eof-ignored, unread, queued, sending).
     Ctrl-C prints a per-process summary and exits 0.
     """
-    from resreap.ops import formatting, settings
-    from resreap.sources.events import open_source
-    from resreap.engine.evidence import Rules
-    from resreap.engine.filters import Filters
-    from resreap.engine.owners import OwnerResolver, check_privileges
-    from resreap.host.sockets import SocketTable
-    from resreap.engine.trace import Tracer
+    from resreap.ops import settings, tracing
 
     _setup_logging(debug)
-    _stop_on_signals()
-    tracer = None
     try:
         if sys.stdout is None:  # started with fd 1 closed: every line would vanish
             from resreap.errors import UsageError
 
             raise UsageError("stdout is closed: nowhere to print (redirect it, e.g. > trace.log)")
-        filters = Filters.parse(command_pattern, ignore or (), pid or ())
-        check_privileges()
-        table = SocketTable()
-        selected = open_source(backend, table, latency=0.1)
-        if selected.fallback_reason:
-            typer.echo(f"resreap: BPF unavailable ({selected.fallback_reason}); "
-                       f"polling every {selected.source.latency:g}s instead", err=True)
-        settings.positive("-i", grace, strict=True)
-        if min_age is not None:
-            settings.positive("--min-age", min_age, strict=True)
-        tracer = Tracer(selected.source, OwnerResolver(table, scan_wait=TRACE_SCAN_WAIT), filters,
-                        Rules(grace=grace), min_age=min_age)
-        existing = tracer.start()
-        typer.echo(f"Tracing TCP CLOSE_WAIT transitions ({selected.source.name} backend, "
-                   f"{len(table.namespaces)} network namespace(s)). Ctrl-C to end.", err=True)
-        emit = formatting.trace_json if json_out else formatting.trace_line
-        if not json_out:
-            _print(formatting.HEADER)
-        for rec in existing:
-            _print(emit(rec))
-        while True:
-            for rec in tracer.step(selected.source.latency):
-                _print(emit(rec))
-    except KeyboardInterrupt:
-        pass
+        st = settings.resolve_trace(command_pattern, ignore or (), pid or (), grace, min_age,
+                                    json_out, backend)
+        tracing.run(st, _print, lambda line: typer.echo(line, err=True))
     except ResreapError as exc:
         fail(exc)
-    if tracer is None:
-        return
-    lost = tracer.source.lost()
-    tracer.source.close()
-    rows = tracer.summary()
-    try:
-        if json_out:
-            _print(formatting.summary_json(rows))
-        else:
-            typer.echo("", err=True)
-            for line in formatting.summary_lines(rows):
-                typer.echo(line, err=True)
-        if lost:
-            typer.echo(f"resreap: warning: {lost} event(s) were lost in the kernel", err=True)
-    except KeyboardInterrupt:
-        pass
 
 
 LimitOpt = Annotated[int, typer.Option(
@@ -316,145 +251,14 @@ def watch(
     Its supervisor is expected to restart it.  Every decision is logged on
     one line (stderr, --log-file); --json makes them JSON lines.
     """
-    from resreap.ops import decisionlog, settings
-    from resreap.engine.decisions import decision
-    from resreap.errors import OutputGone, UsageError
-    from resreap.sources.events import open_source
-    from resreap.ops.instance import ReloadStatus, hold_watch_lock, raise_fd_limit, \
-        read_reload_status, write_reload_status
-    from resreap.engine.owners import OwnerResolver, check_privileges
-    from resreap.ops.sdnotify import Notifier
-    from resreap.host.sockets import SocketTable
-    from resreap.engine.watch import Watcher, read_latency
+    from resreap.ops import daemon
 
     given = {k: v for k, v in locals().items() if k in ctx.params}
-    typed = _from_flags(ctx)
-    _stop_on_signals()
-    watcher = None
-    gone = False
-    notifier = Notifier()
     try:
-        st = settings.resolve(given, typed, config_file)
-        config = st.engine
-        try:
-            handlers = decisionlog.configure(debug=st.debug, json_lines=st.json_out,
-                                             log_file=st.log_file)
-        except OSError as exc:
-            raise UsageError(f"cannot open --log-file {st.log_file}: {exc.strerror}") from None
-        reload_requested = []
-        signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
-        last = read_reload_status()
-        generation = [last.generation if last else 0]
-
-        def answer(ok: bool, detail: str) -> None:
-            """For `resreap reload` (ExecReload): the result of this reload."""
-            generation[0] += 1
-            write_reload_status(ReloadStatus(os.getpid(), generation[0], ok, detail))
-        check_privileges()
-        fd_limit = raise_fd_limit()
-        # One watch acts per host; a dry run never signals, so it may run
-        # beside one to try settings.
-        lock = [None if config.plan.dry_run else hold_watch_lock()]
-        table = SocketTable()
-        # Events may wait in the ring this long; deadlines use kernel
-        # timestamps, so this bounds work per wakeup, not timer accuracy.
-        grace_s = config.limits.grace
-        latency = read_latency(grace_s)
-        if st.backend != "proc":
-            # Compiling takes about a second, much longer on a busy host:
-            # say so at once, not after it.
-            decision("loading", logging.INFO, backend=st.backend,
-                     note="compiling and attaching the BPF program")
-        # The kernel's first pass: churn costs nothing here (trace keeps
-        # the full stream).
-        selected = open_source(st.backend, table, latency=latency,
-                               poll_interval=st.poll_interval or max(0.05, grace_s / 2),
-                               first_pass=True)
-        exporter = None
-        if st.metrics:
-            from resreap.ops.metrics import TOP, Exporter
-
-            exporter = Exporter(st.metrics, selected.source.name)
-        last_snapshot = [0.0]
-
-        def tick(w: Watcher) -> None:
-            if decisionlog.output_gone(handlers):
-                raise OutputGone("stderr is closed and there is no --log-file")
-            notifier.alive()
-            if exporter is not None and time.monotonic() - last_snapshot[0] >= 1.0:
-                last_snapshot[0] = time.monotonic()
-                exporter.snapshot = w.snapshot(TOP)
-            if reload_requested:
-                reload_requested.clear()
-                for problem in decisionlog.reopen(handlers):
-                    decision("reload", logging.ERROR, error=f"cannot reopen the log file: {problem}")
-                try:
-                    fresh = settings.resolve(given, typed, config_file).engine
-                    if not fresh.plan.dry_run and (lock[0] is None or not lock[0].enforced):
-                        lock[0] = hold_watch_lock()  # leaving dry run: act alone
-                except ResreapError as exc:
-                    decision("reload", logging.ERROR, error=str(exc), note="keeping the old settings")
-                    answer(False, str(exc))
-                    return
-                except Exception as exc:  # noqa: BLE001 - a validation gap must not end the daemon
-                    decision("reload", logging.ERROR, error=repr(exc), note="keeping the old settings")
-                    answer(False, repr(exc))
-                    return
-                w.reconfigure(fresh)
-                decision("reload", logging.WARNING, limit=fresh.limits.limit,
-                         grace=fresh.limits.grace, stall=fresh.limits.stall,
-                         plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run)
-                answer(True, f"limit={fresh.limits.limit} grace={fresh.limits.grace:g} "
-                             f"stall={fresh.limits.stall:g} plan={fresh.plan.describe()!r} "
-                             f"dry_run={fresh.plan.dry_run}")
-
-        watcher = Watcher(selected.source, OwnerResolver(table), config, tick=tick)
-        if selected.fallback_reason:
-            decision("backend", logging.WARNING, backend="proc", reason=selected.fallback_reason,
-                     note=f"polling every {selected.source.latency:g}s: detection up to one "
-                          "interval late")
-        # Attach and seed first: "start" means resreap is watching now.
-        watcher.start()
-        decision("start", logging.WARNING, backend=selected.source.name,
-                 first_pass=selected.source.first_pass,
-                 limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
-                 fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
-                 dry_run=config.plan.dry_run, restart_units=config.plan.restart_units,
-                 filter=st.command_pattern or "",
-                 ignore=list(st.ignore), pid=sorted(config.filters.pids),
-                 namespaces=len(table.namespaces),
-                 lock=lock[0].describe() if lock[0] is not None else "none (dry run)",
-                 fd_limit=fd_limit,
-                 note="Ctrl-C to end")
-        notifier.ready(f"watching ({selected.source.name} backend)")
-        watcher.run()
-    except KeyboardInterrupt:
-        pass
-    except OutputGone:
-        gone = True
+        code = daemon.run(given, _from_flags(ctx), config_file)
     except ResreapError as exc:
         fail(exc)
-    if watcher is not None:
-        notifier.stopping()
-        running = watcher.killer.running_pids()
-        wait = min(STOP_WAIT, watcher.config.plan.wait * 2 + 1)
-        try:
-            if running:
-                decision("stopping", logging.WARNING, kills_in_progress=running,
-                         waiting_up_to=round(wait, 1),
-                         note="letting the kill sequences finish; Ctrl-C again to abandon them")
-            lost = watcher.source.lost()
-            watcher.shutdown(timeout=wait)
-        except KeyboardInterrupt:
-            decision("abandon", logging.WARNING, kills_in_progress=watcher.killer.running_pids(),
-                     note="second Ctrl-C: these processes were signalled and are not waited "
-                          "for; check them (a stopped one may hold its sockets)")
-            lost = watcher.source.lost()
-        decision("stop", logging.WARNING, lost_events=lost,
-                 reaped=watcher.reaped,
-                 tracked=len(watcher.table), owner_cache=watcher.resolver.index.cached)
-        if gone:
-            raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 @app.command(context_settings=CONTEXT, epilog="""\b
@@ -505,8 +309,7 @@ def doctor(json_out: JsonOpt = False) -> None:
         else:
             fix = f"  -> {check.fix}" if check.fix else ""
             _print(f"{check.status:<4} {check.name:<13} {check.detail}{fix}")
-    can_run = all(c.status != doc.FAIL for c in results if c.name in ("root",))
-    raise typer.Exit(0 if can_run else 1)
+    raise typer.Exit(0 if doc.can_run(results) else 1)
 
 
 def main() -> None:

@@ -38,6 +38,22 @@ class KernelQueryError(ResreapError):
     """A netlink sock_diag request failed."""
 
 
+class BpfCallError(KernelQueryError):
+    """A bpf() call on one of our maps failed: the ring's counters, the
+    pending map.  Translated at that edge so that nothing above reads a raw
+    OSError, nor a failure as "nothing happened"."""
+
+    def __init__(self, what: str, errno: int, strerror: str) -> None:
+        super().__init__(f"bpf() {what} failed: {strerror}")
+        self.errno = errno
+
+
+class NamespaceGone(KernelQueryError):
+    """The process through which a network namespace was reached has left
+    (its /proc/PID is gone).  Not a reason to think sock_diag is missing:
+    another process of the namespace may serve."""
+
+
 class OutOfFds(ResreapError):
     """resreap itself hit its fd limit (EMFILE) or the system's (ENFILE).
     Never read as "the process is gone": what could not be read is unknown,

@@ -12,7 +12,7 @@ import logging
 from typing import Callable
 
 from resreap.engine import evidence
-from resreap.engine.decisions import decision
+from resreap.engine.decisions import Event, decision
 from resreap.engine.filters import Filters
 from resreap.engine.owners import Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.engine.policy import Counter, Limits
@@ -245,7 +245,7 @@ class Counting:
                 self._foreign.add(owner)
                 if len(self._foreign) > 4096:
                     self._foreign.clear()
-                decision("foreign", logging.INFO, pid=owner.pid, comm=owner.comm,
+                decision(Event.FOREIGN, logging.INFO, pid=owner.pid, comm=owner.comm,
                          socket_uid=hit.diag.uid, uids=sorted(uids),
                          socket=f"{hit.diag.sock.local}->{hit.diag.sock.remote}",
                          note="made by another user and passed in: does not count against it")
@@ -325,7 +325,7 @@ class Counting:
         self._orphans_said = now
         orphans = sum(1 for e in self.table if e.counted and not e.owners)
         denied = len(self.resolver.index.denied)
-        decision("orphans", logging.WARNING, sockets=orphans, unreadable_processes=denied,
+        decision(Event.ORPHANS, logging.WARNING, sockets=orphans, unreadable_processes=denied,
                  note="in CLOSE_WAIT and counting, but held by no process found: in flight in "
                       "a unix socket, held by a dying process"
                       + (", or by a process whose fds cannot be read" if denied else "")
@@ -406,6 +406,6 @@ class Counting:
                  if (ns.netns, ns.diag.kid) not in claimed and ns.diag.sock not in unbound]
         self.apply(added)
         if gone or added:
-            decision("reconcile", logging.WARNING if after_loss else logging.INFO,
+            decision(Event.RECONCILE, logging.WARNING if after_loss else logging.INFO,
                      added=len(added), removed=len(gone))
 

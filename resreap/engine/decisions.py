@@ -1,16 +1,52 @@
 """Decision lines: what the engine decided and why, one record per
 decision with its evidence as fields, emitted through the
 "resreap.engine.decisions" logger.  Where they go and how they look (text, JSON,
-the journal, a log file) is ops/decisionlog's job."""
+the journal, a log file) is ops/decisionlog's job.
+
+The kinds of line are an enum: code and tests name them through it, so a
+rename cannot leave a test asserting the absence of a line no one writes
+any more, and the README's list is checked against it."""
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Any
 
 log = logging.getLogger("resreap.engine.decisions")
 
 
-def decision(event: str, level: int = logging.INFO, /, **fields: Any) -> None:
+class Event(str, enum.Enum):
+    """The ``event`` of a decision line (its first word in text)."""
+
+    # The daemon's life.
+    LOADING = "loading"              # the BPF program is being loaded
+    BACKEND = "backend"              # BPF unavailable: polling instead
+    START = "start"                  # watching now, with these settings
+    RELOAD = "reload"                # new settings applied, or rejected
+    STOPPING = "stopping"            # waiting for running kill sequences
+    ABANDON = "abandon"              # kill sequences left unfinished
+    STOP = "stop"                    # the end, with totals
+    # Sockets.
+    EXISTING = "existing"            # already in CLOSE_WAIT at start
+    FOREIGN = "foreign"              # passed in by another user: never counts
+    ORPHANS = "orphans"              # counting, held by no process found
+    RECONCILE = "reconcile"          # our table made to match the kernel's
+    LOST_EVENTS = "lost-events"      # the kernel dropped events
+    OUT_OF_FDS = "out-of-fds"        # resreap hit its own fd limit
+    # Processes.
+    CHILDREN_FIRST = "children-first"  # its descendants are handled first
+    SPARE = "spare"                  # ineligible: never killed
+    STORM = "storm"                  # rate-limited: it keeps leaking
+    UNREADABLE = "unreadable"        # /proc could not be read: later
+    REAP = "reap"                    # a kill sequence starts
+    WOULD_REAP = "would-reap"        # the same, in a dry run
+    OUTCOME = "outcome"              # how a kill sequence ended
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def decision(event: Event, level: int = logging.INFO, /, **fields: Any) -> None:
     if log.isEnabledFor(level):
-        log.log(level, event, extra={"fields": fields})
+        log.log(level, event.value, extra={"fields": fields})

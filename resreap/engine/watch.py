@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 
 from resreap.engine import evidence
 from resreap.engine.counting import Counting
-from resreap.engine.decisions import decision
+from resreap.engine.decisions import Event, decision
 from resreap.engine.filters import Filters
 from resreap.engine.killer import Killer, Outcome, Plan, Target
 from resreap.engine.owners import OwnerResolver
@@ -27,8 +27,9 @@ from resreap.sources.events import EventSource
 log = logging.getLogger(__name__)
 
 SAMPLE = 3  # endpoints named in a decision line
+# The out-of-fds and "lost events unknown" lines are repeated at most this often.
 OUT_OF_FDS_EVERY = 60.0
-CHILDREN_FIRST_WAITS = 2  # times a parent waits for its children before it is judged  # the out-of-fds line is repeated at most this often
+CHILDREN_FIRST_WAITS = 2  # times a parent waits for its children before it is judged
 UNREADABLE_RETRY = 10.0
 
 
@@ -84,6 +85,8 @@ class Watcher:
         self._spared: set[Owner] = set()      # ineligible: said once
         self._lost = 0
         self._out_of_fds_said = float("-inf")
+        self._unknown_said = float("-inf")
+        self._unsure = False  # lost events were unknown since the last reconcile
         self._waits: dict[Owner, int] = {}  # children-first waits per parent
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.outcomes: list[Outcome] = []
@@ -114,7 +117,7 @@ class Watcher:
         self.sockets.apply(seeds)
         self.sockets.start_reconciling(self._clock())
         if seeds:
-            decision("existing", logging.INFO, sockets=len(self.table),
+            decision(Event.EXISTING, logging.INFO, sockets=len(self.table),
                      note=f"already in CLOSE_WAIT at start; they count from now + "
                           f"{self.limits.grace:g}s or more (see evidence)")
 
@@ -141,7 +144,7 @@ class Watcher:
             now = self._clock()
             if now - self._out_of_fds_said >= OUT_OF_FDS_EVERY:
                 self._out_of_fds_said = now
-                decision("out-of-fds", logging.ERROR, error=str(exc),
+                decision(Event.OUT_OF_FDS, logging.ERROR, error=str(exc),
                          note="this turn's sockets are looked at again shortly")
             self.sockets.reconcile_soon(now + 1.0)
         if self._tick is not None:
@@ -219,7 +222,7 @@ class Watcher:
         self._collect()
         left = self.killer.running
         if left:
-            decision("abandon", logging.WARNING, kills_in_progress=left,
+            decision(Event.ABANDON, logging.WARNING, kills_in_progress=left,
                      note="resreap is exiting; these sequences were cut short")
         self.source.close()
 
@@ -285,7 +288,7 @@ class Watcher:
         plan = self.config.plan
         wait = plan.hook_timeout * bool(plan.hook) + 2 * plan.wait + self.limits.grace + 5.0
         if owner not in self._deferred:
-            decision("children-first", logging.INFO, pid=owner.pid, comm=owner.comm,
+            decision(Event.CHILDREN_FIRST, logging.INFO, pid=owner.pid, comm=owner.comm,
                      **_where(owner.pid, self.proc_root),
                      children=sorted(kids), again_in=round(wait, 1),
                      note="its descendants hold the same sockets: they go first")
@@ -301,7 +304,7 @@ class Watcher:
         except ProcessGone:
             return  # its sockets' exits are on their way
         except (ProcessUnreadable, AccessDenied) as exc:
-            decision("unreadable", logging.WARNING, pid=owner.pid, comm=owner.comm,
+            decision(Event.UNREADABLE, logging.WARNING, pid=owner.pid, comm=owner.comm,
                      reason=str(exc), retry_in=UNREADABLE_RETRY)
             self._deferred[owner] = now + UNREADABLE_RETRY
             return
@@ -311,7 +314,7 @@ class Watcher:
                 self._spared.add(owner)
                 level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
                     else logging.WARNING
-                decision("spare", level, pid=info.pid, comm=info.comm,
+                decision(Event.SPARE, level, pid=info.pid, comm=info.comm,
                          **_where(info.pid, self.proc_root), cmd=info.cmdline,
                          count=self.counter.count(owner), reason=verdict.why)
             return
@@ -319,7 +322,7 @@ class Watcher:
                                           started=now - procinfo.age(info.start))
         if allowed:
             if owner not in self._deferred:
-                decision("storm", logging.WARNING, pid=info.pid, comm=info.comm,
+                decision(Event.STORM, logging.WARNING, pid=info.pid, comm=info.comm,
                          **_where(info.pid, self.proc_root), cmd=info.cmdline,
                          kills=self.storm.max_kills, per=self.storm.per,
                          next_in=round(allowed - now, 1),
@@ -343,7 +346,7 @@ class Watcher:
                         self.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
                         where)
         plan = self.config.plan
-        decision("reap" if not plan.dry_run else "would-reap", logging.WARNING,
+        decision(Event.REAP if not plan.dry_run else Event.WOULD_REAP, logging.WARNING,
                  pid=info.pid, comm=info.comm, **where.fields(),
                  count=len(socks), limit=self.limits.limit,
                  evidence=found, oldest=round(oldest, 3), sockets=_endpoints(socks),
@@ -406,7 +409,7 @@ class Watcher:
                 if left:
                     fields["note"] = ("its sockets are still in CLOSE_WAIT, held by other "
                                       "processes: looking at those now")
-            decision("outcome", level if result is not Result.DRY_RUN else logging.INFO, **fields)
+            decision(Event.OUTCOME, level if result is not Result.DRY_RUN else logging.INFO, **fields)
             self.outcomes.append(outcome)
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
                 del self.outcomes[:500]
@@ -436,10 +439,23 @@ class Watcher:
 
     def _check_lost(self, now: float) -> None:
         lost = self.source.lost()
-        if lost > self._lost:
-            decision("lost-events", logging.WARNING, lost=lost - self._lost, total=lost,
+        if lost is None:
+            # Unknown (a kernel counter unreadable, a batch not taken): as
+            # if events were lost, never as if none were; compared with the
+            # kernel within a second, not on every turn.
+            if now - self._unknown_said >= OUT_OF_FDS_EVERY:
+                self._unknown_said = now
+                decision(Event.LOST_EVENTS, logging.WARNING, lost="unknown", total=self._lost,
+                         note="the kernel's count could not be read; reconciling with the "
+                              "kernel's CLOSE_WAIT sockets")
+            self.sockets.reconcile_soon(now + 1.0)
+            self._unsure = True
+        elif lost > self._lost:
+            decision(Event.LOST_EVENTS, logging.WARNING, lost=lost - self._lost, total=lost,
                      note="reconciling with the kernel's CLOSE_WAIT sockets")
             self._lost = lost
             self.sockets.reconcile(now, after_loss=True)
-        elif now >= self.sockets.next_reconcile:
-            self.sockets.reconcile(now, after_loss=bool(self._lost))
+            return
+        if now >= self.sockets.next_reconcile:
+            self.sockets.reconcile(now, after_loss=bool(self._lost) or self._unsure)
+            self._unsure = False

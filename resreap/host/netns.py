@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 
-from resreap.errors import KernelQueryError, OutOfFds
+from resreap.errors import KernelQueryError, NamespaceGone, OutOfFds
 
 CLONE_NEWNET = 0x40000000
 NETLINK_SOCK_DIAG = 4
@@ -34,6 +34,25 @@ def namespaces(proc_root: str = "/proc") -> dict[int, int]:
             continue
         found.setdefault(ino, int(name))
     return found
+
+
+def pid_in(ino: int, proc_root: str = "/proc") -> int | None:
+    """One live process in the network namespace ``ino`` (None: no process
+    uses it any more).  A listing of /proc and one stat per process: called
+    only when the process a namespace was known by has left."""
+    try:
+        names = os.listdir(proc_root)
+    except OSError:
+        return None
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"{proc_root}/{name}/ns/net").st_ino == ino:
+                return int(name)
+        except OSError:
+            continue
+    return None
 
 
 def own_namespace(proc_root: str = "/proc") -> int:
@@ -88,6 +107,9 @@ def netlink_socket_in(pid: int | None, proc_root: str = "/proc") -> socket.socke
     if isinstance(got, OSError):
         if got.errno in (errno.EMFILE, errno.ENFILE):
             raise OutOfFds(f"opening sock_diag in the network namespace of pid {pid}")
+        if got.errno in (errno.ENOENT, errno.ESRCH):
+            raise NamespaceGone(f"pid {pid}, through which its network namespace was "
+                                "reached, has left")
         raise KernelQueryError(f"cannot enter the network namespace of pid {pid}: {got.strerror}")
     assert isinstance(got, socket.socket)
     return got

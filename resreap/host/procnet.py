@@ -9,10 +9,11 @@ as hex.  For a LISTEN socket the rx_queue column is the accept queue length.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Iterable
 
-from resreap.errors import KernelQueryError
+from resreap.errors import KernelQueryError, NamespaceGone
 from resreap.model import SockId
 from resreap.host.sockdiag import DiagSock
 
@@ -85,6 +86,8 @@ class ProcNetTcp:
             with open(f"{self.base}/{name}") as f:
                 return f.read()
         except FileNotFoundError:
+            if not os.path.isdir(self.base):
+                raise NamespaceGone(f"{self.base} is gone (its process left)") from None
             if family == 6:  # IPv6 disabled: no sockets of that family
                 return ""
             raise KernelQueryError(f"{self.base}/{name} is missing") from None

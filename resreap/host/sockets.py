@@ -27,8 +27,9 @@ import os
 import time
 from typing import Iterable, NamedTuple
 
+from resreap import tunables
 from resreap.host import netns
-from resreap.errors import KernelQueryError
+from resreap.errors import KernelQueryError, NamespaceGone
 from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, SockId
 from resreap.host.procnet import ProcNetTcp
 from resreap.host.sockdiag import RECV_BUFFER, DiagSock, SockDiag
@@ -53,17 +54,15 @@ class NsSock(NamedTuple):
     diag: DiagSock
 
 
-MODES = ("auto", "sock_diag", "procfs")
-
-
 class SocketTable:
     def __init__(self, proc_root: str = "/proc", refresh_every: float = 30.0,
                  mode: str | None = None) -> None:
         self.proc_root = proc_root
         self.refresh_every = refresh_every
-        self.mode = mode or os.environ.get("RESREAP_SOCKET_TABLE", "auto")
-        if self.mode not in MODES:
-            raise KernelQueryError(f"RESREAP_SOCKET_TABLE={self.mode!r}: use one of {', '.join(MODES)}")
+        self.mode = mode or tunables.get().socket_table
+        if self.mode not in tunables.SOCKET_TABLES:
+            raise KernelQueryError(f"unknown socket table {self.mode!r}: use one of "
+                                   f"{', '.join(tunables.SOCKET_TABLES)}")
         self._own = netns.own_namespace(proc_root)
         self._own_user = netns.own_user_namespace(proc_root)
         self._buf = bytearray(RECV_BUFFER)
@@ -71,7 +70,8 @@ class SocketTable:
         self._open: collections.OrderedDict[int, SockDiag | ProcNetTcp] = collections.OrderedDict()
         self._kinds: set[str] = set()
         self._pid: dict[int, int] = {}     # watched namespaces -> a process inside
-        self._users: int = 0               # of them, made in another user namespace
+        self._user_inos: set[int] = set()  # of them, made in another user namespace
+        self._repicked: dict[int, float] = {}  # netns -> when its process was last re-picked
         self._pids_seen: set[int] = set()  # /proc at the last look for new namespaces
         self._noticed = float("-inf")
         self._inuse: dict[tuple[int, int], int] = {}  # (netns, family) -> sockstat inuse
@@ -142,6 +142,8 @@ class SocketTable:
                     raise
                 self._kinds.add("sock_diag")
                 return diag
+            except NamespaceGone:
+                raise  # not a missing sock_diag: another process may serve
             except KernelQueryError as exc:
                 if self.mode == "sock_diag":
                     raise KernelQueryError(f"sock_diag unavailable: {exc}") from exc
@@ -160,9 +162,18 @@ class SocketTable:
         if pid is None:
             return None
         try:
-            reader = self._make(ino, pid)
+            try:
+                reader = self._make(ino, pid)
+            except NamespaceGone:
+                # The process it was known by left (a short-lived `ip netns
+                # exec`, a restarted container's first process): reach it
+                # through another one.
+                pid = self._repick(ino)
+                if pid is None:
+                    return None
+                reader = self._make(ino, pid)
         except KernelQueryError as exc:
-            if self.mode == "sock_diag":
+            if self.mode == "sock_diag" and not isinstance(exc, NamespaceGone):
                 raise
             log.debug("netns %d skipped: %s", ino, exc)  # its last process left
             return None
@@ -171,6 +182,49 @@ class SocketTable:
             victim = next(i for i in self._open if i != self._own)
             self._open.pop(victim).close()
         return reader
+
+    def _repick(self, ino: int) -> int | None:
+        """Another live process of the namespace, once its own left (None:
+        none left, or asked too recently: a namespace whose processes keep
+        leaving costs one /proc listing per NOTICE_EVERY at most)."""
+        now = time.monotonic()
+        if now - self._repicked.get(ino, float("-inf")) < NOTICE_EVERY:
+            return None
+        self._repicked[ino] = now
+        stale = self._open.pop(ino, None)
+        if stale is not None:
+            stale.close()
+        pid = netns.pid_in(ino, self.proc_root)
+        if pid is None:
+            self._forget(ino)
+        else:
+            self._pid[ino] = pid
+        return pid
+
+    def _forget(self, ino: int) -> None:
+        """No process uses the namespace any more."""
+        self._pid.pop(ino, None)
+        self._user_inos.discard(ino)
+        self._tcp.pop(ino, None)
+        self._repicked.pop(ino, None)
+        reader = self._open.pop(ino, None)
+        if reader is not None:
+            reader.close()
+
+    def _query(self, ino: int, ask):
+        """``ask(reader)`` on the namespace's reader; where the process it
+        was reached through has left, once more through another process.
+        None: the namespace is not watched or no process uses it."""
+        reader = self._reader(ino)
+        if reader is None:
+            return None
+        try:
+            return ask(reader)
+        except NamespaceGone:
+            if self._repick(ino) is None:
+                return None
+            reader = self._reader(ino)
+            return None if reader is None else ask(reader)
 
     def close(self) -> None:
         for reader in self._open.values():
@@ -184,7 +238,8 @@ class SocketTable:
         live = netns.namespaces(self.proc_root)
         self._pids_seen = set(live.values())
         self._pid = {self._own: 0}
-        self._users = 0
+        self._user_inos = set()
+        self._repicked.clear()
         self.skipped = 0
         self._admit(live)
         for ino in list(self._open):
@@ -210,11 +265,11 @@ class SocketTable:
                 continue
             self._pid[ino] = pid
         for pid, ino in sorted(users):
-            if len(self._pid) >= MAX_NAMESPACES or self._users >= MAX_USER_NAMESPACES:
+            if len(self._pid) >= MAX_NAMESPACES or len(self._user_inos) >= MAX_USER_NAMESPACES:
                 self.skipped += 1
                 continue
             self._pid[ino] = pid
-            self._users += 1
+            self._user_inos.add(ino)
         now = time.monotonic()
         if self.skipped and now - self._skipped_said >= SKIPPED_EVERY:
             self._skipped_said = now
@@ -270,14 +325,6 @@ class SocketTable:
             known = self._tcp[ino] = (now, self._families(ino))
         return known[1]
 
-    def _each(self):
-        """(namespace, reader) for each watched namespace with TCP sockets."""
-        for ino in list(self._pid):
-            if not self._has_tcp(ino):
-                continue
-            reader = self._reader(ino)
-            if reader is not None:
-                yield ino, reader
 
     def dump(self, states: Iterable[int], info: bool = False) -> list[NsSock]:
         self._maybe_refresh()
@@ -289,15 +336,12 @@ class SocketTable:
             self._tcp[ino] = (time.monotonic(), families)
             if not families:
                 continue  # no TCP socket at all: no connection opened for it
-            diag = self._reader(ino)
-            if diag is None:
-                continue
-            if TCP_LISTEN not in states:
-                families = self._with_established(ino, diag, families)
-            if not families:
-                continue
+            def ask(diag, families=families):
+                if TCP_LISTEN not in states:
+                    families = self._with_established(ino, diag, families)
+                return diag.dump(states, families, info) if families else []
             try:
-                out.extend(NsSock(ino, d) for d in diag.dump(states, families, info))
+                out.extend(NsSock(ino, d) for d in self._query(ino, ask) or ())
             except KernelQueryError as exc:
                 log.debug("netns %d dump failed: %s", ino, exc)
         return out
@@ -322,11 +366,8 @@ class SocketTable:
     def lookup_in(self, ino: int, sock: SockId) -> NsSock | None:
         """The socket with this 4-tuple in one namespace (None: gone, or
         the namespace is)."""
-        diag = self._reader(ino)
-        if diag is None:
-            return None
         try:
-            hit = diag.lookup(sock)
+            hit = self._query(ino, lambda diag: diag.lookup(sock))
         except KernelQueryError as exc:
             log.debug("netns %d lookup failed: %s", ino, exc)
             return None
@@ -334,12 +375,10 @@ class SocketTable:
 
     def _lookup(self, sock: SockId) -> list[NsSock]:
         found = []
-        for ino, diag in self._each():
-            try:
-                hit = diag.lookup(sock)
-            except KernelQueryError as exc:
-                log.debug("netns %d lookup failed: %s", ino, exc)
+        for ino in list(self._pid):
+            if not self._has_tcp(ino):
                 continue
+            hit = self.lookup_in(ino, sock)
             if hit is not None:
-                found.append(NsSock(ino, hit))
+                found.append(hit)
         return found

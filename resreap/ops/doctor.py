@@ -17,6 +17,14 @@ class Check(NamedTuple):
     status: str
     detail: str
     fix: str = ""
+    # Without it resreap cannot run at all (either backend): it decides
+    # doctor's exit code.  The rest only choose between the backends.
+    required: bool = False
+
+
+def can_run(results: list[Check]) -> bool:
+    """resreap can run here: no required check failed."""
+    return all(c.status != FAIL for c in results if c.required)
 
 
 def _kernel_config() -> dict[str, str]:
@@ -92,7 +100,7 @@ def checks() -> list[Check]:
     out: list[Check] = []
     root = os.geteuid() == 0
     out.append(Check("root", OK if root else FAIL, f"euid {os.geteuid()}",
-                     "" if root else "run as root: sudo resreap ..."))
+                     "" if root else "run as root: sudo resreap ...", required=True))
     ver = _version()
     out.append(Check("kernel", OK if ver >= (4, 16) else WARN, platform.release(),
                      "" if ver >= (4, 16) else "Linux 4.16+ is needed for BPF; polling works"))

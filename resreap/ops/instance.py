@@ -21,6 +21,7 @@ import stat
 import time
 from typing import NamedTuple
 
+from resreap import tunables
 from resreap.errors import AlreadyRunning, ReloadFailed, ResreapError, UsageError
 from resreap.host import procinfo
 from resreap.ops import config
@@ -42,7 +43,14 @@ def raise_fd_limit() -> int:
     return soft
 
 
-LOCK_PATH = os.environ.get("RESREAP_LOCK", "/run/resreap/watch.lock")
+def lock_path() -> str:
+    """The lock file (RESREAP_LOCK: each test worker has its own)."""
+    return tunables.get().lock
+
+
+def status_path() -> str:
+    """Where each reload's result is written, beside the lock."""
+    return os.path.join(os.path.dirname(lock_path()), "reload")
 
 
 class Lock(NamedTuple):
@@ -95,10 +103,11 @@ def _holder(text: str) -> Holder | None:
     return Holder(int(parts[0]), start)
 
 
-def hold_watch_lock(path: str = LOCK_PATH) -> Lock:
+def hold_watch_lock(path: str | None = None) -> Lock:
     """Take the lock.  Where no lock file can be made (a read-only /run)
     nothing is enforced, and the Lock says why.  Raises AlreadyRunning with
     the holder's pid, UsageError for a lock directory others may change."""
+    path = path or lock_path()
     parent = os.path.dirname(path)
     try:
         os.makedirs(os.path.dirname(parent), mode=0o755, exist_ok=True)
@@ -131,7 +140,6 @@ def hold_watch_lock(path: str = LOCK_PATH) -> Lock:
 # ExecReload) to wait for: systemd 252 has no Type=notify-reload, and a
 # plain `kill -HUP` returned before the settings applied and reported success
 # for a file that was rejected.
-STATUS_PATH = os.path.join(os.path.dirname(LOCK_PATH), "reload")
 
 
 class ReloadStatus(NamedTuple):
@@ -141,30 +149,35 @@ class ReloadStatus(NamedTuple):
     detail: str
 
 
-def write_reload_status(status: ReloadStatus, path: str = STATUS_PATH) -> None:
-    """Atomically (write, then rename); silently nothing where /run is
-    read-only: the reload itself does not depend on it."""
+def write_reload_status(status: ReloadStatus, path: str | None = None) -> None:
+    """Atomically (write, then rename).  Raises OSError (a read-only /run):
+    the daemon says so, since `resreap reload` will wait in vain."""
+    path = path or status_path()
     tmp = f"{path}.{os.getpid()}"
     try:
         with open(tmp, "w") as f:
             json.dump(status._asdict(), f)
         os.replace(tmp, path)
     except OSError:
-        pass
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
-def read_reload_status(path: str = STATUS_PATH) -> ReloadStatus | None:
+def read_reload_status(path: str | None = None) -> ReloadStatus | None:
     try:
-        with open(path) as f:
+        with open(path or status_path()) as f:
             return ReloadStatus(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
 
 
-def watch_holder(path: str = LOCK_PATH) -> Holder | None:
+def watch_holder(path: str | None = None) -> Holder | None:
     """The watch holding the lock, if one does."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path or lock_path(), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -195,7 +208,7 @@ def _pin(holder: Holder) -> int:
     return fd
 
 
-def reload(holder: Holder | int, timeout: float, path: str = STATUS_PATH) -> ReloadStatus:
+def reload(holder: Holder | int, timeout: float, path: str | None = None) -> ReloadStatus:
     """SIGHUP the watch and wait for its answer.  Raises ReloadFailed."""
     if isinstance(holder, int):
         holder = Holder(holder, None)

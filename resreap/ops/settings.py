@@ -46,6 +46,27 @@ def positive(name: str, value: Any, minimum: float = 0.0, *, strict: bool = Fals
         raise UsageError(f"bad {name} value {value!r}: must be a number {bound}")
 
 
+def resolve_trace(command_pattern: str | None, ignore: Iterable[str], pids: Iterable[int],
+                  grace: Any, min_age: Any, json_out: bool, backend: str):
+    """trace's options, validated before anything opens (compiling the
+    BPF program for a bad -i was seconds wasted): the same checks as
+    watch's."""
+    from resreap.ops.tracing import TraceSettings
+
+    filters = Filters.parse(command_pattern, tuple(ignore or ()), tuple(pids or ()))
+    positive("-i", grace, strict=True)
+    if min_age is not None:
+        positive("--min-age", min_age, strict=True)
+    _backend(backend)
+    return TraceSettings(filters, float(grace), float(min_age) if min_age is not None else None,
+                         bool(json_out), backend)
+
+
+def _backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+
+
 def resolve(given: dict[str, Any], from_flags: Iterable[str],
             config_path: str | None) -> WatchSettings:
     """The flags' values (``given``, by CLI parameter name; ``from_flags``:
@@ -74,8 +95,7 @@ def validate(st: dict[str, Any]) -> WatchSettings:
     positive("--hook-timeout", st["hook_timeout"], strict=True)
     if st["poll_interval"] is not None:
         positive("--poll-interval", st["poll_interval"], 0.01)
-    if st["backend"] not in BACKENDS:
-        raise UsageError(f"unknown backend {st['backend']!r}: choose one of {', '.join(BACKENDS)}")
+    _backend(st["backend"])
     max_kills, per = parse_rate(st["max_rate"])
     also = tuple(st.get("restart_unit") or ())
     for unit in also:

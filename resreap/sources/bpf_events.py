@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import socket
@@ -21,29 +22,25 @@ import subprocess
 import tempfile
 import time
 
+from resreap import tunables
 from resreap.sources.bpf_loader import BPF_SOURCE, CHILD_CWD, child_python
-from resreap.errors import BackendUnavailable, NotRoot
+from resreap.errors import BackendUnavailable, BpfCallError, NotRoot
 from resreap.sources.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, TCP_LAST_ACK, Kind, SockId, Transition
 from resreap.sources.ringbuf import BatchTaker, PerCpuCounters, RingBuffer
 from resreap.host.sockets import SocketTable
 
+log = logging.getLogger(__name__)
+
 TRACEPOINT = ("sock", "inet_sock_set_state")
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-# 16 MiB.  At 100k events/s of 72 bytes a 0.25 s drain needs 1.8 MiB, yet
-# with 4 MiB this VM (Linux 6.18) dropped 1-4 of 200k events at 10k
-# connections/s with no reader stall; 16 MiB dropped none in our runs.
-# RESREAP_RINGBUF_PAGES (a power of two) overrides it: the fault suite
-# shrinks it to force lost events.
-RINGBUF_PAGES = int(os.environ.get("RESREAP_RINGBUF_PAGES", "4096"))
+# The ring: 16 MiB by default (tunables.ringbuf_pages).  At 100k events/s of
+# 72 bytes a 0.25 s drain needs 1.8 MiB, yet with 4 MiB this VM (Linux 6.18)
+# dropped 1-4 of 200k events at 10k connections/s with no reader stall;
+# 16 MiB dropped none in our runs.  The fault suite shrinks it (and the
+# first pass's pending map, tunables.pending_max) to force lost events;
+# RESREAP_FIRST_PASS=0 turns the first pass off (the benchmark's "before").
 WAKEUP_EVERY = 256
-# The first pass (watch): sockets in CLOSE_WAIT not yet taken by user space
-# (a few MiB of kernel memory).  A socket that does not fit goes through the
-# ring as without it.  RESREAP_PENDING_MAX overrides it: the fault suite
-# shrinks it, with the ring, to force lost events.
-PENDING_MAX = int(os.environ.get("RESREAP_PENDING_MAX", "65536"))
-# RESREAP_FIRST_PASS=0 turns it off (the benchmark's "before" column).
-FIRST_PASS = os.environ.get("RESREAP_FIRST_PASS", "1") != "0"
 LOAD_TIMEOUT = 120.0  # compiling takes about a second; a loaded host more
 
 
@@ -118,7 +115,7 @@ def _load(pending_max: int) -> tuple[dict, list[int]]:
         try:
             helper = subprocess.Popen(
                 child_python("-m", "resreap.sources.bpf_loader", str(theirs.fileno()),
-                             str(RINGBUF_PAGES), str(WAKEUP_EVERY), str(pending_max)),
+                             str(tunables.get().ringbuf_pages), str(WAKEUP_EVERY), str(pending_max)),
                 pass_fds=[theirs.fileno()], cwd=CHILD_CWD, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         finally:
@@ -164,14 +161,15 @@ class BpfSource(EventSource):
         check_usable()
         self.table = table
         self.latency = latency
-        first_pass = first_pass and FIRST_PASS
-        info, fds = _load(PENDING_MAX if first_pass else 0)
+        knobs = tunables.get()
+        first_pass = first_pass and knobs.first_pass
+        info, fds = _load(knobs.pending_max if first_pass else 0)
         self._taker = None
         if first_pass:
             self._taker = BatchTaker(fds[3], info["layout"]["size"])
             try:
                 self._taker.take()
-            except OSError:  # no batch operations: the full stream instead
+            except BpfCallError:  # no batch operations: the full stream instead
                 for fd in fds:
                     os.close(fd)
                 info, fds = _load(0)
@@ -189,6 +187,7 @@ class BpfSource(EventSource):
         self._pick = [names.index(n) for n in want]
         self._batch: list[Transition] = []
         self._lost = 0
+        self._unsure = False
 
     def _on_record(self, buf, offset: int) -> None:
         rec = self._unpack(buf, offset)
@@ -218,8 +217,15 @@ class BpfSource(EventSource):
         if self._taker is not None:
             # The sockets still in CLOSE_WAIT, first: an exit of one of them
             # that happens from now on comes through the ring, after it.
-            for raw in self._taker.take():
-                self._on_record(raw, 0)
+            try:
+                for raw in self._taker.take():
+                    self._on_record(raw, 0)
+            except BpfCallError as exc:
+                # What was not taken may be lost: say so through lost()
+                # (unknown), so the watcher compares its table with the
+                # kernel's; the next read tries again.
+                log.warning("%s", exc)
+                self._unsure = True
         self._ring.consume(self._on_record)
         batch, self._batch = self._batch, []
         return batch
@@ -227,9 +233,18 @@ class BpfSource(EventSource):
     def follow(self, latency: float) -> None:
         self.latency = latency
 
-    def lost(self) -> int:
+    def lost(self) -> int | None:
+        """None: unknown (the counter could not be read, or the pending
+        map could not be taken since the last call)."""
         if self._ring is not None:
-            self._lost = self._counts.sum(0)
+            try:
+                self._lost = self._counts.sum(0)
+            except BpfCallError as exc:
+                log.warning("%s", exc)
+                return None
+        if self._unsure:
+            self._unsure = False
+            return None
         return self._lost
 
     def close(self) -> None:

@@ -40,8 +40,9 @@ class EventSource(abc.ABC):
     @abc.abstractmethod
     def read(self, timeout: float) -> list[Transition]: ...
 
-    def lost(self) -> int:
-        """Events dropped before they reached us, since start."""
+    def lost(self) -> int | None:
+        """Events dropped before they reached us, since start; None when
+        that cannot be known right now (a kernel counter unreadable)."""
         return 0
 
     def follow(self, latency: float) -> None:

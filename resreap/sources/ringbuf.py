@@ -19,7 +19,7 @@ import select
 import struct
 from typing import Callable
 
-from resreap.errors import BackendUnavailable
+from resreap.errors import BackendUnavailable, BpfCallError
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
@@ -105,12 +105,15 @@ class PerCpuCounters:
         self._key = ctypes.c_uint32(0)
 
     def sum(self, slot: int) -> int:
+        """Raises BpfCallError: a count that cannot be read is unknown,
+        never 0."""
         self._key.value = slot
         attr = _LookupAttr(self.fd, 0, ctypes.addressof(self._key),
                            ctypes.addressof(self._values), 0)
         if _libc.syscall(self._nr, BPF_MAP_LOOKUP_ELEM, ctypes.byref(attr),
                          ctypes.sizeof(attr)) != 0:
-            return 0
+            err = ctypes.get_errno()
+            raise BpfCallError("reading a counter", err, os.strerror(err))
         return sum(self._values)
 
 
@@ -140,8 +143,9 @@ class BatchTaker:
         self._out = ctypes.c_uint64(0)
 
     def take(self) -> list[bytes]:
-        """The values of every entry, removed from the map.  Raises OSError
-        where the kernel has no batch operations (before Linux 5.6)."""
+        """The values of every entry, removed from the map.  Raises
+        BpfCallError (EINVAL where the kernel has no batch operations,
+        before Linux 5.6)."""
         out: list[bytes] = []
         first = True
         while True:
@@ -157,6 +161,6 @@ class BatchTaker:
             if err == errno.ENOENT:   # the whole map was walked
                 return out
             if err:
-                raise OSError(err, os.strerror(err))
+                raise BpfCallError("taking the pending sockets", err, os.strerror(err))
             first = False
             self._in.value = self._out.value

@@ -1,0 +1,226 @@
+"""The `watch` daemon: what runs around the engine's Watcher in a real
+process.  It takes the settings (flags over the file), the logs, the
+one-watch lock, the fd limit, the event source and the metrics endpoint;
+pings systemd from the loop; applies a SIGHUP reload (and answers it for
+`resreap reload`); and on INT/TERM lets running kill sequences finish,
+bounded.  The CLI only resolves typed options and calls ``run``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, Iterable
+
+from resreap import tunables
+from resreap.engine.decisions import Event, decision
+from resreap.engine.owners import OwnerResolver, check_privileges
+from resreap.engine.watch import Watcher, read_latency
+from resreap.errors import OutputGone, ResreapError, UsageError
+from resreap.host.sockets import SocketTable
+from resreap.ops import decisionlog, settings
+from resreap.ops.instance import Lock, ReloadStatus, hold_watch_lock, raise_fd_limit, \
+    read_reload_status, write_reload_status
+from resreap.ops.sdnotify import Notifier
+from resreap.sources.events import open_source
+
+log = logging.getLogger(__name__)
+
+# A stop lets running kill sequences finish for at most this long: under
+# systemd (TimeoutStopSec=5) a stop never takes more than 5 s.
+STOP_WAIT = 4.0
+# How often the loop publishes a snapshot for the metrics endpoint.
+SNAPSHOT_EVERY = 1.0
+
+
+def stop_on_signals() -> None:
+    """End cleanly on INT and TERM, even when started with SIGINT ignored
+    (a background job of a non-interactive shell inherits SIG_IGN)."""
+    def handler(_signo, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run(given: dict[str, Any], typed: Iterable[str], config_file: str | None) -> int:
+    """Run `watch` until INT or TERM: ``given`` are the flags' values by
+    parameter name, ``typed`` those the user typed (they win over the
+    file).  Returns the exit code (1: nowhere left to log); raises
+    ResreapError for what stops it from starting."""
+    stop_on_signals()
+    return Daemon(given, typed, config_file).run()
+
+
+class Daemon:
+    def __init__(self, given: dict[str, Any], typed: Iterable[str],
+                 config_file: str | None, notifier: Notifier | None = None) -> None:
+        self._given, self._typed, self._config_file = dict(given), frozenset(typed), config_file
+        self.notifier = notifier or Notifier()
+        self.settings = settings.resolve(self._given, self._typed, config_file)
+        tunables.get()  # a bad knob is a one-line error now, not mid-start
+        try:
+            self.handlers = decisionlog.configure(debug=self.settings.debug,
+                                                  json_lines=self.settings.json_out,
+                                                  log_file=self.settings.log_file)
+        except OSError as exc:
+            raise UsageError(f"cannot open --log-file {self.settings.log_file}: "
+                             f"{exc.strerror}") from None
+        self._reload_requested = False
+        last = read_reload_status()
+        self._generation = last.generation if last else 0
+        self.lock: Lock | None = None
+        self.exporter = None
+        self._snapshot_at = float("-inf")
+        self.watcher: Watcher | None = None
+
+    # -- start ------------------------------------------------------------
+
+    def run(self) -> int:
+        gone = False
+        try:
+            self._start()
+            self.watcher.run()
+        except KeyboardInterrupt:
+            pass
+        except OutputGone:
+            gone = True
+        if self.watcher is not None:
+            self._stop()
+        return 1 if gone else 0
+
+    def _start(self) -> None:
+        signal.signal(signal.SIGHUP, self._hangup)
+        check_privileges()
+        fd_limit = raise_fd_limit()
+        st, config = self.settings, self.settings.engine
+        # One watch acts per host; a dry run never signals, so it may run
+        # beside one to try settings.
+        self.lock = None if config.plan.dry_run else hold_watch_lock()
+        table = SocketTable()
+        # Events may wait in the ring this long; deadlines use kernel
+        # timestamps, so this bounds work per wakeup, not timer accuracy.
+        latency = read_latency(config.limits.grace)
+        if st.backend != "proc":
+            # Compiling takes about a second, much longer on a busy host:
+            # say so at once, not after it.
+            decision(Event.LOADING, logging.INFO, backend=st.backend,
+                     note="compiling and attaching the BPF program")
+        # The kernel's first pass: churn costs nothing here (trace keeps
+        # the full stream).
+        selected = open_source(st.backend, table, latency=latency,
+                               poll_interval=st.poll_interval or max(0.05, config.limits.grace / 2),
+                               first_pass=True)
+        if st.metrics:
+            from resreap.ops.metrics import Exporter
+
+            self.exporter = Exporter(st.metrics, selected.source.name)
+        self.watcher = Watcher(selected.source, OwnerResolver(table), config, tick=self._tick)
+        if selected.fallback_reason:
+            decision(Event.BACKEND, logging.WARNING, backend="proc",
+                     reason=selected.fallback_reason,
+                     note=f"polling every {selected.source.latency:g}s: detection up to one "
+                          "interval late")
+        # Attach and seed first: "start" means resreap is watching now.
+        self.watcher.start()
+        self._say_start(selected.source, len(table.namespaces), fd_limit)
+        self.notifier.ready(f"watching ({selected.source.name} backend)")
+
+    def _say_start(self, source, namespaces: int, fd_limit: int) -> None:
+        st, config = self.settings, self.settings.engine
+        decision(Event.START, logging.WARNING, backend=source.name,
+                 first_pass=source.first_pass,
+                 limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
+                 fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
+                 dry_run=config.plan.dry_run, restart_units=config.plan.restart_units,
+                 filter=st.command_pattern or "",
+                 ignore=list(st.ignore), pid=sorted(config.filters.pids),
+                 namespaces=namespaces,
+                 lock=self.lock.describe() if self.lock is not None else "none (dry run)",
+                 fd_limit=fd_limit,
+                 note="Ctrl-C to end")
+
+    # -- the loop's tick --------------------------------------------------
+
+    def _hangup(self, _signo, _frame) -> None:
+        self._reload_requested = True
+
+    def _tick(self, watcher: Watcher) -> None:
+        """Once per loop turn: the output, systemd's watchdog, the metrics
+        snapshot, a requested reload."""
+        if decisionlog.output_gone(self.handlers):
+            raise OutputGone("stderr is closed and there is no --log-file")
+        self.notifier.alive()
+        if self.exporter is not None and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
+            from resreap.ops.metrics import TOP
+
+            self._snapshot_at = time.monotonic()
+            self.exporter.snapshot = watcher.snapshot(TOP)
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload(watcher)
+
+    def _reload(self, watcher: Watcher) -> None:
+        """SIGHUP: reopen the log files, read the settings again; a bad
+        file keeps the old settings.  Either way `resreap reload` is told."""
+        for problem in decisionlog.reopen(self.handlers):
+            decision(Event.RELOAD, logging.ERROR, error=f"cannot reopen the log file: {problem}")
+        try:
+            fresh = settings.resolve(self._given, self._typed, self._config_file).engine
+            if not fresh.plan.dry_run and (self.lock is None or not self.lock.enforced):
+                self.lock = hold_watch_lock()  # leaving dry run: act alone
+        except ResreapError as exc:
+            self._rejected(str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a validation gap must not end the daemon
+            self._rejected(repr(exc))
+            return
+        watcher.reconfigure(fresh)
+        decision(Event.RELOAD, logging.WARNING, limit=fresh.limits.limit,
+                 grace=fresh.limits.grace, stall=fresh.limits.stall,
+                 plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run)
+        self._answer(True, f"limit={fresh.limits.limit} grace={fresh.limits.grace:g} "
+                           f"stall={fresh.limits.stall:g} plan={fresh.plan.describe()!r} "
+                           f"dry_run={fresh.plan.dry_run}")
+
+    def _rejected(self, error: str) -> None:
+        decision(Event.RELOAD, logging.ERROR, error=error, note="keeping the old settings")
+        self._answer(False, error)
+
+    def _answer(self, ok: bool, detail: str) -> None:
+        """For `resreap reload` (ExecReload): the result of this reload.
+        Where it cannot be written (a read-only /run), the reload applied
+        all the same; say so once, since `resreap reload` will time out."""
+        self._generation += 1
+        try:
+            write_reload_status(ReloadStatus(os.getpid(), self._generation, ok, detail))
+        except OSError as exc:
+            decision(Event.RELOAD, logging.WARNING,
+                     error=f"cannot write the reload status: {exc.strerror or exc}",
+                     note="`resreap reload` will not see this answer")
+
+    # -- stop -------------------------------------------------------------
+
+    def _stop(self) -> None:
+        """Let running kill sequences finish (bounded; a second Ctrl-C
+        abandons them), then say what was done."""
+        watcher = self.watcher
+        self.notifier.stopping()
+        running = watcher.killer.running_pids()
+        wait = min(STOP_WAIT, watcher.config.plan.wait * 2 + 1)
+        try:
+            if running:
+                decision(Event.STOPPING, logging.WARNING, kills_in_progress=running,
+                         waiting_up_to=round(wait, 1),
+                         note="letting the kill sequences finish; Ctrl-C again to abandon them")
+            lost = watcher.source.lost()
+            watcher.shutdown(timeout=wait)
+        except KeyboardInterrupt:
+            decision(Event.ABANDON, logging.WARNING, kills_in_progress=watcher.killer.running_pids(),
+                     note="second Ctrl-C: these processes were signalled and are not waited "
+                          "for; check them (a stopped one may hold its sockets)")
+            lost = watcher.source.lost()
+        decision(Event.STOP, logging.WARNING, lost_events=lost if lost is not None else "unknown",
+                 reaped=watcher.reaped,
+                 tracked=len(watcher.table), owner_cache=watcher.resolver.index.cached)

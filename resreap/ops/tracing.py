@@ -1,0 +1,84 @@
+"""The `trace` command around the engine's Tracer: open the source, stream
+the lines, and at the end the per-process summary.  Lines are handed to
+``out`` and notes to ``note`` (the CLI's printers): nothing here prints."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from resreap import tunables
+from resreap.engine.evidence import Rules
+from resreap.engine.filters import Filters
+from resreap.engine.owners import OwnerResolver, check_privileges
+from resreap.engine.trace import Tracer
+from resreap.host.sockets import SocketTable
+from resreap.ops import formatting
+from resreap.ops.daemon import stop_on_signals
+from resreap.sources.events import open_source
+
+# trace shows each socket once: it may wait this long for a background scan
+# to name its owner.
+TRACE_SCAN_WAIT = 0.5
+
+
+class TraceSettings(NamedTuple):
+    """A validated `trace` (ops/settings.resolve_trace)."""
+
+    filters: Filters
+    grace: float
+    min_age: float | None
+    json_out: bool
+    backend: str
+
+
+def run(st: TraceSettings, out: Callable[[str], None], note: Callable[[str], None]) -> None:
+    """Trace until INT or TERM (or ``out`` raising KeyboardInterrupt: the
+    reader went away), then hand over the summary.  Raises ResreapError
+    for what stops it from starting."""
+    stop_on_signals()
+    tunables.get()  # a bad knob is a one-line error now, not mid-start
+    tracer = None
+    try:
+        check_privileges()
+        table = SocketTable()
+        selected = open_source(st.backend, table, latency=0.1)
+        if selected.fallback_reason:
+            note(f"resreap: BPF unavailable ({selected.fallback_reason}); "
+                 f"polling every {selected.source.latency:g}s instead")
+        tracer = Tracer(selected.source, OwnerResolver(table, scan_wait=TRACE_SCAN_WAIT),
+                        st.filters, Rules(grace=st.grace), min_age=st.min_age)
+        existing = tracer.start()
+        note(f"Tracing TCP CLOSE_WAIT transitions ({selected.source.name} backend, "
+             f"{len(table.namespaces)} network namespace(s)). Ctrl-C to end.")
+        emit = formatting.trace_json if st.json_out else formatting.trace_line
+        if not st.json_out:
+            out(formatting.HEADER)
+        for rec in existing:
+            out(emit(rec))
+        while True:
+            for rec in tracer.step(selected.source.latency):
+                out(emit(rec))
+    except KeyboardInterrupt:
+        pass
+    if tracer is not None:
+        _summary(tracer, st.json_out, out, note)
+
+
+def _summary(tracer: Tracer, json_out: bool, out: Callable[[str], None],
+             note: Callable[[str], None]) -> None:
+    lost = tracer.source.lost()
+    tracer.source.close()
+    rows = tracer.summary()
+    try:
+        if json_out:
+            out(formatting.summary_json(rows))
+        else:
+            note("")
+            for line in formatting.summary_lines(rows):
+                note(line)
+        if lost is None:
+            note("resreap: warning: lost events unknown (the kernel's counter could not be read)")
+        elif lost:
+            note(f"resreap: warning: {lost} event(s) were lost in the kernel")
+    except KeyboardInterrupt:
+        pass
