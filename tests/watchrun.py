@@ -9,6 +9,7 @@ import threading
 import time
 
 from procs import patience
+from resreap.engine.decisions import Event
 
 try:
     import tomllib
@@ -36,7 +37,7 @@ class WatchRun:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:
-            self.wait_for(lambda e: e["event"] == "start", timeout=timeout)
+            self.wait_for(lambda e: e["event"] == Event.START, timeout=timeout)
         except Exception:
             self.stop()
             raise
@@ -73,15 +74,15 @@ class WatchRun:
     def transitions(self, kind: str, port: int) -> int:
         """Transitions of ``kind`` (enter, exit) on local port ``port`` that
         the watcher saw: its -D lines."""
-        start = f"event {kind} 127.0.0.1:{port} "
-        return len(self.find(lambda e: e.get("message", "").startswith(start)))
+        return len(self.find(lambda e: e["event"] == Event.TRANSITION and e["kind"] == kind
+                             and e["lport"] == port))
 
     def outcome(self, pid: int, timeout: float = 10) -> dict:
-        return self.wait_for(lambda e: e["event"] == "outcome" and e["pid"] == pid, timeout)
+        return self.wait_for(lambda e: e["event"] == Event.OUTCOME and e["pid"] == pid, timeout)
 
     def outcome_result(self, pid: int, result: str, timeout: float = 10) -> bool:
         """Wait for an outcome with this result (earlier ones, e.g. dry-run, may exist)."""
-        return bool(self.wait_for(lambda e: e["event"] == "outcome" and e["pid"] == pid
+        return bool(self.wait_for(lambda e: e["event"] == Event.OUTCOME and e["pid"] == pid
                                   and e["result"] == result, timeout))
 
     def stop(self, timeout: float = 15) -> int:

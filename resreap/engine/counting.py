@@ -12,7 +12,7 @@ import logging
 from typing import Callable
 
 from resreap.engine import evidence
-from resreap.engine.decisions import Event, decision
+from resreap.engine.decisions import Event, Verdict, decision
 from resreap.engine.filters import Filters
 from resreap.engine.owners import Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.engine.policy import Counter, Limits
@@ -101,8 +101,9 @@ class Counting:
             entry, new = table.apply(t)
             self.events_seen[t.kind.value] += 1
             if debug:
-                log.debug("event %s %s -> %s cpu_pid=%d (hint only)", t.kind.value,
-                          t.sock.local, t.sock.remote, t.cpu_pid)
+                decision(Event.TRANSITION, logging.DEBUG, kind=t.kind.value,
+                         socket=f"{t.sock.local}->{t.sock.remote}", lport=t.sock.lport,
+                         cpu_pid=t.cpu_pid, note="cpu_pid: a hint only")
             if t.kind is Kind.EXIT:
                 if entry is not None:
                     self._gone(entry)
@@ -268,8 +269,7 @@ class Counting:
                 if self.table.get(entry.key) is entry:
                     self._drop(entry)
                 if self._debug:
-                    log.debug("timer %s -> %s: no longer in CLOSE_WAIT, dropped",
-                              entry.sock.local, entry.sock.remote)
+                    self._timer(entry, Verdict.DROPPED)
                 continue
             entry.unseen = 0
             judged = evidence.judge(hit.diag, now - entry.entered, rules)
@@ -278,9 +278,8 @@ class Counting:
             if not judged.counts:
                 self.table.schedule(entry, now + judged.recheck)
                 if self._debug:
-                    log.debug("timer %s -> %s: %s, does not count yet (again in %.2fs)",
-                              entry.sock.local, entry.sock.remote, judged.evidence.value,
-                              judged.recheck)
+                    self._timer(entry, Verdict.WAITING, evidence=judged.evidence.value,
+                                again_in=round(judged.recheck, 2))
                 continue
             entry.counted = True
             if not hit.owners:
@@ -290,8 +289,8 @@ class Counting:
                 if entry.misses == ORPHAN_AFTER:
                     self._say_orphans(now)
                 if self._debug:
-                    log.debug("timer %s -> %s: counts, owner not found yet (again in %.2fs)",
-                              entry.sock.local, entry.sock.remote, delay)
+                    self._timer(entry, Verdict.UNOWNED, evidence=judged.evidence.value,
+                                again_in=round(delay, 2))
                 continue
             entry.misses = 0
             against = self._against(hit, judged.evidence)
@@ -300,10 +299,14 @@ class Counting:
             touched.update(against)
             self.table.schedule(entry, now + RECHECK_COUNTED)
             if self._debug:
-                log.debug("timer %s -> %s: %s, counts for %s", entry.sock.local,
-                          entry.sock.remote, judged.evidence.value,
-                          ",".join(str(o.pid) for o in against) or "nobody")
+                self._timer(entry, Verdict.COUNTS, evidence=judged.evidence.value,
+                            counts_for=[o.pid for o in against])
         return touched
+
+    @staticmethod
+    def _timer(entry: Entry, verdict: Verdict, **fields) -> None:
+        decision(Event.TIMER, logging.DEBUG, socket=f"{entry.sock.local}->{entry.sock.remote}",
+                 verdict=verdict.value, **fields)
 
     def _maybe_missed(self, entry: Entry, now: float) -> bool:
         """/proc/net/tcp is read in pieces while sockets come and go: a read

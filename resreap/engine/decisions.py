@@ -42,6 +42,23 @@ class Event(str, enum.Enum):
     REAP = "reap"                    # a kill sequence starts
     WOULD_REAP = "would-reap"        # the same, in a dry run
     OUTCOME = "outcome"              # how a kill sequence ended
+    # Debug level (-D): every event and timer, and why a process was not
+    # reaped yet.
+    TRANSITION = "transition"        # a socket entered or left CLOSE_WAIT
+    TIMER = "timer"                  # a socket's deadline: what it showed
+    BELOW = "below"                  # a process not over its limit (yet)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Verdict(str, enum.Enum):
+    """A TIMER line's ``verdict``: what became of the socket."""
+
+    DROPPED = "dropped"      # no longer in CLOSE_WAIT
+    WAITING = "waiting"      # does not count yet: looked at again later
+    UNOWNED = "unowned"      # counts, but its holder is not found yet
+    COUNTS = "counts"        # counts, against ``counts_for``
 
     def __str__(self) -> str:
         return self.value

@@ -233,8 +233,8 @@ class Watcher:
             count = self.counter.count(owner)
             if count < self.limits.limit:
                 if self._debug:
-                    log.debug("pid %d (%s): %d counting socket(s), below the limit %d",
-                              owner.pid, owner.comm, count, self.limits.limit)
+                    decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
+                             count=count, limit=self.limits.limit, why="limit")
                 continue
             if owner in self._reaped or owner in self._spared or self.killer.busy(owner.pid):
                 continue  # an ineligible verdict holds for the process's life (until a reload)
@@ -332,8 +332,8 @@ class Watcher:
         verified = self.sockets.verify(owner, now)
         if len(verified) < self.limits.limit:
             if self._debug:
-                log.debug("pid %d: holds only %d counting socket(s) on re-check",
-                          owner.pid, len(verified))
+                decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
+                         count=len(verified), limit=self.limits.limit, why="re-check")
             return
         if not self._harmful(owner, len(verified), now):
             return
@@ -372,8 +372,9 @@ class Watcher:
         if soft is None or count * 100 >= percent * soft:
             return True
         if self._debug:
-            log.debug("pid %d: %d counting socket(s) < %g%% of its fd limit %d",
-                      owner.pid, count, percent, soft)
+            decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm, count=count,
+                     limit=self.limits.limit, why="fd-percent", fd_percent=percent,
+                     fd_limit=soft)
         self._deferred[owner] = now + max(self.limits.grace, 1.0)
         return False
 

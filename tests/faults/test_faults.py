@@ -12,6 +12,7 @@ import time
 import pytest
 
 from procs import patience
+from resreap.engine.decisions import Event
 
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
@@ -34,12 +35,12 @@ def test_restart_after_kill9_finds_the_leak_again(watch, actors, tag):
     client = actors("clients", "127.0.0.1", second.port, 2, tag)
     slow = watch("-f", pattern(tag), "-i", "30")
     client.send("close", "CLOSED")
-    slow.wait_for(lambda e: e["event"] == "start")
+    slow.wait_for(lambda e: e["event"] == Event.START)
     slow.proc.kill()                       # kill -9: no cleanup at all
     slow.proc.wait(patience(10))
     assert second.alive()
     again = watch("-f", pattern(tag), "-i", "0.5", "-w", "0.5")
-    assert again.wait_for(lambda e: e["event"] == "existing")["sockets"] >= 2
+    assert again.wait_for(lambda e: e["event"] == Event.EXISTING)["sockets"] >= 2
     assert again.outcome(second.pid)["result"] == "terminated"
     time.sleep(patience(0.3))
     assert not again.find(lambda e: e.get("pid") == first_leaker.pid)
@@ -58,13 +59,13 @@ def test_lost_events_cause_no_false_kill_and_hide_no_leak(watch, actors, tag):
     flood = actors("flood", "127.0.0.1", "3", tag)
     client.send("close", "CLOSED")
     flood.expect("DONE", timeout=20)
-    lost = run.wait_for(lambda e: e["event"] == "lost-events")
+    lost = run.wait_for(lambda e: e["event"] == Event.LOST_EVENTS)
     assert lost["lost"] > 0
-    run.wait_for(lambda e: e["event"] == "reconcile")
+    run.wait_for(lambda e: e["event"] == Event.RECONCILE)
     assert run.outcome(leaker.pid)["result"] == "terminated"
     time.sleep(patience(1.0))
     assert flood.alive()
-    assert not run.find(lambda e: e["event"] == "reap" and e["pid"] != leaker.pid)
+    assert not run.find(lambda e: e["event"] == Event.REAP and e["pid"] != leaker.pid)
 
 
 def test_owner_closes_its_sockets_between_decision_and_signal(watch, actors, tag):
@@ -72,7 +73,7 @@ def test_owner_closes_its_sockets_between_decision_and_signal(watch, actors, tag
     client = actors("clients", "127.0.0.1", server.port, 3, tag)
     run = watch("-f", pattern(tag), "-i", "0.5", "-c", "sleep 1")
     client.send("close", "CLOSED")
-    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
+    run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid)
     server.send("close", "CLOSED")         # the fix lands while the hook runs
     out = run.outcome(server.pid)
     assert out["result"] == "resolved" and out["signals"] == []
@@ -84,7 +85,7 @@ def test_owner_exits_between_decision_and_signal(watch, actors, tag):
     client = actors("clients", "127.0.0.1", server.port, 3, tag)
     run = watch("-f", pattern(tag), "-i", "0.5", "-c", "sleep 1")
     client.send("close", "CLOSED")
-    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
+    run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid)
     server.proc.kill()
     server.proc.wait()
     assert run.outcome(server.pid)["result"] == "exited"
@@ -95,14 +96,14 @@ def test_sigterm_in_the_middle_of_a_kill_exits_0(watch, actors, tag):
     client = actors("clients", "127.0.0.1", server.port, 2, tag)
     run = watch("-f", pattern(tag), "-i", "0.5", "-w", "1.5")
     client.send("close", "CLOSED")
-    run.wait_for(lambda e: e["event"] == "reap")
+    run.wait_for(lambda e: e["event"] == Event.REAP)
     time.sleep(patience(0.2))                        # SIGTERM sent, waiting for -w
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(patience(15)) == 0
     run._reader.join(5)
     out = run.wait_for(lambda e: e["event"] in ("outcome", "abandon"), timeout=1)
-    assert out["event"] == "abandon" or out["result"] == "killed"
-    assert run.wait_for(lambda e: e["event"] == "stop", timeout=1)
+    assert out["event"] == Event.ABANDON or out["result"] == "killed"
+    assert run.wait_for(lambda e: e["event"] == Event.STOP, timeout=1)
 
 
 def test_sighup_reopens_the_log_file(resreap_bin, actors, tag, tmp_path):
@@ -143,7 +144,7 @@ def test_flood_of_leaks_across_many_processes(watch, actors, tag):
         client.send("close", "CLOSED")
     for server, _ in pairs:
         assert run.outcome(server.pid, timeout=30)["result"] == "terminated"
-    reaps = run.find(lambda e: e["event"] == "reap")
+    reaps = run.find(lambda e: e["event"] == Event.REAP)
     assert sorted(e["pid"] for e in reaps) == sorted(s.pid for s, _ in pairs)
     assert all(150 <= e["count"] <= 200 for e in reaps)  # reaped on crossing the limit
     with open(f"/proc/{run.proc.pid}/status") as f:
@@ -170,7 +171,7 @@ def test_invalid_utf8_and_control_bytes_in_a_command_line(watch, actors, tag, tm
     server = actors("leaky-server", "127.0.0.1", evil, tag)
     actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
     run = watch("-f", pattern(tag), "-i", "0.5", "-w", "0.5")
-    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid)
     assert "\\xff\\xfe" in reap["cmd"] and "$(id)" in reap["cmd"]
     assert all("\x1b" not in line and "\x07" not in line for line in run.lines)
     assert run.outcome(server.pid)["result"] == "terminated"
@@ -228,6 +229,6 @@ def test_full_kill_slots_never_log_a_reap_twice(actors, tag, caplog):
             watcher.step()
     finally:
         watcher.shutdown(5)
-    reaps = [r.fields["pid"] for r in caplog.records if r.msg == "reap"]
+    reaps = [r.fields["pid"] for r in caplog.records if r.msg == Event.REAP]
     assert sorted(reaps) == sorted(s.pid for s in servers)
     assert [o.result for o in watcher.outcomes] == ["killed"] * 3

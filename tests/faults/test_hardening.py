@@ -16,6 +16,7 @@ import pytest
 
 from procs import patience, until
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -55,7 +56,7 @@ def test_2_huge_fd_tables_never_blind_the_loop(watch, actors, tag):
     run = watch("-f", word(tag), "--metrics", f"127.0.0.1:{port}")
     leaker.send("go", "HELD")
     held = time.monotonic()
-    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == leaker.pid, timeout=5)
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == leaker.pid, timeout=5)
     assert time.monotonic() - held <= patience(5)
     assert reap["evidence"] == "eof-ignored:2"
     assert all(healthz(port) == 200 for _ in range(3))
@@ -75,10 +76,10 @@ def test_3_a_megabyte_command_line_cannot_stall_matching(watch, actors, tag):
     time.sleep(patience(2.5))               # the hostile one is judged first
     client.send("close", "CLOSED")
     closed = time.monotonic()
-    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == real.pid, timeout=4)
+    run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == real.pid, timeout=4)
     assert time.monotonic() - closed <= patience(4)
     assert hostile.alive() and not run.find(lambda e: e.get("pid") == hostile.pid
-                                            and e["event"] == "reap")
+                                            and e["event"] == Event.REAP)
 
 
 def test_4_13_a_huge_command_line_still_gets_its_hook_and_a_bounded_log_line(
@@ -103,7 +104,7 @@ def test_5_idle_metrics_connections_take_no_threads(watch, actors, tag):
     not start a kill.  Now one thread serves them all, each for 2 s."""
     port = free_port()
     run = watch("-f", word(tag), "--metrics", str(port))   # a bare port: loopback
-    assert run.find(lambda e: e["event"] == "start")
+    assert run.find(lambda e: e["event"] == Event.START)
     before = threads(run.proc.pid)
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
     try:
@@ -138,7 +139,7 @@ def test_7_a_reload_with_a_typo_keeps_the_old_settings(resreap_bin, tmp_path, ta
     try:
         conf.write_text(f'filter = "{word(tag)}"\npid = ["1234"]\n')
         run.proc.send_signal(1)
-        bad = run.wait_for(lambda e: e["event"] == "reload" and "error" in e)
+        bad = run.wait_for(lambda e: e["event"] == Event.RELOAD and "error" in e)
         assert "every item must be a int" in bad["error"]
         time.sleep(patience(0.5))
         assert run.proc.poll() is None
@@ -184,7 +185,7 @@ def test_9_slow_but_healthy_closers_leave_nothing_behind(watch, actors, tag):
     assert until(lambda: run.transitions("exit", server.port)
                  == run.transitions("enter", server.port) > 0, 10), "\n".join(run.lines)
     assert run.stop() == 0
-    stop = run.wait_for(lambda e: e["event"] == "stop", timeout=1)
+    stop = run.wait_for(lambda e: e["event"] == Event.STOP, timeout=1)
     assert stop["tracked"] == 0 and stop["owner_cache"] <= 20, stop
     assert server.alive()
 
@@ -196,7 +197,7 @@ def test_10_resolved_then_leaking_again_is_reaped(watch, actors, tag):
     first = actors("clients", "127.0.0.1", server.port, 2, tag)
     run = watch("-f", word(tag), "-i", "0.5", "-w", "0.5", "-c", "sleep 1")
     first.send("close", "CLOSED")
-    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
+    run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid)
     server.send("close", "CLOSED")
     assert run.outcome(server.pid)["result"] == "resolved"
     second = actors("clients", "127.0.0.1", server.port, 2, tag)
@@ -209,14 +210,14 @@ def test_12_sockets_in_flight_are_named_once_and_cost_little(watch, actors, tag)
     were polled with full scans forever (34% of a core at 15,000)."""
     actors("in-flight", 50, tag)
     run = watch("-f", word(tag), "-D")
-    orphans = run.wait_for(lambda e: e["event"] == "orphans", timeout=15)
+    orphans = run.wait_for(lambda e: e["event"] == Event.ORPHANS, timeout=15)
     assert orphans["sockets"] >= 50
     time.sleep(patience(1))
-    assert len(run.find(lambda e: e["event"] == "orphans")) == 1
+    assert len(run.find(lambda e: e["event"] == Event.ORPHANS)) == 1
     # Looked for again less and less often: the retry delay has grown.
-    assert run.find(lambda e: e["event"] == "log" and "owner not found yet (again in 2.00s)"
-                    in e.get("message", ""))
-    assert not run.find(lambda e: e["event"] == "reap")
+    assert run.find(lambda e: e["event"] == Event.TIMER and e["verdict"] == "unowned"
+                    and e["again_in"] == 2.0)
+    assert not run.find(lambda e: e["event"] == Event.REAP)
 
 
 def test_14_doctor_says_when_other_processes_fds_cannot_be_read(resreap_bin):

@@ -16,6 +16,7 @@ import pytest
 from resreap.errors import ReloadFailed, UsageError
 from resreap.host import procinfo
 from resreap.ops import instance
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_ready")]
 
@@ -150,14 +151,14 @@ def test_1_a_users_namespaces_cannot_exhaust_the_fds(watch, actors, tag, user_na
     server = actors("leaky-server", "127.0.0.1", tag)
     run = watch("-f", tag.split("=")[1], "--backend", backend, "-D",
                 wrap=("prlimit", "--nofile=200:200", "--"))
-    start = run.wait_for(lambda e: e["event"] == "start")
+    start = run.wait_for(lambda e: e["event"] == Event.START)
     assert start["fd_limit"] == 200
     run.wait_for(lambda e: "network namespace(s) not watched" in e.get("message", ""))
     actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
-    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=10)
+    run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid, timeout=10)
     assert fds_of(run.proc.pid) < 200
     assert rss_mib(run.proc.pid) < 150
-    assert not run.find(lambda e: e["event"] == "out-of-fds")
+    assert not run.find(lambda e: e["event"] == Event.OUT_OF_FDS)
 
 
 # -- item 9: the polling fallback and a namespace made after start ----------
@@ -173,7 +174,7 @@ def test_9_a_namespace_made_after_start_is_watched_at_once(watch, actors, tag, m
     here = make_netns()
     server = actors("leaky-server", "127.0.0.1", tag, netns=here)
     actors("clients", "127.0.0.1", server.port, 2, tag, netns=here).send("close", "CLOSED")
-    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=8)
+    run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid, timeout=8)
 
 
 # -- item 13: the log file's directories, the config read once ---------------

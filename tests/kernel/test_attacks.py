@@ -15,6 +15,7 @@ import pytest
 
 from procs import Actor, patience
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel]
 
@@ -57,12 +58,13 @@ def watch(resreap_bin, backend):
 
 
 def reaped(run: WatchRun, pid: int) -> list[dict]:
-    return run.find(lambda e: e["event"] in ("reap", "would-reap") and e.get("pid") == pid)
+    return run.find(lambda e: e["event"] in (Event.REAP, Event.WOULD_REAP) and e.get("pid") == pid)
 
 
-def debug_says(run: WatchRun, *words: str) -> bool:
-    return bool(run.find(lambda e: e["event"] == "log"
-                         and all(w in e.get("message", "") for w in words)))
+def timer_said(run: WatchRun, verdict: str, evidence: str) -> bool:
+    """A -D timer line: a socket's deadline showed this evidence."""
+    return bool(run.find(lambda e: e["event"] == Event.TIMER and e["verdict"] == verdict
+                         and e.get("evidence") == evidence))
 
 
 def close_wait(port: int, netns: str | None = None) -> int:
@@ -85,7 +87,7 @@ def test_half_close_and_slow_read_never_kills_the_server(watch, actors, tag):
     time.sleep(patience(CALM))
     assert server.alive() and not reaped(run, server.pid)
     assert close_wait(server.port) >= 2, "the attack did not put the server in CLOSE_WAIT"
-    assert debug_says(run, "sending, does not count yet")
+    assert timer_said(run, "waiting", "sending")
     assert int(readers.send("got", "GOT").split()[1]) > 0  # they really read
 
 
@@ -100,7 +102,7 @@ def test_busy_accept_queue_never_kills_a_healthy_server(watch, actors, tag):
     assert legit.expect("REPLY", timeout=15) == "REPLY done hello"
     time.sleep(patience(CALM - 3))
     assert server.alive() and not reaped(run, server.pid)
-    assert debug_says(run, "queued, does not count yet")
+    assert timer_said(run, "waiting", "queued")
     assert int(server.send("served", "SERVED").split()[1]) == 3  # it drained its queue
 
 
@@ -141,7 +143,7 @@ def test_sockets_passed_to_another_users_daemon_never_count(watch, actors, tag, 
         assert daemon.send("count", "COUNT") == "COUNT 2"
         time.sleep(patience(CALM))
         assert daemon.alive() and not reaped(run, daemon.pid)
-        foreign = run.find(lambda e: e["event"] == "foreign" and e["pid"] == daemon.pid)
+        foreign = run.find(lambda e: e["event"] == Event.FOREIGN and e["pid"] == daemon.pid)
         assert foreign and foreign[0]["socket_uid"] == attacker[0]
         assert close_wait(int(injector.facts["port"])) == 0  # ours are the peers' ends
     finally:
@@ -165,7 +167,7 @@ def test_a_twin_in_another_namespace_cannot_shadow_a_leak(watch, actors, tag, ma
     time.sleep(patience(1))
     client.send("close", "CLOSED")
     closed = time.monotonic()
-    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid,
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid,
                         timeout=GRACE + 1 + LATE[backend])
     assert time.monotonic() - closed <= patience(GRACE + 1 + LATE[backend])
     assert server.wait_dead(5) and client.alive() and twin.alive()
@@ -189,11 +191,12 @@ def test_fd_percent_waits_for_real_harm(watch, actors, tag):
     many = actors("clients", "127.0.0.1", server.port, 60, tag)
     run = watch(tag, "-i", "0.5", "--fd-percent", "50")
     few.send("close", "CLOSED")
-    assert run.wait_for(lambda e: e["event"] == "log" and e["message"].startswith(
-        f"pid {server.pid}: 2 counting socket(s) < 50% of its fd limit 100"))
+    assert run.wait_for(lambda e: e["event"] == Event.BELOW and e["pid"] == server.pid
+                        and e["why"] == "fd-percent" and e["count"] == 2
+                        and e["fd_limit"] == 100)
     assert server.alive() and not reaped(run, server.pid)
     many.send("close", "CLOSED")
-    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=5)
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid, timeout=5)
     assert reap["count"] >= 50
 
 
@@ -204,7 +207,7 @@ def test_eof_ignored_leak_is_reaped_within_grace(watch, actors, tag, backend):
     run = watch(tag)
     client.send("close", "CLOSED")
     closed = time.monotonic()
-    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid,
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid,
                         timeout=GRACE + 1 + LATE[backend])
     assert time.monotonic() - closed <= patience(GRACE + 1 + LATE[backend])
     assert reap["evidence"] == "eof-ignored:2"
@@ -219,10 +222,10 @@ def test_unread_leak_waits_for_the_stall(watch, actors, tag):
     run = watch(tag, "--stall", "4")
     client.send("close", "CLOSED")
     closed = time.monotonic()
-    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=6)
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid, timeout=6)
     assert time.monotonic() - closed >= 4
     assert reap["evidence"] == "unread:2"
-    assert debug_says(run, "unread, does not count yet")
+    assert timer_said(run, "waiting", "unread")
 
 
 def test_hung_accept_queue_is_reaped_after_the_stall(watch, actors, tag):
@@ -234,6 +237,6 @@ def test_hung_accept_queue_is_reaped_after_the_stall(watch, actors, tag):
     run = watch(tag, "--stall", "4")
     client.send("close", "CLOSED")
     closed = time.monotonic()
-    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=6)
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid, timeout=6)
     assert time.monotonic() - closed >= 4
     assert reap["evidence"] == "queued:2"

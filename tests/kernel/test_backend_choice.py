@@ -11,6 +11,7 @@ import pytest
 
 from procs import patience
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_ready")]
 
@@ -86,9 +87,9 @@ def test_watch_without_bcc_still_reaps(resreap_bin, hidden_bcc, actors):
     client = actors("clients", "127.0.0.1", server.port, 2, tag)
     run = WatchRun(resreap_bin, "-f", tag[4:], "-i", "0.5", "-w", "0.5", env=hidden_bcc)
     try:
-        backend = run.wait_for(lambda e: e["event"] == "backend")
+        backend = run.wait_for(lambda e: e["event"] == Event.BACKEND)
         assert "bcc is not importable" in backend["reason"]
-        assert run.wait_for(lambda e: e["event"] == "start")["backend"] == "proc"
+        assert run.wait_for(lambda e: e["event"] == Event.START)["backend"] == "proc"
         client.send("close", "CLOSED")
         assert run.outcome(server.pid)["result"] == "terminated"
         assert client.alive()

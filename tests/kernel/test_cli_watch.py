@@ -3,6 +3,7 @@
 import pytest
 
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -14,8 +15,8 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 def test_article_examples(resreap_bin, args, field, value):
     run = WatchRun(resreap_bin, *args, "-d")
     try:
-        start = run.wait_for(lambda e: e["event"] == "start")
+        start = run.wait_for(lambda e: e["event"] == Event.START)
         assert start[field] == value and start["limit"] == 2 and start["dry_run"] is True
     finally:
         assert run.stop() == 0
-    assert run.wait_for(lambda e: e["event"] == "stop")["lost_events"] == 0
+    assert run.wait_for(lambda e: e["event"] == Event.STOP)["lost_events"] == 0

@@ -13,6 +13,7 @@ import pytest
 
 from procs import patience, until
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 def test_churn_stays_in_the_kernel_and_a_leak_in_it_is_reaped_on_time(resreap_bin, actors, tag):
     run = WatchRun(resreap_bin, "--backend", "bpf", "-f", tag[4:], "-i", "1", "-w", "0.5", "-D")
     try:
-        assert run.wait_for(lambda e: e["event"] == "start")["first_pass"] is True
+        assert run.wait_for(lambda e: e["event"] == Event.START)["first_pass"] is True
         churn = actors("churn-server", "127.0.0.1", tag)
         clients = actors("churn-clients", "127.0.0.1", churn.port, str(patience(3)), "paced",
                          tag)
@@ -29,7 +30,7 @@ def test_churn_stays_in_the_kernel_and_a_leak_in_it_is_reaped_on_time(resreap_bi
         leaker = actors("leaky-server", "127.0.0.1", tag)
         actors("clients", "127.0.0.1", leaker.port, 2, tag).send("close", "CLOSED")
         closed = time.monotonic()
-        reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == leaker.pid, timeout=5)
+        reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == leaker.pid, timeout=5)
         assert time.monotonic() - closed <= patience(1 + 0.5)
         assert reap["evidence"] == "eof-ignored:2"
         made = int(clients.expect("DONE", timeout=30).split()[1])
@@ -57,10 +58,9 @@ def test_exits_of_taken_sockets_arrive(resreap_bin, actors, tag):
         client.send("close", "CLOSED")
         assert until(lambda: run.transitions("enter", server.port) >= 2, 10), "\n".join(run.lines)
         server.send("close", "CLOSED")
-        run.wait_for(lambda e: e.get("message", "").startswith(
-            f"event exit 127.0.0.1:{server.port} "))
+        assert until(lambda: run.transitions("exit", server.port) >= 1, 10)
         time.sleep(patience(3.5))
-        assert server.alive() and not run.find(lambda e: e["event"] == "reap")
+        assert server.alive() and not run.find(lambda e: e["event"] == Event.REAP)
     finally:
         assert run.stop() == 0
 
@@ -72,14 +72,14 @@ def test_a_grace_shortened_by_sighup_applies_to_taken_sockets(resreap_bin, actor
     client = actors("clients", "127.0.0.1", server.port, 2, tag)
     run = WatchRun(resreap_bin, "--backend", "bpf", "--config", str(conf), "-D")
     try:
-        run.wait_for(lambda e: e["event"] == "start")
+        run.wait_for(lambda e: e["event"] == Event.START)
         client.send("close", "CLOSED")
         assert until(lambda: run.transitions("enter", server.port) >= 2, 10), "\n".join(run.lines)
         conf.write_text(conf.read_text().replace("grace = 30.0", "grace = 0.5"))
         run.proc.send_signal(signal.SIGHUP)
         reloaded = time.monotonic()
-        run.wait_for(lambda e: e["event"] == "reload" and "error" not in e)
-        reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid, timeout=5)
+        run.wait_for(lambda e: e["event"] == Event.RELOAD and "error" not in e)
+        reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid, timeout=5)
         assert time.monotonic() - reloaded <= patience(2)
         assert reap["evidence"] == "eof-ignored:2"
     finally:

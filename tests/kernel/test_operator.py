@@ -12,6 +12,7 @@ import pytest
 
 from procs import patience
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -57,17 +58,17 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_one_what_it_abandons(resreap
     client = actors("clients", "127.0.0.1", server.port, 2, tag)
     run = WatchRun(resreap_bin, "-f", tag[4:], "-i", "0.5", "-w", "10")
     client.send("close", "CLOSED")
-    run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
+    run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid)
     time.sleep(patience(0.3))                    # SIGTERM sent, waiting -w
     run.proc.send_signal(signal.SIGINT)
-    stopping = run.wait_for(lambda e: e["event"] == "stopping")
+    stopping = run.wait_for(lambda e: e["event"] == Event.STOPPING)
     assert stopping["kills_in_progress"] == [server.pid]
     run.proc.send_signal(signal.SIGINT)
     assert run.proc.wait(patience(10)) == 0
     run.stop()
-    abandon = run.wait_for(lambda e: e["event"] == "abandon", timeout=1)
+    abandon = run.wait_for(lambda e: e["event"] == Event.ABANDON, timeout=1)
     assert abandon["kills_in_progress"] == [server.pid]
-    assert run.wait_for(lambda e: e["event"] == "stop", timeout=1)
+    assert run.wait_for(lambda e: e["event"] == Event.STOP, timeout=1)
 
 
 def test_start_says_at_once_that_bpf_is_loading(resreap_bin, tag):

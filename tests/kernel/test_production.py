@@ -15,6 +15,7 @@ import pytest
 
 from procs import patience
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -36,20 +37,20 @@ def test_config_file_with_flag_override_and_sighup_reload(resreap_bin, actors, t
                     "dry_run = true\n")
     run = WatchRun(resreap_bin, "--config", str(conf), "-l", "2")
     try:
-        start = run.wait_for(lambda e: e["event"] == "start")
+        start = run.wait_for(lambda e: e["event"] == Event.START)
         assert start["limit"] == 2 and start["filter"] == tag[4:] and start["dry_run"] is True
         server = actors("leaky-server", "127.0.0.1", tag)
         actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
-        run.wait_for(lambda e: e["event"] == "would-reap" and e["pid"] == server.pid)
+        run.wait_for(lambda e: e["event"] == Event.WOULD_REAP and e["pid"] == server.pid)
         assert server.alive()
         conf.write_text(conf.read_text().replace("dry_run = true", "dry_run = false"))
         run.proc.send_signal(signal.SIGHUP)
-        reload = run.wait_for(lambda e: e["event"] == "reload")
+        reload = run.wait_for(lambda e: e["event"] == Event.RELOAD)
         assert reload["dry_run"] is False and reload["limit"] == 2  # the flag still wins
         assert run.outcome_result(server.pid, "terminated")
         conf.write_text("limit = 'broken'\n")
         run.proc.send_signal(signal.SIGHUP)
-        bad = run.wait_for(lambda e: e["event"] == "reload" and "error" in e)
+        bad = run.wait_for(lambda e: e["event"] == Event.RELOAD and "error" in e)
         assert "is not an integer" in bad["error"] and run.proc.poll() is None
     finally:
         assert run.stop() == 0
@@ -143,7 +144,7 @@ def test_reload_command_waits_and_reports_a_rejected_config(resreap_bin, tag, tm
         ok = subprocess.run([resreap_bin, "reload"],
                             capture_output=True, text=True, timeout=patience(60))
         assert ok.returncode == 0 and "limit=5" in ok.stdout, ok.stderr
-        assert run.find(lambda e: e["event"] == "reload" and e.get("limit") == 5)
+        assert run.find(lambda e: e["event"] == Event.RELOAD and e.get("limit") == 5)
         conf.write_text("limit = 'broken'\n")
         bad = subprocess.run([resreap_bin, "reload", "--pid", str(run.proc.pid)],
                              capture_output=True, text=True, timeout=patience(60))

@@ -19,6 +19,7 @@ import pytest
 
 from procs import kill_quietly, patience, pid_alive, until
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
@@ -102,14 +103,14 @@ def test_every_holder_of_a_leak_is_handled_and_the_outcome_is_truthful(resreap_b
         assert until(lambda: close_wait(port) == 0, 20), "\n".join(run.lines)
         # Every holder was known before anyone was judged; the least went
         # first (the command), and its parents then ended on their own.
-        waits = run.find(lambda e: e["event"] == "children-first")
+        waits = run.find(lambda e: e["event"] == Event.CHILDREN_FIRST)
         assert {w["pid"] for w in waits} >= {child}
-        reaps = run.find(lambda e: e["event"] == "reap")
+        reaps = run.find(lambda e: e["event"] == Event.REAP)
         assert reaps[0]["pid"] == deepest and reaps[0]["evidence"] == "unread:1"
-        outcomes = run.find(lambda e: e["event"] == "outcome")
+        outcomes = run.find(lambda e: e["event"] == Event.OUTCOME)
         assert all(o["result"] in ("terminated", "killed") and "sockets_left" in o
                    for o in outcomes)
-        assert not run.find(lambda e: e["event"] == "storm")
+        assert not run.find(lambda e: e["event"] == Event.STORM)
         assert server.poll() is None                               # the listener lives on
     finally:
         assert run.stop() == 0
@@ -123,7 +124,7 @@ def test_eleven_stuck_children_of_one_forking_server_are_no_storm(resreap_bin, s
                    *pid_args(descendants(server.pid)))
     try:
         assert until(lambda: close_wait(port) == 0, 30), "\n".join(run.lines)
-        assert not run.find(lambda e: e["event"] == "storm")
+        assert not run.find(lambda e: e["event"] == Event.STORM)
         assert server.poll() is None
     finally:
         assert run.stop() == 0
@@ -179,8 +180,8 @@ def test_a_hung_nginx_worker_is_reaped_and_nginx_keeps_serving(resreap_bin, tmp_
             assert until(lambda: close_wait(port) == 0, 5)
             time.sleep(patience(3))        # the master is judged again: the leak is gone
             assert pid_alive(master.pid) and master.poll() is None
-            assert not run.find(lambda e: e["event"] == "reap" and e["pid"] == master.pid)
-            assert run.find(lambda e: e["event"] == "children-first" and e["pid"] == master.pid)
+            assert not run.find(lambda e: e["event"] == Event.REAP and e["pid"] == master.pid)
+            assert run.find(lambda e: e["event"] == Event.CHILDREN_FIRST and e["pid"] == master.pid)
         finally:
             assert run.stop() == 0
     finally:
@@ -210,7 +211,7 @@ def test_a_stopped_redis_is_reaped_after_the_stall(resreap_bin):
         try:
             server.send_signal(signal.SIGSTOP)
             connect_and_close(port, 3)
-            reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid,
+            reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid,
                                 timeout=10)
             assert reap["evidence"] == "queued:3" and reap["oldest"] >= 2
             out = run.outcome(server.pid)

@@ -12,6 +12,7 @@ import pytest
 
 from procs import patience, pid_alive, until
 from watchrun import WatchRun
+from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel]
 
@@ -48,7 +49,7 @@ def watch(resreap_bin, backend):
         run = WatchRun(resreap_bin, "--backend", "bpf" if backend == "bpf" else "proc",
                        *args, env=env)
         runs.append(run)
-        assert run.find(lambda e: e["event"] == "start")[0]["backend"] == (
+        assert run.find(lambda e: e["event"] == Event.START)[0]["backend"] == (
             "bpf" if backend == "bpf" else "proc")
         return run
 
@@ -76,7 +77,7 @@ def test_leaker_is_reaped_and_its_peer_survives(watch, actors, tag, role, host):
     stall = ["--stall", "1"] if role == "stuck-server" else []
     run = watch("-f", tag.split("=")[1], *FAST, *stall)
     client.send("close", "CLOSED")
-    reap = run.wait_for(lambda e: e["event"] == "reap" and e["pid"] == server.pid)
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid)
     # Reaped the moment the 2nd socket counts; the 3rd may count in the same wakeup.
     assert reap["count"] in (2, 3) and reap["limit"] == 2 and reap["oldest"] >= 0.5
     assert run.outcome(server.pid)["result"] == "terminated"
@@ -118,7 +119,7 @@ def test_forked_holders_are_both_reaped(watch, actors, tag):
     # child is gone and the leak remains (children-first, again_in later).
     assert run.outcome(child)["result"] == "terminated"
     assert run.outcome(server.pid, timeout=25)["result"] == "terminated"
-    assert run.find(lambda e: e["event"] == "children-first" and e["pid"] == server.pid)
+    assert run.find(lambda e: e["event"] == Event.CHILDREN_FIRST and e["pid"] == server.pid)
     assert client.alive()
 
 
@@ -128,7 +129,7 @@ def test_sockets_present_at_start_are_reaped(watch, actors, tag):
     client.send("close", "CLOSED")
     time.sleep(patience(0.2))
     run = watch("-f", tag.split("=")[1], *FAST)
-    assert run.wait_for(lambda e: e["event"] == "existing")["sockets"] >= 3
+    assert run.wait_for(lambda e: e["event"] == Event.EXISTING)["sockets"] >= 3
     assert run.outcome(server.pid)["result"] == "terminated"
 
 
@@ -137,11 +138,11 @@ def test_below_the_limit_survives(watch, actors, tag):
     server, client = leak(actors, "leaky-server", "127.0.0.1", tag, n=1)
     run = watch("-f", tag.split("=")[1], "-D", *FAST)
     client.send("close", "CLOSED")
-    run.wait_for(lambda e: e.get("message", "").startswith(f"pid {server.pid} ")
-                 and "below the limit 2" in e["message"])
+    run.wait_for(lambda e: e["event"] == Event.BELOW and e["pid"] == server.pid
+                 and e["why"] == "limit" and e["limit"] == 2)
     time.sleep(patience(0.5))
     assert server.alive()
-    assert not run.find(lambda e: e["event"] == "reap")
+    assert not run.find(lambda e: e["event"] == Event.REAP)
 
 
 @pytest.mark.each_backend
@@ -150,13 +151,13 @@ def test_closing_within_the_grace_survives(watch, actors, tag):
     run = watch("-f", tag.split("=")[1], "-i", "1.5", "-D")
     client.send("close", "CLOSED")
     # Long enough for a poller (every 1.5/4 s) to see it, well inside the grace.
-    run.wait_for(lambda e: e.get("message", "").startswith("event enter"))
+    run.wait_for(lambda e: e["event"] == Event.TRANSITION and e["kind"] == "enter")
     time.sleep(0.8)  # not scaled: the close must land inside the 1.5 s grace
     server.send("close", "CLOSED")
-    run.wait_for(lambda e: e.get("message", "").startswith("event exit"))
+    run.wait_for(lambda e: e["event"] == Event.TRANSITION and e["kind"] == "exit")
     time.sleep(patience(1.6))
     assert server.alive()
-    assert not run.find(lambda e: e["event"] == "reap")
+    assert not run.find(lambda e: e["event"] == Event.REAP)
 
 
 def test_term_ignored_means_sigkill_after_wait(watch, actors, tag):
@@ -190,8 +191,8 @@ def test_kills_run_concurrently(watch, actors, tag):
     for server, _ in pairs:
         assert run.outcome(server.pid, timeout=30)["result"] == "killed"
     pids = {server.pid for server, _ in pairs}
-    reaps = run.find(lambda e: e["event"] == "reap" and e["pid"] in pids)
-    outcomes = run.find(lambda e: e["event"] == "outcome" and e["pid"] in pids)
+    reaps = run.find(lambda e: e["event"] == Event.REAP and e["pid"] in pids)
+    outcomes = run.find(lambda e: e["event"] == Event.OUTCOME and e["pid"] in pids)
     assert len(reaps) == 2 and max(r["ts"] for r in reaps) < min(o["ts"] for o in outcomes)
 
 
@@ -199,9 +200,9 @@ def test_filter_mismatch_spares(watch, actors, tag):
     server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
     run = watch("-f", "^no-such-command", "-D", *FAST)
     client.send("close", "CLOSED")
-    spare = run.wait_for(lambda e: e["event"] == "spare" and e["pid"] == server.pid)
+    spare = run.wait_for(lambda e: e["event"] == Event.SPARE and e["pid"] == server.pid)
     assert "-f" in spare["reason"]
-    assert server.alive() and not run.find(lambda e: e["event"] == "reap")
+    assert server.alive() and not run.find(lambda e: e["event"] == Event.REAP)
 
 
 def test_ignored_endpoint_does_not_count(watch, actors, tag):
@@ -210,9 +211,9 @@ def test_ignored_endpoint_does_not_count(watch, actors, tag):
     ignore = [a for p in ports[:2] for a in ("-F", f"127.0.0.1:{p}")]
     run = watch("-f", tag.split("=")[1], "-D", *ignore, *FAST)
     client.send("close", "CLOSED")
-    run.wait_for(lambda e: "below the limit" in e.get("message", ""))
+    run.wait_for(lambda e: e["event"] == Event.BELOW and e["pid"] == server.pid)
     time.sleep(patience(0.5))
-    assert server.alive() and not run.find(lambda e: e["event"] == "reap")
+    assert server.alive() and not run.find(lambda e: e["event"] == Event.REAP)
 
 
 def test_hook_gets_the_facts_in_its_environment(watch, actors, tag, tmp_path):
@@ -222,7 +223,7 @@ def test_hook_gets_the_facts_in_its_environment(watch, actors, tag, tmp_path):
     client.send("close", "CLOSED")
     out = run.outcome(server.pid)
     assert out["result"] == "terminated" and out["hook"] == "exit 0"
-    reap = run.find(lambda e: e["event"] == "reap" and e["pid"] == server.pid)[0]
+    reap = run.find(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid)[0]
     env = dict(line.split("=", 1) for line in facts.read_text().splitlines())
     # the limit is 2: the decision may come before the third socket counts
     assert env["RESREAP_PID"] == str(server.pid) and env["RESREAP_COUNT"] == str(reap["count"])
@@ -254,14 +255,14 @@ def test_a_sparing_hook_is_asked_again_one_grace_later(watch, actors, tag, tmp_p
     assert len(times) >= 3 and server.alive()
     # -i 0.5: looked at again after max(grace, 1 s), never at once
     assert all(b - a >= 0.9 for a, b in zip(times, times[1:])), times
-    run.wait_for(lambda e: len(run.find(lambda o: o["event"] == "outcome"
+    run.wait_for(lambda e: len(run.find(lambda o: o["event"] == Event.OUTCOME
                                         and o["result"] == "spared")) >= 3)
 
 
 def test_start_line_names_the_pid_filter(watch, actors, tag):
     server = actors("leaky-server", "127.0.0.1", tag)
     run = watch("-p", str(server.pid), *FAST)
-    assert run.find(lambda e: e["event"] == "start")[0]["pid"] == [server.pid]
+    assert run.find(lambda e: e["event"] == Event.START)[0]["pid"] == [server.pid]
 
 
 def test_hung_hook_is_cut_off(watch, actors, tag):
@@ -284,7 +285,7 @@ def test_hostile_command_line_is_never_executed(watch, actors, tag, tmp_path):
     assert run.outcome(server.pid)["result"] == "terminated"
     assert not marker.exists()
     assert evil in seen.read_text()
-    reap = run.wait_for(lambda e: e["event"] == "reap")
+    reap = run.wait_for(lambda e: e["event"] == Event.REAP)
     assert evil in reap["cmd"]  # JSON carries it exactly, escaped
     assert all("\x1b" not in line for line in run.lines)
 
@@ -293,7 +294,7 @@ def test_dry_run_kills_nothing(watch, actors, tag):
     server, client = leak(actors, "leaky-server", "127.0.0.1", tag)
     run = watch("-f", tag.split("=")[1], "-d", *FAST)
     client.send("close", "CLOSED")
-    run.wait_for(lambda e: e["event"] == "would-reap" and e["pid"] == server.pid)
+    run.wait_for(lambda e: e["event"] == Event.WOULD_REAP and e["pid"] == server.pid)
     assert run.outcome(server.pid)["result"] == "dry-run"
     time.sleep(patience(0.6))
     assert server.alive()

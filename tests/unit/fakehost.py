@@ -118,7 +118,9 @@ class FakeSource(EventSource):
                 out.append(t)
         return out
 
-    def lost(self) -> int:
+    def lost(self) -> int | None:
+        """None while ``lost_events`` is None: the kernel's counter could
+        not be read (BpfSource.lost)."""
         return self.lost_events
 
     def close(self) -> None:

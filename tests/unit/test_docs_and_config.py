@@ -152,3 +152,33 @@ def test_settings_are_validated_once_into_typed_values(tmp_path):
     assert st.command_pattern == "^java" and st.backend == "auto"
     with pytest.raises(UsageError, match="--stall"):
         settings.validate(dict(defaults, stall=0))
+
+
+def test_the_readme_names_every_decision_event():
+    """The README's list of log lines is the enum's: a new kind of line
+    cannot ship undocumented."""
+    from pathlib import Path
+
+    from resreap.engine.decisions import Event
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Log lines.**"):]
+    section = section[:section.index("\n\n")]
+    missing = [e.value for e in Event if f"`{e.value}`" not in section]
+    assert not missing, f"README's log lines lack {missing}"
+
+
+def test_decision_lines_are_named_by_the_enum_only():
+    """No decision("free text", ...) in the product: control flow and tests
+    name lines through Event."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "resreap"
+    loose = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "decision" \
+                    and node.args and isinstance(node.args[0], ast.Constant):
+                loose.append(f"{path.name}:{node.lineno}")
+    assert not loose

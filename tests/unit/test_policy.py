@@ -11,6 +11,7 @@ from resreap.host.supervisor import parse
 from resreap.model import Owner, SockId
 from resreap.engine.policy import Counter, StormGuard, parse_rate
 from resreap.host.procinfo import ProcInfo
+from resreap.engine.decisions import Event
 
 A = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\1", 1000)
 B = SockId(4, b"\x7f\0\0\1", 80, b"\x7f\0\0\1", 1001)
@@ -102,7 +103,7 @@ def test_text_decision_line_is_one_escaped_line():
 
 def test_json_decision_line():
     obj = json.loads(JsonFormatter().format(_record("outcome", pid=5, signals=("SIGTERM",))))
-    assert obj["event"] == "outcome" and obj["pid"] == 5 and obj["signals"] == ["SIGTERM"]
+    assert obj["event"] == Event.OUTCOME and obj["pid"] == 5 and obj["signals"] == ["SIGTERM"]
     assert obj["level"] == "warning" and isinstance(obj["ts"], float)
 
 

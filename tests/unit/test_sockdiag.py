@@ -42,3 +42,26 @@ def test_parse_reply_with_tcp_info():
 def test_states_mask_and_endpoint_format():
     assert states_mask([8, 10]) == (1 << 8) | (1 << 10)
     assert format_endpoint(6, b"\0" * 10 + b"\xff\xff\x7f\0\0\1", 80) == "[::ffff:127.0.0.1]:80"
+
+
+def test_bpf_map_errors_are_translated_at_their_edge():
+    """A bpf() call that fails on the ring's counter or the pending map
+    raises BpfCallError (a KernelQueryError), never a raw OSError nor a
+    silent 0: a count that could not be read is unknown."""
+    import os
+
+    import pytest
+
+    from resreap.errors import BpfCallError, KernelQueryError
+    from resreap.sources.ringbuf import BatchTaker, PerCpuCounters
+
+    r, w = os.pipe()  # an fd that is no BPF map
+    try:
+        with pytest.raises(BpfCallError) as err:
+            PerCpuCounters(r).sum(0)
+        assert isinstance(err.value, KernelQueryError) and err.value.errno
+        with pytest.raises(BpfCallError):
+            BatchTaker(r, 64).take()
+    finally:
+        os.close(r)
+        os.close(w)
