@@ -1,5 +1,9 @@
-# Developer shortcuts; each target does its own set-up (run as root).
-.PHONY: setup test test-unit run trace bench clean
+# Developer shortcuts.  `make unit` needs neither root nor apt: it makes its
+# own venv (.venv-unit) and runs the unit layer; the rest do their own
+# set-up as root.
+.PHONY: setup test unit test-unit run trace bench clean
+
+PYTHON ?= python3
 
 setup:
 	scripts/setup --test
@@ -7,9 +11,16 @@ setup:
 test:
 	scripts/test
 
-# The tests that need neither root nor a kernel with BPF.
-test-unit: setup
-	.venv/bin/python -m pytest -m "not kernel"
+# The unit layer: a fake host, no root, no kernel, no apt.
+unit: .venv-unit/.ready
+	.venv-unit/bin/python -m pytest -q -m unit tests/unit
+
+.venv-unit/.ready: pyproject.toml
+	$(PYTHON) -m venv .venv-unit
+	.venv-unit/bin/pip install -q --disable-pip-version-check ".[test]"
+	touch $@
+
+test-unit: unit
 
 run:
 	scripts/run watch
@@ -18,5 +29,5 @@ trace:
 	scripts/run trace
 
 clean:
-	rm -rf .venv build dist *.egg-info .pytest_cache
+	rm -rf .venv .venv-unit build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

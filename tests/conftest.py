@@ -27,6 +27,17 @@ def pytest_sessionfinish(session):
         shutil.rmtree(LOCK_DIR, ignore_errors=True)
 
 
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items):
+    """``-m unit`` means the unit layer and nothing else: no root, no
+    kernel, no container (``-m "not kernel"`` also booted the systemd one)."""
+    for item in items:
+        if UNIT_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
