@@ -22,6 +22,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Iterable
 
+from resreap.host import procinfo
+
 if TYPE_CHECKING:
     from resreap.engine.owners import FdIndex
 
@@ -32,17 +34,8 @@ BACKOFF_MAX = 600.0
 CHECK_EVERY = 32  # processes read between looks at new requests
 
 
-def fd_count(pid: int, proc_root: str) -> int:
-    """About how many fds ``pid`` has: its fd table size (FDSize in its
-    status, every kernel: a power of two above its highest fd)."""
-    try:
-        with open(f"{proc_root}/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"FDSize:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+# About how many fds a process has (its fd table size): the /proc edge's.
+fd_count = procinfo.fd_table_size
 
 
 class FullScanner:

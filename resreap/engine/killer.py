@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
-import subprocess
 import threading
 import time
 from typing import Callable, NamedTuple
 
 from resreap.host import procinfo
+from resreap.host.process import Pinned, run_command
 from resreap.errors import ProcessGone, ProcessReplaced, UsageError
 from resreap.model import Result, SockId
 from resreap.engine.owners import held_count
@@ -25,7 +24,6 @@ from resreap.host.supervisor import Revival, Reviver, Supervisor, UnitState
 
 log = logging.getLogger(__name__)
 
-HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
 
 def parse_signal(text: str) -> signal.Signals:
@@ -124,82 +122,7 @@ def hook_env(target: Target, plan: Plan) -> dict[str, str]:
 
 def _run_hook(target: Target, plan: Plan) -> tuple[bool, str]:
     """Run the hook; (go ahead?, status text)."""
-    try:
-        proc = subprocess.Popen(["/bin/sh", "-c", plan.hook], env=hook_env(target, plan),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-    except OSError as exc:
-        return False, f"could not start: {exc.strerror}"
-    try:
-        rc = proc.wait(plan.hook_timeout)
-    except subprocess.TimeoutExpired:
-        # Its own session: the whole hook, children included, is cut off.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        return False, f"timed out after {plan.hook_timeout:g}s"
-    return rc == 0, f"exit {rc}"
-
-
-class _Handle:
-    """A process pinned by a pidfd (or, before Linux 5.3, by pid + start
-    time re-checked right before each signal)."""
-
-    def __init__(self, pid: int, start: int, proc_root: str) -> None:
-        self.pid, self.start, self.proc_root = pid, start, proc_root
-        self.fd: int | None = None
-        if HAVE_PIDFD:
-            try:
-                self.fd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                raise ProcessGone(pid) from None
-            except OSError:  # kernel without pidfd_open
-                self.fd = None
-        # Opened on the right process only if it is still the one we chose.
-        if not procinfo.alive(pid, start, proc_root):
-            self.close()
-            raise ProcessReplaced(pid)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def exited(self, timeout: float = 0.0) -> bool:
-        if self.fd is not None:
-            poller = select.poll()
-            poller.register(self.fd, select.POLLIN)
-            return bool(poller.poll(max(0, int(timeout * 1000))))
-        deadline = time.monotonic() + timeout
-        while True:
-            if not procinfo.alive(self.pid, self.start, self.proc_root) or _zombie(self.pid, self.proc_root):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
-
-    def send(self, sig: signal.Signals) -> bool:
-        """False if the process is gone already."""
-        try:
-            if self.fd is not None:
-                signal.pidfd_send_signal(self.fd, sig)
-            else:
-                if not procinfo.alive(self.pid, self.start, self.proc_root):
-                    return False
-                os.kill(self.pid, sig)
-        except ProcessLookupError:
-            return False
-        return True
-
-
-def _zombie(pid: int, proc_root: str) -> bool:
-    try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b") ")[2][:1] in (b"Z", b"X")
-    except OSError:
-        return True
+    return run_command(plan.hook, hook_env(target, plan), plan.hook_timeout)
 
 
 def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
@@ -214,7 +137,7 @@ def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
     if plan.dry_run:
         return done(Result.DRY_RUN)
     try:
-        handle = _Handle(info.pid, info.start, proc_root)
+        handle = Pinned(info.pid, info.start, proc_root)
     except ProcessReplaced:
         return done(Result.REPLACED)
     except ProcessGone:

@@ -30,9 +30,6 @@ from resreap.host.sockets import NsSock, SocketTable
 
 log = logging.getLogger(__name__)
 
-_SOCKET_PREFIX = "socket:["
-
-
 def check_privileges() -> None:
     """Owners come from every process's /proc/PID/fd, which only root (or
     CAP_SYS_PTRACE with CAP_DAC_READ_SEARCH) may read."""
@@ -41,25 +38,8 @@ def check_privileges() -> None:
                       "to find who holds a socket (try: sudo resreap ...)")
 
 
-def socket_fds(pid: int, proc_root: str = "/proc") -> Iterator[tuple[int, int]]:
-    """(fd, socket inode) for each socket ``pid`` holds; nothing if it is
-    gone.  Raises AccessDenied where its fds may not be read (hidepid=2, no
-    CAP_SYS_PTRACE).  Stateless, so a kill thread may call it too."""
-    base = f"{proc_root}/{pid}/fd"
-    try:
-        fds = os.listdir(base)
-    except PermissionError:
-        raise AccessDenied(pid, "/fd") from None
-    except OSError as exc:  # exited, or a kernel thread; never "exited" for EMFILE
-        procinfo.out_of_fds(exc, f"listing /proc/{pid}/fd")
-        return
-    for fd in fds:
-        try:
-            link = os.readlink(f"{base}/{fd}")
-        except OSError:
-            continue
-        if link.startswith(_SOCKET_PREFIX):
-            yield int(fd), int(link[8:-1])
+# (fd, socket inode) for each socket a process holds: the /proc edge's.
+socket_fds = procinfo.socket_fds
 
 
 # The fds the event loop may read inline for one lookup (hints and their
@@ -133,15 +113,8 @@ class FdIndex:
             held = dict(self._cache.get(inode) or {})
         if not held:
             return set()
-        want = f"socket:[{inode}]"
-        stale = []
-        for pid, fd in held.items():
-            try:
-                ok = os.readlink(f"{self.proc_root}/{pid}/fd/{fd}") == want
-            except OSError:
-                ok = False
-            if not ok:
-                stale.append(pid)
+        stale = [pid for pid, fd in held.items()
+                 if not procinfo.holds_socket(pid, fd, inode, self.proc_root)]
         if stale:
             with self._lock:
                 cached = self._cache.get(inode)
@@ -156,13 +129,8 @@ class FdIndex:
         """Does ``pid`` hold ``inode`` right now?  One readlink when cached."""
         with self._lock:
             fd = self._cache.get(inode, {}).get(pid)
-        want = f"socket:[{inode}]"
-        if fd is not None:
-            try:
-                if os.readlink(f"{self.proc_root}/{pid}/fd/{fd}") == want:
-                    return True
-            except OSError:
-                pass
+        if fd is not None and procinfo.holds_socket(pid, fd, inode, self.proc_root):
+            return True
         found = self.scan_pids((pid,), {inode})
         return pid in found.get(inode, ())
 
@@ -189,16 +157,7 @@ class FdIndex:
         CONFIG_PROC_CHILDREN: the full scan still finds them."""
         out: set[int] = set()
         for pid in pids:
-            try:
-                tids = os.listdir(f"{self.proc_root}/{pid}/task")
-            except OSError:
-                continue
-            for tid in tids:
-                try:
-                    with open(f"{self.proc_root}/{pid}/task/{tid}/children") as f:
-                        out.update(int(c) for c in f.read().split())
-                except OSError:
-                    continue
+            out |= procinfo.children(pid, self.proc_root)
         return out
 
     def family(self, found: dict[int, set[int]], depth: int = 8) -> set[int]:
@@ -235,7 +194,7 @@ class FdIndex:
                 found[inode] |= pids
 
     def all_pids(self) -> list[int]:
-        return [int(n) for n in os.listdir(self.proc_root) if n.isdigit()]
+        return procinfo.pids(self.proc_root)
 
     def scan_order(self) -> list[int]:
         """Every process, fewest fds first (fd hogs cannot delay finding a

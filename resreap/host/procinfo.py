@@ -14,7 +14,7 @@ import time
 from typing import Iterator, NamedTuple
 
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessReplaced, \
-    ProcessUnreadable
+    ProcessUnreadable, ResreapError
 
 # resreap's own fd table (or the system's) is full: not a fact about the
 # process read.
@@ -114,9 +114,105 @@ def fd_soft_limit(pid: int, proc_root: str = "/proc") -> int | None:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def age(start: int) -> float:
-    """Seconds since a process started (``start``: its starttime ticks)."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME) - start / CLK_TCK
+def boottime() -> float:
+    """CLOCK_BOOTTIME seconds: the clock of a process's start time."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def age(start: int, now: float | None = None) -> float:
+    """Seconds since a process started (``start``: its starttime ticks;
+    ``now``: CLOCK_BOOTTIME seconds, read here unless given)."""
+    return (boottime() if now is None else now) - start / CLK_TCK
+
+
+_SOCKET_PREFIX = "socket:["
+
+
+def pids(proc_root: str = "/proc") -> list[int]:
+    """Every process's pid.  Raises OutOfFds for EMFILE/ENFILE."""
+    try:
+        return [int(n) for n in os.listdir(proc_root) if n.isdigit()]
+    except OSError as exc:
+        out_of_fds(exc, f"listing {proc_root}")
+        raise ResreapError(f"cannot list {proc_root}: {exc.strerror}") from exc
+
+
+def socket_fds(pid: int, proc_root: str = "/proc") -> Iterator[tuple[int, int]]:
+    """(fd, socket inode) for each socket ``pid`` holds; nothing if it is
+    gone.  Raises AccessDenied where its fds may not be read (hidepid=2, no
+    CAP_SYS_PTRACE), OutOfFds for EMFILE/ENFILE (never "exited").
+    Stateless, so a kill thread may call it too."""
+    base = f"{proc_root}/{pid}/fd"
+    try:
+        fds = os.listdir(base)
+    except PermissionError:
+        raise AccessDenied(pid, "/fd") from None
+    except OSError as exc:  # exited, or a kernel thread
+        out_of_fds(exc, f"listing /proc/{pid}/fd")
+        return
+    for fd in fds:
+        link = fd_link(pid, int(fd), proc_root)
+        if link is not None and link.startswith(_SOCKET_PREFIX):
+            yield int(fd), int(link[8:-1])
+
+
+def fd_link(pid: int, fd: int, proc_root: str = "/proc") -> str | None:
+    """What fd ``fd`` of ``pid`` points at (None: closed, or the process is
+    gone or unreadable: it does not hold it as far as anyone can tell)."""
+    try:
+        return os.readlink(f"{proc_root}/{pid}/fd/{fd}")
+    except OSError as exc:
+        out_of_fds(exc, f"reading /proc/{pid}/fd/{fd}")
+        return None
+
+
+def holds_socket(pid: int, fd: int, inode: int, proc_root: str = "/proc") -> bool:
+    """Does fd ``fd`` of ``pid`` point at socket ``inode`` right now?"""
+    return fd_link(pid, fd, proc_root) == f"socket:[{inode}]"
+
+
+def children(pid: int, proc_root: str = "/proc") -> set[int]:
+    """Direct children of ``pid``, from every thread's children file (empty
+    where it is gone or the kernel lacks CONFIG_PROC_CHILDREN)."""
+    out: set[int] = set()
+    try:
+        tids = os.listdir(f"{proc_root}/{pid}/task")
+    except OSError as exc:
+        out_of_fds(exc, f"listing /proc/{pid}/task")
+        return out
+    for tid in tids:
+        try:
+            with open(f"{proc_root}/{pid}/task/{tid}/children") as f:
+                out.update(int(c) for c in f.read().split())
+        except OSError as exc:
+            out_of_fds(exc, f"reading /proc/{pid}/task/{tid}/children")
+    return out
+
+
+def fd_table_size(pid: int, proc_root: str = "/proc") -> int:
+    """About how many fds ``pid`` has: its fd table size (FDSize in its
+    status, every kernel: a power of two above its highest fd); 0 where it
+    cannot be read."""
+    try:
+        with open(f"{proc_root}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"FDSize:"):
+                    return int(line.split()[1])
+    except OSError as exc:
+        out_of_fds(exc, f"reading /proc/{pid}/status")
+    except (ValueError, IndexError):
+        pass
+    return 0
+
+
+def is_zombie(pid: int, proc_root: str = "/proc") -> bool:
+    """Gone, or a zombie (dead, waiting for its parent).  Raises
+    AccessDenied where /proc/PID/stat cannot be read: that is not death."""
+    try:
+        with proc_errors(pid, "/stat"), open(f"{proc_root}/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b") ")[2][:1] in (b"Z", b"X")
+    except ProcessGone:
+        return True
 
 
 def ancestors(pid: int, proc_root: str = "/proc") -> set[int]:

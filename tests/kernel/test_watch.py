@@ -331,11 +331,10 @@ def test_recycled_pid_is_never_signalled(monkeypatch, root_ready, pidfd):
     another process (here: same pid, other start time) is left alone.  Also
     without pidfds (Linux < 5.3), where identity is re-checked right before
     each signal."""
-    from resreap.engine import killer
-    from resreap.host import procinfo
+    from resreap.host import procinfo, process
     from resreap.engine.killer import Plan, Target, execute
 
-    monkeypatch.setattr(killer, "HAVE_PIDFD", pidfd)
+    monkeypatch.setattr(process, "HAVE_PIDFD", pidfd)
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         info = procinfo.read(victim.pid)

@@ -55,3 +55,50 @@ def test_the_readme_layout_names_every_module():
     assert not missing, f"README's layout lacks {missing}"
     named = set(re.findall(r"`((?:host|sources|engine|ops)/[a-z_]+)`", layout))
     assert named <= set(modules), f"README names modules that do not exist: {named - set(modules)}"
+
+
+# OSError and the subclasses code catches instead of it.
+_OS_ERRORS = {"OSError", "IOError", "EnvironmentError", "FileNotFoundError",
+              "PermissionError", "ProcessLookupError", "BlockingIOError",
+              "ChildProcessError", "InterruptedError", "IsADirectoryError",
+              "NotADirectoryError", "FileExistsError", "ConnectionError", "TimeoutError"}
+
+
+def os_errors_caught(source: str) -> list[int]:
+    """Lines of ``source`` whose except clause names an OS error (alone or
+    in a tuple), or is bare."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ExceptHandler):
+            continue
+        if node.type is None:
+            lines.append(node.lineno)
+            continue
+        kinds = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+        names = {k.id if isinstance(k, ast.Name) else getattr(k, "attr", "") for k in kinds}
+        if names & _OS_ERRORS:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_engine_never_catches_os_errors():
+    """Signals, /proc and kernel calls translate OS errors at their edge
+    (host/procinfo, host/process, host/sockets, sources/ringbuf): above it,
+    an errno is never read as "the process is gone"."""
+    found = {str(p.relative_to(ROOT)): lines
+             for p in (ROOT / "resreap" / "engine").rglob("*.py")
+             if (lines := os_errors_caught(p.read_text()))}
+    assert not found, f"OS errors caught in the engine: {found}"
+
+
+def test_the_os_error_rule_can_fail():
+    """The check above is real: it finds each way of catching one."""
+    sample = (
+        "try:\n    pass\nexcept OSError:\n    pass\n"
+        "try:\n    pass\nexcept (ValueError, PermissionError) as e:\n    pass\n"
+        "try:\n    pass\nexcept builtins.FileNotFoundError:\n    pass\n"
+        "try:\n    pass\nexcept:\n    pass\n"
+        "try:\n    pass\nexcept ValueError:\n    pass\n")
+    assert os_errors_caught(sample) == [3, 7, 11, 15]
