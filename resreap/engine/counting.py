@@ -32,6 +32,9 @@ RETRY_UNRESOLVED_MAX = 60.0
 # A counting socket still held by no one after this many looks (about 4 s)
 # is an orphan; the `orphans` line is repeated at most this often.
 ORPHAN_AFTER = 4
+# Looks at that pace while a full scan is still reading for the socket
+# (about 30 s): then the backoff, scan or no scan.
+SEARCHED_MAX = 120
 ORPHANS_EVERY = 3600.0
 # A counting socket is looked at again this often (new holders after a
 # fork, or a change of evidence); the decision re-checks anyway.
@@ -49,12 +52,16 @@ RECONCILE_EVERY = 60.0
 
 class Counting:
     def __init__(self, resolver: OwnerResolver, limits: Limits, filters: Filters,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 boottime: Callable[[], float] = procinfo.boottime) -> None:
+        """``clock``: monotonic seconds (the events'); ``boottime``:
+        CLOCK_BOOTTIME seconds, against which a process's age is read."""
         self.resolver = resolver
         self.proc_root = resolver.proc_root
         self.limits = limits
         self.filters = filters
         self._clock = clock
+        self._boottime = boottime
         self.table = CloseWaitTable()
         self.counter = Counter()
         self.young: list[Key] = []      # new sockets whose holders are looked for
@@ -233,7 +240,8 @@ class Counting:
         started to replace a hung one has had no chance to accept it)."""
         out = []
         for owner in hit.owners:
-            if kind is Evidence.QUEUED and procinfo.age(owner.start) < self.limits.stall:
+            if kind is Evidence.QUEUED and \
+                    procinfo.age(owner.start, self._boottime()) < self.limits.stall:
                 continue
             uids = self._holder_uids(owner)
             if uids is None:
@@ -282,6 +290,8 @@ class Counting:
                                 again_in=round(judged.recheck, 2))
                 continue
             entry.counted = True
+            if not hit.owners and self._still_searched(entry, now):
+                continue
             if not hit.owners:
                 entry.misses += 1
                 delay = min(RETRY_UNRESOLVED * 2 ** (entry.misses - 1), RETRY_UNRESOLVED_MAX)
@@ -307,6 +317,20 @@ class Counting:
     def _timer(entry: Entry, verdict: Verdict, **fields) -> None:
         decision(Event.TIMER, logging.DEBUG, socket=f"{entry.sock.local}->{entry.sock.remote}",
                  verdict=verdict.value, **fields)
+
+    def _still_searched(self, entry: Entry, now: float) -> bool:
+        """A counting socket whose holder is not found yet while a full scan
+        still reads /proc for it (a cold host, fd tables of 20,000): looked
+        at again promptly, without counting a miss.  The backoff (and the
+        orphans line) start only once a whole scan found nobody, so the
+        reap follows the scan's answer within RETRY_UNRESOLVED.  Bounded:
+        a scan kept busy by new requests cannot hold it at this pace for
+        more than SEARCHED_MAX looks."""
+        if entry.waited >= SEARCHED_MAX or not self.resolver.index.scanner.searching(entry.inode):
+            return False
+        entry.waited += 1
+        self.table.schedule(entry, now + RETRY_UNRESOLVED)
+        return True
 
     def _maybe_missed(self, entry: Entry, now: float) -> bool:
         """/proc/net/tcp is read in pieces while sockets come and go: a read

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from resreap.host import procinfo
 
@@ -39,18 +39,22 @@ fd_count = procinfo.fd_table_size
 
 
 class FullScanner:
-    def __init__(self, index: FdIndex) -> None:
+    def __init__(self, index: FdIndex, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: monotonic seconds, for the backoff of sockets a scan
+        did not find (the loop's clock)."""
         self._index = index
+        self._clock = clock
         self._cond = threading.Condition()
         self._pending: set[int] = set()
         self._misses: dict[int, tuple[int, float]] = {}  # inode -> (failed scans, next try)
         self._thread: threading.Thread | None = None
+        self._current: set[int] = set()  # what the running scan looks for
         self.scans = 0
         self.last_took = 0.0
 
     def request(self, inodes: Iterable[int]) -> None:
         """Look for the holders of these socket inodes in the background."""
-        now = time.monotonic()
+        now = self._clock()
         with self._cond:
             for inode in inodes:
                 miss = self._misses.get(inode)
@@ -62,6 +66,12 @@ class FullScanner:
                 self._thread = threading.Thread(target=self._run, name="fdscan", daemon=True)
                 self._thread.start()
             self._cond.notify()
+
+    def searching(self, inode: int) -> bool:
+        """Is a scan still to look for this socket, or looking now?  Its
+        holders may yet be found: no reason to back off."""
+        with self._cond:
+            return inode in self._pending or inode in self._current
 
     def forget(self, inode: int) -> None:
         with self._cond:
@@ -87,6 +97,7 @@ class FullScanner:
                 while not self._pending:
                     self._cond.wait()
                 wanted, self._pending = self._pending, set()
+                self._current = wanted  # grows as _more takes new requests in
                 self._scanning = True
             try:
                 self._scan(wanted)
@@ -95,6 +106,7 @@ class FullScanner:
             finally:
                 with self._cond:
                     self._scanning = False
+                    self._current = set()
                     self._cond.notify_all()
 
     def _more(self, wanted: set[int]) -> bool:
@@ -135,7 +147,7 @@ class FullScanner:
         # The first holder found may be the child: its family holds them too.
         index.add_family(found)
         self.last_took = time.monotonic() - began
-        now = time.monotonic()
+        now = self._clock()
         with self._cond:
             for inode in found:
                 self._misses.pop(inode, None)

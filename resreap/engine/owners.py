@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from resreap.host import procinfo
 from resreap.errors import AccessDenied, NotRoot, ProcessGone
@@ -76,11 +76,13 @@ class FdIndex:
     # missed exit could leave behind.
     MAX_CACHED = 262144
 
-    def __init__(self, proc_root: str = "/proc") -> None:
+    def __init__(self, proc_root: str = "/proc",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: monotonic seconds, for the background scan's backoff."""
         self.proc_root = proc_root
         self._cache: dict[int, dict[int, int]] = {}
         self._lock = threading.Lock()
-        self.scanner = FullScanner(self)
+        self.scanner = FullScanner(self, clock)
         # Processes whose fds could not be read: their sockets have no owner
         # here.  Bounded; reported once by whoever reads it.
         self.denied: set[int] = set()
@@ -295,13 +297,15 @@ class OwnerResolver:
     LISTENERS_WAIT = 5.0
 
     def __init__(self, table: SocketTable, index: FdIndex | None = None,
-                 scan_wait: float = 0.0) -> None:
+                 scan_wait: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         """``scan_wait``: how long a lookup may wait for the background scan
         (trace shows each socket once, so it waits a little; watch never
-        waits: it looks again later)."""
+        waits: it looks again later).  ``clock``: monotonic seconds, for how
+        fresh the listeners are."""
         self.table = table
         self.proc_root = table.proc_root
-        self.index = index or FdIndex(table.proc_root)
+        self._clock = clock
+        self.index = index or FdIndex(table.proc_root, clock)
         self.scan_wait = scan_wait
         self._listeners: list[NsSock] = []
         self._listeners_at = float("-inf")
@@ -311,9 +315,9 @@ class OwnerResolver:
         self._by_peer = Hints()
 
     def _listener_for(self, ns: NsSock, refresh: bool) -> list[NsSock]:
-        if refresh or time.monotonic() - self._listeners_at > 5.0:
+        if refresh or self._clock() - self._listeners_at > 5.0:
             self._listeners = self.table.listeners()
-            self._listeners_at = time.monotonic()
+            self._listeners_at = self._clock()
         child = ns.diag.sock
         same_port = [
             lst for lst in self._listeners
@@ -329,10 +333,10 @@ class OwnerResolver:
         an accepted socket's likely owners when its own fd is gone."""
         for refresh in (False, True):
             if refresh:
-                if time.monotonic() - self._listeners_at < 1.0:
+                if self._clock() - self._listeners_at < 1.0:
                     break
                 self._listeners = self.table.listeners()
-                self._listeners_at = time.monotonic()
+                self._listeners_at = self._clock()
             same = [lst for lst in self._listeners
                     if lst.diag.sock.lport == sock.lport and lst.diag.sock.family == sock.family
                     and (lst.diag.sock.laddr == sock.laddr or _wildcard(lst.diag.sock.laddr))]
@@ -412,7 +416,7 @@ class OwnerResolver:
         """Index the listeners' owners up front so that a first leak on a
         port does not wait for a full scan."""
         self._listeners = self.table.listeners()
-        self._listeners_at = time.monotonic()
+        self._listeners_at = self._clock()
         inodes = [lst.diag.inode for lst in self._listeners if lst.diag.inode]
         held = self.index.holders(inodes)
         if len(held) < len(inodes) and self.index.scanner.idle(self.LISTENERS_WAIT):

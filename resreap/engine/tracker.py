@@ -22,7 +22,7 @@ class Entry:
     """One socket in CLOSE_WAIT."""
 
     __slots__ = ("key", "entered", "existing", "netns", "kid", "inode", "owners", "counted",
-                 "evidence", "due", "misses", "unseen")
+                 "evidence", "due", "misses", "unseen", "waited")
 
     def __init__(self, key: Key, entered: float, existing: bool) -> None:
         self.key = key
@@ -37,6 +37,7 @@ class Entry:
         self.due = float("inf")         # next look, monotonic seconds
         self.misses = 0                 # looks that found it counting, held by no one
         self.unseen = 0                 # looks in a row that did not find it (procfs)
+        self.waited = 0                 # prompt looks while a full scan was still reading
 
     @property
     def sock(self) -> SockId:

@@ -63,10 +63,13 @@ def _endpoints(socks: list[SockId]) -> list[str]:
 class Watcher:
     def __init__(self, source: EventSource, resolver: OwnerResolver, config: WatchConfig,
                  killer: Killer | None = None, tick=None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 boottime: Callable[[], float] = procinfo.boottime) -> None:
         """``clock``: CLOCK_MONOTONIC seconds, the clock of the events'
-        timestamps (tests pass a fake one with a fake event source)."""
+        timestamps; ``boottime``: CLOCK_BOOTTIME seconds, the clock of
+        process start times (tests pass fake ones with a fake host)."""
         self._clock = clock
+        self._boottime = boottime
         self.source = source
         self.resolver = resolver
         self.config = config
@@ -74,7 +77,7 @@ class Watcher:
         self.filters = config.filters
         self.proc_root = resolver.proc_root
         # Sockets: when each counts, and against whom.
-        self.sockets = Counting(resolver, config.limits, config.filters, clock)
+        self.sockets = Counting(resolver, config.limits, config.filters, clock, boottime)
         self.eligibility = Eligibility(config.filters, self.proc_root)
         self.storm = StormGuard(config.limits.max_kills, config.limits.per)
         self.killer = killer or Killer(config.plan, self.proc_root)
@@ -319,7 +322,7 @@ class Watcher:
                          count=self.counter.count(owner), reason=verdict.why)
             return
         allowed = self.storm.next_allowed(info.cmdline, now,
-                                          started=now - procinfo.age(info.start))
+                                          started=now - procinfo.age(info.start, self._boottime()))
         if allowed:
             if owner not in self._deferred:
                 decision(Event.STORM, logging.WARNING, pid=info.pid, comm=info.comm,

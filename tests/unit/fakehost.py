@@ -21,7 +21,6 @@ import ipaddress
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 from resreap.host import procinfo
@@ -48,6 +47,10 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# The fake host's CLOCK_BOOTTIME minus its CLOCK_MONOTONIC (FakeClock).
+UPTIME = 86400.0
 
 
 class FakeKernel:
@@ -139,6 +142,41 @@ class InlineScanner(FullScanner):
         return True
 
 
+class SlowScanner(FullScanner):
+    """The background scan as a cold host runs it: each one reads for
+    ``takes`` seconds of the fake clock before it answers (a hundred
+    processes of 20,000 fds).  Requests made meanwhile join it."""
+
+    def __init__(self, index, clock: "FakeClock", takes: float) -> None:
+        super().__init__(index)
+        self._clock, self.takes = clock, takes
+        self._ready: float | None = None
+
+    def _settle(self) -> None:
+        if self._ready is not None and self._clock() >= self._ready:
+            self._ready = None
+            wanted, self._pending = self._pending, set()
+            self._scan(wanted)
+
+    def request(self, inodes) -> None:
+        self._settle()
+        now = self._clock()
+        for inode in inodes:
+            miss = self._misses.get(inode)
+            if miss is None or now >= miss[1]:
+                self._pending.add(inode)
+        if self._pending and self._ready is None:
+            self._ready = now + self.takes
+
+    def searching(self, inode: int) -> bool:
+        self._settle()
+        return inode in self._pending
+
+    def idle(self, timeout: float) -> bool:
+        self._settle()
+        return not self._pending
+
+
 class FakeKiller:
     """Records what the watcher hands over; each kill finishes at once with
     ``results[pid]`` (default: terminated), and the process then goes."""
@@ -222,6 +260,9 @@ class World:
         self.proc.mkdir()
         self.clock = FakeClock()
         self.t0 = self.clock.now
+        # The fake host has been up for a day: process start times and ages
+        # are read against this, never against the real machine's uptime
+        # (a freshly booted one made every default-aged process negative).
         self.kernel = FakeKernel(str(self.proc))
         self.source = FakeSource(self.clock, self._due_actions)
         self._actions: list = []
@@ -232,16 +273,25 @@ class World:
         self.watcher: Watcher | None = None
         self.killer: FakeKiller | None = None
 
+    def boottime(self) -> float:
+        """The fake host's CLOCK_BOOTTIME seconds."""
+        return self.clock.now + UPTIME
+
     # -- processes --------------------------------------------------------
 
     def process(self, pid: int, comm: str = "server", cmdline: str | None = None, ppid: int = 1,
                 uid: int = 0, age: float = 3600.0, unit: str = "app.service",
-                fd_limit: int = 1024, kthread: bool = False) -> Proc:
+                fd_limit: int = 1024, kthread: bool = False,
+                started: float | None = None) -> Proc:
+        """``age``: seconds it has run at the fake clock's now; or
+        ``started``: the fake clock's time it started (a restart the
+        scenario places later, holding what its predecessor held)."""
         d = self.proc / str(pid)
         (d / "fd").mkdir(parents=True)
         (d / "task" / str(pid)).mkdir(parents=True)
         (d / "task" / str(pid) / "children").write_text("")
-        ticks = int((time.clock_gettime(time.CLOCK_BOOTTIME) - age) * procinfo.CLK_TCK)
+        began = self.boottime() - age if started is None else started + UPTIME
+        ticks = int(began * procinfo.CLK_TCK)
         flags = procinfo.PF_KTHREAD if kthread else 0
         fields = ["S", str(ppid)] + ["0"] * 4 + [str(flags)] + ["0"] * 12 + [str(ticks)] + ["0"] * 10
         (d / "stat").write_text(f"{pid} ({comm}) {' '.join(fields)}\n")
@@ -364,17 +414,18 @@ class World:
     def watch(self, limit: int = 2, grace: float = 2.0, stall: float = 60.0,
               fd_percent: float | None = None, filters: Filters | None = None,
               max_kills: int = 3, per: float = 60.0, dry_run: bool = False,
-              hook: str | None = None) -> Watcher:
+              hook: str | None = None, scan_takes: float = 0.0) -> Watcher:
         plan = Plan(wait=2.0, dry_run=dry_run, hook=hook)
         config = WatchConfig(Limits(limit, grace, max_kills, per, stall=max(grace, stall),
                                     fd_percent=fd_percent),
                              plan, filters or Filters.parse(None, (), ()))
-        index = FdIndex(str(self.proc))
-        index.scanner = InlineScanner(index)
-        resolver = OwnerResolver(self.kernel, index)
+        index = FdIndex(str(self.proc), self.clock)
+        index.scanner = SlowScanner(index, self.clock, scan_takes) if scan_takes \
+            else InlineScanner(index)
+        resolver = OwnerResolver(self.kernel, index, clock=self.clock)
         self.killer = FakeKiller(self, plan)
         self.watcher = Watcher(self.source, resolver, config, killer=self.killer,
-                               clock=self.clock)
+                               clock=self.clock, boottime=self.boottime)
         handler = _Capture(self.lines, lambda: round(self.clock.now - self.t0, 3))
         logger = logging.getLogger("resreap.engine.decisions")
         logger.addHandler(handler)

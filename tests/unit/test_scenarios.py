@@ -153,7 +153,9 @@ def test_queued_sockets_count_against_an_old_listener_after_the_stall(world):
 
 
 def test_queued_sockets_spare_a_listener_younger_than_the_stall(world):
-    srv = server(world, age=5)  # just restarted: no chance to accept yet
+    # Restarted at +10 s, on the same listener: no chance to accept yet
+    # when the queued sockets reach the stall at +31 s (21 s old).
+    srv = server(world, started=world.t0 + 10)
     world.close_wait(srv, 8080, n=3, at=1.0, evidence="queued")
     world.watch(limit=2, stall=30.0)
     world.run(33)
@@ -327,7 +329,8 @@ def test_a_command_reaped_too_often_is_rate_limited(world):
     world.watch(limit=2, grace=1.0, max_kills=2, per=100.0)
     for i, at in enumerate((2.0, 6.0, 10.0)):
         # each one a restart of the last: started just before it leaks
-        srv = world.process(2000 + i, comm="leaky", cmdline="leaky --serve", age=0.5)
+        srv = world.process(2000 + i, comm="leaky", cmdline="leaky --serve",
+                            started=world.t0 + at - 0.5)
         world.listen(srv, 9000 + i)
         world.close_wait(srv, 9000 + i, n=2, at=at)
     world.run(30)
@@ -562,6 +565,25 @@ def test_counting_sockets_held_by_no_one_are_orphans(world):
     assert world.reaped() == []
     (orphans,) = world.said(Event.ORPHANS)
     assert orphans["sockets"] == 2
+
+
+def test_a_holder_found_by_a_slow_first_scan_is_reaped_when_it_answers(world):
+    """A cold host: the first full scan of /proc takes 7 s (100 processes of
+    20,000 fds), and the holder is no hint (it got the sockets from the
+    listener's owner, unrelated to it).  The socket's retries used to back
+    off while that scan still ran (0.25, 0.5, 1, 2, 4 s: an orphans line
+    at +3.8 s), and the reap came seconds after the scan's answer.  Now
+    they stay prompt until a scan has answered: reaped within a retry of
+    it, and no orphans line (nobody was an orphan)."""
+    server(world)
+    holder = world.process(2000, comm="worker", ppid=1)
+    world.close_wait(holder, 8080, n=2, at=1.0)
+    world.watch(limit=2, grace=2.0, scan_takes=7.0)
+    world.run(20)
+    assert world.reaped() == [2000]
+    (reap,) = world.said(Event.REAP)
+    assert reap["at"] <= 1.0 + 0.5 + 7.0 + 0.25 + 0.3   # the scan's answer, one retry
+    assert not world.said(Event.ORPHANS)
 
 
 def test_the_master_goes_after_its_children_if_the_leak_remains(world):

@@ -33,9 +33,9 @@ def tracer(world, monkeypatch, misses: int):
         return None if 1 < reads[sock] <= 1 + misses else lookup_in(ino, sock)
 
     monkeypatch.setattr(world.kernel, "lookup_in", skipping)
-    index = FdIndex(str(world.proc))
+    index = FdIndex(str(world.proc), world.clock)
     index.scanner = InlineScanner(index)
-    resolver = OwnerResolver(world.kernel, index)
+    resolver = OwnerResolver(world.kernel, index, clock=world.clock)
     t = Tracer(world.source, resolver, Filters(), Rules(grace=0.5), clock=world.clock)
     t.start()
     return t
