@@ -174,6 +174,23 @@ class Tracer:
         return any(self.filters.wants(o.pid, self._cmdline(o)) for o in owners)
 
     def _handle(self, batch: list[Transition]) -> list[TraceRecord]:
+        fresh, order = self._apply(batch)
+        # The owner of a socket that came and went too fast to be read from
+        # /proc: the process whose close() took it out of CLOSE_WAIT.
+        pids: dict[int, Owner | None] = {}
+        closers = {entry.key: owner for t, entry in order
+                   if entry is not None and (owner := self._closer(t, pids)) is not None}
+        self._resolve(fresh, closers)
+        out = []
+        for t, entry in order:
+            record = self._record(t, entry, closers, pids)
+            if record is not None:
+                out.append(record)
+        return out
+
+    def _apply(self, batch: list[Transition]) -> tuple[list, list[tuple[Transition, object]]]:
+        """The batch into the table: (new entries, (transition, entry) in
+        order, for the lines)."""
         fresh = []
         order: list[tuple[Transition, object]] = []
         for t in batch:
@@ -194,15 +211,14 @@ class Tracer:
                 fresh.append(entry)
                 order.append((t, entry))
                 self.table.schedule(entry, entry.entered + self.rules.grace)
-        # Resolve the whole batch at once; a socket that entered and left
-        # inside one batch is gone already and stays without owner.
+        return fresh, order
+
+    def _resolve(self, fresh: list, closers: dict) -> None:
+        """Owners of the batch's new sockets, all at once; a socket that
+        entered and left inside one batch is gone already and is attributed
+        to its closer, else (likely) to its listener's holders."""
         probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in fresh}
         resolved = resolve_close_wait(self.resolver, list(set(probes.values())))
-        # The owner of a socket that came and went too fast to be read from
-        # /proc: the process whose close() took it out of CLOSE_WAIT.
-        pids: dict[int, Owner | None] = {}
-        closers = {entry.key: owner for t, entry in order
-                   if entry is not None and (owner := self._closer(t, pids)) is not None}
         listeners: dict[tuple, tuple[Owner, ...]] = {}  # one lookup per port and batch
         for entry in fresh:
             hits = resolved.get(probes[entry.key], [])
@@ -220,35 +236,36 @@ class Tracer:
             for owner in entry.owners:
                 self.stats.setdefault(owner, _Stats()).entered += 1
             self._where(entry.owners)  # while it runs: read again for the summary
-        out = []
-        for t, entry in order:
-            owners = (entry.owners or ()) if entry is not None else ()
-            via = self._via.get(entry.key, Via.FD) if entry is not None else Via.NONE
-            if t.kind is Kind.EXIT:
-                if entry is not None:
-                    self._via.pop(entry.key, None)
-                    self._missed.pop(entry.key, None)
-                closer = closers.get(entry.key) if entry is not None else self._closer(t, pids)
-                if closer is not None and (not owners or via is Via.LISTENER):
-                    owners, via = (closer,), Via.CLOSE
-            if not owners:
-                via = Via.NONE
-            if not self._wanted(owners):
-                continue
-            age = None
-            if t.kind is Kind.EXIT and entry is not None:
-                age = max(0.0, t.ts - entry.entered)
-                for owner in owners:
-                    stats = self.stats.get(owner)
-                    if stats:
-                        stats.longest = max(stats.longest, age)
-            if self.min_age and (t.kind is Kind.ENTER or (t.kind is Kind.EXIT and (
-                    age is None or age < self.min_age))):
-                continue  # counted in the summary, not shown
-            out.append(TraceRecord(t.ts + self._wall_offset, _EVENT[t.kind], t.sock, owners, age,
-                                   entry.netns if entry is not None else None,
-                                   where=self._where(owners), via=via))
-        return out
+
+    def _record(self, t: Transition, entry, closers: dict,
+                pids: dict[int, Owner | None]) -> TraceRecord | None:
+        """One transition's line (None: filtered out, or below --min-age)."""
+        owners = (entry.owners or ()) if entry is not None else ()
+        via = self._via.get(entry.key, Via.FD) if entry is not None else Via.NONE
+        if t.kind is Kind.EXIT:
+            if entry is not None:
+                self._via.pop(entry.key, None)
+                self._missed.pop(entry.key, None)
+            closer = closers.get(entry.key) if entry is not None else self._closer(t, pids)
+            if closer is not None and (not owners or via is Via.LISTENER):
+                owners, via = (closer,), Via.CLOSE
+        if not owners:
+            via = Via.NONE
+        if not self._wanted(owners):
+            return None
+        age = None
+        if t.kind is Kind.EXIT and entry is not None:
+            age = max(0.0, t.ts - entry.entered)
+            for owner in owners:
+                stats = self.stats.get(owner)
+                if stats:
+                    stats.longest = max(stats.longest, age)
+        if self.min_age and (t.kind is Kind.ENTER or (t.kind is Kind.EXIT and (
+                age is None or age < self.min_age))):
+            return None  # counted in the summary, not shown
+        return TraceRecord(t.ts + self._wall_offset, _EVENT[t.kind], t.sock, owners, age,
+                           entry.netns if entry is not None else None,
+                           where=self._where(owners), via=via)
 
     def _closer(self, t: Transition, cache: dict[int, Owner | None]) -> Owner | None:
         """The process that ran CLOSE_WAIT -> LAST_ACK: its own close()

@@ -93,14 +93,20 @@ def _older(version: str, than: tuple[int, ...]) -> bool:
 
 
 def checks() -> list[Check]:
-    from resreap.sources import bpf_events
-    from resreap.sources.bpf_loader import CHILD_CWD, child_python
-    from resreap.errors import ResreapError
-
-    out: list[Check] = []
+    """Every check, in the order doctor prints them."""
     root = os.geteuid() == 0
-    out.append(Check("root", OK if root else FAIL, f"euid {os.geteuid()}",
-                     "" if root else "run as root: sudo resreap ...", required=True))
+    out = [Check("root", OK if root else FAIL, f"euid {os.geteuid()}",
+                 "" if root else "run as root: sudo resreap ...", required=True)]
+    out += _kernel_checks()
+    out += _bpf_checks()
+    out += _host_checks()
+    out.append(_backend_check(root))
+    return out
+
+
+def _kernel_checks() -> list[Check]:
+    """The kernel's version and build options."""
+    out = []
     ver = _version()
     out.append(Check("kernel", OK if ver >= (4, 16) else WARN, platform.release(),
                      "" if ver >= (4, 16) else "Linux 4.16+ is needed for BPF; polling works"))
@@ -115,6 +121,16 @@ def checks() -> list[Check]:
     else:
         out.append(Check("kernel config", WARN, "no /proc/config.gz or /boot/config-*",
                          "cannot tell; the checks below try the features directly"))
+    return out
+
+
+def _bpf_checks() -> list[Check]:
+    """What loading the BPF program needs: tracefs, the tracepoint, bcc,
+    kernel headers."""
+    from resreap.sources import bpf_events
+    from resreap.sources.bpf_loader import CHILD_CWD, child_python
+
+    out = []
     tracefs = bpf_events.mounted_tracefs()
     out.append(Check("tracefs", OK if tracefs else FAIL, tracefs[0] if tracefs else "not mounted",
                      "" if tracefs else "mount -t tracefs tracefs /sys/kernel/tracing"))
@@ -142,9 +158,16 @@ def checks() -> list[Check]:
                      headers or f"/lib/modules/{platform.release()}/build missing",
                      "" if headers else f"apt-get install linux-headers-{platform.release()} "
                                         "(or scripts/setup links generic ones)"))
-    try:
-        from resreap.host.sockets import SocketTable
+    return out
 
+
+def _host_checks() -> list[Check]:
+    """sock_diag, other processes' fds, pidfds, the supervisor."""
+    from resreap.errors import ResreapError
+    from resreap.host.sockets import SocketTable
+
+    out = []
+    try:
         table = SocketTable(mode="sock_diag")
         table.close_wait()
         out.append(Check("sock_diag", OK, f"{len(table.namespaces)} network namespace(s)"))
@@ -161,17 +184,22 @@ def checks() -> list[Check]:
     out.append(Check("pidfd", OK if pidfd else WARN, "pidfd_open works" if pidfd else "unavailable",
                      "" if pidfd else "Linux 5.3+; without it pid+start time are re-checked"))
     out.append(_supervisor())
-    if root:
-        try:
-            from resreap.host.sockets import SocketTable
-
-            source = bpf_events.BpfSource(SocketTable(), latency=0.1)
-            source.close()
-            out.append(Check("backend", OK, "auto would use bpf: the program loads and attaches"))
-        except ResreapError as exc:
-            out.append(Check("backend", WARN, f"auto would poll (proc): {exc}",
-                             "fix the FAIL lines above for BPF"))
-    else:
-        out.append(Check("backend", FAIL, "not root: neither backend can read /proc/PID/fd",
-                         "run as root"))
     return out
+
+
+def _backend_check(root: bool) -> Check:
+    """What auto would pick, by trying to load the program."""
+    from resreap.errors import ResreapError
+    from resreap.host.sockets import SocketTable
+    from resreap.sources import bpf_events
+
+    if not root:
+        return Check("backend", FAIL, "not root: neither backend can read /proc/PID/fd",
+                     "run as root")
+    try:
+        source = bpf_events.BpfSource(SocketTable(), latency=0.1)
+        source.close()
+        return Check("backend", OK, "auto would use bpf: the program loads and attaches")
+    except ResreapError as exc:
+        return Check("backend", WARN, f"auto would poll (proc): {exc}",
+                     "fix the FAIL lines above for BPF")

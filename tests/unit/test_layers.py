@@ -102,3 +102,18 @@ def test_the_os_error_rule_can_fail():
         "try:\n    pass\nexcept:\n    pass\n"
         "try:\n    pass\nexcept ValueError:\n    pass\n")
     assert os_errors_caught(sample) == [3, 7, 11, 15]
+
+
+def test_no_product_function_is_longer_than_60_lines():
+    """A function a reader cannot hold in one screen is where the next
+    change goes wrong (cli.watch was 178 lines)."""
+    import ast
+
+    long = []
+    for path in (ROOT / "resreap").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert not long
