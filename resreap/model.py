@@ -167,3 +167,19 @@ def format_endpoint(family: int, raw: bytes, port: int) -> str:
     if family == 4:
         return f"{format_addr(4, raw)}:{port}"
     return f"[{format_addr(6, raw)}]:{port}"
+
+
+class Revival(str, enum.Enum):
+    """What became of a killed process's systemd service (`revive=`)."""
+
+    BY_SYSTEMD = "by-systemd"   # systemd restarted it (Restart= said so)
+    STARTED = "started"         # it stayed down: resreap started it
+    RUNNING = "running"         # the unit never went down (a worker was killed)
+    START_FAILED = "start-failed"
+    UNSETTLED = "unsettled"     # still stopping when resreap stopped looking
+    MISMATCH = "mismatch"       # systemd's cgroup for the unit is not the process's
+    STOPPED = "stopped"         # someone stopped (or restarted) the unit meanwhile: left
+    WAS_DOWN = "was-down"       # not running before the kill: left as it was
+    NOT_MAIN = "not-main"       # the killed process was not the unit's main one
+    NOT_RESTARTABLE = "not-restartable"  # a oneshot, or Restart= would not bring it back
+    UNKNOWN = "unknown"         # systemctl missing or not answering

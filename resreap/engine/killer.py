@@ -18,9 +18,11 @@ from typing import Callable, NamedTuple
 from resreap.host import procinfo
 from resreap.host.process import Pinned, run_command
 from resreap.errors import ProcessGone, ProcessReplaced, UsageError
-from resreap.model import Result, SockId
+from resreap.model import Result, Revival, SockId
 from resreap.engine.owners import held_count
-from resreap.host.supervisor import Revival, Reviver, Supervisor, UnitState
+from resreap.engine.revival import Reviver
+from resreap.host.supervisor import Supervisor
+from resreap.host.systemd import UnitState
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,7 @@ from resreap.engine.owners import OwnerResolver
 from resreap.engine.policy import Eligibility, Limits, StormGuard
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, supervisor
-from resreap.host.supervisor import Revival
-from resreap.model import Holder, Owner, Result, Snapshot, SockId, SpareReason
+from resreap.model import Holder, Owner, Result, Revival, Snapshot, SockId, SpareReason
 from resreap.sources.events import EventSource
 
 log = logging.getLogger(__name__)

@@ -67,12 +67,12 @@ def _other_fds() -> Check:
 
 def _supervisor() -> Check:
     """Who brings a reaped process back here (--restart-units)."""
-    from resreap.host import supervisor
+    from resreap.host import systemd
 
-    if not supervisor.Reviver(booted=None).booted:
+    if not systemd.booted():
         return Check("supervisor", OK, "no systemd: their own supervisors restart them")
     try:
-        version = subprocess.run([supervisor.SYSTEMCTL, "--version"], capture_output=True,
+        version = subprocess.run([systemd.SYSTEMCTL, "--version"], capture_output=True,
                                  text=True, timeout=5).stdout.split("\n")[0]
     except (OSError, subprocess.TimeoutExpired):
         version = ""

@@ -13,7 +13,10 @@ import pytest
 from resreap.host import procinfo
 from resreap.engine.killer import Killer, Plan, Target
 from resreap.model import Result
-from resreap.host.supervisor import Revival, Reviver, Systemctl, UnitState, bring_back, parse
+from resreap.engine.revival import Reviver, bring_back
+from resreap.host.supervisor import parse
+from resreap.host.systemd import Systemctl, UnitState
+from resreap.model import Revival
 
 DOCKER = "a" * 64
 
