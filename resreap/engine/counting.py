@@ -138,11 +138,31 @@ class Counting:
                 twin.owners = None
                 self.recheck.append(twin.key)
 
+    # "Counts against": _count, _forget and _uncount are the only places
+    # that touch the per-owner counter or an entry's ``counted``, so the two
+    # cannot disagree.
+
+    def _count(self, entry: Entry, against: tuple[Owner, ...]) -> None:
+        """The entry counts, against these holders (none: not found yet)."""
+        self._forget(entry)
+        entry.counted, entry.owners = True, against
+        if against:
+            self.counter.add(entry.key, against)
+
     def _forget(self, entry: Entry) -> None:
         """Uncount an entry (it left, or is about to be counted anew)."""
         if entry.counted and entry.owners:
-            self.counter.remove(entry.key, entry.owners)
+            self._uncount(entry.key, entry.owners)
         entry.counted = False
+
+    def _uncount(self, key: Key, owners: tuple[Owner, ...]) -> None:
+        self.counter.remove(key, owners)
+
+    def take_young(self) -> list[Key]:
+        """The new sockets whose holders are to be looked for, handed over
+        once (the loop resolves them after applying its batch)."""
+        young, self.young = self.young, []
+        return young
 
     def _gone(self, entry: Entry) -> None:
         """An entry that left the table: uncount it, and drop its cached
@@ -289,10 +309,10 @@ class Counting:
                     self._timer(entry, Verdict.WAITING, evidence=judged.evidence.value,
                                 again_in=round(judged.recheck, 2))
                 continue
-            entry.counted = True
-            if not hit.owners and self._still_searched(entry, now):
-                continue
             if not hit.owners:
+                self._count(entry, ())  # counts; against whom is not known yet
+                if self._still_searched(entry, now):
+                    continue
                 entry.misses += 1
                 delay = min(RETRY_UNRESOLVED * 2 ** (entry.misses - 1), RETRY_UNRESOLVED_MAX)
                 self.table.schedule(entry, now + delay)
@@ -304,8 +324,7 @@ class Counting:
                 continue
             entry.misses = 0
             against = self._against(hit, judged.evidence)
-            entry.owners = against
-            self.counter.add(entry.key, against)
+            self._count(entry, against)
             touched.update(against)
             self.table.schedule(entry, now + RECHECK_COUNTED)
             if self._debug:
@@ -366,7 +385,7 @@ class Counting:
         for key in list(self.counter.by_owner.get(owner, ())):
             entry = self.table.get(key)
             if entry is None:
-                self.counter.remove(key, (owner,))
+                self._uncount(key, (owner,))  # a safety net: entries leave through _gone
             else:
                 entries.append(entry)
         rules = self.limits.rules
@@ -387,9 +406,7 @@ class Counting:
             self._forget(entry)
             entry.owners, entry.evidence = hit.owners, judged.evidence
             if judged.counts:
-                entry.counted = True
-                entry.owners = self._against(hit, judged.evidence)
-                self.counter.add(entry.key, entry.owners)
+                self._count(entry, self._against(hit, judged.evidence))
                 self.table.schedule(entry, now + RECHECK_COUNTED)
             else:
                 self.table.schedule(entry, now + judged.recheck)

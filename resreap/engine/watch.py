@@ -153,7 +153,7 @@ class Watcher:
             self._tick(self)
 
     def _turn(self, batch) -> None:
-        young, self.sockets.young = self.sockets.young, []
+        young = self.sockets.take_young()
         self.sockets.apply(batch)
         self.sockets.resolve_young(young)
         now = self._clock()
