@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Protocol
 
 from resreap.host import procinfo
 from resreap.host.process import Pinned, run_command
@@ -173,6 +173,30 @@ def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
         return done(Result.FAILED, hook_status, "still alive 5s after SIGKILL (D state?)")
     finally:
         handle.close()
+
+
+class KillEngine(Protocol):
+    """What the watcher needs of a kill engine: Killer, or a test's fake
+    (tests/unit/fakehost.FakeKiller declares it, and a unit test compares
+    their signatures)."""
+
+    plan: Plan
+
+    def busy(self, pid: int) -> bool: ...
+
+    @property
+    def full(self) -> bool: ...
+
+    @property
+    def running(self) -> int: ...
+
+    def running_pids(self) -> list[int]: ...
+
+    def submit(self, target: Target) -> bool: ...
+
+    def finished(self) -> list[Outcome]: ...
+
+    def join(self, timeout: float) -> None: ...
 
 
 class Killer:

@@ -19,16 +19,34 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from resreap.host import procinfo
 from resreap.errors import AccessDenied, NotRoot, ProcessGone
 from resreap.engine.fdscan import FullScanner, fd_count
 from resreap.model import TCP_CLOSE_WAIT, Owner, SockId
 from resreap.host.sockdiag import DiagSock
-from resreap.host.sockets import NsSock, SocketTable
+from resreap.host.sockets import NsSock
 
 log = logging.getLogger(__name__)
+
+class KernelSockets(Protocol):
+    """What owner lookups need of the kernel's socket tables: SocketTable,
+    or a test's fake (tests/unit/fakehost.FakeKernel declares it, and a
+    unit test compares their signatures)."""
+
+    proc_root: str
+    kind: str               # which reader serves: sock_diag, procfs
+    namespaces: list[int]   # the watched network namespaces
+
+    def close_wait(self, info: bool = True) -> list[NsSock]: ...
+
+    def listeners(self) -> list[NsSock]: ...
+
+    def lookup(self, sock: SockId, retry_new_namespaces: bool = True) -> list[NsSock]: ...
+
+    def lookup_in(self, ino: int, sock: SockId) -> NsSock | None: ...
+
 
 def check_privileges() -> None:
     """Owners come from every process's /proc/PID/fd, which only root (or
@@ -296,7 +314,7 @@ class OwnerResolver:
     # How long start-up waits for the holders of the listeners.
     LISTENERS_WAIT = 5.0
 
-    def __init__(self, table: SocketTable, index: FdIndex | None = None,
+    def __init__(self, table: KernelSockets, index: FdIndex | None = None,
                  scan_wait: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         """``scan_wait``: how long a lookup may wait for the background scan
         (trace shows each socket once, so it waits a little; watch never
@@ -458,7 +476,7 @@ class Found(NamedTuple):
 _DUMP_ABOVE = 256
 
 
-def _close_wait(table: SocketTable, probes: list[Probe]) -> dict[Probe, list[NsSock]]:
+def _close_wait(table: KernelSockets, probes: list[Probe]) -> dict[Probe, list[NsSock]]:
     out: dict[Probe, list[NsSock]] = {}
     # /proc/net/tcp has no lookup: each one parses the whole file (every
     # TIME_WAIT socket too), so there one dump serves every probe.

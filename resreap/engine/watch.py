@@ -15,7 +15,7 @@ from resreap.engine import evidence
 from resreap.engine.counting import Counting
 from resreap.engine.decisions import Event, decision
 from resreap.engine.filters import Filters
-from resreap.engine.killer import Killer, Outcome, Plan, Target
+from resreap.engine.killer import KillEngine, Killer, Outcome, Plan, Target
 from resreap.engine.owners import OwnerResolver
 from resreap.engine.policy import Eligibility, Limits, StormGuard
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
@@ -61,7 +61,7 @@ def _endpoints(socks: list[SockId]) -> list[str]:
 
 class Watcher:
     def __init__(self, source: EventSource, resolver: OwnerResolver, config: WatchConfig,
-                 killer: Killer | None = None, tick=None,
+                 killer: KillEngine | None = None, tick=None,
                  clock: Callable[[], float] = time.monotonic,
                  boottime: Callable[[], float] = procinfo.boottime) -> None:
         """``clock``: CLOCK_MONOTONIC seconds, the clock of the events'

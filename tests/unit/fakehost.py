@@ -26,9 +26,9 @@ from pathlib import Path
 from resreap.host import procinfo
 from resreap.sources.events import EventSource
 from resreap.engine.filters import Filters
-from resreap.engine.killer import Outcome, Plan, Target
+from resreap.engine.killer import KillEngine, Outcome, Plan, Target
 from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, Kind, Result, SockId, Transition
-from resreap.engine.owners import FdIndex, OwnerResolver
+from resreap.engine.owners import FdIndex, KernelSockets, OwnerResolver
 from resreap.engine.fdscan import FullScanner
 from resreap.engine.policy import Limits
 from resreap.host.sockdiag import DiagSock
@@ -53,7 +53,7 @@ class FakeClock:
 UPTIME = 86400.0
 
 
-class FakeKernel:
+class FakeKernel(KernelSockets):
     """SocketTable's answers, from a dict: (netns, SockId) -> DiagSock."""
 
     kind = "sock_diag"
@@ -177,7 +177,7 @@ class SlowScanner(FullScanner):
         return not self._pending
 
 
-class FakeKiller:
+class FakeKiller(KillEngine):
     """Records what the watcher hands over; each kill finishes at once with
     ``results[pid]`` (default: terminated), and the process then goes."""
 

@@ -143,3 +143,36 @@ def test_one_owner_changes_what_counts_against_whom():
                 if (mutates or sets) and func.name not in allowed and not born:
                     stray.append(f"{path.name}:{node.lineno} in {func.name}")
     assert not stray
+
+
+@pytest.mark.parametrize("protocol, real, fake", [
+    ("resreap.engine.killer:KillEngine", "resreap.engine.killer:Killer", "fakehost:FakeKiller"),
+    ("resreap.engine.owners:KernelSockets", "resreap.host.sockets:SocketTable",
+     "fakehost:FakeKernel"),
+])
+def test_the_fakes_keep_to_what_the_real_ones_offer(protocol, real, fake):
+    """The fake host's kill engine and kernel declare the engine's Protocol;
+    each member of it exists on the real class and on the fake, methods
+    with the same parameters, so drift fails here and not as an
+    AttributeError in some scenario."""
+    import importlib
+    import inspect
+
+    def load(spec):
+        module, name = spec.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    proto, real_cls, fake_cls = load(protocol), load(real), load(fake)
+    assert proto in fake_cls.__mro__
+    members = {n for n in vars(proto) if not n.startswith("_")} | set(proto.__annotations__)
+    assert members
+    for name in sorted(members):
+        want = getattr(proto, name, None)
+        for cls in (real_cls, fake_cls):
+            got = inspect.getattr_static(cls, name, None)
+            if got is None:  # a data attribute, set in __init__
+                assert name in inspect.getsource(cls.__init__), f"{cls.__name__}.{name}"
+                continue
+            if callable(want) and not isinstance(want, property):
+                assert list(inspect.signature(got).parameters) == \
+                    list(inspect.signature(want).parameters), f"{cls.__name__}.{name}"
