@@ -188,6 +188,7 @@ class BpfSource(EventSource):
         self._batch: list[Transition] = []
         self._lost = 0
         self._unsure = False
+        self._warned_at = float("-inf")
 
     def _on_record(self, buf, offset: int) -> None:
         rec = self._unpack(buf, offset)
@@ -224,7 +225,7 @@ class BpfSource(EventSource):
                 # What was not taken may be lost: say so through lost()
                 # (unknown), so the watcher compares its table with the
                 # kernel's; the next read tries again.
-                log.warning("%s", exc)
+                self._warn(exc)
                 self._unsure = True
         self._ring.consume(self._on_record)
         batch, self._batch = self._batch, []
@@ -240,12 +241,19 @@ class BpfSource(EventSource):
             try:
                 self._lost = self._counts.sum(0)
             except BpfCallError as exc:
-                log.warning("%s", exc)
+                self._warn(exc)
                 return None
         if self._unsure:
             self._unsure = False
             return None
         return self._lost
+
+    def _warn(self, exc: BpfCallError) -> None:
+        """A failing bpf() call is said once a minute, not every turn."""
+        now = time.monotonic()
+        if now - self._warned_at >= 60.0:
+            self._warned_at = now
+            log.warning("%s", exc)
 
     def close(self) -> None:
         if self._ring is not None:
