@@ -22,7 +22,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from resreap.host import procinfo
 
 if TYPE_CHECKING:
     from resreap.engine.owners import FdIndex
@@ -32,10 +31,6 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 600.0
 CHECK_EVERY = 32  # processes read between looks at new requests
-
-
-# About how many fds a process has (its fd table size): the /proc edge's.
-fd_count = procinfo.fd_table_size
 
 
 class FullScanner:

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from resreap.host import procinfo
 from resreap.errors import AccessDenied, NotRoot, ProcessGone
-from resreap.engine.fdscan import FullScanner, fd_count
+from resreap.engine.fdscan import FullScanner
 from resreap.model import TCP_CLOSE_WAIT, Owner, SockId
 from resreap.host.sockdiag import DiagSock
 from resreap.host.sockets import NsSock
@@ -56,10 +56,6 @@ def check_privileges() -> None:
                       "to find who holds a socket (try: sudo resreap ...)")
 
 
-# (fd, socket inode) for each socket a process holds: the /proc edge's.
-socket_fds = procinfo.socket_fds
-
-
 # The fds the event loop may read inline for one lookup (hints and their
 # family, by fd table size, smallest first); about 20 ms of readlinks.
 INLINE_FDS = 16384
@@ -75,7 +71,7 @@ class Budget:
 
     def take(self, pids: Iterable[int], proc_root: str) -> list[int]:
         out = []
-        for size, pid in sorted((fd_count(pid, proc_root), pid) for pid in pids):
+        for size, pid in sorted((procinfo.fd_table_size(pid, proc_root), pid) for pid in pids):
             if size > self.left:
                 self.left_out += 1
                 continue
@@ -162,7 +158,7 @@ class FdIndex:
             if stop_when_found and len(found) == len(wanted):
                 break
             try:
-                for fd, inode in socket_fds(pid, self.proc_root):
+                for fd, inode in procinfo.socket_fds(pid, self.proc_root):
                     if inode in wanted:
                         self._remember(inode, pid, fd)
                         found.setdefault(inode, set()).add(pid)
@@ -220,7 +216,7 @@ class FdIndex:
         """Every process, fewest fds first (fd hogs cannot delay finding a
         leaker), the newest first among equals (a leaking server was often
         just restarted)."""
-        return sorted(self.all_pids(), key=lambda pid: (fd_count(pid, self.proc_root), -pid))
+        return sorted(self.all_pids(), key=lambda pid: (procinfo.fd_table_size(pid, self.proc_root), -pid))
 
     def holders(self, inodes: Iterable[int], hints: Iterable[int] = (),
                 full_scan: bool = True) -> dict[int, set[int]]:
@@ -264,7 +260,7 @@ def held_count(pid: int, inodes: Iterable[int], proc_root: str = "/proc") -> int
     """How many of ``inodes`` ``pid`` holds right now (a fresh scan)."""
     wanted = set(inodes)
     try:
-        return len({inode for _fd, inode in socket_fds(pid, proc_root) if inode in wanted})
+        return len({inode for _fd, inode in procinfo.socket_fds(pid, proc_root) if inode in wanted})
     except AccessDenied:
         return 0  # cannot be confirmed: not guilty
 

@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import threading
+from typing import Iterator
 
 from resreap.errors import KernelQueryError, NamespaceGone, OutOfFds
 
@@ -22,37 +23,33 @@ NETLINK_SOCK_DIAG = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def namespaces(proc_root: str = "/proc") -> dict[int, int]:
-    """Map each network namespace inode in use to one pid inside it."""
-    found: dict[int, int] = {}
+def _each(proc_root: str) -> Iterator[tuple[int, int]]:
+    """(network namespace inode, pid) for every process that has one."""
     for name in os.listdir(proc_root):
         if not name.isdigit():
             continue
         try:
-            ino = os.stat(f"{proc_root}/{name}/ns/net").st_ino
+            yield os.stat(f"{proc_root}/{name}/ns/net").st_ino, int(name)
         except OSError:  # exited, or a kernel thread without a namespace link
             continue
-        found.setdefault(ino, int(name))
+
+
+def namespaces(proc_root: str = "/proc") -> dict[int, int]:
+    """Map each network namespace inode in use to one pid inside it."""
+    found: dict[int, int] = {}
+    for ino, pid in _each(proc_root):
+        found.setdefault(ino, pid)
     return found
 
 
 def pid_in(ino: int, proc_root: str = "/proc") -> int | None:
     """One live process in the network namespace ``ino`` (None: no process
-    uses it any more).  A listing of /proc and one stat per process: called
-    only when the process a namespace was known by has left."""
+    uses it any more).  Called only when the process a namespace was known
+    by has left."""
     try:
-        names = os.listdir(proc_root)
+        return next((pid for found, pid in _each(proc_root) if found == ino), None)
     except OSError:
         return None
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            if os.stat(f"{proc_root}/{name}/ns/net").st_ino == ino:
-                return int(name)
-        except OSError:
-            continue
-    return None
 
 
 def own_namespace(proc_root: str = "/proc") -> int:

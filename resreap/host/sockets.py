@@ -162,18 +162,11 @@ class SocketTable:
         if pid is None:
             return None
         try:
-            try:
-                reader = self._make(ino, pid)
-            except NamespaceGone:
-                # The process it was known by left (a short-lived `ip netns
-                # exec`, a restarted container's first process): reach it
-                # through another one.
-                pid = self._repick(ino)
-                if pid is None:
-                    return None
-                reader = self._make(ino, pid)
+            reader = self._make(ino, pid)
+        except NamespaceGone:
+            raise  # _query reaches it through another process
         except KernelQueryError as exc:
-            if self.mode == "sock_diag" and not isinstance(exc, NamespaceGone):
+            if self.mode == "sock_diag":
                 raise
             log.debug("netns %d skipped: %s", ino, exc)  # its last process left
             return None
@@ -212,19 +205,20 @@ class SocketTable:
             reader.close()
 
     def _query(self, ino: int, ask):
-        """``ask(reader)`` on the namespace's reader; where the process it
-        was reached through has left, once more through another process.
-        None: the namespace is not watched or no process uses it."""
-        reader = self._reader(ino)
-        if reader is None:
-            return None
-        try:
-            return ask(reader)
-        except NamespaceGone:
-            if self._repick(ino) is None:
-                return None
-            reader = self._reader(ino)
-            return None if reader is None else ask(reader)
+        """``ask(reader)`` on the namespace's reader.  Where the process it
+        was reached through has left (a short-lived `ip netns exec`, a
+        restarted container's first process), once more through another
+        process of it.  None: the namespace is not watched, or no process
+        uses it any more."""
+        for attempt in (1, 2):
+            try:
+                reader = self._reader(ino)
+                return None if reader is None else ask(reader)
+            except NamespaceGone as exc:
+                if attempt == 2 or self._repick(ino) is None:
+                    log.debug("netns %d skipped: %s", ino, exc)
+                    return None
+        return None
 
     def close(self) -> None:
         for reader in self._open.values():
@@ -324,7 +318,6 @@ class SocketTable:
         if known is None or not known[1] or now - known[0] > SOCKSTAT_FRESH:
             known = self._tcp[ino] = (now, self._families(ino))
         return known[1]
-
 
     def dump(self, states: Iterable[int], info: bool = False) -> list[NsSock]:
         self._maybe_refresh()

@@ -51,7 +51,7 @@ def _other_fds() -> Check:
     """Owners come from other processes' /proc/PID/fd: hidepid=2 or a
     missing CAP_SYS_PTRACE leaves every socket without an owner."""
     from resreap.errors import AccessDenied
-    from resreap.engine.owners import socket_fds
+    from resreap.host.procinfo import socket_fds
 
     me = os.getpid()
     others = [p for p in (1, os.getppid()) if p != me]

@@ -5,6 +5,7 @@ child, newest-first)."""
 import os
 
 from resreap.engine.owners import FdIndex
+from resreap.host import procinfo
 
 
 def proc(root, pid, ppid, fds=(), children=()):
@@ -58,8 +59,8 @@ def test_the_inline_path_keeps_to_its_fd_budget(tmp_path, monkeypatch):
         proc(tmp_path, pid, 100, fds=[(3, "socket:[7]")] + ([(9, "socket:[42]")] if pid == 239 else []))
         status(pid, 8192)
     read = []
-    real = owners.socket_fds
-    monkeypatch.setattr(owners, "socket_fds", lambda pid, root: read.append(pid) or real(pid, root))
+    real = procinfo.socket_fds
+    monkeypatch.setattr(procinfo, "socket_fds", lambda pid, root: read.append(pid) or real(pid, root))
     index = FdIndex(str(tmp_path))
     asked = []
     monkeypatch.setattr(index.scanner, "request", lambda inodes: asked.append(set(inodes)))
