@@ -35,6 +35,9 @@ ORPHAN_AFTER = 4
 # Looks at that pace while a full scan is still reading for the socket
 # (about 30 s): then the backoff, scan or no scan.
 SEARCHED_MAX = 120
+# ... and at most this many sockets per RETRY_UNRESOLVED (about 1,000 looks
+# a second); the rest back off as usual.
+SEARCHED_PER_RETRY = 256
 ORPHANS_EVERY = 3600.0
 # A counting socket is looked at again this often (new holders after a
 # fork, or a change of evidence); the decision re-checks anyway.
@@ -62,6 +65,7 @@ class Counting:
         self.filters = filters
         self._clock = clock
         self._boottime = boottime
+        self._searched, self._searched_since = 0, float("-inf")  # prompt looks, this window
         self.table = CloseWaitTable()
         self.counter = Counter()
         self.young: list[Key] = []      # new sockets whose holders are looked for
@@ -347,6 +351,14 @@ class Counting:
         more than SEARCHED_MAX looks."""
         if entry.waited >= SEARCHED_MAX or not self.resolver.index.scanner.searching(entry.inode):
             return False
+        # And across sockets: a user's thousands of sockets in flight (held
+        # by no one) must not buy thousands of lookups a second by keeping
+        # a scan busy.
+        if now - self._searched_since >= RETRY_UNRESOLVED:
+            self._searched_since, self._searched = now, 0
+        if self._searched >= SEARCHED_PER_RETRY:
+            return False
+        self._searched += 1
         entry.waited += 1
         self.table.schedule(entry, now + RETRY_UNRESOLVED)
         return True

@@ -586,6 +586,29 @@ def test_a_holder_found_by_a_slow_first_scan_is_reaped_when_it_answers(world):
     assert not world.said(Event.ORPHANS)
 
 
+def test_prompt_looks_during_a_slow_scan_are_bounded_across_sockets(world, monkeypatch):
+    """A user's many sockets held by no one, while a scan is kept busy:
+    prompt looks are capped per 0.25 s window across all sockets (at most
+    SEARCHED_PER_RETRY), the rest back off as before."""
+    from resreap.engine import counting
+
+    monkeypatch.setattr(counting, "SEARCHED_PER_RETRY", 5)
+    server(world)
+    world.close_wait([], 8080, n=40, at=1.0)   # in flight: nobody holds them
+    w = world.watch(limit=2, grace=2.0, scan_takes=30.0)
+    looks = []
+    real = w.sockets._still_searched
+    monkeypatch.setattr(w.sockets, "_still_searched",
+                        lambda entry, now: looks.append(now) if real(entry, now) else False)
+    world.run(10)
+    assert looks  # prompt looks happened ...
+    windows = collections.Counter(int((t - world.t0) / counting.RETRY_UNRESOLVED) for t in looks)
+    # ... never more than the cap in one window (a 0.25 s bucket overlaps
+    # at most two windows; without the cap all 40 sockets would be looked at)
+    assert max(windows.values()) <= 2 * 5
+    assert world.reaped() == []
+
+
 def test_the_master_goes_after_its_children_if_the_leak_remains(world):
     master = server(world, 1000, comm="nginx")
     worker = world.process(1001, comm="nginx", ppid=1000)
