@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # first: it sets the environment every watch a test starts inherits
 from sidebyside import LOCK_DIR, host_share  # noqa: E402
 from procs import Actor  # noqa: E402
+from watchrun import EVERY_BACKEND, Runs  # noqa: E402
 
 REQUIRE_KERNEL = os.environ.get("RESREAP_REQUIRE_KERNEL") == "1"
 
@@ -130,3 +131,28 @@ def resreap_bin() -> str:
     if not exe.exists():
         pytest.skip("resreap is not installed in this Python's environment (run scripts/setup)")
     return str(exe)
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``backend`` runs on BPF; one marked
+    ``each_backend`` (what an event source changes: which sockets are
+    seen, when, in which namespace, whose) on every source its module
+    varies (``EACH_BACKEND``, by default all of EVERY_BACKEND)."""
+    if "backend" in metafunc.fixturenames:
+        every = metafunc.definition.get_closest_marker("each_backend") is not None
+        backends = getattr(metafunc.module, "EACH_BACKEND", EVERY_BACKEND)
+        metafunc.parametrize("backend", list(backends) if every else ["bpf"], indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    request.getfixturevalue("bpf_ready" if request.param == "bpf" else "root_ready")
+    return request.param
+
+
+@pytest.fixture
+def watch_runs(resreap_bin):
+    """``resreap watch --json`` runs, each stopped after the test."""
+    runs = Runs(resreap_bin)
+    yield runs
+    runs.stop()

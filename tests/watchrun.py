@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -15,6 +16,19 @@ try:
     import tomllib
 except ImportError:  # Python < 3.11: the package's own dependency
     import tomli as tomllib
+
+
+# The event sources a kernel test may vary: BPF, polling through sock_diag,
+# polling through /proc/net/tcp (hosts without sock_diag).
+EVERY_BACKEND = ("bpf", "proc", "procfs")
+
+
+def backend_args(backend: str) -> tuple[list[str], dict[str, str]]:
+    """The flags and environment that run ``watch`` on ``backend``."""
+    env = dict(os.environ)
+    if backend == "procfs":
+        env["RESREAP_SOCKET_TABLE"] = "procfs"
+    return ["--backend", "bpf" if backend == "bpf" else "proc"], env
 
 
 # Tests run side by side (scripts/test): a watch that may signal must be
@@ -108,3 +122,24 @@ def fenced(args) -> bool:
         conf = conf.get("watch", conf)
         return bool(conf.get("filter") or conf.get("pid") or conf.get("dry_run"))
     return False
+
+
+class Runs:
+    """The watches one test started (the ``watch_runs`` fixture): each is
+    stopped after the test, whatever happened."""
+
+    def __init__(self, resreap_bin: str) -> None:
+        self.resreap_bin = resreap_bin
+        self.runs: list[WatchRun] = []
+
+    def start(self, *args: str, env: dict | None = None, wrap: tuple[str, ...] = ()) -> WatchRun:
+        run = WatchRun(self.resreap_bin, *args, env=env, wrap=wrap)
+        self.runs.append(run)
+        return run
+
+    def stop(self) -> list[tuple[WatchRun, int]]:
+        """Stop every run; (run, exit status) for each."""
+        stopped = [(run, run.stop()) for run in self.runs]
+        self.runs.clear()
+        return stopped
+

@@ -12,6 +12,7 @@ import logging
 from typing import Callable
 
 from resreap.engine import evidence
+from resreap.engine.config import Current
 from resreap.engine.decisions import Event, Verdict, decision
 from resreap.engine.filters import Filters
 from resreap.engine.owners import Found, OwnerResolver, Probe, resolve_close_wait
@@ -54,15 +55,14 @@ RECONCILE_EVERY = 60.0
 
 
 class Counting:
-    def __init__(self, resolver: OwnerResolver, limits: Limits, filters: Filters,
+    def __init__(self, resolver: OwnerResolver, current: Current,
                  clock: Callable[[], float],
                  boottime: Callable[[], float] = procinfo.boottime) -> None:
         """``clock``: monotonic seconds (the events'); ``boottime``:
         CLOCK_BOOTTIME seconds, against which a process's age is read."""
         self.resolver = resolver
-        self.proc_root = resolver.proc_root
-        self.limits = limits
-        self.filters = filters
+        self.proc = resolver.proc
+        self.current = current
         self._clock = clock
         self._boottime = boottime
         self._searched, self._searched_since = 0, float("-inf")  # prompt looks, this window
@@ -78,12 +78,19 @@ class Counting:
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.events_seen = {"existing": 0, "enter": 0, "exit": 0}
 
-    def configure(self, limits: Limits, filters: Filters) -> None:
-        """New rules: every socket is judged again, none before its (new)
-        grace has passed."""
-        self.limits, self.filters = limits, filters
-        now = self._clock()
-        self.table.reschedule_all(lambda e: max(now, e.entered + limits.grace))
+    @property
+    def limits(self) -> Limits:
+        return self.current.limits
+
+    @property
+    def filters(self) -> Filters:
+        return self.current.filters
+
+    def reconfigured(self) -> None:
+        """New rules are in force: every socket is judged again, none before
+        its (new) grace has passed."""
+        grace, now = self.limits.grace, self._clock()
+        self.table.reschedule_all(lambda e: max(now, e.entered + grace))
 
     def due(self, now: float) -> list[Entry]:
         """Sockets whose deadline has come, and those to look at again."""
@@ -236,7 +243,7 @@ class Counting:
         known = self._uids.get(owner)
         if known is None or now - known[0] > UIDS_FRESH:
             try:
-                uids = procinfo.read_uids(owner.pid, self.proc_root)
+                uids = self.proc.read_uids(owner.pid)
             except (ProcessGone, AccessDenied):
                 return None  # cannot be judged: nothing counts against it
             if len(self._uids) > 4096:  # bounded: owners come and go
@@ -251,7 +258,7 @@ class Counting:
         known = self._serving.get(key)
         if known is None:
             listeners = self.resolver.listening_on(sock)
-            known = bool(listeners & procinfo.ancestors(owner.pid, self.proc_root))
+            known = bool(listeners & self.proc.ancestors(owner.pid))
             if len(self._serving) > 4096:  # bounded: owners come and go
                 self._serving.clear()
             self._serving[key] = known
@@ -369,7 +376,7 @@ class Counting:
         seen is looked for again (LOOK_AGAIN times, LOOK_AGAIN_AFTER apart)
         before it is dropped; its exit, if real, removes it first.  True:
         looked for again later."""
-        if "procfs" not in self.resolver.table.kind or entry.unseen >= LOOK_AGAIN:
+        if not self.resolver.kernel.through_procfs or entry.unseen >= LOOK_AGAIN:
             return False
         entry.unseen += 1
         self.table.schedule(entry, now + LOOK_AGAIN_AFTER)
@@ -446,7 +453,7 @@ class Counting:
         """Make the table match the kernel: a lost entry must not hide a
         leak, a lost exit must not cause a kill."""
         self._next_reconcile = now + RECONCILE_EVERY
-        kernel = self.resolver.table.close_wait()
+        kernel = self.resolver.kernel.close_wait()
         if self.filters.ignore:
             kernel = [ns for ns in kernel if not self.filters.ignores(ns.diag.sock)]
         present = {(ns.netns, ns.diag.kid) for ns in kernel}

@@ -13,9 +13,9 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
 
-from resreap.host import procinfo
+from resreap.host.procinfo import HOST, Proc, ProcInfo
 from resreap.host.process import Pinned, run_command
 from resreap.errors import ProcessGone, ProcessReplaced, UsageError
 from resreap.model import Result, Revival, SockId
@@ -23,6 +23,9 @@ from resreap.engine.owners import held_count
 from resreap.engine.revival import Reviver
 from resreap.host.supervisor import Supervisor
 from resreap.host.systemd import UnitState
+
+if TYPE_CHECKING:  # config imports this module for Plan
+    from resreap.engine.config import Current
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class Plan(NamedTuple):
 class Target(NamedTuple):
     """A process that crossed the limit, and the facts that made it."""
 
-    info: procinfo.ProcInfo
+    info: ProcInfo
     sockets: tuple[SockId, ...]
     oldest: float  # seconds the oldest counted socket has been in CLOSE_WAIT
     # Inodes of those sockets (0: still in an accept queue, held through the
@@ -127,7 +130,7 @@ def _run_hook(target: Target, plan: Plan) -> tuple[bool, str]:
     return run_command(plan.hook, hook_env(target, plan), plan.hook_timeout)
 
 
-def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
+def execute(target: Target, plan: Plan, proc: Proc = HOST) -> Outcome:
     """The kill sequence for one process (blocking)."""
     began = time.monotonic()
     info = target.info
@@ -139,7 +142,7 @@ def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
     if plan.dry_run:
         return done(Result.DRY_RUN)
     try:
-        handle = Pinned(info.pid, info.start, proc_root)
+        handle = Pinned(info.pid, info.start, proc)
     except ProcessReplaced:
         return done(Result.REPLACED)
     except ProcessGone:
@@ -155,7 +158,7 @@ def execute(target: Target, plan: Plan, proc_root: str = "/proc") -> Outcome:
         if target.limit and target.inodes:
             # The hook may have taken seconds: is it still guilty?
             queued = sum(1 for i in target.inodes if not i)
-            held = queued + held_count(info.pid, [i for i in target.inodes if i], proc_root)
+            held = queued + held_count(info.pid, [i for i in target.inodes if i], proc)
             if held < target.limit:
                 return done(Result.RESOLVED, hook_status, f"holds {held} of them now")
         signals = [s for s in (plan.first_signal, plan.signal) if s is not None]
@@ -180,7 +183,7 @@ class KillEngine(Protocol):
     (tests/unit/fakehost.FakeKiller declares it, and a unit test compares
     their signatures)."""
 
-    plan: Plan
+    current: Current  # the settings in force; a sequence keeps the plan it began with
 
     def busy(self, pid: int) -> bool: ...
 
@@ -203,12 +206,12 @@ class Killer:
     """Runs kill sequences concurrently, one thread each, and hands back the
     outcomes.  A pid already in progress is not started twice."""
 
-    def __init__(self, plan: Plan, proc_root: str = "/proc", max_running: int = 32,
+    def __init__(self, current: Current, proc: Proc = HOST, max_running: int = 32,
                  notify: Callable[[], None] | None = None,
                  reviver: Reviver | None = None) -> None:
-        self.plan = plan
+        self.current = current
         self.reviver = reviver or Reviver()
-        self.proc_root = proc_root
+        self.proc = proc
         self.max_running = max_running
         self._notify = notify
         self._lock = threading.Lock()
@@ -246,10 +249,10 @@ class Killer:
 
     def _work(self, target: Target) -> None:
         try:
-            plan = self.plan
+            plan = self.current.plan  # kept for the whole sequence
             revive = plan.restart_units and not plan.dry_run and self.reviver.applies(target.where)
             before = self.reviver.before(target.where, plan.restart_also) if revive else None
-            outcome = execute(target, plan, self.proc_root)
+            outcome = execute(target, plan, self.proc)
             if before is not None and outcome.result.killed_it:
                 after = self.reviver.after(target.where, target.info.pid, before) \
                     if isinstance(before, UnitState) else before

@@ -19,9 +19,9 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
+from typing import Callable, Iterable, NamedTuple, Protocol
 
-from resreap.host import procinfo
+from resreap.host.procinfo import HOST, Proc
 from resreap.errors import AccessDenied, NotRoot, ProcessGone
 from resreap.engine.fdscan import FullScanner
 from resreap.model import TCP_CLOSE_WAIT, Owner, SockId
@@ -35,8 +35,9 @@ class KernelSockets(Protocol):
     or a test's fake (tests/unit/fakehost.FakeKernel declares it, and a
     unit test compares their signatures)."""
 
-    proc_root: str
-    kind: str               # which reader serves: sock_diag, procfs
+    proc: Proc
+    kind: str               # which reader serves, for people: sock_diag, procfs
+    through_procfs: bool    # some namespace is read from /proc/PID/net/tcp
     namespaces: list[int]   # the watched network namespaces
 
     def close_wait(self, info: bool = True) -> list[NsSock]: ...
@@ -69,9 +70,9 @@ class Budget:
         self.left = fds
         self.left_out = 0
 
-    def take(self, pids: Iterable[int], proc_root: str) -> list[int]:
+    def take(self, pids: Iterable[int], proc: Proc) -> list[int]:
         out = []
-        for size, pid in sorted((procinfo.fd_table_size(pid, proc_root), pid) for pid in pids):
+        for size, pid in sorted((proc.fd_table_size(pid), pid) for pid in pids):
             if size > self.left:
                 self.left_out += 1
                 continue
@@ -90,10 +91,10 @@ class FdIndex:
     # missed exit could leave behind.
     MAX_CACHED = 262144
 
-    def __init__(self, proc_root: str = "/proc",
+    def __init__(self, proc: Proc = HOST,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock``: monotonic seconds, for the background scan's backoff."""
-        self.proc_root = proc_root
+        self.proc = proc
         self._cache: dict[int, dict[int, int]] = {}
         self._lock = threading.Lock()
         self.scanner = FullScanner(self, clock)
@@ -130,7 +131,7 @@ class FdIndex:
         if not held:
             return set()
         stale = [pid for pid, fd in held.items()
-                 if not procinfo.holds_socket(pid, fd, inode, self.proc_root)]
+                 if not self.proc.holds_socket(pid, fd, inode)]
         if stale:
             with self._lock:
                 cached = self._cache.get(inode)
@@ -145,7 +146,7 @@ class FdIndex:
         """Does ``pid`` hold ``inode`` right now?  One readlink when cached."""
         with self._lock:
             fd = self._cache.get(inode, {}).get(pid)
-        if fd is not None and procinfo.holds_socket(pid, fd, inode, self.proc_root):
+        if fd is not None and self.proc.holds_socket(pid, fd, inode):
             return True
         found = self.scan_pids((pid,), {inode})
         return pid in found.get(inode, ())
@@ -158,7 +159,7 @@ class FdIndex:
             if stop_when_found and len(found) == len(wanted):
                 break
             try:
-                for fd, inode in procinfo.socket_fds(pid, self.proc_root):
+                for fd, inode in self.proc.socket_fds(pid):
                     if inode in wanted:
                         self._remember(inode, pid, fd)
                         found.setdefault(inode, set()).add(pid)
@@ -173,7 +174,7 @@ class FdIndex:
         CONFIG_PROC_CHILDREN: the full scan still finds them."""
         out: set[int] = set()
         for pid in pids:
-            out |= procinfo.children(pid, self.proc_root)
+            out |= self.proc.children(pid)
         return out
 
     def family(self, found: dict[int, set[int]], depth: int = 8) -> set[int]:
@@ -184,7 +185,7 @@ class FdIndex:
         near: set[int] = set()
         for pid in pids:
             try:
-                near.add(procinfo.read_stat(pid, self.proc_root)[1])
+                near.add(self.proc.read_stat(pid)[1])
             except (ProcessGone, AccessDenied):
                 continue
         level = pids
@@ -205,18 +206,18 @@ class FdIndex:
         if found:
             family = self.family(found) - set(read)
             if budget is not None:
-                family = budget.take(family, self.proc_root)
+                family = budget.take(family, self.proc)
             for inode, pids in self.scan_pids(family, set(found)).items():
                 found[inode] |= pids
 
     def all_pids(self) -> list[int]:
-        return procinfo.pids(self.proc_root)
+        return self.proc.pids()
 
     def scan_order(self) -> list[int]:
         """Every process, fewest fds first (fd hogs cannot delay finding a
         leaker), the newest first among equals (a leaking server was often
         just restarted)."""
-        return sorted(self.all_pids(), key=lambda pid: (procinfo.fd_table_size(pid, self.proc_root), -pid))
+        return sorted(self.all_pids(), key=lambda pid: (self.proc.fd_table_size(pid), -pid))
 
     def holders(self, inodes: Iterable[int], hints: Iterable[int] = (),
                 full_scan: bool = True) -> dict[int, set[int]]:
@@ -240,7 +241,7 @@ class FdIndex:
                 # children of 20,000 fds, connecting to themselves) go to
                 # the background scan instead of silencing the loop.
                 budget = Budget(INLINE_FDS)
-                found = self.scan_pids(budget.take(hints, self.proc_root), missing)
+                found = self.scan_pids(budget.take(hints, self.proc), missing)
                 self.add_family(found, read=hints, budget=budget)  # every holder, before anyone is judged
                 for inode, pids in found.items():
                     result[inode] = pids
@@ -256,11 +257,11 @@ class FdIndex:
         return result
 
 
-def held_count(pid: int, inodes: Iterable[int], proc_root: str = "/proc") -> int:
+def held_count(pid: int, inodes: Iterable[int], proc: Proc = HOST) -> int:
     """How many of ``inodes`` ``pid`` holds right now (a fresh scan)."""
     wanted = set(inodes)
     try:
-        return len({inode for _fd, inode in procinfo.socket_fds(pid, proc_root) if inode in wanted})
+        return len({inode for _fd, inode in proc.socket_fds(pid) if inode in wanted})
     except AccessDenied:
         return 0  # cannot be confirmed: not guilty
 
@@ -310,16 +311,16 @@ class OwnerResolver:
     # How long start-up waits for the holders of the listeners.
     LISTENERS_WAIT = 5.0
 
-    def __init__(self, table: KernelSockets, index: FdIndex | None = None,
+    def __init__(self, kernel: KernelSockets, index: FdIndex | None = None,
                  scan_wait: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         """``scan_wait``: how long a lookup may wait for the background scan
         (trace shows each socket once, so it waits a little; watch never
         waits: it looks again later).  ``clock``: monotonic seconds, for how
         fresh the listeners are."""
-        self.table = table
-        self.proc_root = table.proc_root
+        self.kernel = kernel
+        self.proc = kernel.proc
         self._clock = clock
-        self.index = index or FdIndex(table.proc_root, clock)
+        self.index = index or FdIndex(kernel.proc, clock)
         self.scan_wait = scan_wait
         self._listeners: list[NsSock] = []
         self._listeners_at = float("-inf")
@@ -330,7 +331,7 @@ class OwnerResolver:
 
     def _listener_for(self, ns: NsSock, refresh: bool) -> list[NsSock]:
         if refresh or self._clock() - self._listeners_at > 5.0:
-            self._listeners = self.table.listeners()
+            self._listeners = self.kernel.listeners()
             self._listeners_at = self._clock()
         child = ns.diag.sock
         same_port = [
@@ -349,7 +350,7 @@ class OwnerResolver:
             if refresh:
                 if self._clock() - self._listeners_at < 1.0:
                     break
-                self._listeners = self.table.listeners()
+                self._listeners = self.kernel.listeners()
                 self._listeners_at = self._clock()
             same = [lst for lst in self._listeners
                     if lst.diag.sock.lport == sock.lport and lst.diag.sock.family == sock.family
@@ -406,7 +407,7 @@ class OwnerResolver:
             # Before paying for a scan of every process, make sure the
             # socket still exists: churn closes most of them within
             # milliseconds, and scanning for those is pure waste.
-            still = [ns for ns in unfound if (hit := self.table.lookup_in(ns.netns, ns.diag.sock))
+            still = [ns for ns in unfound if (hit := self.kernel.lookup_in(ns.netns, ns.diag.sock))
                      is not None and hit.diag.inode == ns.diag.inode]
             if still:
                 inodes = [ns.diag.inode for ns in still]
@@ -429,7 +430,7 @@ class OwnerResolver:
     def learn_listeners(self) -> None:
         """Index the listeners' owners up front so that a first leak on a
         port does not wait for a full scan."""
-        self._listeners = self.table.listeners()
+        self._listeners = self.kernel.listeners()
         self._listeners_at = self._clock()
         inodes = [lst.diag.inode for lst in self._listeners if lst.diag.inode]
         held = self.index.holders(inodes)
@@ -444,7 +445,7 @@ class OwnerResolver:
         out = []
         for pid in sorted(pids):
             try:
-                start, _ppid, comm, _k = procinfo.read_stat(pid, self.proc_root)
+                start, _ppid, comm, _k = self.proc.read_stat(pid)
             except (ProcessGone, AccessDenied):
                 continue
             out.append(Owner(pid, start, comm))
@@ -472,14 +473,14 @@ class Found(NamedTuple):
 _DUMP_ABOVE = 256
 
 
-def _close_wait(table: KernelSockets, probes: list[Probe]) -> dict[Probe, list[NsSock]]:
+def _close_wait(kernel: KernelSockets, probes: list[Probe]) -> dict[Probe, list[NsSock]]:
     out: dict[Probe, list[NsSock]] = {}
     # /proc/net/tcp has no lookup: each one parses the whole file (every
     # TIME_WAIT socket too), so there one dump serves every probe.
-    if len(probes) > _DUMP_ABOVE or (len(probes) > 1 and "procfs" in table.kind):
+    if len(probes) > _DUMP_ABOVE or (len(probes) > 1 and kernel.through_procfs):
         by_tuple: dict[SockId, list[NsSock]] = {}
         wanted = {p.sock for p in probes}
-        for ns in table.close_wait():
+        for ns in kernel.close_wait():
             if ns.diag.sock in wanted:
                 by_tuple.setdefault(ns.diag.sock, []).append(ns)
         for probe in probes:
@@ -490,10 +491,10 @@ def _close_wait(table: KernelSockets, probes: list[Probe]) -> dict[Probe, list[N
         return out
     for probe in probes:
         if probe.kid is not None:
-            hit = table.lookup_in(probe.netns, probe.sock)
+            hit = kernel.lookup_in(probe.netns, probe.sock)
             hits = [hit] if hit is not None and hit.diag.kid == probe.kid else []
         else:
-            hits = table.lookup(probe.sock)
+            hits = kernel.lookup(probe.sock)
         out[probe] = [ns for ns in hits if ns.diag.state == TCP_CLOSE_WAIT]
     return out
 
@@ -508,7 +509,7 @@ def resolve_close_wait(resolver: OwnerResolver, probes: list[Probe],
     ``full_scan=False``: no scan of every process for unknown holders."""
     if not probes:
         return {}
-    hits = _close_wait(resolver.table, probes)
+    hits = _close_wait(resolver.kernel, probes)
     every = [ns for found in hits.values() for ns in found]
     pids = resolver.pids(every, full_scan)
     # One stat read and one shared tuple per holder set, not per socket: a

@@ -6,13 +6,15 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import Iterable, NamedTuple
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
-from resreap.host import procinfo
+from resreap.host.procinfo import HOST, Proc, ProcInfo
 from resreap.errors import ProcessReplaced, UsageError
 from resreap.engine.evidence import Rules
-from resreap.engine.filters import Filters
 from resreap.model import Key, Owner, SpareReason
+
+if TYPE_CHECKING:  # config imports this module for Limits
+    from resreap.engine.config import Current
 
 
 class Limits(NamedTuple):
@@ -63,10 +65,10 @@ class Counter:
         return len(self.by_owner.get(owner, ()))
 
 
-def protected_pids(proc_root: str = "/proc") -> set[int]:
+def protected_pids(proc: Proc = HOST) -> set[int]:
     """Never signalled: init, kthreadd, resreap itself and its ancestors
     (killing the shell or supervisor that runs us would be a disaster)."""
-    return {1, 2} | procinfo.ancestors(os.getpid(), proc_root)
+    return {1, 2} | proc.ancestors(os.getpid())
 
 
 class Verdict(NamedTuple):
@@ -81,22 +83,22 @@ class Verdict(NamedTuple):
 class Eligibility:
     """Who may be reaped: the filters, the protected set, kernel threads."""
 
-    def __init__(self, filters: Filters, proc_root: str = "/proc") -> None:
-        self.filters = filters
-        self.proc_root = proc_root
-        self.protected = protected_pids(proc_root)
+    def __init__(self, current: Current, proc: Proc = HOST) -> None:
+        self.current = current
+        self.proc = proc
+        self.protected = protected_pids(proc)
 
-    def check(self, info: procinfo.ProcInfo) -> Verdict:
+    def check(self, info: ProcInfo) -> Verdict:
         if info.pid in self.protected:
             return Verdict(False, SpareReason.PROTECTED)
         if info.kthread:
             return Verdict(False, SpareReason.KTHREAD)
-        if not self.filters.wants(info.pid, info.cmdline):
+        if not self.current.filters.wants(info.pid, info.cmdline):
             return Verdict(False, SpareReason.NOT_SELECTED)
         return Verdict(True)
 
-    def info(self, owner: Owner) -> procinfo.ProcInfo:
-        info = procinfo.read_bounded(owner.pid, self.proc_root)
+    def info(self, owner: Owner) -> ProcInfo:
+        info = self.proc.read_bounded(owner.pid)
         if info.start != owner.start:
             raise ProcessReplaced(owner.pid)
         return info
@@ -115,9 +117,8 @@ class StormGuard:
 
     MAX_KEYS = 4096  # command lines remembered at most
 
-    def __init__(self, max_kills: int, per: float) -> None:
-        self.max_kills = max_kills
-        self.per = per
+    def __init__(self, current: Current) -> None:
+        self.current = current
         self._kills: dict[str, collections.deque[float]] = {}
 
     def __len__(self) -> int:
@@ -127,7 +128,7 @@ class StormGuard:
         times = self._kills.get(key)
         if times is None:
             return collections.deque()
-        while times and times[0] <= now - self.per:
+        while times and times[0] <= now - self.current.limits.per:
             times.popleft()
         return times
 
@@ -138,9 +139,10 @@ class StormGuard:
         cannot have been of what it replaces."""
         now = time.monotonic() if now is None else now
         times = [t for t in self._recent(key, now) if started is None or t < started]
-        if len(times) < self.max_kills:
+        max_kills, per = self.current.limits.max_kills, self.current.limits.per
+        if len(times) < max_kills:
             return 0.0
-        return times[-self.max_kills] + self.per
+        return times[-max_kills] + per
 
     def record(self, key: str, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
@@ -155,7 +157,7 @@ class StormGuard:
         """Forget commands with no kill in the window; if every one is
         recent (thousands of distinct command lines a minute: hostile), the
         least recently killed go first."""
-        for key in [k for k, v in self._kills.items() if not v or v[-1] <= now - self.per]:
+        for key in [k for k, v in self._kills.items() if not v or v[-1] <= now - self.current.limits.per]:
             del self._kills[key]
         if len(self._kills) > self.MAX_KEYS:
             keep = sorted(self._kills.items(), key=lambda kv: kv[1][-1])[-(self.MAX_KEYS * 3 // 4):]

@@ -10,7 +10,7 @@ import time
 from typing import Callable, NamedTuple
 
 from resreap.engine import evidence
-from resreap.host import procinfo, supervisor
+from resreap.host import supervisor
 from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
 from resreap.sources.events import EventSource
 from resreap.engine.filters import Filters
@@ -147,7 +147,7 @@ class Tracer:
         cmd = self._cmdlines.get(owner)
         if cmd is None:
             try:
-                cmd = procinfo.read_bounded(owner.pid, self.resolver.proc_root).cmdline
+                cmd = self.resolver.proc.read_bounded(owner.pid).cmdline
             except (ProcessGone, ProcessUnreadable, AccessDenied):
                 cmd = ""
             if len(self._cmdlines) > 4096:
@@ -162,7 +162,7 @@ class Tracer:
         owner = owners[0]
         where = self._wheres.get(owner)
         if where is None:
-            where = supervisor.of(owner.pid, self.resolver.proc_root)
+            where = supervisor.of(owner.pid, self.resolver.proc)
             if len(self._wheres) > 4096:
                 self._wheres.clear()
             self._wheres[owner] = where

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from resreap.engine import evidence
+from resreap.engine.config import Current, WatchConfig
 from resreap.engine.counting import Counting
 from resreap.engine.decisions import Event, decision
 from resreap.engine.filters import Filters
-from resreap.engine.killer import KillEngine, Killer, Outcome, Plan, Target
+from resreap.engine.killer import KillEngine, Killer, Outcome, Target
 from resreap.engine.owners import OwnerResolver
 from resreap.engine.policy import Eligibility, Limits, StormGuard
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, supervisor
+from resreap.host.procinfo import Proc
 from resreap.model import Holder, Owner, Result, Revival, Snapshot, SockId, SpareReason
 from resreap.sources.events import EventSource
 
@@ -32,12 +34,6 @@ CHILDREN_FIRST_WAITS = 2  # times a parent waits for its children before it is j
 UNREADABLE_RETRY = 10.0
 
 
-class WatchConfig(NamedTuple):
-    limits: Limits
-    plan: Plan
-    filters: Filters
-
-
 def read_latency(grace: float) -> float:
     """How long the loop may sleep without new events: a quarter of the
     grace, within [0.01, 0.25] s.  Deadlines use the kernel's timestamps, so
@@ -46,9 +42,9 @@ def read_latency(grace: float) -> float:
     return min(0.25, max(0.01, grace / 4))
 
 
-def _where(pid: int, proc_root: str) -> dict[str, str]:
+def _where(pid: int, proc: Proc) -> dict[str, str]:
     """unit= and container= for a decision line about ``pid``."""
-    return supervisor.of(pid, proc_root).fields()
+    return supervisor.of(pid, proc).fields()
 
 
 def _endpoints(socks: list[SockId]) -> list[str]:
@@ -60,26 +56,27 @@ def _endpoints(socks: list[SockId]) -> list[str]:
 
 
 class Watcher:
-    def __init__(self, source: EventSource, resolver: OwnerResolver, config: WatchConfig,
+    def __init__(self, source: EventSource, resolver: OwnerResolver, current: Current,
                  killer: KillEngine | None = None, tick=None,
                  clock: Callable[[], float] = time.monotonic,
                  boottime: Callable[[], float] = procinfo.boottime) -> None:
-        """``clock``: CLOCK_MONOTONIC seconds, the clock of the events'
+        """``current``: the settings in force, shared with the kill engine;
+        ``clock``: CLOCK_MONOTONIC seconds, the clock of the events'
         timestamps; ``boottime``: CLOCK_BOOTTIME seconds, the clock of
         process start times (tests pass fake ones with a fake host)."""
         self._clock = clock
         self._boottime = boottime
         self.source = source
         self.resolver = resolver
-        self.config = config
-        self.limits = config.limits
-        self.filters = config.filters
-        self.proc_root = resolver.proc_root
+        # The settings in force, read by every component through this one
+        # reference (a reload swaps what it holds).
+        self.current = current
+        self.proc = resolver.proc
         # Sockets: when each counts, and against whom.
-        self.sockets = Counting(resolver, config.limits, config.filters, clock, boottime)
-        self.eligibility = Eligibility(config.filters, self.proc_root)
-        self.storm = StormGuard(config.limits.max_kills, config.limits.per)
-        self.killer = killer or Killer(config.plan, self.proc_root)
+        self.sockets = Counting(resolver, self.current, clock, boottime)
+        self.eligibility = Eligibility(self.current, self.proc)
+        self.storm = StormGuard(self.current)
+        self.killer = killer or Killer(self.current, self.proc)
         self._deferred: dict[Owner, float] = {}
         # Parents waiting for their children's kill sequences (children first).
         self._parents: dict[Owner, set[int]] = {}
@@ -98,6 +95,18 @@ class Watcher:
         self.reaped_evidence: dict[str, int] = {}
         self.revivals: dict[Revival, int] = {}
         self.hook_failures = 0
+
+    @property
+    def config(self) -> WatchConfig:
+        return self.current.config
+
+    @property
+    def limits(self) -> Limits:
+        return self.current.limits
+
+    @property
+    def filters(self) -> Filters:
+        return self.current.filters
 
     @property
     def table(self):
@@ -173,14 +182,9 @@ class Watcher:
     def reconfigure(self, config: WatchConfig) -> None:
         """New settings from a reloaded config file: they apply to the next
         decisions; running kill sequences keep the plan they started with."""
-        self.config = config
-        self.limits = config.limits
-        self.filters = config.filters
-        self.eligibility = Eligibility(config.filters, self.proc_root)
-        self.storm.max_kills, self.storm.per = config.limits.max_kills, config.limits.per
-        self.killer.plan = config.plan
+        self.current.config = config
         self._spared.clear()
-        self.sockets.configure(config.limits, config.filters)
+        self.sockets.reconfigured()
         self.source.follow(read_latency(config.limits.grace))
         now = self._clock()
         for owner in list(self.counter.by_owner):
@@ -194,7 +198,7 @@ class Watcher:
         best = heapq.nlargest(top, counts, key=lambda c: c[0])
         holders = []
         for n, o in best:
-            where = _where(o.pid, self.proc_root)
+            where = _where(o.pid, self.proc)
             holders.append(Holder(o.pid, o.comm, where.get("unit", ""), where.get("container", ""), n))
         return Snapshot(
             tracked=len(self.table),
@@ -274,7 +278,7 @@ class Watcher:
         kids = []
         for other in sorted(others):
             if other not in self._spared and self.counter.count(other) >= self.limits.limit \
-                    and owner.pid in procinfo.ancestors(other.pid, self.proc_root) - {other.pid}:
+                    and owner.pid in self.proc.ancestors(other.pid) - {other.pid}:
                 kids.append(other.pid)
         if not kids:
             return False
@@ -291,7 +295,7 @@ class Watcher:
         wait = plan.hook_timeout * bool(plan.hook) + 2 * plan.wait + self.limits.grace + 5.0
         if owner not in self._deferred:
             decision(Event.CHILDREN_FIRST, logging.INFO, pid=owner.pid, comm=owner.comm,
-                     **_where(owner.pid, self.proc_root),
+                     **_where(owner.pid, self.proc),
                      children=sorted(kids), again_in=round(wait, 1),
                      note="its descendants hold the same sockets: they go first")
         self._deferred[owner] = now + wait
@@ -317,7 +321,7 @@ class Watcher:
                 level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
                     else logging.WARNING
                 decision(Event.SPARE, level, pid=info.pid, comm=info.comm,
-                         **_where(info.pid, self.proc_root), cmd=info.cmdline,
+                         **_where(info.pid, self.proc), cmd=info.cmdline,
                          count=self.counter.count(owner), reason=verdict.why)
             return
         allowed = self.storm.next_allowed(info.cmdline, now,
@@ -325,8 +329,8 @@ class Watcher:
         if allowed:
             if owner not in self._deferred:
                 decision(Event.STORM, logging.WARNING, pid=info.pid, comm=info.comm,
-                         **_where(info.pid, self.proc_root), cmd=info.cmdline,
-                         kills=self.storm.max_kills, per=self.storm.per,
+                         **_where(info.pid, self.proc), cmd=info.cmdline,
+                         kills=self.limits.max_kills, per=self.limits.per,
                          next_in=round(allowed - now, 1),
                          note="this command keeps leaking after restarts: kills are rate-limited")
             self._deferred[owner] = allowed
@@ -343,7 +347,7 @@ class Watcher:
         socks = [entry.sock for entry, _hit, _kind in rows]
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
-        where = supervisor.of(info.pid, self.proc_root)
+        where = supervisor.of(info.pid, self.proc)
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
                         self.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
                         where)
@@ -368,7 +372,7 @@ class Watcher:
         if not percent:
             return True
         try:
-            soft = procinfo.fd_soft_limit(owner.pid, self.proc_root)
+            soft = self.proc.fd_soft_limit(owner.pid)
         except (ProcessGone, AccessDenied):
             return False
         if soft is None or count * 100 >= percent * soft:

@@ -16,6 +16,7 @@ import threading
 from typing import Iterator
 
 from resreap.errors import KernelQueryError, NamespaceGone, OutOfFds
+from resreap.host.procinfo import HOST, Proc
 
 CLONE_NEWNET = 0x40000000
 NETLINK_SOCK_DIAG = 4
@@ -23,55 +24,51 @@ NETLINK_SOCK_DIAG = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _each(proc_root: str) -> Iterator[tuple[int, int]]:
+def _each(proc: Proc) -> Iterator[tuple[int, int]]:
     """(network namespace inode, pid) for every process that has one."""
-    for name in os.listdir(proc_root):
-        if not name.isdigit():
-            continue
+    for pid in proc.pids():
         try:
-            yield os.stat(f"{proc_root}/{name}/ns/net").st_ino, int(name)
+            yield proc.namespace(pid, "net"), pid
         except OSError:  # exited, or a kernel thread without a namespace link
             continue
 
 
-def namespaces(proc_root: str = "/proc") -> dict[int, int]:
+def namespaces(proc: Proc = HOST) -> dict[int, int]:
     """Map each network namespace inode in use to one pid inside it."""
     found: dict[int, int] = {}
-    for ino, pid in _each(proc_root):
+    for ino, pid in _each(proc):
         found.setdefault(ino, pid)
     return found
 
 
-def pid_in(ino: int, proc_root: str = "/proc") -> int | None:
+def pid_in(ino: int, proc: Proc = HOST) -> int | None:
     """One live process in the network namespace ``ino`` (None: no process
     uses it any more).  Called only when the process a namespace was known
-    by has left."""
-    try:
-        return next((pid for found, pid in _each(proc_root) if found == ino), None)
-    except OSError:
-        return None
+    by has left.  Raises OutOfFds: a full fd table says nothing of the
+    namespace."""
+    return next((pid for found, pid in _each(proc) if found == ino), None)
 
 
-def own_namespace(proc_root: str = "/proc") -> int:
-    return os.stat(f"{proc_root}/self/ns/net").st_ino
+def own_namespace(proc: Proc = HOST) -> int:
+    return proc.namespace("self", "net")
 
 
-def own_user_namespace(proc_root: str = "/proc") -> int:
-    return os.stat(f"{proc_root}/self/ns/user").st_ino
+def own_user_namespace(proc: Proc = HOST) -> int:
+    return proc.namespace("self", "user")
 
 
-def user_namespace_of(pid: int, proc_root: str = "/proc") -> int | None:
+def user_namespace_of(pid: int, proc: Proc = HOST) -> int | None:
     """The user namespace of ``pid`` (None: gone).  A network namespace
     whose processes live in resreap's own user namespace was made by root
     (a container runtime, ip netns); one in another user namespace by
     anyone (`unshare -Urn`, a rootless container)."""
     try:
-        return os.stat(f"{proc_root}/{pid}/ns/user").st_ino
+        return proc.namespace(pid, "user")
     except OSError:
         return None
 
 
-def netlink_socket_in(pid: int | None, proc_root: str = "/proc") -> socket.socket:
+def netlink_socket_in(pid: int | None, proc: Proc = HOST) -> socket.socket:
     """A NETLINK_SOCK_DIAG socket in the network namespace of ``pid``
     (``None``: our own)."""
     if pid is None:
@@ -85,7 +82,7 @@ def netlink_socket_in(pid: int | None, proc_root: str = "/proc") -> socket.socke
 
     def enter() -> None:
         try:
-            fd = os.open(f"{proc_root}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(proc.path(pid, "ns", "net"), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 if _libc.setns(fd, CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()

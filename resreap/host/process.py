@@ -11,7 +11,7 @@ import subprocess
 import time
 
 from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced
-from resreap.host import procinfo
+from resreap.host.procinfo import HOST, Proc
 
 HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
@@ -21,8 +21,8 @@ class Pinned:
     time re-checked right before each signal): a signal never reaches a
     recycled pid."""
 
-    def __init__(self, pid: int, start: int, proc_root: str = "/proc") -> None:
-        self.pid, self.start, self.proc_root = pid, start, proc_root
+    def __init__(self, pid: int, start: int, proc: Proc = HOST) -> None:
+        self.pid, self.start, self.proc = pid, start, proc
         self.fd: int | None = None
         if HAVE_PIDFD:
             try:
@@ -32,7 +32,7 @@ class Pinned:
             except OSError:  # kernel without pidfd_open
                 self.fd = None
         # Opened on the right process only if it is still the one we chose.
-        if not procinfo.alive(pid, start, proc_root):
+        if not proc.alive(pid, start):
             self.close()
             raise ProcessReplaced(pid)
 
@@ -42,10 +42,10 @@ class Pinned:
             self.fd = None
 
     def _dead(self) -> bool:
-        if not procinfo.alive(self.pid, self.start, self.proc_root):
+        if not self.proc.alive(self.pid, self.start):
             return True
         try:
-            return procinfo.is_zombie(self.pid, self.proc_root)
+            return self.proc.is_zombie(self.pid)
         except AccessDenied:
             return False  # unreadable is not dead: wait on
 
@@ -68,7 +68,7 @@ class Pinned:
             if self.fd is not None:
                 signal.pidfd_send_signal(self.fd, sig)
             else:
-                if not procinfo.alive(self.pid, self.start, self.proc_root):
+                if not self.proc.alive(self.pid, self.start):
                     return False
                 os.kill(self.pid, sig)
         except ProcessLookupError:

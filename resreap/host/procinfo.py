@@ -57,60 +57,6 @@ def proc_errors(pid: int, what: str = "") -> Iterator[None]:
         raise
 
 
-def read_stat(pid: int, proc_root: str = "/proc") -> tuple[int, int, str, bool]:
-    """(start, ppid, comm, kthread) of ``pid``; raises ProcessGone or
-    AccessDenied."""
-    with proc_errors(pid, "/stat"), open(f"{proc_root}/{pid}/stat", "rb") as f:
-        raw = f.read()
-    # comm is in parentheses and may itself contain ") ": split at the last.
-    head, _, tail = raw.rpartition(b") ")
-    comm = head.partition(b" (")[2].decode("utf-8", "backslashreplace")
-    fields = tail.split()
-    ppid = int(fields[1])
-    flags = int(fields[6])
-    start = int(fields[19])
-    return start, ppid, comm, bool(flags & PF_KTHREAD)
-
-
-def start_time(pid: int, proc_root: str = "/proc") -> int:
-    return read_stat(pid, proc_root)[0]
-
-
-def read(pid: int, proc_root: str = "/proc") -> ProcInfo:
-    start, ppid, comm, kthread = read_stat(pid, proc_root)
-    with proc_errors(pid, "/cmdline"), open(f"{proc_root}/{pid}/cmdline", "rb") as f:
-        argv = f.read(CMDLINE_MAX + 1)
-    cut = len(argv) > CMDLINE_MAX
-    if cut:
-        argv = argv[:CMDLINE_MAX]
-    cmdline = argv.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
-    if cut:
-        cmdline += "...[cut]"
-    if start_time(pid, proc_root) != start:
-        raise ProcessReplaced(pid)
-    return ProcInfo(pid, start, ppid, comm, cmdline or f"[{comm}]", kthread)
-
-
-def read_uids(pid: int, proc_root: str = "/proc") -> frozenset[int]:
-    """Real, effective, saved and fs uids of ``pid``; raises ProcessGone.
-    (The owner of /proc/PID is not it: non-dumpable processes show root.)"""
-    with proc_errors(pid, "/status"), open(f"{proc_root}/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Uid:"):
-                return frozenset(int(u) for u in line.split()[1:5])
-    raise ProcessGone(pid, "has no Uid line in its status")
-
-
-def fd_soft_limit(pid: int, proc_root: str = "/proc") -> int | None:
-    """The soft RLIMIT_NOFILE of ``pid`` (None: unlimited or unreadable)."""
-    with proc_errors(pid, "/limits"), open(f"{proc_root}/{pid}/limits") as f:
-        for line in f:
-            if line.startswith("Max open files"):
-                soft = line[len("Max open files"):].split()[0]
-                return int(soft) if soft.isdigit() else None
-    return None
-
-
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,114 +73,6 @@ def age(start: int, now: float | None = None) -> float:
 
 _SOCKET_PREFIX = "socket:["
 
-
-def pids(proc_root: str = "/proc") -> list[int]:
-    """Every process's pid.  Raises OutOfFds for EMFILE/ENFILE."""
-    try:
-        return [int(n) for n in os.listdir(proc_root) if n.isdigit()]
-    except OSError as exc:
-        out_of_fds(exc, f"listing {proc_root}")
-        raise ResreapError(f"cannot list {proc_root}: {exc.strerror}") from exc
-
-
-def socket_fds(pid: int, proc_root: str = "/proc") -> Iterator[tuple[int, int]]:
-    """(fd, socket inode) for each socket ``pid`` holds; nothing if it is
-    gone.  Raises AccessDenied where its fds may not be read (hidepid=2, no
-    CAP_SYS_PTRACE), OutOfFds for EMFILE/ENFILE (never "exited").
-    Stateless, so a kill thread may call it too."""
-    base = f"{proc_root}/{pid}/fd"
-    try:
-        fds = os.listdir(base)
-    except PermissionError:
-        raise AccessDenied(pid, "/fd") from None
-    except OSError as exc:  # exited, or a kernel thread
-        out_of_fds(exc, f"listing /proc/{pid}/fd")
-        return
-    for fd in fds:
-        link = fd_link(pid, int(fd), proc_root)
-        if link is not None and link.startswith(_SOCKET_PREFIX):
-            yield int(fd), int(link[8:-1])
-
-
-def fd_link(pid: int, fd: int, proc_root: str = "/proc") -> str | None:
-    """What fd ``fd`` of ``pid`` points at (None: closed, or the process is
-    gone or unreadable: it does not hold it as far as anyone can tell)."""
-    try:
-        return os.readlink(f"{proc_root}/{pid}/fd/{fd}")
-    except OSError as exc:
-        out_of_fds(exc, f"reading /proc/{pid}/fd/{fd}")
-        return None
-
-
-def holds_socket(pid: int, fd: int, inode: int, proc_root: str = "/proc") -> bool:
-    """Does fd ``fd`` of ``pid`` point at socket ``inode`` right now?"""
-    return fd_link(pid, fd, proc_root) == f"socket:[{inode}]"
-
-
-def children(pid: int, proc_root: str = "/proc") -> set[int]:
-    """Direct children of ``pid``, from every thread's children file (empty
-    where it is gone or the kernel lacks CONFIG_PROC_CHILDREN)."""
-    out: set[int] = set()
-    try:
-        tids = os.listdir(f"{proc_root}/{pid}/task")
-    except OSError as exc:
-        out_of_fds(exc, f"listing /proc/{pid}/task")
-        return out
-    for tid in tids:
-        try:
-            with open(f"{proc_root}/{pid}/task/{tid}/children") as f:
-                out.update(int(c) for c in f.read().split())
-        except OSError as exc:
-            out_of_fds(exc, f"reading /proc/{pid}/task/{tid}/children")
-    return out
-
-
-def fd_table_size(pid: int, proc_root: str = "/proc") -> int:
-    """About how many fds ``pid`` has: its fd table size (FDSize in its
-    status, every kernel: a power of two above its highest fd); 0 where it
-    cannot be read."""
-    try:
-        with open(f"{proc_root}/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"FDSize:"):
-                    return int(line.split()[1])
-    except OSError as exc:
-        out_of_fds(exc, f"reading /proc/{pid}/status")
-    except (ValueError, IndexError):
-        pass
-    return 0
-
-
-def is_zombie(pid: int, proc_root: str = "/proc") -> bool:
-    """Gone, or a zombie (dead, waiting for its parent).  Raises
-    AccessDenied where /proc/PID/stat cannot be read: that is not death."""
-    try:
-        with proc_errors(pid, "/stat"), open(f"{proc_root}/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b") ")[2][:1] in (b"Z", b"X")
-    except ProcessGone:
-        return True
-
-
-def ancestors(pid: int, proc_root: str = "/proc") -> set[int]:
-    """``pid`` and every process above it up to init."""
-    chain = set()
-    while pid > 0 and pid not in chain:
-        chain.add(pid)
-        try:
-            pid = read_stat(pid, proc_root)[1]
-        except (ProcessGone, AccessDenied):
-            break
-    return chain
-
-
-def alive(pid: int, start: int, proc_root: str = "/proc") -> bool:
-    try:
-        return start_time(pid, proc_root) == start
-    except (ProcessGone, AccessDenied):
-        return False
-
-
-
 # Reading /proc/PID/cmdline takes the target's mmap lock: a process stuck in
 # D state while holding it (a FUSE or userfaultfd trick does it on purpose)
 # makes the read hang.  Each bounded read runs in a thread of its own and is
@@ -247,29 +85,209 @@ _lock = threading.Lock()
 _stuck: set[int] = set()
 
 
-def read_bounded(pid: int, proc_root: str = "/proc", timeout: float = 1.0) -> ProcInfo:
-    with _lock:
-        if pid in _stuck or len(_stuck) >= STUCK_MAX:
-            raise ProcessUnreadable(pid, timeout)
-    box: dict[str, object] = {}
-    done = threading.Event()
+class Proc:
+    """The /proc edge: every read of a process's files goes through one of
+    these, its root given once (the real /proc, or a fixture tree in
+    tests).  Stateless apart from the root, so kill threads share it."""
 
-    def work() -> None:
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"Proc({self.root!r})"
+
+    def path(self, pid: int | str, *parts: str) -> str:
+        """The path of ``pid``'s ``parts`` (for the host modules that open
+        a file their own way: a namespace to enter, a net table)."""
+        return "/".join((self.root, str(pid)) + parts)
+
+    def read_stat(self, pid: int) -> tuple[int, int, str, bool]:
+        """(start, ppid, comm, kthread) of ``pid``; raises ProcessGone or
+        AccessDenied."""
+        with proc_errors(pid, "/stat"), open(f"{self.root}/{pid}/stat", "rb") as f:
+            raw = f.read()
+        # comm is in parentheses and may itself contain ") ": split at the last.
+        head, _, tail = raw.rpartition(b") ")
+        comm = head.partition(b" (")[2].decode("utf-8", "backslashreplace")
+        fields = tail.split()
+        ppid = int(fields[1])
+        flags = int(fields[6])
+        start = int(fields[19])
+        return start, ppid, comm, bool(flags & PF_KTHREAD)
+
+    def start_time(self, pid: int) -> int:
+        return self.read_stat(pid)[0]
+
+    def read(self, pid: int) -> ProcInfo:
+        start, ppid, comm, kthread = self.read_stat(pid)
+        with proc_errors(pid, "/cmdline"), open(f"{self.root}/{pid}/cmdline", "rb") as f:
+            argv = f.read(CMDLINE_MAX + 1)
+        cut = len(argv) > CMDLINE_MAX
+        if cut:
+            argv = argv[:CMDLINE_MAX]
+        cmdline = argv.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
+        if cut:
+            cmdline += "...[cut]"
+        if self.start_time(pid) != start:
+            raise ProcessReplaced(pid)
+        return ProcInfo(pid, start, ppid, comm, cmdline or f"[{comm}]", kthread)
+
+    def read_uids(self, pid: int) -> frozenset[int]:
+        """Real, effective, saved and fs uids of ``pid``; raises ProcessGone.
+        (The owner of /proc/PID is not it: non-dumpable processes show root.)"""
+        with proc_errors(pid, "/status"), open(f"{self.root}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return frozenset(int(u) for u in line.split()[1:5])
+        raise ProcessGone(pid, "has no Uid line in its status")
+
+    def fd_soft_limit(self, pid: int) -> int | None:
+        """The soft RLIMIT_NOFILE of ``pid`` (None: unlimited or unreadable)."""
+        with proc_errors(pid, "/limits"), open(f"{self.root}/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    soft = line[len("Max open files"):].split()[0]
+                    return int(soft) if soft.isdigit() else None
+        return None
+
+    def cgroup(self, pid: int | str, limit: int) -> bytes:
+        """The first ``limit`` bytes of ``pid``'s cgroup file; raises
+        ProcessGone or AccessDenied."""
+        with proc_errors(pid if isinstance(pid, int) else 0, "/cgroup"), \
+                open(self.path(pid, "cgroup"), "rb") as f:
+            return f.read(limit)
+
+    def namespace(self, pid: int | str, kind: str) -> int:
+        """The inode of ``pid``'s ``kind`` namespace (net, user); raises
+        OSError where it has none (gone, a kernel thread)."""
+        return os.stat(self.path(pid, "ns", kind)).st_ino
+
+    def pids(self) -> list[int]:
+        """Every process's pid.  Raises OutOfFds for EMFILE/ENFILE."""
         try:
-            box["info"] = read(pid, proc_root)
-        except BaseException as exc:  # handed to the caller, or dropped if it left
-            box["error"] = exc
-        finally:
-            with _lock:
-                done.set()
-                _stuck.discard(pid)
+            return [int(n) for n in os.listdir(self.root) if n.isdigit()]
+        except OSError as exc:
+            out_of_fds(exc, f"listing {self.root}")
+            raise ResreapError(f"cannot list {self.root}: {exc.strerror}") from exc
 
-    threading.Thread(target=work, name=f"procread-{pid}", daemon=True).start()
-    if not done.wait(timeout):
+    def socket_fds(self, pid: int) -> Iterator[tuple[int, int]]:
+        """(fd, socket inode) for each socket ``pid`` holds; nothing if it is
+        gone.  Raises AccessDenied where its fds may not be read (hidepid=2, no
+        CAP_SYS_PTRACE), OutOfFds for EMFILE/ENFILE (never "exited").
+        Stateless, so a kill thread may call it too."""
+        base = f"{self.root}/{pid}/fd"
+        try:
+            fds = os.listdir(base)
+        except PermissionError:
+            raise AccessDenied(pid, "/fd") from None
+        except OSError as exc:  # exited, or a kernel thread
+            out_of_fds(exc, f"listing /proc/{pid}/fd")
+            return
+        for fd in fds:
+            link = self.fd_link(pid, int(fd))
+            if link is not None and link.startswith(_SOCKET_PREFIX):
+                yield int(fd), int(link[8:-1])
+
+    def fd_link(self, pid: int, fd: int) -> str | None:
+        """What fd ``fd`` of ``pid`` points at (None: closed, or the process is
+        gone or unreadable: it does not hold it as far as anyone can tell)."""
+        try:
+            return os.readlink(f"{self.root}/{pid}/fd/{fd}")
+        except OSError as exc:
+            out_of_fds(exc, f"reading /proc/{pid}/fd/{fd}")
+            return None
+
+    def holds_socket(self, pid: int, fd: int, inode: int) -> bool:
+        """Does fd ``fd`` of ``pid`` point at socket ``inode`` right now?"""
+        return self.fd_link(pid, fd) == f"socket:[{inode}]"
+
+    def children(self, pid: int) -> set[int]:
+        """Direct children of ``pid``, from every thread's children file (empty
+        where it is gone or the kernel lacks CONFIG_PROC_CHILDREN)."""
+        out: set[int] = set()
+        try:
+            tids = os.listdir(f"{self.root}/{pid}/task")
+        except OSError as exc:
+            out_of_fds(exc, f"listing /proc/{pid}/task")
+            return out
+        for tid in tids:
+            try:
+                with open(f"{self.root}/{pid}/task/{tid}/children") as f:
+                    out.update(int(c) for c in f.read().split())
+            except OSError as exc:
+                out_of_fds(exc, f"reading /proc/{pid}/task/{tid}/children")
+        return out
+
+    def fd_table_size(self, pid: int) -> int:
+        """About how many fds ``pid`` has: its fd table size (FDSize in its
+        status, every kernel: a power of two above its highest fd); 0 where it
+        cannot be read."""
+        try:
+            with open(f"{self.root}/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"FDSize:"):
+                        return int(line.split()[1])
+        except OSError as exc:
+            out_of_fds(exc, f"reading /proc/{pid}/status")
+        except (ValueError, IndexError):
+            pass
+        return 0
+
+    def is_zombie(self, pid: int) -> bool:
+        """Gone, or a zombie (dead, waiting for its parent).  Raises
+        AccessDenied where /proc/PID/stat cannot be read: that is not death."""
+        try:
+            with proc_errors(pid, "/stat"), open(f"{self.root}/{pid}/stat", "rb") as f:
+                return f.read().rpartition(b") ")[2][:1] in (b"Z", b"X")
+        except ProcessGone:
+            return True
+
+    def ancestors(self, pid: int) -> set[int]:
+        """``pid`` and every process above it up to init."""
+        chain = set()
+        while pid > 0 and pid not in chain:
+            chain.add(pid)
+            try:
+                pid = self.read_stat(pid)[1]
+            except (ProcessGone, AccessDenied):
+                break
+        return chain
+
+    def alive(self, pid: int, start: int) -> bool:
+        try:
+            return self.start_time(pid) == start
+        except (ProcessGone, AccessDenied):
+            return False
+
+    def read_bounded(self, pid: int, timeout: float = 1.0) -> ProcInfo:
+        """``read``, given up after ``timeout`` (ProcessUnreadable): see
+        STUCK_MAX above."""
         with _lock:
-            if not done.is_set():
-                _stuck.add(pid)
+            if pid in _stuck or len(_stuck) >= STUCK_MAX:
                 raise ProcessUnreadable(pid, timeout)
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["info"]  # type: ignore[return-value]
+        box: dict[str, object] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                box["info"] = self.read(pid)
+            except BaseException as exc:  # handed to the caller, or dropped if it left
+                box["error"] = exc
+            finally:
+                with _lock:
+                    done.set()
+                    _stuck.discard(pid)
+
+        threading.Thread(target=work, name=f"procread-{pid}", daemon=True).start()
+        if not done.wait(timeout):
+            with _lock:
+                if not done.is_set():
+                    _stuck.add(pid)
+                    raise ProcessUnreadable(pid, timeout)
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["info"]  # type: ignore[return-value]
+
+
+# The host's /proc: the default wherever no other root is injected.
+HOST = Proc()

@@ -15,6 +15,7 @@ from typing import Iterable
 
 from resreap.errors import KernelQueryError, NamespaceGone
 from resreap.model import SockId
+from resreap.host.procinfo import HOST, Proc
 from resreap.host.sockdiag import DiagSock
 
 
@@ -74,8 +75,8 @@ def parse(text: str, family: int, states: frozenset[int] | None = None,
 class ProcNetTcp:
     """The same queries as SockDiag, for the namespace of ``pid``."""
 
-    def __init__(self, pid: int | str, proc_root: str = "/proc") -> None:
-        self.base = f"{proc_root}/{pid}/net"
+    def __init__(self, pid: int | str, proc: Proc = HOST) -> None:
+        self.base = proc.path(pid, "net")
 
     def close(self) -> None:
         pass

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import time
 from typing import Iterable, NamedTuple
 
 from resreap import tunables
 from resreap.host import netns
-from resreap.errors import KernelQueryError, NamespaceGone
+from resreap.errors import KernelQueryError, NamespaceGone, ResreapError
 from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, SockId
+from resreap.host.procinfo import HOST, Proc
 from resreap.host.procnet import ProcNetTcp
 from resreap.host.sockdiag import RECV_BUFFER, DiagSock, SockDiag
 
@@ -55,16 +55,16 @@ class NsSock(NamedTuple):
 
 
 class SocketTable:
-    def __init__(self, proc_root: str = "/proc", refresh_every: float = 30.0,
+    def __init__(self, proc: Proc = HOST, refresh_every: float = 30.0,
                  mode: str | None = None) -> None:
-        self.proc_root = proc_root
+        self.proc = proc
         self.refresh_every = refresh_every
         self.mode = mode or tunables.get().socket_table
         if self.mode not in tunables.SOCKET_TABLES:
             raise KernelQueryError(f"unknown socket table {self.mode!r}: use one of "
                                    f"{', '.join(tunables.SOCKET_TABLES)}")
-        self._own = netns.own_namespace(proc_root)
-        self._own_user = netns.own_user_namespace(proc_root)
+        self._own = netns.own_namespace(proc)
+        self._own_user = netns.own_user_namespace(proc)
         self._buf = bytearray(RECV_BUFFER)
         # Open readers, least recently used first; ours is never closed.
         self._open: collections.OrderedDict[int, SockDiag | ProcNetTcp] = collections.OrderedDict()
@@ -91,7 +91,7 @@ class SocketTable:
         for family, name, tag in ((4, "sockstat", "TCP:"), (6, "sockstat6", "TCP6:")):
             self._inuse.pop((ino, family), None)
             try:
-                with open(f"{self.proc_root}/{where}/net/{name}") as f:
+                with open(self.proc.path(where, "net", name)) as f:
                     for line in f:
                         if line.startswith(tag):
                             fields = line.split()
@@ -129,11 +129,18 @@ class SocketTable:
         """Which reader serves the namespaces: sock_diag or procfs."""
         return "+".join(sorted(self._kinds)) or "none"
 
+    @property
+    def through_procfs(self) -> bool:
+        """Is some namespace read from /proc/PID/net/tcp?  Such a read is
+        not atomic (under churn it may skip a line) and has no lookup (each
+        one parses the whole file)."""
+        return "procfs" in self._kinds
+
     def _make(self, ino: int, pid: int) -> SockDiag | ProcNetTcp:
         mine = ino == self._own
         if self.mode != "procfs":
             try:
-                diag = SockDiag(netns.netlink_socket_in(None if mine else pid, self.proc_root),
+                diag = SockDiag(netns.netlink_socket_in(None if mine else pid, self.proc),
                                 self._buf)
                 try:
                     diag.dump(())  # an empty-filter probe: fails where sock_diag is missing
@@ -149,7 +156,7 @@ class SocketTable:
                     raise KernelQueryError(f"sock_diag unavailable: {exc}") from exc
                 log.debug("netns %d: sock_diag unavailable (%s), reading /proc", ino, exc)
         self._kinds.add("procfs")
-        return ProcNetTcp("self" if mine else pid, self.proc_root)
+        return ProcNetTcp("self" if mine else pid, self.proc)
 
     def _reader(self, ino: int) -> SockDiag | ProcNetTcp | None:
         """The namespace's reader, opened now if need be (None: the
@@ -187,7 +194,7 @@ class SocketTable:
         stale = self._open.pop(ino, None)
         if stale is not None:
             stale.close()
-        pid = netns.pid_in(ino, self.proc_root)
+        pid = netns.pid_in(ino, self.proc)
         if pid is None:
             self._forget(ino)
         else:
@@ -229,7 +236,7 @@ class SocketTable:
         """The namespaces in use now (within the caps); close the readers
         of the ones no process uses any more."""
         self._refreshed = self._noticed = time.monotonic()
-        live = netns.namespaces(self.proc_root)
+        live = netns.namespaces(self.proc)
         self._pids_seen = set(live.values())
         self._pid = {self._own: 0}
         self._user_inos = set()
@@ -241,7 +248,7 @@ class SocketTable:
                 self._open.pop(ino).close()
             elif isinstance(self._open[ino], ProcNetTcp) and ino != self._own:
                 # Read through a process of that namespace: keep it a live one.
-                self._open[ino] = ProcNetTcp(self._pid[ino], self.proc_root)
+                self._open[ino] = ProcNetTcp(self._pid[ino], self.proc)
         self._tcp.clear()
 
     def _admit(self, found: dict[int, int]) -> None:
@@ -251,7 +258,7 @@ class SocketTable:
         for ino, pid in found.items():
             if ino in self._pid:
                 continue
-            mine = netns.user_namespace_of(pid, self.proc_root) == self._own_user
+            mine = netns.user_namespace_of(pid, self.proc) == self._own_user
             (root if mine else users).append((pid, ino))
         for pid, ino in sorted(root):
             if len(self._pid) >= MAX_NAMESPACES:
@@ -280,13 +287,13 @@ class SocketTable:
             return
         self._noticed = now
         try:
-            pids = {int(n) for n in os.listdir(self.proc_root) if n.isdigit()}
-        except OSError:
+            pids = set(self.proc.pids())
+        except ResreapError:  # out of fds: the next look notices them
             return
         fresh: dict[int, int] = {}
         for pid in pids - self._pids_seen:
             try:
-                ino = os.stat(f"{self.proc_root}/{pid}/ns/net").st_ino
+                ino = self.proc.namespace(pid, "net")
             except OSError:
                 continue
             if ino not in self._pid:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from resreap.errors import AccessDenied, ProcessGone
-from resreap.host.procinfo import proc_errors
+from resreap.errors import AccessDenied, ProcessGone, ResreapError
+from resreap.host.procinfo import HOST, Proc
 
 # /proc/PID/cgroup is a few short lines; a path is at most PATH_MAX.
 CGROUP_MAX = 8192
@@ -122,31 +122,29 @@ def parse(text: str, named: bool = True) -> Supervisor:
 _HOST_NAMED: dict[str, bool] = {}
 
 
-def host_keeps_named(proc_root: str = "/proc") -> bool:
+def host_keeps_named(proc: Proc = HOST) -> bool:
     """Does this host's systemd keep a name=systemd hierarchy?  Read once,
     from our own cgroup file (init's may be hidden)."""
-    known = _HOST_NAMED.get(proc_root)
+    known = _HOST_NAMED.get(proc.root)
     if known is None:
         try:
-            with open(f"{proc_root}/self/cgroup", "rb") as f:
-                known = b":name=systemd:" in f.read(CGROUP_MAX)
-        except OSError:
+            known = b":name=systemd:" in proc.cgroup("self", CGROUP_MAX)
+        except (ResreapError, OSError):  # unknown: read as the unified default
             known = False
-        _HOST_NAMED[proc_root] = known
+        _HOST_NAMED[proc.root] = known
     return known
 
 
-def read(pid: int, proc_root: str = "/proc") -> Supervisor:
+def read(pid: int, proc: Proc = HOST) -> Supervisor:
     """``pid``'s supervisor; raises ProcessGone or AccessDenied."""
-    with proc_errors(pid, "/cgroup"), open(f"{proc_root}/{pid}/cgroup", "rb") as f:
-        raw = f.read(CGROUP_MAX)
-    return parse(raw.decode("utf-8", "backslashreplace"), host_keeps_named(proc_root))
+    raw = proc.cgroup(pid, CGROUP_MAX)
+    return parse(raw.decode("utf-8", "backslashreplace"), host_keeps_named(proc))
 
 
-def of(pid: int, proc_root: str = "/proc") -> Supervisor:
+def of(pid: int, proc: Proc = HOST) -> Supervisor:
     """``pid``'s supervisor, or an empty one when the process is gone or
     unreadable: for labels, where nothing is known is simply not shown."""
     try:
-        return read(pid, proc_root)
+        return read(pid, proc)
     except (ProcessGone, AccessDenied):
         return Supervisor()

@@ -14,6 +14,7 @@ import time
 from typing import Any, Iterable
 
 from resreap import tunables
+from resreap.engine.config import Current
 from resreap.engine.decisions import Event, decision
 from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.watch import Watcher, read_latency
@@ -116,7 +117,7 @@ class Daemon:
             from resreap.ops.metrics import Exporter
 
             self.exporter = Exporter(st.metrics, selected.source.name)
-        self.watcher = Watcher(selected.source, OwnerResolver(table), config, tick=self._tick)
+        self.watcher = Watcher(selected.source, OwnerResolver(table), Current(config), tick=self._tick)
         if selected.fallback_reason:
             decision(Event.BACKEND, logging.WARNING, backend="proc",
                      reason=selected.fallback_reason,

@@ -51,13 +51,13 @@ def _other_fds() -> Check:
     """Owners come from other processes' /proc/PID/fd: hidepid=2 or a
     missing CAP_SYS_PTRACE leaves every socket without an owner."""
     from resreap.errors import AccessDenied
-    from resreap.host.procinfo import socket_fds
+    from resreap.host.procinfo import HOST
 
     me = os.getpid()
     others = [p for p in (1, os.getppid()) if p != me]
     for pid in others:
         try:
-            list(socket_fds(pid))
+            list(HOST.socket_fds(pid))
         except AccessDenied:
             return Check("process fds", FAIL, f"cannot read /proc/{pid}/fd",
                          "run as root with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH "

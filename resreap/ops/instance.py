@@ -132,7 +132,7 @@ def hold_watch_lock(path: str | None = None) -> Lock:
             "--dry-run") from None
     me = os.getpid()
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{me} {procinfo.start_time(me)}\n".encode(), 0)
+    os.pwrite(fd, f"{me} {procinfo.HOST.start_time(me)}\n".encode(), 0)
     return Lock(fd)
 
 
@@ -198,7 +198,7 @@ def _pin(holder: Holder) -> int:
     except ProcessLookupError:
         raise ReloadFailed(f"no process {holder.pid}: is resreap watch running?") from None
     try:
-        same = holder.start is None or procinfo.start_time(holder.pid) == holder.start
+        same = holder.start is None or procinfo.HOST.start_time(holder.pid) == holder.start
     except ResreapError:
         same = False
     if not same:

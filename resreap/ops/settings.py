@@ -14,7 +14,7 @@ from typing import Any, Iterable, NamedTuple
 from resreap.engine.filters import Filters
 from resreap.engine.killer import Plan, parse_signal
 from resreap.engine.policy import Limits, parse_rate
-from resreap.engine.watch import WatchConfig
+from resreap.engine.config import WatchConfig
 from resreap.errors import UsageError
 from resreap.ops import config
 from resreap.sources.events import BACKENDS

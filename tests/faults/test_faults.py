@@ -189,7 +189,7 @@ def test_blocked_proc_read_never_blocks_the_caller(tmp_path):
     os.mkfifo(d / "cmdline")
     began = time.monotonic()
     with pytest.raises(ProcessUnreadable):
-        procinfo.read_bounded(4242, str(tmp_path), timeout=0.3)
+        procinfo.Proc(str(tmp_path)).read_bounded(4242, timeout=0.3)
     assert time.monotonic() - began < 2
     # Release the stuck reader thread (bounded: the FIFO gets a writer).
     with open(d / "cmdline", "wb") as w:
@@ -207,7 +207,8 @@ def test_full_kill_slots_never_log_a_reap_twice(actors, tag, caplog):
     from resreap.engine.owners import OwnerResolver
     from resreap.engine.policy import Limits
     from resreap.host.sockets import SocketTable
-    from resreap.engine.watch import WatchConfig, Watcher
+    from resreap.engine.config import Current, WatchConfig
+    from resreap.engine.watch import Watcher
 
     caplog.set_level(logging.INFO, logger="resreap.engine.decisions")
     table = SocketTable()
@@ -215,7 +216,8 @@ def test_full_kill_slots_never_log_a_reap_twice(actors, tag, caplog):
     plan = Plan(wait=0.5)
     config = WatchConfig(Limits(limit=2, grace=0.3, max_kills=10, per=60), plan,
                          Filters.parse(pattern(tag), [], []))
-    watcher = Watcher(source, OwnerResolver(table), config, Killer(plan, max_running=1))
+    current = Current(config)
+    watcher = Watcher(source, OwnerResolver(table), current, Killer(current, max_running=1))
     try:
         watcher.start()
         servers = []

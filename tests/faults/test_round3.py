@@ -19,6 +19,8 @@ from resreap.ops import instance
 from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_ready")]
+# What an event source changes runs on BPF and on polling (sock_diag).
+EACH_BACKEND = ("bpf", "proc")
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 
@@ -53,7 +55,7 @@ def test_7_a_user_cannot_squat_the_one_watch_lock(lock_dir):
         assert os.stat(path).st_mode & 0o777 == 0o600
         holder = instance.watch_holder(path)
         me = os.getpid()
-        assert holder == instance.Holder(me, procinfo.start_time(me))
+        assert holder == instance.Holder(me, procinfo.HOST.start_time(me))
     finally:
         os.close(lock.fd)
 
@@ -71,7 +73,7 @@ def test_7_reload_never_signals_a_pid_the_lock_did_not_take(lock_dir, tmp_path):
     sent SIGHUP."""
     victim = subprocess.Popen(["sleep", "60"])
     try:
-        wrong = instance.Holder(victim.pid, procinfo.start_time(victim.pid) + 1)
+        wrong = instance.Holder(victim.pid, procinfo.HOST.start_time(victim.pid) + 1)
         with pytest.raises(ReloadFailed, match="not the watch"):
             instance.reload(wrong, timeout=0.5, path=str(tmp_path / "reload"))
         assert victim.poll() is None  # SIGHUP would have ended sleep
@@ -140,7 +142,7 @@ def rss_mib(pid: int) -> float:
 
 
 @pytest.mark.alone
-@pytest.mark.parametrize("backend", ["bpf", "proc"])
+@pytest.mark.each_backend
 def test_1_a_users_namespaces_cannot_exhaust_the_fds(watch, actors, tag, user_namespaces,
                                                      backend):
     """300 namespaces made by nobody, under a hard limit of 200 fds: one
@@ -164,7 +166,7 @@ def test_1_a_users_namespaces_cannot_exhaust_the_fds(watch, actors, tag, user_na
 # -- item 9: the polling fallback and a namespace made after start ----------
 
 
-@pytest.mark.parametrize("backend", ["bpf", "proc"])
+@pytest.mark.each_backend
 def test_9_a_namespace_made_after_start_is_watched_at_once(watch, actors, tag, make_netns,
                                                             backend):
     """A leak in a namespace that got its first process after the watch

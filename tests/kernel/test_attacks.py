@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from procs import Actor, patience
-from watchrun import WatchRun
+from watchrun import WatchRun, backend_args
 from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel]
@@ -26,35 +26,24 @@ CALM = 3 * GRACE + 1  # no healthy victim may be reaped within 3x the grace
 LATE = {"bpf": 0.0, "proc": GRACE / 2}
 
 
-def pytest_generate_tests(metafunc):
-    """What an event source changes (``each_backend``: timing, identity)
-    runs on both; the policy, the same whatever the source, on BPF (and at
-    length on the fake host: tests/unit/test_scenarios.py)."""
-    if "backend" in metafunc.fixturenames:
-        every = metafunc.definition.get_closest_marker("each_backend") is not None
-        metafunc.parametrize("backend", ["bpf", "proc"] if every else ["bpf"], indirect=True)
+# What an event source changes (timing, identity) runs on BPF and polling
+# (sock_diag); the policy, the same whatever the source, on BPF (and at
+# length on the fake host: tests/unit/test_scenarios.py).
+EACH_BACKEND = ("bpf", "proc")
 
 
 @pytest.fixture
-def backend(request):
-    request.getfixturevalue("bpf_ready" if request.param == "bpf" else "root_ready")
-    return request.param
-
-
-@pytest.fixture
-def watch(resreap_bin, backend):
+def watch(watch_runs, backend):
     """``resreap watch`` with the default policy: only -f (to stay away
     from the machine's other processes) and -D (to see the evidence)."""
-    runs = []
+    flags, env = backend_args(backend)
 
     def start(tag: str, *args) -> WatchRun:
-        run = WatchRun(resreap_bin, "--backend", backend, "-f", tag.split("=")[1], "-D", *args)
-        runs.append(run)
-        return run
+        return watch_runs.start(*flags, "-f", tag.split("=")[1], "-D", *args, env=env)
 
     yield start
-    for run in runs:
-        assert run.stop() == 0, "\n".join(run.lines[-50:])
+    for run, status in watch_runs.stop():
+        assert status == 0, "\n".join(run.lines[-50:])
 
 
 def reaped(run: WatchRun, pid: int) -> list[dict]:

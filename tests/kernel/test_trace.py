@@ -17,15 +17,9 @@ from resreap.engine.trace import Event, Tracer
 
 from procs import patience
 
-pytestmark = [pytest.mark.kernel]
-
-
-@pytest.fixture(params=["bpf", "proc", "procfs"])
-def backend(request):
-    """Every scenario against each event source: BPF, polling sock_diag,
-    and polling /proc/net/tcp (hosts without sock_diag)."""
-    request.getfixturevalue("bpf_ready" if request.param == "bpf" else "root_ready")
-    return request.param
+# Every scenario against each event source (EVERY_BACKEND): BPF, polling
+# sock_diag, and polling /proc/net/tcp (hosts without sock_diag).
+pytestmark = [pytest.mark.kernel, pytest.mark.each_backend]
 
 
 class Harness:
@@ -136,7 +130,7 @@ def test_server_inside_a_network_namespace(harness, actors, netns):
     assert owners == [{server.pid}] * 2
     host_ns = h.table.namespaces
     rec = h.on_port(server.port, Kind.ENTER)[0]
-    assert rec.netns in host_ns and rec.netns != h.tracer.resolver.table._own
+    assert rec.netns in host_ns and rec.netns != h.tracer.resolver.kernel._own
 
 
 def test_sockets_in_close_wait_before_start_are_reported(harness, actors):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from procs import patience, pid_alive, until
-from watchrun import WatchRun
+from watchrun import WatchRun, backend_args
 from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel]
@@ -19,43 +19,24 @@ pytestmark = [pytest.mark.kernel]
 FAST = ["-i", "0.5", "-w", "0.5"]
 
 
-EVERY_BACKEND = ["bpf", "proc", "procfs"]
-
-
-def pytest_generate_tests(metafunc):
-    """Tests of what an event source changes (``each_backend``: which
-    sockets are seen, when, in which namespace, whose) run against every
-    source; the policy and the kill engine, the same whatever the source
-    (and tested on the fake host, tests/unit/test_scenarios.py), on BPF."""
-    if "backend" in metafunc.fixturenames:
-        every = metafunc.definition.get_closest_marker("each_backend") is not None
-        metafunc.parametrize("backend", EVERY_BACKEND if every else ["bpf"], indirect=True)
+# Tests of what an event source changes (``each_backend``) run against
+# every source (EVERY_BACKEND, tests/conftest.py); the policy and the kill
+# engine, the same whatever the source (and tested on the fake host,
+# tests/unit/test_scenarios.py), on BPF.
 
 
 @pytest.fixture
-def backend(request):
-    request.getfixturevalue("bpf_ready" if request.param == "bpf" else "root_ready")
-    return request.param
-
-
-@pytest.fixture
-def watch(resreap_bin, backend):
-    runs = []
-    env = dict(os.environ)
-    if backend == "procfs":
-        env["RESREAP_SOCKET_TABLE"] = "procfs"
+def watch(watch_runs, backend):
+    flags, env = backend_args(backend)
 
     def start(*args) -> WatchRun:
-        run = WatchRun(resreap_bin, "--backend", "bpf" if backend == "bpf" else "proc",
-                       *args, env=env)
-        runs.append(run)
-        assert run.find(lambda e: e["event"] == Event.START)[0]["backend"] == (
-            "bpf" if backend == "bpf" else "proc")
+        run = watch_runs.start(*flags, *args, env=env)
+        assert run.find(lambda e: e["event"] == Event.START)[0]["backend"] == flags[1]
         return run
 
     yield start
-    for run in runs:
-        assert run.stop() == 0, "\n".join(run.lines)
+    for run, status in watch_runs.stop():
+        assert status == 0, "\n".join(run.lines)
 
 
 def leak(actors, role, host, tag, n=3, netns=None):
@@ -337,7 +318,7 @@ def test_recycled_pid_is_never_signalled(monkeypatch, root_ready, pidfd):
     monkeypatch.setattr(process, "HAVE_PIDFD", pidfd)
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        info = procinfo.read(victim.pid)
+        info = procinfo.HOST.read(victim.pid)
         stale = info._replace(start=info.start - 1)
         out = execute(Target(stale, (), 5.0), Plan(wait=0.2))
         assert out.result == "replaced" and out.signals == ()
@@ -355,8 +336,12 @@ def test_protected_processes_are_refused(root_ready):
     from resreap.engine.filters import Filters
     from resreap.engine.policy import Eligibility
 
-    elig = Eligibility(Filters())
-    assert not elig.check(procinfo.read(1)).ok
-    assert not elig.check(procinfo.read(os.getpid())).ok       # our ancestors
-    assert not elig.check(procinfo.read(os.getppid())).ok
-    assert elig.check(procinfo.read(os.getpid())._replace(pid=10**7)).ok
+    from resreap.engine.config import Current, WatchConfig
+    from resreap.engine.killer import Plan
+    from resreap.engine.policy import Limits
+
+    elig = Eligibility(Current(WatchConfig(Limits(), Plan(), Filters())))
+    assert not elig.check(procinfo.HOST.read(1)).ok
+    assert not elig.check(procinfo.HOST.read(os.getpid())).ok       # our ancestors
+    assert not elig.check(procinfo.HOST.read(os.getppid())).ok
+    assert elig.check(procinfo.HOST.read(os.getpid())._replace(pid=10**7)).ok

@@ -33,7 +33,8 @@ from resreap.engine.fdscan import FullScanner
 from resreap.engine.policy import Limits
 from resreap.host.sockdiag import DiagSock
 from resreap.host.sockets import NsSock
-from resreap.engine.watch import Watcher, WatchConfig
+from resreap.engine.config import Current, WatchConfig
+from resreap.engine.watch import Watcher
 
 NS = 4026531840          # the host's network namespace
 OTHER_NS = 4026532999    # a container's
@@ -57,9 +58,10 @@ class FakeKernel(KernelSockets):
     """SocketTable's answers, from a dict: (netns, SockId) -> DiagSock."""
 
     kind = "sock_diag"
+    through_procfs = False
 
-    def __init__(self, proc_root: str) -> None:
-        self.proc_root = proc_root
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
         self.socks: dict[tuple[int, SockId], DiagSock] = {}
         self.namespaces = [NS]
 
@@ -181,9 +183,9 @@ class FakeKiller(KillEngine):
     """Records what the watcher hands over; each kill finishes at once with
     ``results[pid]`` (default: terminated), and the process then goes."""
 
-    def __init__(self, world: "World", plan: Plan) -> None:
+    def __init__(self, world: "World", current: Current) -> None:
         self.world = world
-        self.plan = plan
+        self.current = current
         self.targets: list[Target] = []
         self.results: dict[int, Result] = {}
         self.max_running = 32
@@ -217,7 +219,7 @@ class FakeKiller(KillEngine):
 
     def finish(self, pid: int) -> None:
         target = self._running.pop(pid)
-        result = Result.DRY_RUN if self.plan.dry_run else self.results.get(pid, Result.TERMINATED)
+        result = Result.DRY_RUN if self.current.plan.dry_run else self.results.get(pid, Result.TERMINATED)
         if result.killed_it:
             self.world.exit(pid)
         self._finished.append(Outcome(target, result, ("SIGTERM",) if result.killed_it else (),
@@ -263,7 +265,7 @@ class World:
         # The fake host has been up for a day: process start times and ages
         # are read against this, never against the real machine's uptime
         # (a freshly booted one made every default-aged process negative).
-        self.kernel = FakeKernel(str(self.proc))
+        self.kernel = FakeKernel(procinfo.Proc(str(self.proc)))
         self.source = FakeSource(self.clock, self._due_actions)
         self._actions: list = []
         self.procs: dict[int, Proc] = {}
@@ -419,12 +421,13 @@ class World:
         config = WatchConfig(Limits(limit, grace, max_kills, per, stall=max(grace, stall),
                                     fd_percent=fd_percent),
                              plan, filters or Filters.parse(None, (), ()))
-        index = FdIndex(str(self.proc), self.clock)
+        current = Current(config)
+        index = FdIndex(procinfo.Proc(str(self.proc)), self.clock)
         index.scanner = SlowScanner(index, self.clock, scan_takes) if scan_takes \
             else InlineScanner(index)
         resolver = OwnerResolver(self.kernel, index, clock=self.clock)
-        self.killer = FakeKiller(self, plan)
-        self.watcher = Watcher(self.source, resolver, config, killer=self.killer,
+        self.killer = FakeKiller(self, current)
+        self.watcher = Watcher(self.source, resolver, current, killer=self.killer,
                                clock=self.clock, boottime=self.boottime)
         handler = _Capture(self.lines, lambda: round(self.clock.now - self.t0, 3))
         logger = logging.getLogger("resreap.engine.decisions")

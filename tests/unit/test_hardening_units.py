@@ -13,7 +13,10 @@ from resreap.ops import config
 from resreap.host import procinfo
 from resreap.errors import AccessDenied, ProcessUnreadable, UsageError
 from resreap.engine.owners import FdIndex
-from resreap.engine.policy import StormGuard
+from resreap.engine.config import Current, WatchConfig
+from resreap.engine.filters import Filters
+from resreap.engine.killer import Plan
+from resreap.engine.policy import Limits, StormGuard
 
 
 def fake_proc(root, pid, cmdline=b"srv\0", fifo=False):
@@ -35,14 +38,14 @@ def test_11_stuck_reads_never_exhaust_the_readers(tmp_path):
     try:
         for pid in stuck:
             with pytest.raises(ProcessUnreadable):
-                procinfo.read_bounded(pid, str(tmp_path), timeout=0.1)
+                procinfo.Proc(str(tmp_path)).read_bounded(pid, timeout=0.1)
         # A stuck pid is not read again (no second thread piles up on it) ...
         began = time.monotonic()
         with pytest.raises(ProcessUnreadable):
-            procinfo.read_bounded(4000, str(tmp_path), timeout=5)
+            procinfo.Proc(str(tmp_path)).read_bounded(4000, timeout=5)
         assert time.monotonic() - began < 1
         # ... and everyone else is still read.
-        assert procinfo.read_bounded(5000, str(tmp_path), timeout=2).cmdline == "fine --ok"
+        assert procinfo.Proc(str(tmp_path)).read_bounded(5000, timeout=2).cmdline == "fine --ok"
     finally:
         for pid in stuck:  # release the stuck threads: the FIFOs get a writer
             with open(tmp_path / str(pid) / "cmdline", "wb") as w:
@@ -59,10 +62,11 @@ def test_14_permission_errors_are_translated_at_the_proc_edge(tmp_path, monkeypa
         return real_open(path, *a, **kw)
 
     monkeypatch.setattr(builtins, "open", denied)
-    for read in (procinfo.read_stat, procinfo.read_uids, procinfo.fd_soft_limit):
+    proc = procinfo.Proc(str(tmp_path))
+    for read in (proc.read_stat, proc.read_uids, proc.fd_soft_limit):
         with pytest.raises(AccessDenied):
-            read(77, str(tmp_path))
-    assert procinfo.alive(77, 99, str(tmp_path)) is False
+            read(77)
+    assert procinfo.Proc(str(tmp_path)).alive(77, 99) is False
 
 
 def test_14_unreadable_fds_are_recorded_not_silent(tmp_path, monkeypatch):
@@ -75,13 +79,13 @@ def test_14_unreadable_fds_are_recorded_not_silent(tmp_path, monkeypatch):
         return real_listdir(path)
 
     monkeypatch.setattr(os, "listdir", denied)
-    index = FdIndex(str(tmp_path))
+    index = FdIndex(procinfo.Proc(str(tmp_path)))
     assert index.scan_pids([88], {1}) == {}
     assert index.denied == {88}
 
 
 def test_9_storm_guard_stays_bounded():
-    guard = StormGuard(max_kills=3, per=60)
+    guard = StormGuard(Current(WatchConfig(Limits(max_kills=3, per=60), Plan(), Filters())))
     for i in range(10000):
         guard.record(f"cmd-{i}", now=float(i) / 1000)  # all within the window
     assert len(guard) <= StormGuard.MAX_KEYS
@@ -90,7 +94,7 @@ def test_9_storm_guard_stays_bounded():
 
 def test_9_command_lines_are_read_bounded(tmp_path):
     fake_proc(tmp_path, 9, cmdline=b"x" * (procinfo.CMDLINE_MAX * 4))
-    info = procinfo.read(9, str(tmp_path))
+    info = procinfo.Proc(str(tmp_path)).read(9)
     assert len(info.cmdline) <= procinfo.CMDLINE_MAX + 16 and info.cmdline.endswith("[cut]")
 
 

@@ -104,6 +104,48 @@ def test_the_os_error_rule_can_fail():
     assert os_errors_caught(sample) == [3, 7, 11, 15]
 
 
+# File-system calls that read a process's files: only the /proc edge
+# (host/procinfo.Proc) makes them for the engine.
+_FS_CALLS = {"open", "listdir", "readlink", "stat", "scandir", "lstat"}
+
+
+def fs_calls(source: str) -> list[int]:
+    """Lines of ``source`` that call open() or an os file-system read, and
+    lines that name a ``proc_root`` (the root threaded as a string)."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) \
+                and isinstance(f.value, ast.Name) and f.value.id == "os" else ""
+            if name in _FS_CALLS:
+                lines.append(node.lineno)
+        elif isinstance(node, (ast.Name, ast.arg)) and "proc_root" in (
+                getattr(node, "id", None), getattr(node, "arg", None)):
+            lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_the_engine_reads_proc_only_through_one_object():
+    """#20: the /proc edge is one object whose root is given once (the
+    fixture tree in tests); the engine opens no file itself, and no module
+    threads a root string about."""
+    found = {str(p.relative_to(ROOT)): lines
+             for p in (ROOT / "resreap" / "engine").rglob("*.py")
+             if (lines := fs_calls(p.read_text()))}
+    threaded = [str(p.relative_to(ROOT)) for p in (ROOT / "resreap").rglob("*.py")
+                if "proc_root" in p.read_text()]
+    assert not found and not threaded, (found, threaded)
+
+
+def test_the_proc_edge_rule_can_fail():
+    sample = ("open(f'/proc/{pid}/stat')\nos.listdir('/proc')\nos.readlink(x)\n"
+              "def f(proc_root): pass\nself.proc.read(1)\nlen(x)\n")
+    assert fs_calls(sample) == [1, 2, 3, 4]
+
+
 def test_no_product_function_is_longer_than_60_lines():
     """A function a reader cannot hold in one screen is where the next
     change goes wrong (cli.watch was 178 lines)."""

@@ -24,7 +24,7 @@ def test_parent_of_the_newest_holder_is_found(tmp_path):
     proc(tmp_path, 100, 1, fds=[(5, "socket:[42]")], children=[200])
     proc(tmp_path, 200, 100, fds=[(5, "socket:[42]")])
     proc(tmp_path, 300, 1, fds=[(7, "socket:[99]")])
-    index = FdIndex(str(tmp_path))
+    index = FdIndex(procinfo.Proc(str(tmp_path)))
     index.holders([42])                 # starts the background scan
     assert index.scanner.idle(5)
     assert index.holders([42], full_scan=False) == {42: {100, 200}}
@@ -34,7 +34,7 @@ def test_unrelated_processes_are_not_added(tmp_path):
     proc(tmp_path, 1, 0)
     proc(tmp_path, 100, 1, fds=[(5, "socket:[42]")])
     proc(tmp_path, 200, 1, fds=[(6, "socket:[43]")])
-    index = FdIndex(str(tmp_path))
+    index = FdIndex(procinfo.Proc(str(tmp_path)))
     index.holders([42])
     assert index.scanner.idle(5)
     assert index.holders([42], full_scan=False) == {42: {100}}
@@ -59,9 +59,10 @@ def test_the_inline_path_keeps_to_its_fd_budget(tmp_path, monkeypatch):
         proc(tmp_path, pid, 100, fds=[(3, "socket:[7]")] + ([(9, "socket:[42]")] if pid == 239 else []))
         status(pid, 8192)
     read = []
-    real = procinfo.socket_fds
-    monkeypatch.setattr(procinfo, "socket_fds", lambda pid, root: read.append(pid) or real(pid, root))
-    index = FdIndex(str(tmp_path))
+    root = procinfo.Proc(str(tmp_path))
+    real = root.socket_fds
+    monkeypatch.setattr(root, "socket_fds", lambda pid: read.append(pid) or real(pid))
+    index = FdIndex(root)
     asked = []
     monkeypatch.setattr(index.scanner, "request", lambda inodes: asked.append(set(inodes)))
     assert index.holders([42], hints=[100]) == {}

@@ -4,6 +4,9 @@ import signal
 
 import pytest
 
+from resreap.engine.config import Current, WatchConfig
+from resreap.engine.filters import Filters
+from resreap.engine.policy import Limits
 from resreap.ops.decisionlog import JsonFormatter, TextFormatter
 from resreap.errors import UsageError
 from resreap.engine.killer import Plan, Target, hook_env, parse_signal
@@ -30,7 +33,7 @@ def test_counter_counts_distinct_sockets_per_holder():
 
 
 def test_storm_guard_bounds_the_rate():
-    g = StormGuard(max_kills=2, per=60)
+    g = StormGuard(Current(WatchConfig(Limits(max_kills=2, per=60), Plan(), Filters())))
     assert g.next_allowed("java", 0) == 0
     g.record("java", 0)
     g.record("java", 10)
@@ -42,7 +45,7 @@ def test_storm_guard_bounds_the_rate():
 def test_storm_guard_counts_only_kills_a_target_could_replace():
     """Siblings alive together (a forking server's children) are no storm;
     a process started after the kills is a replacement, and is one."""
-    g = StormGuard(max_kills=3, per=60)
+    g = StormGuard(Current(WatchConfig(Limits(max_kills=3, per=60), Plan(), Filters())))
     for t in (10, 11, 12, 13):
         g.record("socat", t)
     assert g.next_allowed("socat", 14, started=5) == 0          # a sibling: alive before them

@@ -24,36 +24,36 @@ def make_proc(root, pid, comm="srv", ppid=1, flags=0, start=1234, cmdline=b"srv\
 def test_comm_with_parens_spaces_and_invalid_utf8(tmp_path):
     make_proc(tmp_path, 42, comm="a) (b\xff", start=777)
     (tmp_path / "42" / "stat").write_bytes(b"42 (a) (b\xff) S 1 0 0 0 0 0 " + b"0 " * 12 + b"777 0")
-    start, ppid, comm, kthread = procinfo.read_stat(42, str(tmp_path))
+    start, ppid, comm, kthread = procinfo.Proc(str(tmp_path)).read_stat(42)
     assert (start, ppid, kthread) == (777, 1, False)
     assert comm == "a) (b\\xff"
 
 
 def test_kernel_thread_flag_and_cmdline(tmp_path):
     make_proc(tmp_path, 2, comm="kthreadd", flags=0x00200000, cmdline=b"")
-    info = procinfo.read(2, str(tmp_path))
+    info = procinfo.Proc(str(tmp_path)).read(2)
     assert info.kthread and info.cmdline == "[kthreadd]"
     make_proc(tmp_path, 3, cmdline=b"java\0-jar\0\xff\0")
-    assert procinfo.read(3, str(tmp_path)).cmdline == "java -jar \\xff"
+    assert procinfo.Proc(str(tmp_path)).read(3).cmdline == "java -jar \\xff"
 
 
 def test_missing_process_raises_process_gone(tmp_path):
     with pytest.raises(ProcessGone):
-        procinfo.read(99, str(tmp_path))
+        procinfo.Proc(str(tmp_path)).read(99)
 
 
 def test_ancestors_stop_at_loops_and_gaps(tmp_path):
     make_proc(tmp_path, 10, ppid=5)
     make_proc(tmp_path, 5, ppid=1)
     make_proc(tmp_path, 1, ppid=0)
-    assert procinfo.ancestors(10, str(tmp_path)) == {10, 5, 1}
+    assert procinfo.Proc(str(tmp_path)).ancestors(10) == {10, 5, 1}
 
 
 def test_fd_index_finds_holders_counts_a_process_once_and_verifies(tmp_path):
     make_proc(tmp_path, 100, fds=[(3, "socket:[555]"), (4, "socket:[555]"), (5, "pipe:[9]")])
     make_proc(tmp_path, 200, fds=[(7, "socket:[555]"), (8, "socket:[666]")])
     make_proc(tmp_path, 300, fds=[(1, "/dev/null")])
-    index = FdIndex(str(tmp_path))
+    index = FdIndex(procinfo.Proc(str(tmp_path)))
     # The full scan runs in the background: the first call only starts it.
     assert index.holders([555, 666, 777]) == {}
     assert index.scanner.idle(5)
@@ -67,7 +67,7 @@ def test_fd_index_finds_holders_counts_a_process_once_and_verifies(tmp_path):
 
 def test_fd_index_uses_hints_before_a_full_scan(tmp_path):
     make_proc(tmp_path, 100, fds=[(3, "socket:[1]")])
-    index = FdIndex(str(tmp_path))
+    index = FdIndex(procinfo.Proc(str(tmp_path)))
     assert index.holders([1], hints=[100]) == {1: {100}}
     assert index.scanner.idle(5) and index.full_scans == 0
 
@@ -76,7 +76,7 @@ def test_full_scan_reads_small_fd_tables_first(tmp_path):
     """A leaker with few fds is found before the hogs are read."""
     make_proc(tmp_path, 500, fds=[(i, f"socket:[{9000 + i}]") for i in range(40)], fdsize=32768)
     make_proc(tmp_path, 100, fds=[(3, "socket:[1]")])
-    index = FdIndex(str(tmp_path))
+    index = FdIndex(procinfo.Proc(str(tmp_path)))
     assert index.scan_order() == [100, 500]
     read = []
     real = index.scan_pids
@@ -91,7 +91,7 @@ def test_a_socket_no_one_holds_is_not_scanned_for_again_at_once(tmp_path):
     """In flight in a unix socket: held by no process.  After a complete
     scan missed it, asking again does not start another (backoff)."""
     make_proc(tmp_path, 100, fds=[(3, "socket:[1]")])
-    index = FdIndex(str(tmp_path))
+    index = FdIndex(procinfo.Proc(str(tmp_path)))
     index.holders([42])
     assert index.scanner.idle(5) and index.full_scans == 1
     index.holders([42])

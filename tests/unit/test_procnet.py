@@ -2,6 +2,7 @@
 
 import ipaddress
 
+from resreap.host.procinfo import Proc
 from resreap.host.procnet import ProcNetTcp, parse
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -37,7 +38,7 @@ def test_reader_on_a_fixture_tree(tmp_path):
     net = tmp_path / "42" / "net"
     net.mkdir(parents=True)
     (net / "tcp").write_text(TCP)
-    reader = ProcNetTcp(42, str(tmp_path))  # no tcp6: IPv6 disabled
+    reader = ProcNetTcp(42, Proc(str(tmp_path)))  # no tcp6: IPv6 disabled
     assert [d.inode for d in reader.dump([8])] == [4242]
     target = parse(TCP, 4)[1].sock
     assert reader.lookup(target).inode == 4242
@@ -48,7 +49,7 @@ def test_lookup_finds_one_socket_by_its_printed_endpoints(tmp_path):
     net.mkdir(parents=True)
     (net / "tcp").write_text(TCP)
     (net / "tcp6").write_text(TCP6)
-    reader = ProcNetTcp(42, str(tmp_path))
+    reader = ProcNetTcp(42, Proc(str(tmp_path)))
     for table, family in ((TCP, 4), (TCP6, 6)):
         for want in parse(table, family):
             assert reader.lookup(want.sock) == want

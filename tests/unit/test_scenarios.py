@@ -746,7 +746,7 @@ def test_procfs_skipping_a_line_at_the_deadline_does_not_lose_the_leak(world, mo
     srv = server(world)
     world.close_wait(srv, 8080, n=2, at=1.0)
     kernel = world.kernel
-    monkeypatch.setattr(kernel, "kind", "procfs")
+    monkeypatch.setattr(kernel, "through_procfs", True)
     hidden = (world.t0 + 2.9, world.t0 + 3.05)   # the deadline is at 3.0
     real_dump, real_lookup = kernel.close_wait, kernel.lookup_in
 

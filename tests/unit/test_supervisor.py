@@ -11,7 +11,10 @@ import sys
 import pytest
 
 from resreap.host import procinfo
+from resreap.engine.config import Current, WatchConfig
+from resreap.engine.filters import Filters
 from resreap.engine.killer import Killer, Plan, Target
+from resreap.engine.policy import Limits
 from resreap.model import Result
 from resreap.engine.revival import Reviver, bring_back
 from resreap.host.supervisor import parse
@@ -237,10 +240,10 @@ def test_the_killer_brings_the_service_back_after_a_real_kill(restart_units, dry
     try:
         fake = FakeSystemctl(RUNNING, UnitState("inactive", "dead", 0, CG))
         fake.states[0] = RUNNING._replace(main_pid=proc.pid)
-        killer = Killer(Plan(signal=signal.SIGTERM, wait=5, dry_run=dry_run,
-                             restart_units=restart_units),
+        plan = Plan(signal=signal.SIGTERM, wait=5, dry_run=dry_run, restart_units=restart_units)
+        killer = Killer(Current(WatchConfig(Limits(), plan, Filters())),
                         reviver=Reviver(fake, settle=5, booted=True))
-        info = procinfo.read(proc.pid)
+        info = procinfo.HOST.read(proc.pid)
         assert killer.submit(Target(info, (), 0.0, where=SERVICE))
         killer.join(20)
         (outcome,) = killer.finished()

@@ -11,6 +11,7 @@ from resreap.engine import trace
 from resreap.engine.evidence import Rules
 from resreap.engine.filters import Filters
 from resreap.engine.owners import FdIndex, OwnerResolver
+from resreap.host.procinfo import Proc
 from resreap.engine.trace import Event, Tracer
 
 
@@ -33,7 +34,7 @@ def tracer(world, monkeypatch, misses: int):
         return None if 1 < reads[sock] <= 1 + misses else lookup_in(ino, sock)
 
     monkeypatch.setattr(world.kernel, "lookup_in", skipping)
-    index = FdIndex(str(world.proc), world.clock)
+    index = FdIndex(Proc(str(world.proc)), world.clock)
     index.scanner = InlineScanner(index)
     resolver = OwnerResolver(world.kernel, index, clock=world.clock)
     t = Tracer(world.source, resolver, Filters(), Rules(grace=0.5), clock=world.clock)
