@@ -34,6 +34,7 @@ class Event(str, enum.Enum):
     RECONCILE = "reconcile"          # our table made to match the kernel's
     LOST_EVENTS = "lost-events"      # the kernel dropped events
     OUT_OF_FDS = "out-of-fds"        # resreap hit its own fd limit
+    UNWATCHED = "unwatched"          # network namespaces past the caps: not seen
     # Processes.
     CHILDREN_FIRST = "children-first"  # its descendants are handled first
     SPARE = "spare"                  # ineligible: never killed

@@ -39,6 +39,7 @@ class KernelSockets(Protocol):
     kind: str               # which reader serves, for people: sock_diag, procfs
     through_procfs: bool    # some namespace is read from /proc/PID/net/tcp
     namespaces: list[int]   # the watched network namespaces
+    skipped: int            # namespaces in use but not watched (the caps)
 
     def close_wait(self, info: bool = True) -> list[NsSock]: ...
 

@@ -20,7 +20,7 @@ from resreap.engine.killer import KillEngine, Killer, Outcome, Target
 from resreap.engine.owners import OwnerResolver
 from resreap.engine.policy import Eligibility, Limits, StormGuard
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
-from resreap.host import procinfo, supervisor
+from resreap.host import procinfo, sockets, supervisor
 from resreap.host.procinfo import Proc
 from resreap.model import Holder, Owner, Result, Revival, Snapshot, SockId, SpareReason
 from resreap.sources.events import EventSource
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SAMPLE = 3  # endpoints named in a decision line
 # The out-of-fds and "lost events unknown" lines are repeated at most this often.
 OUT_OF_FDS_EVERY = 60.0
+# The same number of unwatched namespaces is said again this often.
+UNWATCHED_EVERY = 600.0
 CHILDREN_FIRST_WAITS = 2  # times a parent waits for its children before it is judged
 UNREADABLE_RETRY = 10.0
 
@@ -85,6 +87,7 @@ class Watcher:
         self._lost = 0
         self._out_of_fds_said = float("-inf")
         self._unknown_said = float("-inf")
+        self._unwatched_said = (0, float("-inf"))  # (how many, when)
         self._unsure = False  # lost events were unknown since the last reconcile
         self._waits: dict[Owner, int] = {}  # children-first waits per parent
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -178,6 +181,7 @@ class Watcher:
             self._decide(touched, now)
         self._collect()
         self._check_lost(now)
+        self._check_unwatched(now)
 
     def reconfigure(self, config: WatchConfig) -> None:
         """New settings from a reloaded config file: they apply to the next
@@ -443,6 +447,21 @@ class Watcher:
                     self._deferred[parent] = min(self._deferred[parent], self._clock() + 0.05)
 
     # -- lost events ------------------------------------------------------
+
+    def _check_unwatched(self, now: float) -> None:
+        """Namespaces left out by the caps (a user's thousands of `unshare
+        -Urn`): said when their number changes, else every 10 minutes."""
+        skipped = self.resolver.kernel.skipped
+        said, when = self._unwatched_said
+        if skipped and (skipped != said or now - when >= UNWATCHED_EVERY):
+            self._unwatched_said = (skipped, now)
+            decision(Event.UNWATCHED, logging.WARNING, namespaces=skipped,
+                     user_max=sockets.MAX_USER_NAMESPACES, max=sockets.MAX_NAMESPACES,
+                     note="network namespaces past the caps (those made in other user "
+                          "namespaces first: unshare -Urn, rootless containers); leaks "
+                          "inside them are not seen")
+        elif not skipped:
+            self._unwatched_said = (0, when)
 
     def _check_lost(self, now: float) -> None:
         lost = self.source.lost()

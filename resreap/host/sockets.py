@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 MAX_OPEN = 128
 MAX_NAMESPACES = 4096
 MAX_USER_NAMESPACES = 64
-# How often the "namespaces not watched" line may be repeated.
-SKIPPED_EVERY = 600.0
 # New namespaces are looked for at most this often by dumps (a listing of
 # /proc, then one stat per new process).
 NOTICE_EVERY = 0.25
@@ -77,7 +75,6 @@ class SocketTable:
         self._inuse: dict[tuple[int, int], int] = {}  # (netns, family) -> sockstat inuse
         self._tcp: dict[int, tuple[float, tuple[int, ...]]] = {}  # netns -> (when, families)
         self._refreshed = float("-inf")
-        self._skipped_said = float("-inf")
         self.skipped = 0  # namespaces in use but not watched (the caps)
         self.refresh()
 
@@ -271,13 +268,6 @@ class SocketTable:
                 continue
             self._pid[ino] = pid
             self._user_inos.add(ino)
-        now = time.monotonic()
-        if self.skipped and now - self._skipped_said >= SKIPPED_EVERY:
-            self._skipped_said = now
-            log.warning("%d network namespace(s) not watched: at most %d made in other user "
-                        "namespaces (unshare -Urn, rootless containers) and %d in all; leaks "
-                        "inside them are not seen", self.skipped, MAX_USER_NAMESPACES,
-                        MAX_NAMESPACES)
 
     def _notice_new(self) -> None:
         """Namespaces that got their first process since the last look:

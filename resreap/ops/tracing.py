@@ -50,6 +50,9 @@ def run(st: TraceSettings, out: Callable[[str], None], note: Callable[[str], Non
         existing = tracer.start()
         note(f"Tracing TCP CLOSE_WAIT transitions ({selected.source.name} backend, "
              f"{len(table.namespaces)} network namespace(s)). Ctrl-C to end.")
+        if table.skipped:
+            note(f"resreap: warning: {table.skipped} network namespace(s) past the caps are "
+                 "not traced (those made in other user namespaces go first)")
         emit = formatting.trace_json if st.json_out else formatting.trace_line
         if not st.json_out:
             out(formatting.HEADER)

@@ -155,7 +155,8 @@ def test_1_a_users_namespaces_cannot_exhaust_the_fds(watch, actors, tag, user_na
                 wrap=("prlimit", "--nofile=200:200", "--"))
     start = run.wait_for(lambda e: e["event"] == Event.START)
     assert start["fd_limit"] == 200
-    run.wait_for(lambda e: "network namespace(s) not watched" in e.get("message", ""))
+    unwatched = run.wait_for(lambda e: e["event"] == Event.UNWATCHED)
+    assert unwatched["namespaces"] > 0 and unwatched["user_max"] == 64
     actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
     run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == server.pid, timeout=10)
     assert fds_of(run.proc.pid) < 200

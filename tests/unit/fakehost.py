@@ -59,6 +59,7 @@ class FakeKernel(KernelSockets):
 
     kind = "sock_diag"
     through_procfs = False
+    skipped = 0
 
     def __init__(self, proc: Proc) -> None:
         self.proc = proc

@@ -764,3 +764,17 @@ def test_procfs_skipping_a_line_at_the_deadline_does_not_lose_the_leak(world, mo
     assert world.reaped() == [1000]
     (reap,) = world.said(Event.REAP)
     assert reap["at"] < 3.5
+
+
+def test_unwatched_namespaces_are_a_structured_line_said_when_their_number_changes(world):
+    """Namespaces past the caps (a user's `unshare -Urn` flood) are never
+    seen: one `unwatched` line with how many, again when that changes, and
+    not on every turn."""
+    world.kernel.skipped = 3
+    world._at(world.t0 + 50.0, lambda: setattr(world.kernel, "skipped", 5))
+    world._at(world.t0 + 80.0, lambda: setattr(world.kernel, "skipped", 0))
+    world.watch()
+    world.run(100)
+    said = world.said(Event.UNWATCHED)
+    assert [s["namespaces"] for s in said] == [3, 5]
+    assert said[0]["user_max"] == 64 and said[0]["max"] == 4096
