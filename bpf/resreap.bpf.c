@@ -1,20 +1,83 @@
 /* resreap: stream TCP transitions into and out of CLOSE_WAIT.
  *
- * Reads only the tracepoint's own fields: the kernel headers bcc compiles
- * against may belong to another kernel version, so struct sock layouts are
- * not to be trusted.  Settings arrive as -D defines from the loader.
+ * One source, two builds:
+ * - CO-RE (RESREAP_CORE, the default): compiled once at build time with
+ *   `clang -target bpf -g` (scripts/build-bpf) into resreap.bpf.o, which
+ *   libbpf loads against the running kernel's BTF: a host needs no
+ *   compiler and no headers.
+ * - bcc: compiled at start where the object cannot load (no BTF, no
+ *   libbpf), from this same file, with the settings as -D defines.
  *
- * FIRST_PASS (watch): a socket entering CLOSE_WAIT is only put in the
+ * Reads only the tracepoint's own fields: under bcc the kernel headers may
+ * belong to another kernel version, so struct sock layouts are not to be
+ * trusted (and CO-RE relocates the tracepoint's fields by name).
+ *
+ * The first pass (watch): a socket entering CLOSE_WAIT is only put in the
  * pending map, which user space takes in batches; one that leaves before
  * it is taken (churn: nearly all) costs no event at all.  The exits of
  * taken sockets, and of sockets never seen entering, go through the ring.
  * Without it (trace) every transition goes through the ring.
  */
+#ifdef RESREAP_CORE
+#include "core.h"
+#else
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/in.h>
 #include <linux/socket.h>
 #include <net/tcp_states.h>
+#endif
 #include "resreap.h"
+
+#ifdef RESREAP_CORE
+/* Sizes and settings are set by the loader before the load (libbpf:
+ * bpf_map__set_max_entries, the .rodata initial value). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u64);
+	__type(value, struct event);
+} pending SEC(".maps");
+
+/* Per-CPU counters, slot 0: events dropped because the ring was full (ring
+ * buffers have no lost callback), slot 1: events submitted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, u32);
+	__type(value, u64);
+} counts SEC(".maps");
+
+/* Read-only once loaded: the verifier drops the code a setting turns off. */
+const volatile struct resreap_config config = { .first_pass = 0, .wakeup_every = 256 };
+
+#define FIRST_PASS_ON (config.first_pass)
+#define WAKEUP (config.wakeup_every)
+#define PROBE SEC("tracepoint/sock/inet_sock_set_state") \
+	int resreap_set_state(struct trace_event_raw_inet_sock_set_state *args)
+
+static __always_inline u64 *counter(u32 slot) { return bpf_map_lookup_elem(&counts, &slot); }
+static __always_inline int pending_take(u64 *key) { return bpf_map_delete_elem(&pending, key); }
+static __always_inline int pending_put(u64 *key, struct event *e)
+{
+	return bpf_map_update_elem(&pending, key, e, BPF_NOEXIST);
+}
+static __always_inline struct event *ring_reserve(void)
+{
+	return bpf_ringbuf_reserve(&events, sizeof(struct event), 0);
+}
+static __always_inline void ring_submit(struct event *e, u64 flags) { bpf_ringbuf_submit(e, flags); }
+/* An array field: through the helper, which may read from any address
+ * (CO-RE computes the field's address, which direct ctx access forbids). */
+#define COPY_FIELD(dst, src, n) bpf_probe_read_kernel(dst, n, &(src))
+
+char LICENSE[] SEC("license") = "GPL";
+
+#else /* bcc */
 
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 1024
@@ -22,7 +85,6 @@
 #ifndef WAKEUP_EVERY
 #define WAKEUP_EVERY 256
 #endif
-
 #ifndef PENDING_MAX
 #define PENDING_MAX 65536
 #endif
@@ -30,57 +92,81 @@
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #ifdef FIRST_PASS
 BPF_HASH(pending, u64, struct event, PENDING_MAX);
+#define FIRST_PASS_ON 1
+#else
+#define FIRST_PASS_ON 0
 #endif
-/* Per-CPU counters, slot 0: events dropped because the ring was full (ring
- * buffers have no lost callback), slot 1: events submitted. */
 BPF_PERCPU_ARRAY(counts, u64, 2);
 
-/* One record from the tracepoint's own fields. */
+#define WAKEUP WAKEUP_EVERY
+#define PROBE TRACEPOINT_PROBE(sock, inet_sock_set_state)
+
+static __always_inline u64 *counter(u32 slot) { return counts.lookup(&slot); }
+#ifdef FIRST_PASS
+static __always_inline int pending_take(u64 *key) { return pending.delete(key); }
+static __always_inline int pending_put(u64 *key, struct event *e) { return pending.insert(key, e); }
+#else
+static __always_inline int pending_take(u64 *key) { return -1; }
+static __always_inline int pending_put(u64 *key, struct event *e) { return -1; }
+#endif
+static __always_inline struct event *ring_reserve(void)
+{
+	return events.ringbuf_reserve(sizeof(struct event));
+}
+static __always_inline void ring_submit(struct event *e, u64 flags) { events.ringbuf_submit(e, flags); }
+#define COPY_FIELD(dst, src, n) __builtin_memcpy(dst, src, n)
+
+#endif
+
+/* One record from the tracepoint's fields, read once into locals: a field
+ * read again through a computed ctx pointer is refused by the verifier. */
 #define FILL(e) do {								\
 	(e)->ts_ns = bpf_ktime_get_ns();					\
 	(e)->skaddr = skaddr;							\
 	(e)->cpu_pid = bpf_get_current_pid_tgid() >> 32;			\
-	(e)->family = args->family;						\
-	(e)->sport = args->sport;						\
-	(e)->dport = args->dport;						\
-	(e)->oldstate = args->oldstate;						\
-	(e)->newstate = args->newstate;						\
-	if (args->family == AF_INET) {						\
+	(e)->family = family;							\
+	(e)->sport = sport;							\
+	(e)->dport = dport;							\
+	(e)->oldstate = oldstate;						\
+	(e)->newstate = newstate;						\
+	if (family == AF_INET) {						\
 		__builtin_memset((e)->saddr, 0, sizeof((e)->saddr));		\
 		__builtin_memset((e)->daddr, 0, sizeof((e)->daddr));		\
-		__builtin_memcpy((e)->saddr, args->saddr, 4);			\
-		__builtin_memcpy((e)->daddr, args->daddr, 4);			\
+		COPY_FIELD((e)->saddr, args->saddr, 4);				\
+		COPY_FIELD((e)->daddr, args->daddr, 4);				\
 	} else {								\
-		__builtin_memcpy((e)->saddr, args->saddr_v6, 16);		\
-		__builtin_memcpy((e)->daddr, args->daddr_v6, 16);		\
+		COPY_FIELD((e)->saddr, args->saddr_v6, 16);			\
+		COPY_FIELD((e)->daddr, args->daddr_v6, 16);			\
 	}									\
 } while (0)
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+PROBE
 {
 	if (args->protocol != IPPROTO_TCP)
 		return 0;
-	if (args->newstate != TCP_CLOSE_WAIT && args->oldstate != TCP_CLOSE_WAIT)
+	int oldstate = args->oldstate, newstate = args->newstate;
+	if (newstate != TCP_CLOSE_WAIT && oldstate != TCP_CLOSE_WAIT)
 		return 0;
-	if (args->family != AF_INET && args->family != AF_INET6)
+	u16 family = args->family;
+	if (family != AF_INET && family != AF_INET6)
 		return 0;
+	u16 sport = args->sport, dport = args->dport;
 
 	u64 skaddr = (u64)args->skaddr;
-#ifdef FIRST_PASS
-	if (args->oldstate == TCP_CLOSE_WAIT && pending.delete(&skaddr) == 0)
-		return 0;	/* left before user space took it */
-	if (args->newstate == TCP_CLOSE_WAIT) {
-		struct event p = {};
-		FILL(&p);
-		if (pending.insert(&skaddr, &p) == 0)
-			return 0;
-		/* full: through the ring, as without FIRST_PASS */
+	if (FIRST_PASS_ON) {
+		if (oldstate == TCP_CLOSE_WAIT && pending_take(&skaddr) == 0)
+			return 0;	/* left before user space took it */
+		if (newstate == TCP_CLOSE_WAIT) {
+			struct event p = {};
+			FILL(&p);
+			if (pending_put(&skaddr, &p) == 0)
+				return 0;
+			/* full: through the ring, as without the first pass */
+		}
 	}
-#endif
-	int slot = 0;
-	struct event *e = events.ringbuf_reserve(sizeof(struct event));
+	struct event *e = ring_reserve();
 	if (!e) {
-		u64 *lost = counts.lookup(&slot);
+		u64 *lost = counter(0);
 		if (lost)
 			(*lost)++;
 		return 0;
@@ -88,13 +174,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	FILL(e);
 	/* Wake the reader once per batch, not per event: it also drains on its
 	 * own short timer, so a trickle waits at most that long and a burst
-	 * costs one wakeup per WAKEUP_EVERY events (bcc 0.26 has no
-	 * ringbuf_query to wake on fill level instead). */
+	 * costs one wakeup per WAKEUP events (bcc 0.26 has no ringbuf_query to
+	 * wake on fill level instead). */
 	u64 flags = BPF_RB_NO_WAKEUP;
-	slot = 1;
-	u64 *sent = counts.lookup(&slot);
-	if (sent && ((*sent)++ % WAKEUP_EVERY) == WAKEUP_EVERY - 1)
+	u64 *sent = counter(1);
+	if (sent && ((*sent)++ % WAKEUP) == WAKEUP - 1)
 		flags = BPF_RB_FORCE_WAKEUP;
-	events.ringbuf_submit(e, flags);
+	ring_submit(e, flags);
 	return 0;
 }

@@ -1,6 +1,6 @@
-/* The event record shared by the BPF program and its Python reader
- * (decoded on the Python side with bcc's table.event(), so this struct is
- * the single definition). */
+/* The records shared by the BPF program and its Python reader: this header
+ * is their single definition (resreap/sources/layout.py reads it to decode
+ * the events, whichever build loaded the program). */
 #ifndef RESREAP_H
 #define RESREAP_H
 
@@ -15,6 +15,13 @@ struct event {
 	u8 newstate;
 	u8 saddr[16];     /* IPv4 in the first 4 bytes */
 	u8 daddr[16];
+};
+
+/* The CO-RE build's settings (its .rodata), written by the loader before
+ * the load; the bcc build gets them as -D defines. */
+struct resreap_config {
+	u32 first_pass;   /* 1: new CLOSE_WAIT sockets wait in the pending map */
+	u32 wakeup_every; /* wake the reader once per this many ring events */
 };
 
 #endif

@@ -604,5 +604,10 @@ ROLES = {
 }
 
 if __name__ == "__main__":
+    import resource
+
+    # Thousands of connections for a test that asks for them.
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
     # tag=... arguments only mark the command line (for -f in tests).
     ROLES[sys.argv[1]](*[a for a in sys.argv[2:] if not a.startswith("tag=")])

@@ -43,8 +43,9 @@ ORPHANS_EVERY = 3600.0
 # A counting socket is looked at again this often (new holders after a
 # fork, or a change of evidence); the decision re-checks anyway.
 RECHECK_COUNTED = 30.0
-# procfs: how often, and how far apart, a due socket not seen is looked
-# for again before it is dropped (trace does the same).
+# A due socket not seen (procfs under churn, or one in a namespace not yet
+# noticed): how often, and how far apart, it is looked for again before it
+# is dropped (trace does the same); 0.3 s outlasts the 0.25 s notice period.
 LOOK_AGAIN = 3
 LOOK_AGAIN_AFTER = 0.1
 # A holder's uids are read again after this long (setuid after start-up).
@@ -371,12 +372,15 @@ class Counting:
         return True
 
     def _maybe_missed(self, entry: Entry, now: float) -> bool:
-        """/proc/net/tcp is read in pieces while sockets come and go: a read
-        under churn skips a line now and then.  There, a due socket not
-        seen is looked for again (LOOK_AGAIN times, LOOK_AGAIN_AFTER apart)
-        before it is dropped; its exit, if real, removes it first.  True:
-        looked for again later."""
-        if not self.resolver.kernel.through_procfs or entry.unseen >= LOOK_AGAIN:
+        """A due socket not seen may still be there: /proc/net/tcp is read
+        in pieces while sockets come and go (a read under churn skips a
+        line now and then), and a socket never yet found may be in a
+        network namespace made since the last look (new ones are noticed at
+        most every 0.25 s).  Then it is looked for again (LOOK_AGAIN times,
+        LOOK_AGAIN_AFTER apart) before it is dropped; its exit, if real,
+        removes it first.  True: looked for again later."""
+        maybe = self.resolver.kernel.through_procfs or not entry.bound
+        if not maybe or entry.unseen >= LOOK_AGAIN:
             return False
         entry.unseen += 1
         self.table.schedule(entry, now + LOOK_AGAIN_AFTER)

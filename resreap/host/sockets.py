@@ -269,17 +269,18 @@ class SocketTable:
             self._pid[ino] = pid
             self._user_inos.add(ino)
 
-    def _notice_new(self) -> None:
+    def _notice_new(self) -> bool:
         """Namespaces that got their first process since the last look:
-        only processes new since then are looked at (one stat each)."""
+        only processes new since then are looked at (one stat each).  True:
+        some were admitted."""
         now = time.monotonic()
         if now - self._noticed < NOTICE_EVERY:
-            return
+            return False
         self._noticed = now
         try:
             pids = set(self.proc.pids())
         except ResreapError:  # out of fds: the next look notices them
-            return
+            return False
         fresh: dict[int, int] = {}
         for pid in pids - self._pids_seen:
             try:
@@ -290,7 +291,10 @@ class SocketTable:
                 fresh.setdefault(ino, pid)
         self._pids_seen = pids
         if fresh:
+            before = len(self._pid)
             self._admit(fresh)
+            return len(self._pid) > before
+        return False
 
     def _maybe_refresh(self) -> None:
         if time.monotonic() - self._refreshed >= self.refresh_every:
@@ -348,9 +352,14 @@ class SocketTable:
         """Every namespace's socket with this exact 4-tuple (usually one)."""
         self._maybe_refresh()
         found = self._lookup(sock)
-        if not found and retry_new_namespaces and time.monotonic() - self._refreshed > 1.0:
-            self.refresh()
-            found = self._lookup(sock)
+        if not found and retry_new_namespaces:
+            # A namespace made since the last look (noticed at most every
+            # NOTICE_EVERY: a caller that missed looks again after that).
+            if self._notice_new():
+                found = self._lookup(sock)
+            elif time.monotonic() - self._refreshed > 1.0:
+                self.refresh()
+                found = self._lookup(sock)
         return found
 
     def lookup_in(self, ino: int, sock: SockId) -> NsSock | None:

@@ -104,10 +104,10 @@ class Daemon:
         # timestamps, so this bounds work per wakeup, not timer accuracy.
         latency = read_latency(config.limits.grace)
         if st.backend != "proc":
-            # Compiling takes about a second, much longer on a busy host:
-            # say so at once, not after it.
+            # Milliseconds for the prebuilt program; where bcc compiles
+            # instead, seconds (a minute on a busy host): say so at once.
             decision(Event.LOADING, logging.INFO, backend=st.backend,
-                     note="compiling and attaching the BPF program")
+                     note="loading and attaching the BPF program")
         # The kernel's first pass: churn costs nothing here (trace keeps
         # the full stream).
         selected = open_source(st.backend, table, latency=latency,
@@ -116,7 +116,8 @@ class Daemon:
         if st.metrics:
             from resreap.ops.metrics import Exporter
 
-            self.exporter = Exporter(st.metrics, selected.source.name)
+            self.exporter = Exporter(st.metrics, selected.source.name, selected.source.loader,
+                                     bpf_expected=st.backend != "proc")
         self.watcher = Watcher(selected.source, OwnerResolver(table), Current(config), tick=self._tick)
         if selected.fallback_reason:
             decision(Event.BACKEND, logging.WARNING, backend="proc",
@@ -125,12 +126,19 @@ class Daemon:
                           "interval late")
         # Attach and seed first: "start" means resreap is watching now.
         self.watcher.start()
-        self._say_start(selected.source, len(table.namespaces), fd_limit)
+        self._say_start(selected, len(table.namespaces), fd_limit)
         self.notifier.ready(f"watching ({selected.source.name} backend)")
 
-    def _say_start(self, source, namespaces: int, fd_limit: int) -> None:
-        st, config = self.settings, self.settings.engine
-        decision(Event.START, logging.WARNING, backend=source.name,
+    def _say_start(self, selected, namespaces: int, fd_limit: int) -> None:
+        st, config, source = self.settings, self.settings.engine, selected.source
+        # How the program came to run, or why it did not: loud when BPF was
+        # expected and polling runs.
+        how = {"loader": source.loader} if source.loader else {}
+        if source.loader_why:
+            how["loader_why"] = source.loader_why
+        if selected.fallback_reason:
+            how["bpf_unavailable"] = selected.fallback_reason
+        decision(Event.START, logging.WARNING, backend=source.name, **how,
                  first_pass=source.first_pass,
                  limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
                  fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),

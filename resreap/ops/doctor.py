@@ -39,14 +39,6 @@ def _kernel_config() -> dict[str, str]:
     return {}
 
 
-def _version() -> tuple[int, int]:
-    parts = platform.release().split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return 0, 0
-
-
 def _other_fds() -> Check:
     """Owners come from other processes' /proc/PID/fd: hidepid=2 or a
     missing CAP_SYS_PTRACE leaves every socket without an owner."""
@@ -106,10 +98,12 @@ def checks() -> list[Check]:
 
 def _kernel_checks() -> list[Check]:
     """The kernel's version and build options."""
+    from resreap.sources.program import too_old
+
     out = []
-    ver = _version()
-    out.append(Check("kernel", OK if ver >= (4, 16) else WARN, platform.release(),
-                     "" if ver >= (4, 16) else "Linux 4.16+ is needed for BPF; polling works"))
+    old = too_old()
+    out.append(Check("kernel", WARN if old else OK, platform.release(),
+                     f"{old}; BPF needs Linux 5.8+" if old else ""))
     config = _kernel_config()
     if config:
         missing = [k for k in ("CONFIG_BPF_SYSCALL", "CONFIG_BPF_EVENTS", "CONFIG_INET_DIAG")
@@ -125,10 +119,10 @@ def _kernel_checks() -> list[Check]:
 
 
 def _bpf_checks() -> list[Check]:
-    """What loading the BPF program needs: tracefs, the tracepoint, bcc,
-    kernel headers."""
+    """What loading the BPF program needs: tracefs and the tracepoint; BTF,
+    the prebuilt object and libbpf (CO-RE, the default); else bcc and the
+    kernel headers (compiled at start)."""
     from resreap.sources import bpf_events
-    from resreap.sources.bpf_loader import CHILD_CWD, child_python
 
     out = []
     tracefs = bpf_events.mounted_tracefs()
@@ -137,16 +131,47 @@ def _bpf_checks() -> list[Check]:
     tp = bpf_events.has_tracepoint(tracefs)
     out.append(Check("tracepoint", OK if tp else FAIL, "sock:inet_sock_set_state",
                      "" if tp else "needs Linux 4.16+ (and tracefs); use --backend proc"))
-    btf = os.path.exists("/sys/kernel/btf/vmlinux")
-    out.append(Check("BTF", OK if btf else WARN, "/sys/kernel/btf/vmlinux" if btf else "absent",
-                     "" if btf else "not needed by resreap (it reads only tracepoint fields)"))
+    out += _core_checks()
+    out += _bcc_checks(core=out[-1].status == OK)
+    return out
+
+
+def _core_checks() -> list[Check]:
+    """The prebuilt (CO-RE) program: BTF, the object, libbpf."""
+    from resreap.sources import core_loader
+    from resreap.sources.program import OBJECT
+
+    btf = os.path.exists(core_loader.VMLINUX_BTF)
+    have = OBJECT.is_file()
+    why = core_loader.unusable(OBJECT)
+    return [
+        Check("BTF", OK if btf else WARN, core_loader.VMLINUX_BTF if btf else "absent",
+              "" if btf else "a kernel built with CONFIG_DEBUG_INFO_BTF; bcc compiles instead"),
+        Check("program", OK if have else WARN, str(OBJECT) if have else "no prebuilt object",
+              "" if have else "build it (scripts/build-bpf) or install the package"),
+        Check("CO-RE", WARN if why else OK,
+              why or "the prebuilt program can be loaded by libbpf (no compiler needed)",
+              "bcc compiles the same program at start instead (see bcc, headers)" if why else ""),
+    ]
+
+
+def _bcc_checks(core: bool) -> list[Check]:
+    """bcc and the headers: the fallback; not needed where CO-RE works."""
+    from resreap.sources import bpf_events
+    from resreap.sources.bpf_loader import CHILD_CWD, child_python
+
+    out = []
+    bad = WARN if core else FAIL
     probe = subprocess.run(child_python("-c", "import bcc; print(bcc.__version__)"),
                            cwd=CHILD_CWD, capture_output=True, text=True)
     bcc = probe.returncode == 0
     version = probe.stdout.strip() if bcc else ""
-    out.append(Check("bcc", OK if bcc else FAIL,
-                     f"importable ({version})" if bcc else "not importable",
-                     "" if bcc else "apt-get install python3-bpfcc; venv with --system-site-packages"))
+    out.append(Check("bcc", OK if bcc or core else FAIL,
+                     f"importable ({version})" if bcc else
+                     "not installed (not needed: the prebuilt program loads)" if core
+                     else "not importable",
+                     "" if bcc or core else
+                     "apt-get install python3-bpfcc; venv with --system-site-packages"))
     if bcc and _older(version, (0, 30)):
         # CVE-2024-2314: kheaders under a $TMPDIR anyone may plant in.
         out.append(Check("bcc-cve", WARN, f"bcc {version} has CVE-2024-2314 (headers taken "
@@ -154,10 +179,12 @@ def _bpf_checks() -> list[Check]:
                          "resreap's loader has a private TMPDIR; for other bcc tools, "
                          "upgrade bcc to 0.30+"))
     headers = bpf_events.kernel_headers()
-    out.append(Check("headers", OK if headers else FAIL,
-                     headers or f"/lib/modules/{platform.release()}/build missing",
-                     "" if headers else f"apt-get install linux-headers-{platform.release()} "
-                                        "(or scripts/setup links generic ones)"))
+    if headers or core:
+        out.append(Check("headers", OK, headers or "none (not needed: the prebuilt program loads)"))
+    else:
+        out.append(Check("headers", bad, f"/lib/modules/{platform.release()}/build missing",
+                         f"apt-get install linux-headers-{platform.release()} "
+                         "(or scripts/setup links generic ones)"))
     return out
 
 
@@ -199,7 +226,11 @@ def _backend_check(root: bool) -> Check:
     try:
         source = bpf_events.BpfSource(SocketTable(), latency=0.1)
         source.close()
-        return Check("backend", OK, "auto would use bpf: the program loads and attaches")
     except ResreapError as exc:
-        return Check("backend", WARN, f"auto would poll (proc): {exc}",
-                     "fix the FAIL lines above for BPF")
+        return Check("backend", WARN, f"BPF expected, but auto would poll (proc): {exc}",
+                     "fix the WARN and FAIL lines above for BPF")
+    if source.loader == "core":
+        return Check("backend", OK, "auto would use bpf, loader core: the prebuilt program "
+                     "loads and attaches")
+    return Check("backend", OK, "auto would use bpf, loader bcc: bcc compiles the program at "
+                 f"start, and it attaches (not the prebuilt one: {source.loader_why})")

@@ -158,7 +158,11 @@ class Endpoint:
 
 
 class Exporter:
-    def __init__(self, listen: str, backend: str) -> None:
+    def __init__(self, listen: str, backend: str, loader: str = "",
+                 bpf_expected: bool = False) -> None:
+        """``loader``: core or bcc (BPF), empty when polling;
+        ``bpf_expected``: BPF was asked for (auto or bpf), so polling is a
+        fallback to alert on."""
         try:
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
             from prometheus_client.core import REGISTRY
@@ -167,6 +171,8 @@ class Exporter:
                 from exc
         host, port = parse_listen(listen)
         self.backend = backend
+        self.loader = loader
+        self.fallback = bpf_expected and backend != "bpf"
         self._snapshot = Snapshot()
         self._beat = time.monotonic()
         REGISTRY.register(self)
@@ -205,9 +211,14 @@ class Exporter:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         snap = self.snapshot
-        info = GaugeMetricFamily("resreap_backend_info", "Event source in use", labels=["backend"])
-        info.add_metric([self.backend], 1)
+        info = GaugeMetricFamily("resreap_backend_info",
+                                 "Event source in use, and how its BPF program was loaded",
+                                 labels=["backend", "loader"])
+        info.add_metric([self.backend, self.loader], 1)
         yield info
+        yield GaugeMetricFamily("resreap_bpf_fallback",
+                                "1: BPF was expected but the polling backend runs",
+                                value=int(self.fallback))
         yield GaugeMetricFamily("resreap_close_wait_sockets",
                                 "Sockets in CLOSE_WAIT (after -F)", value=snap.tracked)
         per = GaugeMetricFamily("resreap_counting_sockets",

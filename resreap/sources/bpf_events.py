@@ -4,8 +4,12 @@ A single ring buffer keeps events in order (per-CPU perf buffers can deliver
 a socket's exit before its enter).  The kernel side wakes us once per batch,
 and we also drain on a short timer, so a quiet host costs a few wakeups a
 second and a busy one a batch decode per wakeup instead of a wakeup per
-event.  The program is compiled by a short-lived helper process
-(bpf_loader): this process never loads bcc or LLVM.
+event.
+
+The program is prebuilt (CO-RE) and loaded here by libbpf (core_loader);
+where that object cannot load (no BTF, Linux before 5.8, no libbpf) bcc
+compiles the same source in a short-lived helper process (bpf_loader):
+this process never loads bcc or LLVM.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from typing import NamedTuple
 
 from resreap import tunables
-from resreap.sources.bpf_loader import BPF_SOURCE, CHILD_CWD, child_python
+from resreap.sources import core_loader
+from resreap.sources.bpf_loader import CHILD_CWD, child_python
+from resreap.sources.program import OBJECT, SOURCE, event_layout, too_old
 from resreap.errors import BackendUnavailable, BpfCallError, NotRoot
 from resreap.sources.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, TCP_LAST_ACK, Kind, SockId, Transition
@@ -34,12 +41,18 @@ log = logging.getLogger(__name__)
 
 TRACEPOINT = ("sock", "inet_sock_set_state")
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-# The ring: 16 MiB by default (tunables.ringbuf_pages).  At 100k events/s of
-# 72 bytes a 0.25 s drain needs 1.8 MiB, yet with 4 MiB this VM (Linux 6.18)
-# dropped 1-4 of 200k events at 10k connections/s with no reader stall;
-# 16 MiB dropped none in our runs.  The fault suite shrinks it (and the
-# first pass's pending map, tunables.pending_max) to force lost events;
+# The ring (tunables.ringbuf_pages overrides both sizes).  Without the first
+# pass (trace) it carries every transition: at 100k events/s of 72 bytes a
+# 0.25 s drain needs 1.8 MiB, yet with 4 MiB this VM (Linux 6.18) dropped 1-4
+# of 200k events at 10k connections/s with no reader stall; 16 MiB dropped
+# none.  With it (watch) only the exits of taken sockets and what overflows
+# a full pending map: 2 MiB holds 32k records, the exits of a 20k-socket
+# leaker killed at once with room to spare (docs/benchmark.md), and is
+# mapped (twice) instead of 16 MiB.  The fault suite shrinks it (and the
+# pending map, tunables.pending_max) to force lost events;
 # RESREAP_FIRST_PASS=0 turns the first pass off (the benchmark's "before").
+TRACE_RING_PAGES = 4096
+WATCH_RING_PAGES = 512
 WAKEUP_EVERY = 256
 LOAD_TIMEOUT = 120.0  # compiling takes about a second; a loaded host more
 
@@ -73,6 +86,9 @@ def check_usable() -> None:
     last checks (bcc, compiling, permission) happen in the loader."""
     if os.geteuid() != 0:
         raise NotRoot("the BPF backend needs root (or CAP_BPF and CAP_PERFMON): run with sudo")
+    old = too_old()
+    if old:
+        raise BackendUnavailable(old)
     mounted = mounted_tracefs()
     if not mounted:
         raise BackendUnavailable(
@@ -81,6 +97,10 @@ def check_usable() -> None:
         raise BackendUnavailable(
             f"this kernel ({platform.release()}) has no {':'.join(TRACEPOINT)} tracepoint "
             "(Linux 4.16+ has it)")
+
+
+def check_bcc() -> None:
+    """Raise unless bcc can compile here: it needs the kernel's headers."""
     release = platform.release()
     if kernel_headers() is None:
         hidden = ""
@@ -90,8 +110,8 @@ def check_usable() -> None:
         raise BackendUnavailable(
             f"no kernel headers for {release}: apt-get install linux-headers-{release}, "
             f"or run scripts/setup, which links the distro's generic headers{hidden}")
-    if not BPF_SOURCE.is_file():
-        raise BackendUnavailable(f"the BPF program is missing from the install: {BPF_SOURCE}")
+    if not SOURCE.is_file():
+        raise BackendUnavailable(f"the BPF program is missing from the install: {SOURCE}")
 
 
 @contextlib.contextmanager
@@ -109,13 +129,52 @@ def loader_env():
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _load(pending_max: int) -> tuple[dict, list[int]]:
+class Loaded(NamedTuple):
+    info: dict
+    fds: list[int]
+    loader: str          # core (prebuilt, libbpf) or bcc (compiled here)
+    why: str | None      # why bcc ran instead of the prebuilt program
+
+
+def load(pending_max: int, ring_pages: int) -> Loaded:
+    """The program loaded and attached: the prebuilt CO-RE object where it
+    loads, else bcc (unless RESREAP_BPF_LOADER says which).  Raises
+    BackendUnavailable."""
+    choice = tunables.get().bpf_loader
+    why = "RESREAP_BPF_LOADER=bcc"
+    if choice != "bcc":
+        why = core_loader.unusable(OBJECT)
+        if why is None:
+            try:
+                info, fds = core_loader.load(OBJECT, ring_pages, WAKEUP_EVERY, pending_max)
+                return Loaded(info, fds, "core", None)
+            except core_loader.NotPermitted:
+                raise  # bcc would be refused the same way
+            except BackendUnavailable as exc:
+                why = str(exc)
+        if choice == "core":
+            raise BackendUnavailable(f"the prebuilt program cannot load: {why}")
+    try:
+        check_bcc()
+        info, fds = _load_bcc(pending_max, ring_pages)
+    except BackendUnavailable as exc:
+        if choice == "bcc":
+            raise
+        raise BackendUnavailable(f"{exc}; bcc was tried because {why}") from None
+    if info["layout"] != event_layout():
+        for fd in fds:
+            os.close(fd)
+        raise BackendUnavailable("bcc's decoding of struct event differs from bpf/resreap.h's")
+    return Loaded(info, fds, "bcc", why)
+
+
+def _load_bcc(pending_max: int, ring_pages: int) -> tuple[dict, list[int]]:
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with mine, loader_env() as env:
         try:
             helper = subprocess.Popen(
                 child_python("-m", "resreap.sources.bpf_loader", str(theirs.fileno()),
-                             str(tunables.get().ringbuf_pages), str(WAKEUP_EVERY), str(pending_max)),
+                             str(ring_pages), str(WAKEUP_EVERY), str(pending_max)),
                 pass_fds=[theirs.fileno()], cwd=CHILD_CWD, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         finally:
@@ -163,18 +222,21 @@ class BpfSource(EventSource):
         self.latency = latency
         knobs = tunables.get()
         first_pass = first_pass and knobs.first_pass
-        info, fds = _load(knobs.pending_max if first_pass else 0)
+        pages = knobs.ringbuf_pages or (WATCH_RING_PAGES if first_pass else TRACE_RING_PAGES)
+        loaded = load(knobs.pending_max if first_pass else 0, pages)
         self._taker = None
         if first_pass:
-            self._taker = BatchTaker(fds[3], info["layout"]["size"])
+            self._taker = BatchTaker(loaded.fds[3], loaded.info["layout"]["size"])
             try:
                 self._taker.take()
             except BpfCallError:  # no batch operations: the full stream instead
-                for fd in fds:
+                for fd in loaded.fds:
                     os.close(fd)
-                info, fds = _load(0)
+                loaded = load(0, knobs.ringbuf_pages or TRACE_RING_PAGES)
                 self._taker = None
         self.first_pass = self._taker is not None
+        self.loader, self.loader_why = loaded.loader, loaded.why
+        info, fds = loaded.info, loaded.fds
         # The perf event fd keeps the program attached for as long as we live.
         self._perf_fd, events_fd, counts_fd = fds[:3]
         self._ring = RingBuffer(events_fd, info["ringbuf_bytes"])

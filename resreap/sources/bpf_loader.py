@@ -1,4 +1,5 @@
-"""Compile, load and attach the BPF program in a short-lived process.
+"""The bcc fallback: compile, load and attach the BPF program in a short-lived
+process (where the prebuilt CO-RE object cannot load: core_loader.py).
 
 bcc brings LLVM and clang into the process that compiles: about 73 MB to
 import and 85 MB more to compile.  A watchdog that runs for months should not
@@ -8,8 +9,8 @@ keeps the program alive and readable over a unix socket (SCM_RIGHTS):
 - the perf event fd the program is attached through (while any process holds
   it, the program stays attached);
 - the ring buffer and counter map fds;
-- the event record's layout, taken from bcc's own decoding of the C struct
-  (so bpf/resreap.h stays the single definition).
+- the event record's layout as bcc decoded the C struct (checked against
+  the one read from bpf/resreap.h).
 
 It then leaves with os._exit: bcc's atexit cleanup would disable the perf
 event that the watchdog now shares.
@@ -26,13 +27,9 @@ import os
 import socket
 import sys
 import tempfile
-from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent.parent
-# The kernel program ships inside the package (pyproject.toml copies the
-# top-level bpf/ to resreap/bpf); a source checkout uses bpf/ itself.
-BPF_DIR = _PACKAGE / "bpf" if (_PACKAGE / "bpf").is_dir() else _PACKAGE.parent / "bpf"
-BPF_SOURCE = BPF_DIR / "resreap.bpf.c"
+from resreap.sources.program import BPF_DIR, SOURCE
+
 TRACEPOINT = b"sock:inet_sock_set_state"
 # Where Python children run: a directory only root can write.
 CHILD_CWD = "/"
@@ -96,7 +93,7 @@ def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0) -> tuple[d
     with tempfile.NamedTemporaryFile("w+", prefix="resreap-bcc-") as diag:
         try:
             with _stderr_to(diag.name):
-                bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
+                bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception for every failure
             diag.seek(0)
             text = diag.read()

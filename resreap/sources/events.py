@@ -27,12 +27,16 @@ class EventSource(abc.ABC):
     ``timeout`` seconds and returns everything that arrived, oldest first.
     ``latency`` is the longest an event may wait before ``read`` returns it.
     ``first_pass``: the kernel drops sockets that leave CLOSE_WAIT before
-    ``read`` takes them (BPF, for watch).
+    ``read`` takes them (BPF, for watch).  ``loader``: how the BPF program
+    was loaded (core: the prebuilt object; bcc: compiled at start, with
+    ``loader_why``); empty for polling.
     """
 
     name: str = ""
     latency: float = 0.0
     first_pass: bool = False
+    loader: str = ""
+    loader_why: str | None = None
 
     @abc.abstractmethod
     def start(self) -> list[Transition]: ...

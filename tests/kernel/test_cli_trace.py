@@ -116,7 +116,8 @@ def test_bcc_missing_is_one_line_with_the_fix(resreap_bin, tmp_path):
     fake = tmp_path / "bcc"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    # bcc is the fallback now: forced, as where the prebuilt program cannot load.
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), RESREAP_BPF_LOADER="bcc")
     run = subprocess.run([resreap_bin, "trace", "--backend", "bpf"], capture_output=True,
                          text=True, timeout=patience(30), env=env)
     assert run.returncode == 1

@@ -84,3 +84,28 @@ def test_a_grace_shortened_by_sighup_applies_to_taken_sockets(resreap_bin, actor
         assert reap["evidence"] == "eof-ignored:2"
     finally:
         assert run.stop() == 0
+
+
+@pytest.mark.alone
+def test_the_exits_of_thousands_of_taken_sockets_fit_the_ring(resreap_bin, actors, tag):
+    """#22: the watch's ring is sized for what it carries now (the exits
+    of taken sockets): 8,000 sockets taken, then closed in one burst by
+    their holder, all arrive; no event is lost at the default sizes."""
+    n = 8000
+    server = actors("leaky-server", "127.0.0.1", "unread", tag)
+    client = actors("clients", "127.0.0.1", server.port, n, tag)
+    run = WatchRun(resreap_bin, "--backend", "bpf", "-f", tag[4:], "-i", "30", "-D")
+    try:
+        client.send("close")
+        client.expect("CLOSED", timeout=60)
+        assert until(lambda: run.transitions("enter", server.port) >= n, 30), \
+            run.transitions("enter", server.port)
+        server.send("close")
+        server.expect("CLOSED", timeout=60)
+        assert until(lambda: run.transitions("exit", server.port) >= n, 30), \
+            run.transitions("exit", server.port)
+    finally:
+        assert run.stop() == 0
+    stop = run.find(lambda e: e["event"] == Event.STOP)[0]
+    assert stop["lost_events"] == 0
+    assert not run.find(lambda e: e["event"] == Event.LOST_EVENTS)

@@ -70,7 +70,8 @@ def test_metrics_are_scraped(resreap_bin, actors, tag):
             assert time.monotonic() < deadline, text
             time.sleep(0.3)
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert 'resreap_backend_info{backend="bpf"} 1.0' in text
+        assert 'resreap_backend_info{backend="bpf",loader="core"} 1.0' in text
+        assert "resreap_bpf_fallback 0.0" in text
         enter = [ln for ln in text.splitlines() if ln.startswith('resreap_events_total{kind="enter"}')]
         assert enter and float(enter[0].split()[-1]) >= 3
         assert "resreap_events_lost_total 0.0" in text
@@ -103,9 +104,10 @@ def test_doctor(resreap_bin):
                          capture_output=True, text=True, timeout=patience(120))
     assert run.returncode == 0, run.stdout + run.stderr
     lines = {ln.split()[1]: ln.split()[0] for ln in run.stdout.splitlines()}
-    for name in ("root", "tracepoint", "bcc", "headers", "sock_diag", "pidfd", "backend"):
+    for name in ("root", "kernel", "tracepoint", "BTF", "program", "CO-RE", "bcc", "headers",
+                 "sock_diag", "pidfd", "backend"):
         assert lines[name] == "OK", run.stdout
-    assert "auto would use bpf" in run.stdout
+    assert "auto would use bpf, loader core" in run.stdout
     # this host's init is not systemd: nothing to start services again
     assert lines["supervisor"] == "OK" and "no systemd" in run.stdout
     js = subprocess.run([resreap_bin, "doctor", "--json"], capture_output=True, text=True,
@@ -123,12 +125,15 @@ def test_doctor_not_root_fails(resreap_bin):
 
 
 def test_doctor_and_the_bpf_backend_judge_headers_alike():
-    """One predicate serves both: doctor must not call FAIL what BPF accepts."""
-    from resreap.sources import bpf_events
+    """One predicate serves both: doctor must not call FAIL what BPF accepts
+    (and headers are only bcc's need: not needed where CO-RE loads)."""
+    from resreap.sources import bpf_events, core_loader
+    from resreap.sources.program import OBJECT
     from resreap.ops import doctor
 
     headers = [c for c in doctor.checks() if c.name == "headers"][0]
-    assert (headers.status == doctor.OK) == (bpf_events.kernel_headers() is not None)
+    core = core_loader.unusable(OBJECT) is None
+    assert (headers.status == doctor.OK) == (bpf_events.kernel_headers() is not None or core)
     if bpf_events.kernel_headers():
         assert headers.detail == bpf_events.kernel_headers()
 

@@ -6,8 +6,9 @@ apt mirror) and cached in RESREAP_CI_CACHE (default /var/cache/resreap-ci);
 every boot runs on a throw-away overlay of it (--volatile=overlay), so a
 test run starts from a clean system.  The container has no network: the
 Python packages come from a wheelhouse built on the host (scripts/wheelhouse),
-the kernel headers from the host's /lib/modules and /usr/src, bound
-read-only.  Commands run inside through nsenter.
+nothing of the host's compilers or kernel headers: the box is a host
+that only runs resreap (libbpf1, no bcc), as production hosts are.
+Commands run inside through nsenter.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from procs import patience
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("RESREAP_CI_CACHE", "/var/cache/resreap-ci"))
 MIRROR = os.environ.get("RESREAP_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3-bpfcc", "python3-venv", "iproute2",
+PACKAGES = ["systemd", "systemd-sysv", "dbus", "libbpf1", "python3-venv", "iproute2",
             "procps", "ca-certificates"]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -56,7 +57,6 @@ class Machine:
             ["systemd-nspawn", "--quiet", "-D", str(tree), "--volatile=overlay", "--boot",
              "--register=no", "--keep-unit", "--capability=all", "--private-network",
              "--system-call-filter=bpf perf_event_open",
-             "--bind-ro=/lib/modules", "--bind-ro=/usr/src",
              f"--bind-ro={ROOT}:/src", f"--bind-ro={wheels}:/wheels"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)

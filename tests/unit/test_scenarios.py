@@ -766,6 +766,27 @@ def test_procfs_skipping_a_line_at_the_deadline_does_not_lose_the_leak(world, mo
     assert reap["at"] < 3.5
 
 
+def test_a_socket_in_a_namespace_not_noticed_yet_is_looked_for_again(world, monkeypatch):
+    """A namespace made just after the last look is noticed at most 0.25 s
+    later: a socket in it that no lookup has found yet is looked for again
+    at its deadline instead of dropped (CI: a leak in a namespace made
+    right after a fast start was never reaped)."""
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0)
+    kernel = world.kernel
+    noticed = world.t0 + 3.15       # the deadline is at 3.0
+    real_lookup, real_in = kernel.lookup, kernel.lookup_in
+    monkeypatch.setattr(kernel, "lookup", lambda sock, retry_new_namespaces=True: (
+        [] if world.clock.now < noticed else real_lookup(sock)))
+    monkeypatch.setattr(kernel, "lookup_in", lambda ino, sock: (
+        None if world.clock.now < noticed else real_in(ino, sock)))
+    world.watch(limit=2, grace=2.0)
+    world.run(10)
+    assert world.reaped() == [1000]
+    (reap,) = world.said(Event.REAP)
+    assert reap["at"] < 3.5
+
+
 def test_unwatched_namespaces_are_a_structured_line_said_when_their_number_changes(world):
     """Namespaces past the caps (a user's `unshare -Urn` flood) are never
     seen: one `unwatched` line with how many, again when that changes, and

@@ -265,7 +265,7 @@ def test_metrics_label_holders_with_unit_and_container():
     from resreap.model import Holder, Snapshot
 
     exporter = Exporter.__new__(Exporter)  # no endpoint: only the collector
-    exporter.backend = "bpf"
+    exporter.backend, exporter.loader, exporter.fallback = "bpf", "core", False
     exporter._snapshot = Snapshot(top=(Holder(7, "srv", "leaky.service", "", 3),
                                        Holder(8, "app", "", "abcdef012345", 2)),
                                   revivals={"started": 1})

@@ -17,8 +17,8 @@ def test_defaults_without_any_knob():
 def test_each_knob_is_read():
     got = tunables.read({"RESREAP_RINGBUF_PAGES": "1", "RESREAP_PENDING_MAX": "1",
                          "RESREAP_FIRST_PASS": "0", "RESREAP_SOCKET_TABLE": "procfs",
-                         "RESREAP_LOCK": "/run/x/watch.lock"})
-    assert got == tunables.Tunables(1, 1, False, "procfs", "/run/x/watch.lock")
+                         "RESREAP_LOCK": "/run/x/watch.lock", "RESREAP_BPF_LOADER": "bcc"})
+    assert got == tunables.Tunables(1, 1, False, "procfs", "/run/x/watch.lock", "bcc")
 
 
 @pytest.mark.parametrize("name, value, says", [
@@ -28,6 +28,7 @@ def test_each_knob_is_read():
     ("RESREAP_PENDING_MAX", "-5", "whole number"),
     ("RESREAP_FIRST_PASS", "no", "0 or 1"),
     ("RESREAP_SOCKET_TABLE", "netlink", "auto, sock_diag, procfs"),
+    ("RESREAP_BPF_LOADER", "llvm", "auto, core, bcc"),
     ("RESREAP_LOCK", "watch.lock", "absolute"),
 ])
 def test_a_bad_knob_is_one_line_naming_it(name, value, says):
