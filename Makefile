@@ -1,7 +1,7 @@
 # Developer shortcuts.  `make unit` needs neither root nor apt: it makes its
 # own venv (.venv-unit) and runs the unit layer; the rest do their own
 # set-up as root.
-.PHONY: setup test unit test-unit run trace bench clean
+.PHONY: setup test unit test-unit run trace bench bpf clean
 
 PYTHON ?= python3
 
@@ -22,6 +22,10 @@ unit: .venv-unit/.ready
 
 test-unit: unit
 
+# The prebuilt BPF program (clang only): bpf/resreap.bpf.o.
+bpf:
+	scripts/build-bpf
+
 run:
 	scripts/run watch
 
@@ -29,5 +33,5 @@ trace:
 	scripts/run trace
 
 clean:
-	rm -rf .venv .venv-unit build dist *.egg-info .pytest_cache
+	rm -rf .venv .venv-unit build dist *.egg-info .pytest_cache bpf/*.o
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,6 +1,9 @@
 """resreap's benchmark: cost and latency against the polling tools.
 
-    sudo scripts/bench [--sizes 1000,10000,20000,50000,100000] [--tools bpf,proc,netstat,ss]
+    sudo scripts/bench [--sizes 1000,10000,20000,50000,100000] [--tools bpf,bpf-bcc,proc,netstat,ss]
+    sudo scripts/bench --startup                  start-to-ready, idle and beside 3 CPU hogs
+    sudo scripts/bench --sizes 1000,10000,100000,1000000 --tools bpf,proc --leakers 20 \
+        --out docs/scale                          the curve to a million connections
 
 For each size N it builds N idle established loopback connections (spread
 over holder processes: the hard fd limit is 20000 per process) inside a
@@ -15,6 +18,13 @@ phases and prints one table:
          the tool's CPU as % of one core, and as % of the CPU the traffic
          itself took (the generator's client and server), events lost,
          false kills
+  costs  one sock_diag poll and one full fd scan at this size (bench/costs.py)
+
+Tools: bpf (the prebuilt CO-RE program, loaded by libbpf), bpf-bcc (the same
+program compiled by bcc at start: the fallback), proc (polling), netstat
+and ss (the original's approach, bench/pollers.py).  Start-up is the
+seconds from launch to the start line with the N connections in place.
+With three sizes or more, the curve is plotted next to the table (OUT.png).
 
 --sweep RATES runs only the churn phase, at each rate, for resreap (bpf:
 the kernel's first pass; bpf-full: without it, RESREAP_FIRST_PASS=0, as
@@ -49,6 +59,7 @@ ROOT = HERE.parent
 NS = "rrbench"
 PER_HOLDER = 9000          # 18000 fds: under the hard limit of 20000
 GRACE = 2.0
+RESREAP_TOOLS = ("bpf", "bpf-bcc", "bpf-full", "proc")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,6 +138,7 @@ class Tool:
     def __init__(self, name: str, tag: str, resreap: str) -> None:
         self.name = name
         self.events: list[dict] = []
+        self.start_s: float | None = None
         if name == "tcpstates":
             # bcc's tool, as shipped (bpfcc-tools): every TCP transition, printed.
             self.proc = subprocess.Popen(["/usr/sbin/tcpstates-bpfcc"], stdout=subprocess.PIPE,
@@ -134,13 +146,16 @@ class Tool:
             if expect(self.proc, "SKADDR", 120) is None:
                 raise RuntimeError("tcpstates did not start")
             threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-        elif name in ("bpf", "bpf-full", "proc"):
+        elif name in RESREAP_TOOLS:
             # -f: the leakers and the churn generator are eligible, so a
             # false kill of the churn server would show.
             backend = "bpf" if name.startswith("bpf") else name
             argv = [resreap, "watch", "--json", "--backend", backend, "-f", f"{tag}|churn",
                     "-i", str(GRACE), "-w", "1"]
-            env = dict(os.environ, RESREAP_FIRST_PASS="0" if name == "bpf-full" else "1")
+            env = dict(os.environ, RESREAP_FIRST_PASS="0" if name == "bpf-full" else "1",
+                       RESREAP_BPF_LOADER="bcc" if name == "bpf-bcc" else
+                       "core" if name.startswith("bpf") else "auto")
+            began = time.monotonic()
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, text=True, env=env)
             threading.Thread(target=self._read, daemon=True).start()
@@ -148,7 +163,8 @@ class Tool:
             while not any(e.get("event") == "start" for e in self.events):
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError(f"resreap ({name}) did not start")
-                time.sleep(0.05)
+                time.sleep(0.01)
+            self.start_s = time.monotonic() - began
         else:
             self.proc = spawn(ns_exec([sys.executable, str(HERE / "pollers.py"), name, tag,
                                        str(GRACE), "2"]))
@@ -164,7 +180,7 @@ class Tool:
 
     def stop(self) -> dict:
         rss = peak_rss_mb(self.proc.pid)
-        self.proc.send_signal(signal.SIGINT if self.name in ("bpf", "bpf-full", "proc", "tcpstates")
+        self.proc.send_signal(signal.SIGINT if self.name in (*RESREAP_TOOLS, "tcpstates")
                               else signal.SIGKILL)
         try:
             self.proc.wait(30)
@@ -173,7 +189,7 @@ class Tool:
             self.proc.wait()
         time.sleep(0.2)
         stop = [e for e in self.events if e.get("event") == "stop"]
-        return {"peak_rss_mb": round(rss, 1),
+        return {"peak_rss_mb": round(rss, 1), "start_s": fmt(self.start_s, ".3f"),
                 "lost_events": stop[0]["lost_events"] if stop else None}
 
 
@@ -236,7 +252,7 @@ def phase_churn(tool: Tool, churn_bin: str, rate: int, seconds: float, leaker_pi
             "traffic_cpu_pct": traffic / took * 100 if traffic else None,
             "vs_traffic_pct": 100 * cpu / traffic if traffic else None,
             "false_kills": sum(1 for e in reaps if e["pid"] not in leaker_pids)
-            if tool.name in ("bpf", "bpf-full", "proc") else None}
+            if tool.name in RESREAP_TOOLS else None}
 
 
 def sweep(args, churn_bin: str, resreap: str) -> list[dict]:
@@ -291,6 +307,35 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path)
 
 
+def plot_scale(rows: list[dict], path: str) -> None:
+    """Idle CPU, latency and the cost of one look against N (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110)
+    for tool in dict.fromkeys(r["tool"] for r in rows):
+        pts = sorted((r["n"], r) for r in rows if r["tool"] == tool)
+        ns = [n for n, _ in pts]
+        a.plot(ns, [max(r["idle_cpu_s_per_min"], 1e-3) for _, r in pts], marker="o", label=tool)
+        b.plot(ns, [r["lat_p99_ms"] or float("nan") for _, r in pts], marker="o", label=tool)
+    costs = sorted({(r["n"], r["poll_s"], r["scan_s"]) for r in rows})
+    c.plot([x[0] for x in costs], [x[1] for x in costs], marker="o", label="one sock_diag poll")
+    c.plot([x[0] for x in costs], [x[2] for x in costs], marker="o", label="one full fd scan")
+    for ax, title, unit in ((a, "idle CPU", "CPU s per minute"), (b, "kill overshoot, p99", "ms"),
+                            (c, "one look", "s")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("idle established connections")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -310,9 +355,21 @@ def machine() -> dict:
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 
+def file_max(need: int) -> int | None:
+    """Raise fs.file-max to at least ``need`` (a million connections are
+    two million fds); the old value, to put back, or None if untouched."""
+    path = Path("/proc/sys/fs/file-max")
+    old = int(path.read_text())
+    if old >= need:
+        return None
+    path.write_text(str(need))
+    return old
+
+
 def run_size(n: int, args, churn_bin: str, resreap: str) -> list[dict]:
     holders = []
     rows = []
+    restore = file_max(2 * n + 200000)
     try:
         left = n
         while left > 0:
@@ -320,12 +377,17 @@ def run_size(n: int, args, churn_bin: str, resreap: str) -> list[dict]:
             holders.append(spawn(ns_exec([sys.executable, str(HERE / "workload.py"), "hold", str(take)])))
             left -= take
         for h in holders:
-            if expect(h, "READY", 600) is None:
+            if expect(h, "READY", 1800) is None:
                 raise RuntimeError("a holder failed to set up its connections")
+        import costs
+
+        cost = costs.measure()
+        print(f"  N={n:>7} one sock_diag poll {cost['poll_s']:.4f} s, one full fd scan "
+              f"{cost['scan_s']:.3f} s ({cost['scan_sockets']} sockets)", file=sys.stderr)
         for name in args.tools:
-            if name == "netstat" and n > args.netstat_max:
-                print(f"  N={n:>6} netstat  skipped (--netstat-max {args.netstat_max})",
-                      file=sys.stderr)
+            most = {"netstat": args.netstat_max, "ss": args.ss_max}.get(name)
+            if most is not None and n > most:
+                print(f"  N={n:>7} {name:<8} skipped (--{name}-max {most})", file=sys.stderr)
                 continue
             tag = f"rrbench{uuid.uuid4().hex[:8]}"
             print(f"  N={n:>6} {name:<8}", end="", flush=True, file=sys.stderr)
@@ -343,12 +405,14 @@ def run_size(n: int, args, churn_bin: str, resreap: str) -> list[dict]:
                    "leaks_missed": leak["missed"], "churn_rate": round(churn["rate"]),
                    "churn_cpu_pct": round(churn["cpu_pct"], 2),
                    "vs_traffic_pct": fmt(churn["vs_traffic_pct"], ".2f"),
-                   "false_kills": churn["false_kills"], **end}
+                   "false_kills": churn["false_kills"], **end, **cost}
             rows.append(row)
             print(f" idle {row['idle_cpu_s_per_min']:.3f} cpu-s/min, p50 {row['lat_p50_ms']} ms",
                   file=sys.stderr)
     finally:
         reap(holders)
+        if restore is not None:
+            Path("/proc/sys/fs/file-max").write_text(str(restore))
     return rows
 
 
@@ -357,10 +421,10 @@ def fmt(v, spec="") -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    head = ("| N | tool | idle CPU s/min | vs netstat | latency p50 ms | p99 ms | missed | "
-            "churn conn/s | churn CPU % core | vs traffic CPU | lost | false kills | "
+    head = ("| N | tool | start s | idle CPU s/min | vs netstat | latency p50 ms | p99 ms | "
+            "missed | churn conn/s | churn CPU % core | vs traffic CPU | lost | false kills | "
             "peak RSS MB |")
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     by_n: dict[int, dict[str, dict]] = {}
     for r in rows:
         by_n.setdefault(r["n"], {})[r["tool"]] = r
@@ -368,7 +432,7 @@ def table(rows: list[dict]) -> list[str]:
         base = by_n[r["n"]].get("netstat", {}).get("idle_cpu_s_per_min")
         ratio = (f"{100 * r['idle_cpu_s_per_min'] / base:.2f}%" if base else "-")
         lines.append(
-            f"| {r['n']} | {r['tool']} | {r['idle_cpu_s_per_min']:.3f} | {ratio} | "
+            f"| {r['n']} | {r['tool']} | {r.get('start_s', '-')} | {r['idle_cpu_s_per_min']:.3f} | {ratio} | "
             f"{fmt(r['lat_p50_ms'])} | {fmt(r['lat_p99_ms'])} | {r['leaks_missed']} | "
             f"{r['churn_rate']} | {r['churn_cpu_pct']:.1f} | {r.get('vs_traffic_pct', '-')}% | "
             f"{fmt(r['lost_events'])} | "
@@ -379,11 +443,16 @@ def table(rows: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,20000,100000")
-    ap.add_argument("--tools", default="bpf,proc,netstat,ss")
+    ap.add_argument("--tools", default="bpf,bpf-bcc,proc,netstat,ss")
     ap.add_argument("--idle", type=float, default=15.0, help="idle phase seconds")
     ap.add_argument("--leakers", type=int, default=12)
     ap.add_argument("--netstat-max", type=int, default=20000,
                     help="skip the netstat poller above this size (18 s per call at 100k)")
+    ap.add_argument("--ss-max", type=int, default=100000,
+                    help="skip the ss poller above this size")
+    ap.add_argument("--startup", action="store_true",
+                    help="only start-to-ready, idle and beside 3 CPU hogs, per loader")
+    ap.add_argument("--startup-runs", type=int, default=5)
     ap.add_argument("--gap", type=float, default=0.25, help="seconds between leaks")
     ap.add_argument("--wait-cap", type=float, default=15.0, help="max wait for a kill")
     ap.add_argument("--churn", type=int, default=10000, help="connections/s")
@@ -401,6 +470,15 @@ def main() -> None:
     args.sweep = [int(r) for r in args.sweep.split(",") if r]
     if os.geteuid() != 0:
         sys.exit("bench: run as root (sudo scripts/bench)")
+    if args.startup:
+        import startup
+
+        srows = startup.run(args.resreap, args.startup_runs)
+        lines = startup.table(srows)
+        print("\n".join(lines))
+        Path(args.out + "-startup.json").write_text(json.dumps(
+            {"machine": machine(), "rows": srows}, indent=1) + "\n")
+        return
     make_netns()
     if args.sweep:
         try:
@@ -426,6 +504,8 @@ def main() -> None:
     Path(args.out + ".json").write_text(json.dumps({"machine": info, "grace_s": GRACE,
                                                     "settings": vars(args) | {"tools": args.tools},
                                                     "rows": rows}, indent=1) + "\n")
+    if len({r["n"] for r in rows}) >= 3:
+        plot_scale(rows, args.out + ".png")
     Path(args.out + ".md").write_text(
         f"# Benchmark results\n\nMachine: {info['cpus']} x {info['cpu']}, {info['mem_gb']} GiB, "
         f"Linux {info['kernel']}, Python {info['python']}, {info['date']}.  Grace {GRACE:g} s, "

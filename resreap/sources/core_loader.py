@@ -59,7 +59,7 @@ class _Libbpf:
                 ("bpf_link__fd", i, [p]),
                 ("bpf_link__disconnect", None, [p]),
                 ("bpf_link__destroy", i, [p]),
-                ("libbpf_set_print", p, [_PRINT_FN])):
+                ("libbpf_set_print", p, [p])):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
         self.lib = lib
@@ -78,7 +78,7 @@ class _Libbpf:
             return 0
 
         self._printer = _PRINT_FN(printer)  # kept alive: libbpf calls it later
-        lib.libbpf_set_print(self._printer)
+        lib.libbpf_set_print(ct.cast(self._printer, ct.c_void_p))
 
     def detail(self) -> str:
         useful = [ln for ln in self.log if ln and "libbpf: " in ln] or self.log
@@ -109,8 +109,10 @@ def _fail(what: str, err: int, bpf: _Libbpf) -> BackendUnavailable:
         return NotPermitted("not permitted to load BPF programs (needs CAP_BPF and "
                                   "CAP_PERFMON, or CAP_SYS_ADMIN; a container must be granted "
                                   "them)")
-    return BackendUnavailable(f"the CO-RE program did not {what}: {os.strerror(err)} "
-                              f"({bpf.detail()})")
+    # libbpf's own codes (4000+: not an ELF object, a bad section...) have
+    # no strerror: its message says it.
+    why = bpf.detail() if err >= 4000 else f"{os.strerror(err)} ({bpf.detail()})"
+    return BackendUnavailable(f"the CO-RE program did not {what}: {why}")
 
 
 def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
@@ -123,6 +125,7 @@ def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
     lib = bpf.lib
     obj = lib.bpf_object__open_file(str(object_path).encode(), None)
     if not obj:
+        lib.libbpf_set_print(None)
         raise _fail("open", ct.get_errno(), bpf)
     link = None
     try:
@@ -156,5 +159,7 @@ def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
         if link:
             lib.bpf_link__destroy(link)
         lib.bpf_object__close(obj)
+        # libbpf keeps the printer for the process: never a dangling one.
+        lib.libbpf_set_print(None)
     info = {"layout": event_layout(object_path.parent), "ringbuf_bytes": ring_bytes}
     return info, fds

@@ -210,3 +210,20 @@ def test_bcc_takes_over_where_the_prebuilt_program_cannot_load(resreap_bin):
         assert "no BTF" in start["loader_why"]
     finally:
         assert run.stop() == 0
+
+
+def test_a_broken_prebuilt_object_falls_back_to_bcc_and_says_why(tmp_path, monkeypatch,
+                                                                  bpf_ready):
+    """An object that does not load (here: not ELF at all) is never fatal
+    while bcc can compile the same program; the reason is kept."""
+    from resreap.sources import bpf_events
+
+    broken = tmp_path / "resreap.bpf.o"
+    broken.write_bytes(b"not an object")
+    monkeypatch.setattr(bpf_events, "OBJECT", broken)
+    loaded = bpf_events.load(0, 16)
+    try:
+        assert loaded.loader == "bcc" and "not a proper ELF object" in loaded.why
+    finally:
+        for fd in loaded.fds:
+            os.close(fd)
