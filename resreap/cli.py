@@ -263,12 +263,13 @@ def watch(
 
 @app.command(context_settings=CONTEXT, epilog="""\b
 Examples:
-  sudo resreap reload                the running watch re-reads its config file
+  sudo resreap reload                the running watch (or a dry run) re-reads its config file
   sudo resreap reload --pid 1234     that watch (the unit's ExecReload passes $MAINPID)
 """)
 def reload(
     pid: Annotated[Optional[int], typer.Option(
-        "--pid", metavar="PID", help="The watch to reload (default: the one holding the lock).")] = None,
+        "--pid", metavar="PID", help="The watch to reload (default: the one holding the lock, "
+        "else a dry run's).")] = None,
     timeout: Annotated[float, typer.Option(
         "--timeout", metavar="SEC", help="How long to wait for its answer.")] = 10.0,
 ) -> None:
@@ -277,12 +278,13 @@ def reload(
     rejected (a bad file keeps the old settings) or when no answer came."""
     from resreap.errors import UsageError
     from resreap.ops.instance import reload as do_reload
-    from resreap.ops.instance import watch_holder
+    from resreap.ops.instance import find_watch
 
     try:
-        target = pid or watch_holder()
+        target = pid or find_watch()
         if target is None:
-            raise UsageError("no resreap watch holds the lock here; name one with --pid")
+            raise UsageError("no resreap watch runs here (none holds the lock, no dry run is "
+                             "registered); name one with --pid")
         status = do_reload(target, timeout)
     except ResreapError as exc:
         fail(exc)

@@ -22,8 +22,9 @@ from resreap.errors import OutputGone, ResreapError, UsageError
 from resreap.host.sockets import SocketTable
 from resreap.ops import decisionlog, settings
 from resreap.ops.instance import Lock, ReloadStatus, hold_watch_lock, raise_fd_limit, \
-    read_reload_status, write_reload_status
+    read_reload_status, register_dry_run, write_reload_status
 from resreap.ops.sdnotify import Notifier
+from resreap.sources.bpf_events import LOAD_TIMEOUT
 from resreap.sources.events import open_source
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Daemon:
         last = read_reload_status()
         self._generation = last.generation if last else 0
         self.lock: Lock | None = None
+        self._acts_alone = False  # holds the one-watch lock (not a dry run's registration)
         self.exporter = None
         self._snapshot_at = float("-inf")
         self.watcher: Watcher | None = None
@@ -97,17 +99,20 @@ class Daemon:
         fd_limit = raise_fd_limit()
         st, config = self.settings, self.settings.engine
         # One watch acts per host; a dry run never signals, so it may run
-        # beside one to try settings.
-        self.lock = None if config.plan.dry_run else hold_watch_lock()
+        # beside one to try settings (registered, so that reload finds it).
+        self._acts_alone = not config.plan.dry_run
+        self.lock = register_dry_run() if config.plan.dry_run else hold_watch_lock()
         table = SocketTable()
         # Events may wait in the ring this long; deadlines use kernel
         # timestamps, so this bounds work per wakeup, not timer accuracy.
         latency = read_latency(config.limits.grace)
         if st.backend != "proc":
             # Milliseconds for the prebuilt program; where bcc compiles
-            # instead, seconds (a minute on a busy host): say so at once.
+            # instead, seconds (a minute on a busy host): say so at once,
+            # and ask systemd for the time the loader may take.
             decision(Event.LOADING, logging.INFO, backend=st.backend,
                      note="loading and attaching the BPF program")
+            self.notifier.extend(LOAD_TIMEOUT + 30, "loading the BPF program")
         # The kernel's first pass: churn costs nothing here (trace keeps
         # the full stream).
         selected = open_source(st.backend, table, latency=latency,
@@ -127,7 +132,22 @@ class Daemon:
         # Attach and seed first: "start" means resreap is watching now.
         self.watcher.start()
         self._say_start(selected, len(table.namespaces), fd_limit)
-        self.notifier.ready(f"watching ({selected.source.name} backend)")
+        self.notifier.ready(self._status(selected.source, len(table.namespaces)))
+
+    def _describe_lock(self) -> str:
+        if self._acts_alone:
+            return self.lock.describe()
+        if self.lock.enforced:
+            return "none (dry run; registered for resreap reload)"
+        return f"none (dry run; {self.lock.why})"
+
+    def _status(self, source, namespaces: int) -> str:
+        """One line for `systemctl status`: what is watched, and how."""
+        config = self.settings.engine
+        how = f"{source.name}, loader {source.loader}" if source.loader else source.name
+        mode = "dry run: never signals" if config.plan.dry_run else f"plan {config.plan.describe()}"
+        return (f"watching {namespaces} network namespace(s) ({how}); limit "
+                f"{config.limits.limit}, grace {config.limits.grace:g}s; {mode}")
 
     def _say_start(self, selected, namespaces: int, fd_limit: int) -> None:
         st, config, source = self.settings, self.settings.engine, selected.source
@@ -146,7 +166,7 @@ class Daemon:
                  filter=st.command_pattern or "",
                  ignore=list(st.ignore), pid=sorted(config.filters.pids),
                  namespaces=namespaces,
-                 lock=self.lock.describe() if self.lock is not None else "none (dry run)",
+                 lock=self._describe_lock(),
                  fd_limit=fd_limit,
                  note="Ctrl-C to end")
 
@@ -177,8 +197,11 @@ class Daemon:
             decision(Event.RELOAD, logging.ERROR, error=f"cannot reopen the log file: {problem}")
         try:
             fresh = settings.resolve(self._given, self._typed, self._config_file).engine
-            if not fresh.plan.dry_run and (self.lock is None or not self.lock.enforced):
-                self.lock = hold_watch_lock()  # leaving dry run: act alone
+            if not fresh.plan.dry_run and not self._acts_alone:
+                lock = hold_watch_lock()  # leaving dry run: act alone
+                if self.lock is not None:
+                    self.lock.release()  # the dry run's registration
+                self.lock, self._acts_alone = lock, True
         except ResreapError as exc:
             self._rejected(str(exc))
             return
@@ -186,6 +209,8 @@ class Daemon:
             self._rejected(repr(exc))
             return
         watcher.reconfigure(fresh)
+        self.settings = self.settings._replace(engine=fresh)
+        self.notifier.status(self._status(watcher.source, len(watcher.resolver.kernel.namespaces)))
         decision(Event.RELOAD, logging.WARNING, limit=fresh.limits.limit,
                  grace=fresh.limits.grace, stall=fresh.limits.stall,
                  plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run)

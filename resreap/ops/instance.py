@@ -2,7 +2,9 @@
 one would report the other's SIGKILL as its own.  An flock on a file in
 /run (the unit's RuntimeDirectory) held for the life of the process: the
 kernel releases it however the process ends, kill -9 included.  `trace`
-and dry runs take no lock: they never signal.
+and dry runs take no lock: they never signal.  A dry run registers itself
+instead, by a second lock beside it (dry-run.lock), so that `resreap
+reload` finds it too (a Kubernetes DaemonSet starts in dry run).
 
 flock(2) needs no write access, only an open fd: a lock file anyone may
 open is a lock anyone may take (and, taken while a watch runs, hold the
@@ -48,6 +50,11 @@ def lock_path() -> str:
     return tunables.get().lock
 
 
+def dry_run_path() -> str:
+    """Where a dry-run watch registers itself, beside the lock."""
+    return os.path.join(os.path.dirname(lock_path()), "dry-run.lock")
+
+
 def status_path() -> str:
     """Where each reload's result is written, beside the lock."""
     return os.path.join(os.path.dirname(lock_path()), "reload")
@@ -63,6 +70,10 @@ class Lock(NamedTuple):
     @property
     def enforced(self) -> bool:
         return self.fd is not None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
     def describe(self) -> str:
         """For the start line: lock=enforced, or why not."""
@@ -101,6 +112,16 @@ def _holder(text: str) -> Holder | None:
         return None
     start = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
     return Holder(int(parts[0]), start)
+
+
+def register_dry_run(path: str | None = None) -> Lock:
+    """Register a dry-run watch for `resreap reload`: the dry-run lock, if
+    no other dry run holds it (then this one is reloaded with --pid).
+    Never raises AlreadyRunning: dry runs may run side by side."""
+    try:
+        return hold_watch_lock(path or dry_run_path())
+    except AlreadyRunning:
+        return Lock(None, "another dry run is registered: reload this one with --pid")
 
 
 def hold_watch_lock(path: str | None = None) -> Lock:
@@ -172,6 +193,12 @@ def read_reload_status(path: str | None = None) -> ReloadStatus | None:
             return ReloadStatus(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def find_watch() -> Holder | None:
+    """The watch `resreap reload` means: the one holding the lock, else a
+    registered dry run."""
+    return watch_holder() or watch_holder(dry_run_path())
 
 
 def watch_holder(path: str | None = None) -> Holder | None:

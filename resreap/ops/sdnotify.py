@@ -1,6 +1,9 @@
 """systemd's notify protocol (sd_notify), without libsystemd: a datagram to
-$NOTIFY_SOCKET.  READY=1 once watching; WATCHDOG=1 from the event loop, so
-a hung loop gets resreap restarted (WatchdogSec in the unit)."""
+$NOTIFY_SOCKET.  EXTEND_TIMEOUT_USEC while the BPF program loads (where bcc
+compiles it, a busy host may take longer than the start timeout); READY=1
+once watching; STATUS= what it watches (`systemctl status` shows it);
+WATCHDOG=1 from the event loop, so a hung loop gets resreap restarted
+(WatchdogSec in the unit)."""
 
 from __future__ import annotations
 
@@ -31,6 +34,13 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         self.send(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        self.send(f"STATUS={status}")
+
+    def extend(self, seconds: float, status: str) -> None:
+        """Ask for ``seconds`` more to start (or stop), saying why."""
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}\nSTATUS={status}")
 
     def alive(self) -> None:
         if self.every is None:

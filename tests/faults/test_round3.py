@@ -13,6 +13,8 @@ import uuid
 
 import pytest
 
+from procs import patience
+from watchrun import WatchRun
 from resreap.errors import ReloadFailed, UsageError
 from resreap.host import procinfo
 from resreap.ops import instance
@@ -288,3 +290,32 @@ def test_a_namespace_whose_last_process_left_costs_one_look(monkeypatch):
         assert entered.count(holder.pid) <= 1, entered  # other tests' namespaces aside
     finally:
         table.close()
+
+
+# -- #23: a ConfigMap's directory is 0777, mounted read-only ----------------
+
+
+def test_a_world_writable_config_directory_is_refused_unless_mounted_read_only(
+        resreap_bin, tmp_path, tag):
+    """Kubernetes mounts a ConfigMap as a 0777 directory, read-only in the
+    container: nothing can be written through it, so it is trusted; the
+    same directory writable is refused (anyone could swap the file and
+    its hook would run as root)."""
+    conf_dir = tmp_path / "configmap"
+    conf_dir.mkdir()
+    (conf_dir / "resreap.toml").write_text(f'filter = "{tag[4:]}"\ndry_run = true\n')
+    os.chmod(conf_dir, 0o777)
+    conf = str(conf_dir / "resreap.toml")
+    refused = subprocess.run([resreap_bin, "watch", "--config", conf], capture_output=True,
+                             text=True, timeout=patience(30))
+    assert refused.returncode == 2
+    assert "writable by group or others" in refused.stderr and refused.stderr.count("\n") == 1
+    read_only = (f"mount --bind {conf_dir} {conf_dir} && "
+                 f"mount -o remount,bind,ro {conf_dir} && exec \"$@\"")
+    run = WatchRun(resreap_bin, "--config", conf,
+                   wrap=("unshare", "-m", "--propagation", "private", "sh", "-c", read_only, "sh"))
+    try:
+        start = run.wait_for(lambda e: e["event"] == Event.START)
+        assert start["dry_run"] is True and start["filter"] == tag[4:]
+    finally:
+        assert run.stop() == 0

@@ -160,3 +160,33 @@ def test_reload_command_waits_and_reports_a_rejected_config(resreap_bin, tag, tm
     gone = subprocess.run([resreap_bin, "reload"],
                           capture_output=True, text=True, timeout=patience(60))
     assert gone.returncode == 2 and "no resreap watch" in gone.stderr
+
+
+def test_reload_finds_a_dry_run_and_leaving_dry_run_takes_the_lock(resreap_bin, tag, tmp_path):
+    """#23: a dry run takes no lock, so `resreap reload` found nothing (the
+    DaemonSet starts in dry run).  It registers itself now; a reload that
+    leaves dry run takes the one-watch lock; a second dry run beside it is
+    reloaded with --pid."""
+    conf = tmp_path / "resreap.toml"
+    conf.write_text(f'filter = "{tag[4:]}"\ndry_run = true\n')
+    run = WatchRun(resreap_bin, "--config", str(conf))
+    other = None
+    try:
+        start = run.wait_for(lambda e: e["event"] == Event.START)
+        assert start["lock"] == "none (dry run; registered for resreap reload)"
+        other = WatchRun(resreap_bin, "--config", str(conf))
+        said = other.wait_for(lambda e: e["event"] == Event.START)["lock"]
+        assert "another dry run is registered" in said
+        conf.write_text(f'filter = "{tag[4:]}"\nlimit = 7\n')
+        ok = subprocess.run([resreap_bin, "reload"], capture_output=True, text=True,
+                            timeout=patience(60))
+        assert ok.returncode == 0 and f"pid {run.proc.pid} reloaded" in ok.stdout, ok.stderr
+        assert "dry_run=False" in ok.stdout
+        # Acting now: it holds the lock, and is what reload finds first.
+        again = subprocess.run([resreap_bin, "reload"], capture_output=True, text=True,
+                               timeout=patience(60))
+        assert again.returncode == 0 and f"pid {run.proc.pid} reloaded" in again.stdout
+    finally:
+        if other is not None:
+            assert other.stop() == 0
+        assert run.stop() == 0

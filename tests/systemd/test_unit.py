@@ -278,6 +278,47 @@ def test_metrics_need_the_network_drop_in(machine):
                    "systemctl reset-failed resreap; systemctl restart resreap")
 
 
+def test_systemctl_status_says_what_it_watches(machine):
+    """#23: STATUS= names what is watched and how (systemctl status shows it)."""
+    text = machine.show("resreap", "StatusText")
+    assert text.startswith("watching ") and "bpf, loader core" in text and "limit 2" in text, text
+
+
+def _restart_with(machine: Machine, config: str) -> None:
+    machine.sh(f"cat > /etc/resreap/resreap.toml <<'EOF'\n{config}EOF\n"
+               "systemctl reset-failed resreap; systemctl restart resreap", check=False)
+
+
+def test_a_bad_config_at_start_fails_at_once_instead_of_cycling(machine):
+    """#23: exit 2 (a usage error) is not restarted (RestartPreventExitStatus):
+    the unit fails once, the reason in the journal, instead of retrying to
+    the start limit."""
+    try:
+        _restart_with(machine, "limit = 'broken'\n")
+        wait_for("the unit to fail", lambda: machine.show("resreap", "ActiveState") == "failed")
+        assert machine.show("resreap", "ExecMainStatus") == "2"
+        assert machine.show("resreap", "NRestarts") == "0"
+        assert "'broken'" in machine.journal("resreap", "-n", "20")
+    finally:
+        _restart_with(machine, CONFIG)
+    wait_for("resreap to start again", lambda: machine.show("resreap", "ActiveState") == "active")
+
+
+def test_the_log_file_goes_to_its_own_logs_directory(machine):
+    """#23: LogsDirectory=resreap (0700) instead of all of /var/log."""
+    try:
+        _restart_with(machine, CONFIG + 'log_file = "/var/log/resreap/resreap.log"\n')
+        wait_for("the log file", lambda: "start backend=" in machine.sh(
+            "cat /var/log/resreap/resreap.log 2>/dev/null || true").stdout)
+        assert machine.sh("stat -c %a /var/log/resreap").stdout.strip() == "700"
+        _restart_with(machine, CONFIG + 'log_file = "/var/log/elsewhere.log"\n')
+        wait_for("the refusal", lambda: machine.show("resreap", "ActiveState") == "failed")
+        assert "Read-only file system" in machine.journal("resreap", "-n", "20")
+    finally:
+        _restart_with(machine, CONFIG)
+    wait_for("resreap to start again", lambda: machine.show("resreap", "ActiveState") == "active")
+
+
 def test_stop_is_clean(machine):
     assert machine.show("resreap", "TimeoutStopUSec") == "5s"
     machine.run("systemctl", "stop", "resreap")

@@ -94,8 +94,8 @@ def test_service_unit_and_daemonset_agree_with_the_code(tmp_path):
     unit = (ROOT / "packaging/resreap.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "Restart=always" in unit
     assert "ProtectSystem=strict" in unit and "NoNewPrivileges=yes" in unit
-    # bcc reads the headers under /lib/modules: hiding them turned BPF off
-    # silently under the unit (issue #12.1).
+    # bcc (the fallback) reads the headers under /lib/modules: hiding them
+    # turned BPF off silently under the unit (issue #12.1).
     settings = [line for line in unit.splitlines() if not line.startswith("#")]
     assert "ProtectKernelModules=no" in settings and "ProtectKernelModules=yes" not in settings
     # No IP unless the network drop-in is installed (metrics, calling hooks).
@@ -121,6 +121,22 @@ def test_service_unit_and_daemonset_agree_with_the_code(tmp_path):
     mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
     assert "/run/resreap" in mounts and not mounts["/run/resreap"].get("readOnly")
     assert all(m.get("readOnly") for path, m in mounts.items() if path.startswith(("/sys", "/lib")))
+    # #23: a node agent's priority; a startup probe, not a fixed delay; the
+    # lock on the host's /run/resreap; AppArmor's default profile would
+    # forbid ptrace and signals to other containers' processes.
+    assert spec["priorityClassName"] == "system-node-critical"
+    container = spec["containers"][0]
+    assert "startupProbe" in container and "initialDelaySeconds" not in container["livenessProbe"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["run"]["hostPath"]["path"] == "/run/resreap"
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["container.apparmor.security.beta.kubernetes.io/resreap"] == "unconfined"
+    guide = (ROOT / "docs/kubernetes.md").read_text()
+    assert "kill -HUP 1`" not in guide.replace("Never `kill -HUP 1`", "")
+    assert "resreap reload" in guide
+    # The unit: usage errors are not restarted; only its own logs directory.
+    assert "RestartPreventExitStatus=2" in settings and "LogsDirectory=resreap" in settings
+    assert not any(line.startswith("ReadWritePaths=") for line in settings)
     cm = [d for d in docs if d["kind"] == "ConfigMap"][0]
     conf = tmp_path / "cm.toml"
     conf.write_text(cm["data"]["resreap.toml"])
