@@ -1,7 +1,7 @@
 # Developer shortcuts.  `make unit` needs neither root nor apt: it makes its
 # own venv (.venv-unit) and runs the unit layer; the rest do their own
 # set-up as root.
-.PHONY: setup test unit test-unit run trace bench bpf clean
+.PHONY: setup test unit test-unit run trace bench bpf deb clean
 
 PYTHON ?= python3
 
@@ -25,6 +25,10 @@ test-unit: unit
 # The prebuilt BPF program (clang only): bpf/resreap.bpf.o.
 bpf:
 	scripts/build-bpf
+
+# The Debian package (as root: installs debhelper and dh-virtualenv): dist/.
+deb:
+	scripts/build-deb
 
 run:
 	scripts/run watch

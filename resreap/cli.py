@@ -314,14 +314,36 @@ def doctor(json_out: JsonOpt = False) -> None:
     raise typer.Exit(0 if doc.can_run(results) else 1)
 
 
+# Shell completion: the packages ship the script (completion_script), which
+# asks the program itself with this variable set.
+COMPLETE_VAR = "_RESREAP_COMPLETE"
+
+
+def completion_script(shell: str = "bash") -> str:
+    """The completion script to install (the .deb's bash completion)."""
+    from typer.completion import completion_init
+    from typer._completion_shared import get_completion_script
+
+    completion_init()
+    return get_completion_script(prog_name="resreap", complete_var=COMPLETE_VAR, shell=shell)
+
+
 def main() -> None:
     """Run the app; usage errors are one line and exit 2, like ours."""
+    import os
+
+    if COMPLETE_VAR in os.environ:
+        # add_completion=False keeps --install-completion out of --help;
+        # the shipped script still needs the shells' classes registered.
+        from typer.completion import completion_init
+
+        completion_init()
     try:
         from typer._click import exceptions as click_exc  # typer >= 0.26 vendors click
     except ImportError:  # pragma: no cover - older typer with click installed
         import click.exceptions as click_exc  # type: ignore[no-redef]
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="resreap", standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:
         typer.echo(exc.format_message() if hasattr(exc, "format_message") else str(exc))
         sys.exit(0)

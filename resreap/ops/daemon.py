@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Any, Iterable
 
-from resreap import tunables
+from resreap import __version__, tunables
 from resreap.engine.config import Current
 from resreap.engine.decisions import Event, decision
 from resreap.engine.owners import OwnerResolver, check_privileges
@@ -167,7 +167,7 @@ class Daemon:
                  ignore=list(st.ignore), pid=sorted(config.filters.pids),
                  namespaces=namespaces,
                  lock=self._describe_lock(),
-                 fd_limit=fd_limit,
+                 fd_limit=fd_limit, version=__version__,
                  note="Ctrl-C to end")
 
     # -- the loop's tick --------------------------------------------------

@@ -211,6 +211,12 @@ class Exporter:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         snap = self.snapshot
+        from resreap import __version__
+
+        build = GaugeMetricFamily("resreap_build_info", "The running resreap's version",
+                                  labels=["version"])
+        build.add_metric([__version__], 1)
+        yield build
         info = GaugeMetricFamily("resreap_backend_info",
                                  "Event source in use, and how its BPF program was loaded",
                                  labels=["backend", "loader"])

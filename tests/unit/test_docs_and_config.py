@@ -198,3 +198,31 @@ def test_decision_lines_are_named_by_the_enum_only():
                     and node.args and isinstance(node.args[0], ast.Constant):
                 loose.append(f"{path.name}:{node.lineno}")
     assert not loose
+
+
+def test_the_version_comes_from_one_place():
+    """#23: resreap/__init__.py's version is the package's (debian/changelog,
+    a native package) and the metric's."""
+    from resreap import __version__
+
+    top = (ROOT / "debian/changelog").read_text().splitlines()[0]
+    assert top.startswith(f"resreap ({__version__}) "), top
+    assert "resreap_build_info" in (ROOT / "resreap/ops/metrics.py").read_text()
+
+
+def test_bash_completion_is_answered_by_the_program(tmp_path):
+    """#23: the package's completion script asks `resreap` with
+    _RESREAP_COMPLETE set; the app answers though --install-completion is
+    kept out of --help."""
+    import os
+    import subprocess
+    import sys
+
+    from resreap.cli import completion_script
+
+    assert "_RESREAP_COMPLETE=complete_bash" in completion_script()
+    env = dict(os.environ, COMP_WORDS="resreap watch --gr", COMP_CWORD="2",
+               _RESREAP_COMPLETE="complete_bash")
+    got = subprocess.run([sys.executable, "-m", "resreap"], env=env, capture_output=True,
+                         text=True, timeout=30, cwd=tmp_path)
+    assert got.stdout.split() == ["--grace"], got.stderr
