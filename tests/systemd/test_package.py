@@ -128,7 +128,7 @@ def test_3_upgrade_keeps_the_edited_conffile_and_runs_the_new_code(box):
 def test_4_remove_stops_the_daemon_and_keeps_the_config(box):
     box.run("dpkg", "-r", "resreap", timeout=300)
     assert box.show("resreap", "ActiveState") in ("inactive", "failed", "")
-    assert box.sh("pgrep -f 'resreap watch' || echo none").stdout.strip() == "none"
+    assert box.sh("pgrep -x resreap || echo none").stdout.strip() == "none"
     assert box.run("cat", "/etc/resreap/resreap.toml").stdout == CONFIG
     assert box.sh("ls /opt/resreap/venv /usr/bin/resreap 2>/dev/null | wc -l").stdout.strip() == "0"
 
