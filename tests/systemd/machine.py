@@ -13,38 +13,24 @@ Commands run inside through nsenter.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+from debtree import debian_tree
 from procs import patience
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("RESREAP_CI_CACHE", "/var/cache/resreap-ci"))
-MIRROR = os.environ.get("RESREAP_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "libbpf1", "python3-venv", "iproute2",
             "procps", "ca-certificates"]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def rootfs() -> Path:
-    """The cached Debian 12 tree (made if missing)."""
-    tag = hashlib.sha256(" ".join(PACKAGES).encode()).hexdigest()[:10]
-    tree = CACHE / f"bookworm-{tag}"
-    if (tree / "usr/lib/systemd/systemd").exists():
-        return tree
-    CACHE.mkdir(parents=True, exist_ok=True)
-    partial = CACHE / f"{tree.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                    "bookworm", str(partial), MIRROR],
-                   check=True, stdout=subprocess.DEVNULL, timeout=900)
-    partial.rename(tree)  # only a complete tree is ever used
-    return tree
+    """The box's cached Debian 12 tree (made if missing)."""
+    return debian_tree(PACKAGES)
 
 
 class Machine:

@@ -127,6 +127,9 @@ def test_service_unit_and_daemonset_agree_with_the_code(tmp_path):
     assert spec["priorityClassName"] == "system-node-critical"
     container = spec["containers"][0]
     assert "startupProbe" in container and "initialDelaySeconds" not in container["livenessProbe"]
+    from resreap import __version__
+
+    assert container["image"] == f"localhost/resreap:{__version__}"  # scripts/build-image's tag
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["run"]["hostPath"]["path"] == "/run/resreap"
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
