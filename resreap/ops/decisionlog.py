@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from resreap.errors import UsageError
-from resreap.ops import config
 from resreap.ops.formatting import safe
+from resreap.host.trust import check_chain
 
 
 _QUOTE = set(' "\'=\\')
@@ -81,7 +81,7 @@ class SafeFileHandler(logging.handlers.WatchedFileHandler):
         # Its directories too: through a user's directory swapped for a
         # symlink, root would create the file anywhere (/etc/cron.d).
         try:
-            config.check_chain(os.path.dirname(self.baseFilename) or ".", "log directory",
+            check_chain(os.path.dirname(self.baseFilename) or ".", "log directory",
                                "root's log lines could be sent anywhere")
         except UsageError as exc:
             raise OSError(1, str(exc)) from None

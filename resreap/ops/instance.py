@@ -26,7 +26,7 @@ from typing import NamedTuple
 from resreap import tunables
 from resreap.errors import AlreadyRunning, ReloadFailed, ResreapError, UsageError
 from resreap.host import procinfo
-from resreap.ops import config
+from resreap.host.trust import check_chain
 
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one and return it: the
@@ -102,7 +102,7 @@ def _private_dir(path: str) -> None:
                          "refusing it (anyone could take the one-watch lock)")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o700)  # ours: RuntimeDirectory= makes it 0755 by default
-    config.check_chain(os.path.dirname(path), "lock directory",
+    check_chain(os.path.dirname(path), "lock directory",
                        "anyone could take the one-watch lock")
 
 

@@ -30,7 +30,7 @@ from typing import NamedTuple
 from resreap import tunables
 from resreap.sources import core_loader
 from resreap.sources.bpf_loader import CHILD_CWD, child_python
-from resreap.sources.program import OBJECT, SOURCE, event_layout, too_old
+from resreap.sources.program import OBJECT, SOURCE, event_layout, too_old, untrusted
 from resreap.errors import BackendUnavailable, BpfCallError, NotRoot
 from resreap.sources.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, TCP_LAST_ACK, Kind, SockId, Transition
@@ -112,6 +112,9 @@ def check_bcc() -> None:
             f"or run scripts/setup, which links the distro's generic headers{hidden}")
     if not SOURCE.is_file():
         raise BackendUnavailable(f"the BPF program is missing from the install: {SOURCE}")
+    bad = untrusted(SOURCE, SOURCE.parent / "resreap.h")
+    if bad:
+        raise BackendUnavailable(bad)
 
 
 @contextlib.contextmanager

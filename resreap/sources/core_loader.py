@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from resreap.errors import BackendUnavailable
-from resreap.sources.program import event_layout
+from resreap.sources.program import event_layout, untrusted
 
 PROGRAM = b"resreap_set_state"
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
@@ -91,6 +91,9 @@ def unusable(object_path: Path) -> str | None:
         return f"this kernel has no BTF ({VMLINUX_BTF} is missing)"
     if not object_path.is_file():
         return f"no prebuilt program at {object_path} (build it: scripts/build-bpf)"
+    bad = untrusted(object_path, object_path.parent / "resreap.h")
+    if bad:
+        return bad
     if ctypes.util.find_library("bpf") is None and not _loadable(LIBBPF):
         return f"{LIBBPF} is not installed (apt-get install libbpf1)"
     return None

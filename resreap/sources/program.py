@@ -16,7 +16,8 @@ import platform
 import re
 from pathlib import Path
 
-from resreap.errors import BackendUnavailable
+from resreap.errors import BackendUnavailable, UsageError
+from resreap.host.trust import check_chain
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 BPF_DIR = _PACKAGE / "bpf" if (_PACKAGE / "bpf").is_dir() else _PACKAGE.parent / "bpf"
@@ -25,6 +26,18 @@ OBJECT = BPF_DIR / "resreap.bpf.o"
 # The program's ring buffer map arrived in Linux 5.8 (and mainstream
 # kernels have had BTF since): older kernels are watched by polling.
 MIN_KERNEL = (5, 8)
+
+
+def untrusted(*paths: Path) -> str | None:
+    """Why root must not load these program files (None: it may): each
+    and every directory above it must be root's, not writable by others.
+    A rewritten program would run in the kernel, and feed the watch."""
+    for path in paths:
+        try:
+            check_chain(str(path), "BPF program file", "it would run in the kernel")
+        except UsageError as exc:
+            return str(exc)
+    return None
 
 
 def kernel_version(release: str | None = None) -> tuple[int, int]:

@@ -70,3 +70,19 @@ def test_the_shipped_header_declares_the_settings_the_loader_writes():
     program's .rodata: the header's struct must be exactly that."""
     layout = struct_layout((BPF_DIR / "resreap.h").read_text(), "resreap_config")
     assert layout == {"size": 8, "fields": [["first_pass", 0, "I"], ["wakeup_every", 4, "I"]]}
+
+
+def test_a_program_file_others_may_rewrite_is_never_loaded(tmp_path, monkeypatch):
+    """Root loads the object into the kernel: a group-writable file (or
+    directory above it) is refused, as the config is, and said why."""
+    import os
+
+    (tmp_path / "btf").write_bytes(b"")
+    monkeypatch.setattr(core_loader, "VMLINUX_BTF", str(tmp_path / "btf"))
+    obj = tmp_path / "resreap.bpf.o"
+    obj.write_bytes(b"\x7fELF")
+    (tmp_path / "resreap.h").write_text((BPF_DIR / "resreap.h").read_text())
+    os.chmod(tmp_path, 0o700)
+    assert core_loader.unusable(obj) is None
+    os.chmod(obj, 0o664)
+    assert "writable by group or others" in core_loader.unusable(obj)
