@@ -218,8 +218,11 @@ def test_a_broken_prebuilt_object_falls_back_to_bcc_and_says_why(tmp_path, monke
     while bcc can compile the same program; the reason is kept."""
     from resreap.sources import bpf_events
 
+    from resreap.sources.program import BPF_DIR
+
     broken = tmp_path / "resreap.bpf.o"
     broken.write_bytes(b"not an object")
+    (tmp_path / "resreap.h").write_text((BPF_DIR / "resreap.h").read_text())
     monkeypatch.setattr(bpf_events, "OBJECT", broken)
     loaded = bpf_events.load(0, 16)
     try:
