@@ -44,6 +44,12 @@ def _text_value(value: Any) -> str:
 
 
 class TextFormatter(logging.Formatter):
+    def __init__(self, stamp: bool = True) -> None:
+        """``stamp``: begin with the time and level (not for the journal,
+        which keeps both)."""
+        super().__init__()
+        self.stamp = stamp
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
         stamp += f".{int(record.msecs):03d}"
@@ -54,7 +60,7 @@ class TextFormatter(logging.Formatter):
             text = record.msg + "".join(f" {k}={_text_value(v)}" for k, v in fields.items())
         if record.exc_info:
             text += " | " + safe(self.formatException(record.exc_info).replace("\n", " | "))
-        return f"{stamp} {record.levelname.lower()} {text}"
+        return f"{stamp} {record.levelname.lower()} {text}" if self.stamp else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -145,6 +151,29 @@ class JournalPrefix(logging.Formatter):
         return f"<{_PRIORITY.get(record.levelno, 6)}>{self.inner.format(record)}"
 
 
+class JournalHandler(StderrHandler):
+    """stderr is the journal: each line is sent as an entry with native
+    fields (ops/journal.py), its MESSAGE ``message_format``'s text; where
+    journald cannot be reached, the prefixed line goes to stderr."""
+
+    def __init__(self, stream, message_format: logging.Formatter, sender=None) -> None:
+        from resreap.ops.journal import JournalSender
+
+        super().__init__(stream)
+        self.message_format = message_format
+        self.sender = sender or JournalSender()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from resreap.ops.journal import entry
+
+        try:
+            fields = entry(record, self.message_format.format(record))
+        except Exception:  # noqa: BLE001 - a line is never lost to a field
+            fields = None
+        if fields is None or not self.sender.send(fields):
+            super().emit(record)
+
+
 def to_journal(stream) -> bool:
     """Is ``stream`` the journal?  systemd sets JOURNAL_STREAM to the
     device:inode of the stderr it connects there."""
@@ -165,7 +194,12 @@ def configure(*, debug: bool, json_lines: bool, log_file: str | None,
     import sys
 
     formatter: logging.Formatter = JsonFormatter() if json_lines else TextFormatter()
-    handlers: list[logging.Handler] = [StderrHandler(stream or sys.stderr)]
+    stream = stream or sys.stderr
+    stderr: StderrHandler = StderrHandler(stream)
+    if to_journal(stream):
+        # Native fields; the MESSAGE without the time and level journald keeps.
+        stderr = JournalHandler(stream, formatter if json_lines else TextFormatter(stamp=False))
+    handlers: list[logging.Handler] = [stderr]
     if log_file:
         handlers.append(SafeFileHandler(log_file))
     root = logging.getLogger("resreap")

@@ -80,7 +80,7 @@ def _main_pid(box: Machine) -> int:
 
 
 def _started(box: Machine) -> list[str]:
-    return [line for line in box.journal("resreap").splitlines() if " start backend=" in line]
+    return [line for line in box.journal("resreap").splitlines() if line.startswith("start backend=")]
 
 
 def test_1_install_enables_and_starts_it(box):

@@ -95,7 +95,7 @@ def _main_pid(box: Machine, unit: str) -> int:
 
 
 def _started(box: Machine) -> list[str]:
-    return [line for line in box.journal("resreap").splitlines() if " start backend=" in line]
+    return [line for line in box.journal("resreap").splitlines() if line.startswith("start backend=")]
 
 
 def test_bpf_backend_under_the_unit(machine):
@@ -138,7 +138,7 @@ def test_a_broken_config_on_reload_fails_and_keeps_the_old_settings(machine):
     assert _main_pid(machine, "resreap") == pid  # still the same daemon
     ok = machine.run("systemctl", "reload", "resreap", check=False)
     assert ok.returncode == 0, ok.stderr
-    assert re.search(r"warning reload limit=2 grace=1 ", machine.journal("resreap"))
+    assert re.search(r"(?m)^reload limit=2 grace=1 ", machine.journal("resreap"))
 
 
 def test_a_leaking_on_failure_service_is_reaped_and_comes_back(machine):
@@ -165,8 +165,18 @@ def test_a_leaking_on_failure_service_is_reaped_and_comes_back(machine):
         "journalctl", "--no-pager", "-o", "json", "-u", "resreap", "-p", "warning"
     ).stdout.splitlines()]
     ours = [r for r in reap if f"pid={first} " in r["MESSAGE"]]
-    assert {r["MESSAGE"].split()[2] for r in ours} == {"reap", "outcome"}
+    assert {r["MESSAGE"].split()[0] for r in ours} == {"reap", "outcome"}
     assert {r["PRIORITY"] for r in ours} == {"4"}
+    # #25: native fields; the MESSAGE has no time or level of its own (the
+    # journal keeps both); the process acted on is the entry's object, so
+    # `journalctl -u leaky.service` shows its reap.
+    assert {r["RESREAP_EVENT"] for r in ours} == {"reap", "outcome"}
+    assert all(r["RESREAP_PID"] == str(first) and r["OBJECT_PID"] == str(first) for r in ours)
+    assert all(len(r["MESSAGE_ID"]) == 32 for r in ours)
+    theirs = [json.loads(raw) for raw in machine.run(
+        "journalctl", "--no-pager", "-o", "json", "-u", "leaky.service").stdout.splitlines()]
+    assert any(r.get("RESREAP_EVENT") == "reap" and r.get("OBJECT_PID") == str(first)
+               for r in theirs)
     errors = machine.run("journalctl", "--no-pager", "-o", "cat", "-u", "resreap",
                          "-p", "err").stdout
     assert f"pid={first} " not in errors
@@ -326,4 +336,4 @@ def test_stop_is_clean(machine):
     # SIGKILL after it (Result would be "timeout").
     assert machine.show("resreap", "Result") == "success"
     assert machine.show("resreap", "ActiveState") == "inactive"
-    assert re.search(r"warning stop lost_events=0 ", machine.journal("resreap"))
+    assert re.search(r"(?m)^stop lost_events=0 ", machine.journal("resreap"))
