@@ -132,13 +132,18 @@ class Owner(NamedTuple):
 
 
 class Holder(NamedTuple):
-    """One of the largest holders, for metrics."""
+    """One of the largest holders, for metrics (labels that survive a
+    restart: no pid)."""
 
     pid: int
     comm: str
     unit: str
     container: str
     count: int
+
+
+# Kill durations (seconds), the histogram's upper bounds.
+KILL_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class Snapshot(NamedTuple):
@@ -153,6 +158,10 @@ class Snapshot(NamedTuple):
     hook_failures: int = 0
     events: dict = {}     # Kind.value -> transitions
     lost: int = 0
+    oldest: float = 0.0   # seconds the oldest CLOSE_WAIT socket has been there
+    holding: tuple[Holder, ...] = ()  # the largest holders of CLOSE_WAIT sockets now
+    kill_buckets: tuple[int, ...] = ()  # kills per KILL_BUCKETS bound (not cumulative)
+    kill_seconds: float = 0.0           # their total duration
 
 
 def format_addr(family: int, raw: bytes) -> str:

@@ -7,6 +7,7 @@ itself: the loop sleeps exactly until the next timer."""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from typing import Callable
@@ -22,7 +23,8 @@ from resreap.engine.policy import Eligibility, Limits, StormGuard
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, sockets, supervisor
 from resreap.host.procinfo import Proc
-from resreap.model import Holder, Owner, Result, Revival, Snapshot, SockId, SpareReason
+from resreap.model import KILL_BUCKETS, Holder, Owner, Result, Revival, Snapshot, SockId, \
+    SpareReason
 from resreap.sources.events import EventSource
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,9 @@ class Watcher:
         # Called once per loop turn (sd_notify pings, config reloads).
         self._tick = tick
         self.results: dict[str, int] = {}
+        # Kill durations for the histogram: per bucket, and their sum.
+        self._kill_buckets = [0] * (len(KILL_BUCKETS) + 1)
+        self._kill_seconds = 0.0
         self.reaped_evidence: dict[str, int] = {}
         self.revivals: dict[Revival, int] = {}
         self.hook_failures = 0
@@ -200,11 +205,21 @@ class Watcher:
 
         counts = [(len(socks), owner) for owner, socks in self.counter.by_owner.items()]
         best = heapq.nlargest(top, counts, key=lambda c: c[0])
-        holders = []
-        for n, o in best:
-            where = _where(o.pid, self.proc)
-            holders.append(Holder(o.pid, o.comm, where.get("unit", ""), where.get("container", ""), n))
+        holders = [self._holder(o, n) for n, o in best]
+        # Every CLOSE_WAIT socket with a known holder, counting or not yet:
+        # a process heading for a reap shows before its sockets count.
+        now_held: dict[Owner, int] = {}
+        oldest = None
+        for entry in self.table:
+            if oldest is None or entry.entered < oldest:
+                oldest = entry.entered
+            for owner in entry.owners or ():
+                now_held[owner] = now_held.get(owner, 0) + 1
+        holding = heapq.nlargest(top, ((n, o) for o, n in now_held.items()), key=lambda c: c[0])
         return Snapshot(
+            oldest=max(0.0, self._clock() - oldest) if oldest is not None else 0.0,
+            holding=tuple(self._holder(o, n) for n, o in holding),
+            kill_buckets=tuple(self._kill_buckets), kill_seconds=self._kill_seconds,
             tracked=len(self.table),
             top=tuple(holders),
             other=sum(n for n, _ in counts) - sum(n for n, _ in best),
@@ -215,6 +230,11 @@ class Watcher:
             events=dict(self.events_seen),
             lost=self._lost,
         )
+
+    def _holder(self, owner: Owner, count: int) -> Holder:
+        where = _where(owner.pid, self.proc)
+        return Holder(owner.pid, owner.comm, where.get("unit", ""), where.get("container", ""),
+                      count)
 
     @property
     def reaped(self) -> int:
@@ -414,6 +434,8 @@ class Watcher:
             if result.killed_it:
                 # A real kill: what the storm guard counts (at its start).
                 self.storm.record(info.cmdline, self._clock() - outcome.took)
+                self._kill_buckets[bisect.bisect_left(KILL_BUCKETS, outcome.took)] += 1
+                self._kill_seconds += outcome.took
             if result.killed_it or result is Result.EXITED:
                 left = self.sockets.left_behind(outcome.target.keys)
                 fields["sockets_left"] = left

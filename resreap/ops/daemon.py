@@ -227,6 +227,8 @@ class Daemon:
         Where it cannot be written (a read-only /run), the reload applied
         all the same; say so once, since `resreap reload` will time out."""
         self._generation += 1
+        if self.exporter is not None:
+            self.exporter.reloaded(ok)
         try:
             write_reload_status(ReloadStatus(os.getpid(), self._generation, ok, detail))
         except OSError as exc:

@@ -25,7 +25,10 @@ import threading
 import time
 
 from resreap.errors import UsageError
-from resreap.model import Snapshot
+from resreap.model import KILL_BUCKETS, Result, Snapshot
+
+# The outcomes that are kills (resreap_kills_total): the process was ended.
+KILLED = frozenset(r.value for r in Result if r.killed_it)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,7 @@ class Exporter:
         self.backend = backend
         self.loader = loader
         self.fallback = bpf_expected and backend != "bpf"
+        self.reload_ok, self.reload_at = True, 0.0
         self._snapshot = Snapshot()
         self._beat = time.monotonic()
         REGISTRY.register(self)
@@ -197,6 +201,35 @@ class Exporter:
                         "packaging/resreap.service.d/network.conf as a drop-in)")
             raise UsageError(f"--metrics {listen}: {exc.strerror}{hint}") from None
 
+    def reloaded(self, ok: bool) -> None:
+        self.reload_ok, self.reload_at = ok, time.time()
+
+    @staticmethod
+    def _per_holder(name: str, text: str, holders):
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(name, text, labels=["comm", "unit", "container"])
+        summed: dict[tuple[str, str, str], int] = {}
+        for h in holders:
+            key = (h.comm, h.unit, h.container)
+            summed[key] = summed.get(key, 0) + h.count
+        for key, n in summed.items():
+            family.add_metric(list(key), n)
+        return family
+
+    @staticmethod
+    def _durations(snap: Snapshot):
+        from prometheus_client.core import HistogramMetricFamily
+
+        buckets, total = [], 0
+        counts = snap.kill_buckets or (0,) * (len(KILL_BUCKETS) + 1)
+        for bound, n in zip((*KILL_BUCKETS, float("inf")), counts):
+            total += n
+            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", total))
+        return HistogramMetricFamily("resreap_kill_duration_seconds",
+                                     "From the first signal (or hook) to the process's end, "
+                                     "for kills", buckets=buckets, sum_value=snap.kill_seconds)
+
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
@@ -208,9 +241,15 @@ class Exporter:
         self._beat = time.monotonic()
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         snap = self.snapshot
+        yield from self._about()
+        yield from self._sockets(snap)
+        yield from self._reaps(snap)
+        yield from self._events(snap)
+
+    def _about(self):
+        """What runs: version, event source, reloads."""
+        from prometheus_client.core import GaugeMetricFamily
         from resreap import __version__
 
         build = GaugeMetricFamily("resreap_build_info", "The running resreap's version",
@@ -225,22 +264,49 @@ class Exporter:
         yield GaugeMetricFamily("resreap_bpf_fallback",
                                 "1: BPF was expected but the polling backend runs",
                                 value=int(self.fallback))
+        yield GaugeMetricFamily("resreap_last_reload_success",
+                                "1: the last reload applied (0: rejected, the old settings stay)",
+                                value=int(self.reload_ok))
+        yield GaugeMetricFamily("resreap_last_reload_timestamp_seconds",
+                                "When the last reload was answered (0: none yet)",
+                                value=round(self.reload_at, 3))
+
+    def _sockets(self, snap: Snapshot):
+        """CLOSE_WAIT now: how many, how old, who holds them."""
+        from prometheus_client.core import GaugeMetricFamily
+
         yield GaugeMetricFamily("resreap_close_wait_sockets",
                                 "Sockets in CLOSE_WAIT (after -F)", value=snap.tracked)
-        per = GaugeMetricFamily("resreap_counting_sockets",
-                                f"Sockets past the grace, per holder (top {TOP})",
-                                labels=["pid", "comm", "unit", "container"])
-        for holder in snap.top:
-            per.add_metric([str(holder.pid), holder.comm, holder.unit, holder.container],
-                           holder.count)
-        yield per
+        yield GaugeMetricFamily("resreap_close_wait_oldest_seconds",
+                                "How long the oldest CLOSE_WAIT socket has been there",
+                                value=round(snap.oldest, 3))
+        # Per holder, labelled by what survives a restart (no pid): a
+        # restarted service keeps its series; the largest TOP only.
+        yield self._per_holder("resreap_counting_sockets",
+                               f"Sockets past the grace, per holder (top {TOP})", snap.top)
+        yield self._per_holder("resreap_close_wait_sockets_by_holder",
+                               f"CLOSE_WAIT sockets now, counting or not yet, per holder "
+                               f"(top {TOP}): a process heading for a reap", snap.holding)
         yield GaugeMetricFamily("resreap_counting_sockets_other",
                                 f"Sockets past the grace held by processes beyond the top {TOP}",
                                 value=snap.other)
-        kills = CounterMetricFamily("resreap_kills", "Kill sequences by outcome", labels=["result"])
+
+    def _reaps(self, snap: Snapshot):
+        """What was done: kills, every outcome, how long kills took."""
+        from prometheus_client.core import CounterMetricFamily
+
+        kills = CounterMetricFamily("resreap_kills", "Processes killed, by how (terminated, "
+                                    "killed: SIGKILL was needed)", labels=["result"])
+        outcomes = CounterMetricFamily("resreap_outcomes", "Every kill sequence's outcome, "
+                                       "kills included (spared, dry-run, resolved, replaced...)",
+                                       labels=["result"])
         for result, n in snap.outcomes.items():
-            kills.add_metric([result], n)
+            outcomes.add_metric([result], n)
+            if result in KILLED:
+                kills.add_metric([result], n)
         yield kills
+        yield outcomes
+        yield self._durations(snap)
         reaped = CounterMetricFamily("resreap_reaped_sockets",
                                      "Sockets behind reap decisions, by evidence", labels=["evidence"])
         for kind, n in snap.evidence.items():
@@ -254,6 +320,10 @@ class Exporter:
         yield revived
         yield CounterMetricFamily("resreap_hook_failures", "Hooks that exited non-zero or timed out",
                                   value=snap.hook_failures)
+
+    def _events(self, snap: Snapshot):
+        from prometheus_client.core import CounterMetricFamily
+
         events = CounterMetricFamily("resreap_events", "Transitions seen", labels=["kind"])
         for kind, n in snap.events.items():
             events.add_metric([kind], n)

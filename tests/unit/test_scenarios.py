@@ -555,6 +555,24 @@ def test_snapshot_is_typed(world):
     assert snap.top[0].unit == "app.service" and snap.events["enter"] == 2
 
 
+def test_a_process_heading_for_a_reap_shows_before_its_sockets_count(world):
+    """#25: two unread CLOSE_WAIT sockets count only after the stall (60 s):
+    the counting metric showed nothing; the holders of CLOSE_WAIT sockets
+    now, and the oldest's age, show it at once.  A kill's duration lands in
+    the histogram."""
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0, evidence="unread")
+    w = world.watch(limit=2, grace=2.0, stall=60.0)
+    world.run(10)
+    snap = w.snapshot(20)
+    assert snap.top == () and snap.holding[0].pid == 1000 and snap.holding[0].count == 2
+    assert 8.5 <= snap.oldest <= 9.5
+    assert sum(snap.kill_buckets) == 0
+    world.run(70)
+    snap = w.snapshot(20)
+    assert world.reaped() == [1000] and sum(snap.kill_buckets) == 1
+
+
 def test_counting_sockets_held_by_no_one_are_orphans(world):
     """In flight in a unix socket, or held by an unreadable process: no
     one to reap, said once, and the retries back off."""

@@ -261,21 +261,40 @@ def test_the_killer_brings_the_service_back_after_a_real_kill(restart_units, dry
 
 
 def test_metrics_label_holders_with_unit_and_container():
+    """#25: labels that survive a restart (no pid: a restarted service keeps
+    its series), two holders of one service summed; kills apart from the
+    other outcomes; kill durations as a histogram; reload success."""
     from resreap.ops.metrics import Exporter
     from resreap.model import Holder, Snapshot
 
     exporter = Exporter.__new__(Exporter)  # no endpoint: only the collector
     exporter.backend, exporter.loader, exporter.fallback = "bpf", "core", False
-    exporter._snapshot = Snapshot(top=(Holder(7, "srv", "leaky.service", "", 3),
-                                       Holder(8, "app", "", "abcdef012345", 2)),
-                                  revivals={"started": 1})
+    exporter.reload_ok, exporter.reload_at = False, 1234.5
+    exporter._snapshot = Snapshot(
+        top=(Holder(7, "srv", "leaky.service", "", 3), Holder(9, "srv", "leaky.service", "", 1),
+             Holder(8, "app", "", "abcdef012345", 2)),
+        holding=(Holder(7, "srv", "leaky.service", "", 5),), oldest=42.25,
+        outcomes={"terminated": 2, "killed": 1, "dry-run": 4, "spared": 1},
+        kill_buckets=(0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0), kill_seconds=3.2,
+        revivals={"started": 1})
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in exporter.collect() for s in f.samples}
-    key = ("resreap_counting_sockets",
-           (("comm", "srv"), ("container", ""), ("pid", "7"), ("unit", "leaky.service")))
-    assert samples[key] == 3
+    srv = (("comm", "srv"), ("container", ""), ("unit", "leaky.service"))
+    assert samples[("resreap_counting_sockets", srv)] == 4
     assert samples[("resreap_counting_sockets", (("comm", "app"), ("container", "abcdef012345"),
-                                                 ("pid", "8"), ("unit", "")))] == 2
+                                                 ("unit", "")))] == 2
+    assert not any("pid" in dict(labels) for _name, labels in samples)
+    assert samples[("resreap_close_wait_sockets_by_holder", srv)] == 5
+    assert samples[("resreap_close_wait_oldest_seconds", ())] == 42.25
+    assert samples[("resreap_kills_total", (("result", "terminated"),))] == 2
+    assert ("resreap_kills_total", (("result", "dry-run"),)) not in samples
+    assert samples[("resreap_outcomes_total", (("result", "dry-run"),))] == 4
+    assert samples[("resreap_kill_duration_seconds_bucket", (("le", "0.05"),))] == 1
+    assert samples[("resreap_kill_duration_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert samples[("resreap_kill_duration_seconds_count", ())] == 3
+    assert samples[("resreap_kill_duration_seconds_sum", ())] == 3.2
+    assert samples[("resreap_last_reload_success", ())] == 0
+    assert samples[("resreap_last_reload_timestamp_seconds", ())] == 1234.5
     assert samples[("resreap_revivals_total", (("revive", "started"),))] == 1
 
 
