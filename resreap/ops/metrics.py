@@ -302,8 +302,9 @@ class Exporter:
                                        labels=["result"])
         for result, n in snap.outcomes.items():
             outcomes.add_metric([result], n)
-            if result in KILLED:
-                kills.add_metric([result], n)
+        # Kills exist from the start, at 0: increase() then counts the first.
+        for result in sorted(KILLED):
+            kills.add_metric([result], snap.outcomes.get(result, 0))
         yield kills
         yield outcomes
         yield self._durations(snap)
