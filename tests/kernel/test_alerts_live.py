@@ -71,6 +71,7 @@ def prometheus(tmp_path):
         proc.wait(30)
 
 
+@pytest.mark.alone  # the per-holder metrics see every process on the host
 def test_a_reap_storm_fires_its_alert_through_prometheus(prometheus, resreap_bin, actors, tag):
     base, port = prometheus
     run = WatchRun(resreap_bin, "--backend", "bpf", "-f", tag[4:], "-i", "0.5", "-w", "0.5",
@@ -96,7 +97,7 @@ def test_a_reap_storm_fires_its_alert_through_prometheus(prometheus, resreap_bin
         assert until(firing, 40), (_api(base, "alerts"),
                                    _api(base, "query", query="resreap_kills_total"))
         held = _api(base, "query", query="resreap_close_wait_sockets_by_holder")["result"]
-        assert any(r["value"][1] == "2" for r in held), held
+        assert any(float(r["value"][1]) >= 2 for r in held), held
         counting = _api(base, "query", query="sum(resreap_counting_sockets)")["result"]
         assert not counting or counting[0]["value"][1] == "0"
         assert quiet.alive()

@@ -206,8 +206,10 @@ def test_a_stopped_redis_is_reaped_after_the_stall(resreap_bin):
         assert until(lambda: subprocess.run(["ss", "-Htln", f"( sport = :{port} )"],
                                             capture_output=True, text=True).stdout.strip(), 10)
         time.sleep(patience(2.2))          # older than the stall below
+        # -l 3: the reap waits for all three (at -l 2, under load, the third
+        # could enter after the first two counted: queued:2).
         run = WatchRun(resreap_bin, "-p", str(server.pid), "-i", "0.5", "--stall", "2",
-                       "-w", "0.5")
+                       "-w", "0.5", "-l", "3")
         try:
             server.send_signal(signal.SIGSTOP)
             connect_and_close(port, 3)
