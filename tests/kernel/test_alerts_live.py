@@ -10,14 +10,13 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from procs import patience, until
+from procs import until
 from watchrun import WatchRun
 from resreap.engine.decisions import Event
 
