@@ -263,6 +263,50 @@ def watch(
 
 @app.command(context_settings=CONTEXT, epilog="""\b
 Examples:
+  sudo resreap top                   live: who is heading for a reap ([s]ort, [q]uit)
+  sudo resreap top -l 5 --stall 300  as a watch with those settings would judge
+  sudo resreap top --once            one frame, for scripts
+  sudo resreap top --json            the same data as one JSON object
+""")
+def top(
+    ctx: typer.Context,
+    command_pattern: PatternOpt = None,
+    ignore: IgnoreOpt = None,
+    pid: PidOpt = None,
+    limit: LimitOpt = 2,
+    grace: GraceOpt = 2.0,
+    stall: StallOpt = 60.0,
+    backend: BackendOpt = "auto",
+    config_file: ConfigOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print one frame as a JSON object and exit.")] = False,
+    sort: Annotated[str, typer.Option(
+        "--sort", metavar="KEY", help="reap-in, close-wait, counting or oldest.")] = "reap-in",
+) -> None:
+    """Show the processes holding CLOSE_WAIT sockets, and when each would be
+    reaped: its sockets now and those that count, their evidence, the
+    oldest's age, its fds against its limit.  It runs the watch's own event
+    source and policy (settings from flags, then the config file), as a dry
+    run: it never signals."""
+    from resreap.errors import UsageError
+    from resreap.ops import settings
+    from resreap.ops import top as view
+
+    watch_params = typer.main.get_command(app).commands["watch"].params
+    given = {p.name: p.default for p in watch_params if p.name not in ("config_file", "version")}
+    given.update({k: v for k, v in locals().items() if k in ctx.params and k in given})
+    try:
+        if sort not in view.SORTS:
+            raise UsageError(f"bad --sort {sort!r}: one of {', '.join(view.SORTS)}")
+        st = settings.resolve(given, _from_flags(ctx), config_file)
+        view.run(st, once=once, json_out=json_out, sort=sort, out=_print)
+    except ResreapError as exc:
+        fail(exc)
+
+
+@app.command(context_settings=CONTEXT, epilog="""\b
+Examples:
   sudo resreap reload                the running watch (or a dry run) re-reads its config file
   sudo resreap reload --pid 1234     that watch (the unit's ExecReload passes $MAINPID)
 """)

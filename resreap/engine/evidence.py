@@ -76,6 +76,17 @@ def judge(diag: DiagSock, age: float, rules: Rules) -> Judgement:
                      _later(min(rules.stall - quiet, rules.grace), rules))
 
 
+def counts_after(evidence: Evidence | None, rules: Rules) -> float | None:
+    """The CLOSE_WAIT age at which a socket showing ``evidence`` counts, as
+    ``judge`` decides it (None: not while it shows that; a socket not judged
+    yet: the grace, the earliest any may count).  For `resreap top`."""
+    if evidence is Evidence.SENDING:
+        return None
+    if evidence in (Evidence.UNREAD, Evidence.QUEUED):
+        return rules.stall
+    return rules.grace
+
+
 def counts_against(sock_uid: int, holder_uids: Iterable[int], vouched: bool = True) -> bool:
     """May a socket created by ``sock_uid`` count against a process with
     these uids (real, effective, saved, fs)?  Its own sockets do.  A socket

@@ -231,6 +231,10 @@ class Watcher:
             lost=self._lost,
         )
 
+    def where(self, pid: int) -> dict[str, str]:
+        """unit= and container= of ``pid`` (empty where unknown)."""
+        return _where(pid, self.proc)
+
     def _holder(self, owner: Owner, count: int) -> Holder:
         where = _where(owner.pid, self.proc)
         return Holder(owner.pid, owner.comm, where.get("unit", ""), where.get("container", ""),

@@ -218,6 +218,12 @@ class Proc:
                 out_of_fds(exc, f"reading /proc/{pid}/task/{tid}/children")
         return out
 
+    def fd_count(self, pid: int) -> int:
+        """How many fds ``pid`` has open (one listing); raises ProcessGone
+        or AccessDenied."""
+        with proc_errors(pid, "/fd"):
+            return len(os.listdir(self.path(pid, "fd")))
+
     def fd_table_size(self, pid: int) -> int:
         """About how many fds ``pid`` has: its fd table size (FDSize in its
         status, every kernel: a power of two above its highest fd); 0 where it

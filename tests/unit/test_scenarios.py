@@ -817,3 +817,23 @@ def test_unwatched_namespaces_are_a_structured_line_said_when_their_number_chang
     said = world.said(Event.UNWATCHED)
     assert [s["namespaces"] for s in said] == [3, 5]
     assert said[0]["user_max"] == 64 and said[0]["max"] == 4096
+
+
+def test_top_rows_say_who_is_heading_for_a_reap_and_when(world):
+    """#25: `resreap top`'s rows come from the watcher's own state: sockets
+    now and counting, their evidence, and when the process would be reaped
+    under the settings in force (its timers), or never with these sockets."""
+    from resreap.engine.config import WatchConfig
+    from resreap.engine.view import rows
+
+    srv = server(world)
+    world.close_wait(srv, 8080, n=2, at=1.0, evidence="unread")
+    w = world.watch(limit=2, grace=2.0, stall=60.0)
+    world.run(10)
+    (row,) = rows(w, world.clock.now)
+    assert (row.pid, row.close_wait, row.counting) == (1000, 2, 0)
+    assert row.evidence == {"unread": 2} and 8.5 <= row.oldest <= 9.5
+    assert row.reap_in is not None and 50 <= row.reap_in <= 52   # the stall: entered + 60 s
+    w.reconfigure(WatchConfig(w.limits._replace(limit=3), w.config.plan, w.filters))
+    (row,) = rows(w, world.clock.now)
+    assert row.reap_in is None                                  # 2 sockets never reach 3
