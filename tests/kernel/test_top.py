@@ -48,7 +48,7 @@ def test_top_names_a_leak_before_it_counts_and_when_it_would_be_reaped(resreap_b
     assert server.alive()
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is missing")
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is missing (scripts/setup --test installs it)")
 def test_top_live_in_tmux_sorts_and_quits(resreap_bin, actors, tag):
     server = _leak(actors, tag)
     session = f"rrtop{uuid.uuid4().hex[:8]}"
