@@ -16,28 +16,16 @@ import time
 from typing import Any
 
 from resreap.errors import UsageError
-from resreap.ops.formatting import safe
+from resreap.ops.formatting import bounded, plain, safe
+from resreap.ops.journal import PRIORITY, JournalSender, entry
 from resreap.host.trust import check_chain
 
 
 _QUOTE = set(' "\'=\\')
-# A field comes from other processes (a command line may be 64 KiB): no log
-# line may be megabytes.  journald's default line limit is 48 KiB.
-VALUE_MAX = 2048
-
-
-def bounded(text: str, limit: int = VALUE_MAX) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}...[{len(text) - limit} more]"
-
-
 def _text_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
     if isinstance(value, (list, tuple)):
         return ",".join(_text_value(v) for v in value) or "-"
-    text = safe(bounded(str(value)))
+    text = plain(value)
     if not text or _QUOTE & set(text):
         return json.dumps(text, ensure_ascii=True)
     return text
@@ -135,11 +123,7 @@ def output_gone(handlers: list[logging.Handler]) -> bool:
     return bool(streams) and all(h.broken for h in streams) and not files
 
 
-# Syslog priorities, for journald: a line "<4>..." is stored at PRIORITY=4.
-_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
-             logging.DEBUG: 7}
-
-
+# A line "<4>..." on a stderr that is the journal is stored at PRIORITY=4.
 class JournalPrefix(logging.Formatter):
     """Another formatter's line, prefixed with its syslog priority."""
 
@@ -148,7 +132,7 @@ class JournalPrefix(logging.Formatter):
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{self.inner.format(record)}"
+        return f"<{PRIORITY.get(record.levelno, 6)}>{self.inner.format(record)}"
 
 
 class JournalHandler(StderrHandler):
@@ -157,15 +141,11 @@ class JournalHandler(StderrHandler):
     journald cannot be reached, the prefixed line goes to stderr."""
 
     def __init__(self, stream, message_format: logging.Formatter, sender=None) -> None:
-        from resreap.ops.journal import JournalSender
-
         super().__init__(stream)
         self.message_format = message_format
         self.sender = sender or JournalSender()
 
     def emit(self, record: logging.LogRecord) -> None:
-        from resreap.ops.journal import entry
-
         try:
             fields = entry(record, self.message_format.format(record))
         except Exception:  # noqa: BLE001 - a line is never lost to a field
@@ -206,7 +186,9 @@ def configure(*, debug: bool, json_lines: bool, log_file: str | None,
     for old in list(root.handlers):
         root.removeHandler(old)
     for handler in handlers:
-        journal = isinstance(handler, StderrHandler) and to_journal(handler.stream)
+        # Where journald cannot be reached, the journal's stderr gets the
+        # line with its priority.
+        journal = isinstance(handler, JournalHandler)
         handler.setFormatter(JournalPrefix(formatter) if journal else formatter)
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)

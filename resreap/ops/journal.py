@@ -16,17 +16,17 @@ import logging
 import socket
 import struct
 import uuid
-from typing import Any, Iterable
+from typing import Iterable
 
-from resreap.ops.formatting import safe
+from resreap.ops.formatting import plain, safe
 
 SOCKET = "/run/systemd/journal/socket"
 # MESSAGE_IDs are uuid5 of this namespace and the event's name: the same
 # across versions and hosts (`journalctl MESSAGE_ID=...`).
 _NAMESPACE = uuid.UUID("6c7f1a9e-4e0b-4f0e-9a51-2b7d3f5c8e11")
-_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
-             logging.DEBUG: 7}
-VALUE_MAX = 2048
+# Syslog priorities, by logging level.
+PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+            logging.DEBUG: 7}
 
 
 def message_id(event: str) -> str:
@@ -39,25 +39,16 @@ def _name(key: str) -> str:
     return f"RESREAP_{cleaned or 'FIELD'}"
 
 
-def _plain(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(_plain(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
-    text = safe(str(value))
-    return text if len(text) <= VALUE_MAX else f"{text[:VALUE_MAX]}...[cut]"
-
-
 def entry(record: logging.LogRecord, message: str) -> list[tuple[str, str]]:
     """The journal fields of one log record whose text is ``message``."""
-    out = [("MESSAGE", message), ("PRIORITY", str(_PRIORITY.get(record.levelno, 6))),
+    out = [("MESSAGE", message), ("PRIORITY", str(PRIORITY.get(record.levelno, 6))),
            ("SYSLOG_IDENTIFIER", "resreap")]
     fields = getattr(record, "fields", None)
     if fields is None:
         return out
     event = str(record.msg)
     out += [("MESSAGE_ID", message_id(event)), ("RESREAP_EVENT", event)]
-    out += [(_name(k), _plain(v)) for k, v in fields.items()]
+    out += [(_name(k), plain(v)) for k, v in fields.items()]
     pid = fields.get("pid")
     if isinstance(pid, int) and not isinstance(pid, bool):
         out.append(("OBJECT_PID", str(pid)))
