@@ -205,7 +205,18 @@ class Watcher:
 
         counts = [(len(socks), owner) for owner, socks in self.counter.by_owner.items()]
         best = heapq.nlargest(top, counts, key=lambda c: c[0])
-        holders = [self._holder(o, n) for n, o in best]
+        # A top holder is usually a largest holder of CLOSE_WAIT too: its
+        # cgroup is read once per snapshot.
+        wheres: dict[int, dict[str, str]] = {}
+
+        def holder(owner: Owner, n: int) -> Holder:
+            where = wheres.get(owner.pid)
+            if where is None:
+                where = wheres[owner.pid] = _where(owner.pid, self.proc)
+            return Holder(owner.pid, owner.comm, where.get("unit", ""),
+                          where.get("container", ""), n)
+
+        holders = [holder(o, n) for n, o in best]
         # Every CLOSE_WAIT socket with a known holder, counting or not yet:
         # a process heading for a reap shows before its sockets count.
         now_held: dict[Owner, int] = {}
@@ -218,7 +229,7 @@ class Watcher:
         holding = heapq.nlargest(top, ((n, o) for o, n in now_held.items()), key=lambda c: c[0])
         return Snapshot(
             oldest=max(0.0, self._clock() - oldest) if oldest is not None else 0.0,
-            holding=tuple(self._holder(o, n) for n, o in holding),
+            holding=tuple(holder(o, n) for n, o in holding),
             kill_buckets=tuple(self._kill_buckets), kill_seconds=self._kill_seconds,
             tracked=len(self.table),
             top=tuple(holders),
@@ -234,11 +245,6 @@ class Watcher:
     def where(self, pid: int) -> dict[str, str]:
         """unit= and container= of ``pid`` (empty where unknown)."""
         return _where(pid, self.proc)
-
-    def _holder(self, owner: Owner, count: int) -> Holder:
-        where = _where(owner.pid, self.proc)
-        return Holder(owner.pid, owner.comm, where.get("unit", ""), where.get("container", ""),
-                      count)
 
     @property
     def reaped(self) -> int:

@@ -47,16 +47,13 @@ def old_kernel(argv: list[str]) -> list[str]:
 
 def no_tracepoint(argv: list[str]) -> list[str]:
     """Run argv in a private mount namespace whose tracefs has no events."""
-    script = ("mount -t tmpfs none /sys/kernel/debug && mount -t tmpfs none /sys/kernel/tracing"
-              " && mkdir /sys/kernel/tracing/events && exec \"$@\"")
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+    return private_mounts("mount -t tmpfs none /sys/kernel/debug && mount -t tmpfs none "
+                          "/sys/kernel/tracing && mkdir /sys/kernel/tracing/events", argv)
 
 
 def no_headers(argv: list[str]) -> list[str]:
     """Run argv in a private mount namespace without /lib/modules/RELEASE."""
-    release = os.uname().release
-    script = f"mount -t tmpfs none /lib/modules/{release} && exec \"$@\""
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+    return private_mounts(f"mount -t tmpfs none /lib/modules/{os.uname().release}", argv)
 
 
 def not_permitted(argv: list[str]) -> list[str]:
