@@ -16,7 +16,6 @@ first, so closing it does not detach the program).
 from __future__ import annotations
 
 import ctypes as ct
-import ctypes.util
 import errno
 import os
 from pathlib import Path
@@ -94,7 +93,7 @@ def unusable(object_path: Path) -> str | None:
     bad = untrusted(object_path, object_path.parent / "resreap.h")
     if bad:
         return bad
-    if ctypes.util.find_library("bpf") is None and not _loadable(LIBBPF):
+    if not _loadable(LIBBPF):
         return f"{LIBBPF} is not installed (apt-get install libbpf1)"
     return None
 
