@@ -10,6 +10,7 @@ Interactive: `q` quits, `s` changes the sort.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import sys
@@ -37,7 +38,11 @@ def _key(sort: str):
 
 
 def start(st: WatchSettings) -> Watcher:
-    """The watch's stack, as a dry run."""
+    """The watch's stack, as a dry run.  Its decision lines are what top
+    shows: they are not printed too (a stray `would-reap` on stderr)."""
+    decisions = logging.getLogger("resreap.engine.decisions")
+    decisions.addHandler(logging.NullHandler())
+    decisions.propagate = False
     check_privileges()
     config = st.engine._replace(plan=st.engine.plan._replace(dry_run=True))
     table = SocketTable()
