@@ -45,6 +45,13 @@ IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
          "[::1]:80, 10.0.0.0/8:*, *:6379.  Repeatable.")]
 PidOpt = Annotated[Optional[list[int]], typer.Option(
     "--pid", "-p", metavar="PID", help="Only these processes.  Repeatable.")]
+UnitOpt = Annotated[Optional[str], typer.Option(
+    "--unit", metavar="GLOB",
+    help="Only processes of the system units matching GLOB (nginx.service, "
+         "'backend*.service'), from the cgroup root made; a user's own units never match.")]
+ContainerOpt = Annotated[Optional[str], typer.Option(
+    "--container", metavar="ID",
+    help="Only processes of this container: 4+ hex digits of its id, or a machine name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", "-D", help="Log every event and decision.")]
 
@@ -78,6 +85,9 @@ Examples:
   resreap trace -i 5                 STAYED lines (with evidence) after 5s, not 2s
   resreap trace --min-age 10         only sockets that stayed 10s (busy hosts)
   resreap trace -f '^java'           only processes whose command starts with java
+  resreap trace --unit 'nginx*.service'
+                                     only the processes of those system units
+  resreap trace --container 3f2a9c1b only that container's processes
   resreap trace -F 127.0.0.1:2049 -F '[::1]:*'
                                      ignore these foreign endpoints
   resreap trace --json | jq .        JSON lines (fields: see README)
@@ -95,6 +105,8 @@ def trace(
              "SEC) and their EXIT; no ENTER lines, no short-lived sockets.")] = None,
     ignore: IgnoreOpt = None,
     pid: PidOpt = None,
+    unit: UnitOpt = None,
+    container: ContainerOpt = None,
     json_out: JsonOpt = False,
     backend: BackendOpt = "auto",
     debug: DebugOpt = False,
@@ -117,7 +129,7 @@ def trace(
 
             raise UsageError("stdout is closed: nowhere to print (redirect it, e.g. > trace.log)")
         st = settings.resolve_trace(command_pattern, ignore or (), pid or (), grace, min_age,
-                                    json_out, backend)
+                                    json_out, backend, unit, container)
         tracing.run(st, _print, lambda line: typer.echo(line, err=True))
     except ResreapError as exc:
         fail(exc)
@@ -143,7 +155,7 @@ HookOpt = Annotated[Optional[str], typer.Option(
     "--hook", "-c", metavar="CMD",
     help="Run CMD with /bin/sh before any signal; non-zero exit spares the process this "
          "round.  Facts arrive as RESREAP_PID, RESREAP_COMM, RESREAP_CMDLINE, "
-         "RESREAP_COUNT, RESREAP_SOCKETS, RESREAP_OLDEST, RESREAP_SIGNAL.")]
+         "RESREAP_COUNT, RESREAP_SOCKETS, RESREAP_OLDEST, RESREAP_SIGNAL, RESREAP_RULE.")]
 SignalOpt = Annotated[str, typer.Option(
     "--signal", "-s", metavar="SIG", help="Signal to send (name or number).")]
 FirstSignalOpt = Annotated[Optional[str], typer.Option(
@@ -202,6 +214,9 @@ Examples:
   resreap watch --stall 300          give busy servers 5 minutes before unread counts
   resreap watch --fd-percent 50      only once the leak is half the process's fd limit
   resreap watch -l 2 -f ^java        only Java processes
+  resreap watch --unit nginx.service only nginx's service (a user's units never match)
+  resreap watch --container 3f2a9c1b only that container's processes
+  resreap watch --config rules.toml  a policy per service: [[rule]] sections (README)
   resreap watch -F 127.0.0.1:2049    ignore sockets whose peer is 127.0.0.1:2049
   resreap watch -d -D                dry run with every event and timer logged
   resreap watch -S QUIT -s TERM -w 5 stacks first, then TERM, SIGKILL after 5s
@@ -217,6 +232,8 @@ def watch(
     command_pattern: PatternOpt = None,
     ignore: IgnoreOpt = None,
     pid: PidOpt = None,
+    unit: UnitOpt = None,
+    container: ContainerOpt = None,
     limit: LimitOpt = 2,
     grace: GraceOpt = 2.0,
     stall: StallOpt = 60.0,
@@ -273,6 +290,8 @@ def top(
     command_pattern: PatternOpt = None,
     ignore: IgnoreOpt = None,
     pid: PidOpt = None,
+    unit: UnitOpt = None,
+    container: ContainerOpt = None,
     limit: LimitOpt = 2,
     grace: GraceOpt = 2.0,
     stall: StallOpt = 60.0,
@@ -301,6 +320,34 @@ def top(
             raise UsageError(f"bad --sort {sort!r}: one of {', '.join(view.SORTS)}")
         st = settings.resolve(given, _from_flags(ctx), config_file)
         view.run(st, once=once, json_out=json_out, sort=sort, out=_print)
+    except ResreapError as exc:
+        fail(exc)
+
+
+@app.command(context_settings=CONTEXT, epilog="""\b
+Examples:
+  sudo resreap rules                 the rules of /etc/resreap/resreap.toml, and who falls
+                                     under which now, what would happen and when
+  sudo resreap rules --config new.toml
+                                     the same for a file before it is installed
+  sudo resreap rules --json          one JSON object: rules and holders
+""")
+def rules(
+    config_file: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """List the rules in force (each with its match, the inputs it trusts
+    and its settings), then every process holding CLOSE_WAIT sockets now:
+    the rule it falls under, its counting sockets, and what its rule would
+    do and when.  A short dry-run look, as `top --once`: it never signals."""
+    from resreap.ops import rules as book
+    from resreap.ops import settings
+
+    watch_params = typer.main.get_command(app).commands["watch"].params
+    given = {p.name: p.default for p in watch_params if p.name not in ("config_file", "version")}
+    try:
+        st = settings.resolve(given, (), config_file)
+        book.run(st, json_out, _print)
     except ResreapError as exc:
         fail(exc)
 

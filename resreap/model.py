@@ -109,7 +109,7 @@ class SpareReason(enum.Enum):
 
     PROTECTED = "protected (init, resreap or one of its ancestors)"
     KTHREAD = "a kernel thread"
-    NOT_SELECTED = "does not match -f/-p"
+    NOT_SELECTED = "does not match -f/-p/--unit/--container"
 
 
 class Evidence(enum.Enum):
@@ -162,6 +162,8 @@ class Snapshot(NamedTuple):
     holding: tuple[Holder, ...] = ()  # the largest holders of CLOSE_WAIT sockets now
     kill_buckets: tuple[int, ...] = ()  # kills per KILL_BUCKETS bound (not cumulative)
     kill_seconds: float = 0.0           # their total duration
+    rule_outcomes: dict = {}  # (rule name, Result.value) -> kill sequences
+    rules: tuple[str, ...] = ("default",)  # the rules in force, by name
 
 
 def format_addr(family: int, raw: bytes) -> str:

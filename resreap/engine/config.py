@@ -9,12 +9,27 @@ from typing import NamedTuple
 from resreap.engine.filters import Filters
 from resreap.engine.killer import Plan
 from resreap.engine.policy import Limits
+from resreap.engine.rules import DEFAULT, Match, Rule, RuleSet
 
 
 class WatchConfig(NamedTuple):
     limits: Limits
     plan: Plan
     filters: Filters
+    # The config file's [[rule]]s, in order; the default rule is the
+    # settings above (the top level and the flags).
+    rules: tuple[Rule, ...] = ()
+    # default = "ignore": processes no rule matches are left alone.
+    ignore_unmatched: bool = False
+
+    def ruleset(self) -> RuleSet:
+        default = None if self.ignore_unmatched else Rule(DEFAULT, Match(), self.limits, self.plan)
+        return RuleSet(self.rules, default)
+
+    @property
+    def acts(self) -> bool:
+        """Would any rule signal (not every one a dry run)?"""
+        return any(not rule.plan.dry_run for rule in self.ruleset().every())
 
 
 class Current:
@@ -22,19 +37,31 @@ class Current:
     each decision (never copy a field at construction); a kill sequence
     already running keeps the plan it started with."""
 
-    __slots__ = ("config",)
+    __slots__ = ("_config", "_rules")
 
     def __init__(self, config: WatchConfig) -> None:
         self.config = config
 
     @property
+    def config(self) -> WatchConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: WatchConfig) -> None:
+        self._config, self._rules = config, config.ruleset()
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @property
     def limits(self) -> Limits:
-        return self.config.limits
+        return self._config.limits
 
     @property
     def plan(self) -> Plan:
-        return self.config.plan
+        return self._config.plan
 
     @property
     def filters(self) -> Filters:
-        return self.config.filters
+        return self._config.filters

@@ -17,9 +17,10 @@ from resreap.engine.decisions import Event, Verdict, decision
 from resreap.engine.filters import Filters
 from resreap.engine.owners import Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.engine.policy import Counter, Limits
+from resreap.engine.rules import NO_FACTS, Facts, Rule
 from resreap.engine.tracker import CloseWaitTable, Entry
-from resreap.errors import AccessDenied, ProcessGone
-from resreap.host import procinfo
+from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced, ProcessUnreadable
+from resreap.host import procinfo, supervisor
 from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Counting:
         self.recheck: list[Key] = []    # sockets to look at on the next turn
         self._foreign: set[Owner] = set()     # passed-in sockets: said once
         self._uids: dict[Owner, tuple[float, frozenset[int]]] = {}
+        self._facts: dict[Owner, tuple[float, Facts | None]] = {}
         self._serving: dict[tuple[Owner, int], bool] = {}
         self._next_reconcile = 0.0
         self._orphans_said = float("-inf")
@@ -88,10 +90,75 @@ class Counting:
         return self.current.filters
 
     def reconfigured(self) -> None:
-        """New rules are in force: every socket is judged again, none before
-        its (new) grace has passed."""
-        grace, now = self.limits.grace, self._clock()
+        """New settings or rules are in force: every socket is judged again
+        under them (its holder may fall under another rule now), none
+        before the earliest grace has passed."""
+        grace, now = self.current.rules.earliest, self._clock()
+        self._facts.clear()
         self.table.reschedule_all(lambda e: max(now, e.entered + grace))
+
+    # -- rules: which settings judge a holder ------------------------------
+
+    def rule_of(self, owner: Owner, sock: SockId) -> Rule | None:
+        """The rule ``owner``'s socket ``sock`` falls under (None: no rule,
+        the default ignores it, or the process cannot be read)."""
+        rules = self.current.rules
+        if rules.plain:
+            return rules.default
+        if not rules.needs_facts:
+            return rules.pick(NO_FACTS, sock.lport)
+        facts = self.facts(owner)
+        return rules.pick(facts, sock.lport) if facts is not None else None
+
+    def facts(self, owner: Owner) -> Facts | None:
+        """What ``owner``'s rule is matched against: its command line,
+        cgroup and uids, read again after UIDS_FRESH (a process may rewrite
+        its argv or drop privileges).  None: gone or unreadable."""
+        now = self._clock()
+        known = self._facts.get(owner)
+        if known is not None and now - known[0] <= UIDS_FRESH:
+            return known[1]
+        try:
+            info = self.proc.read_bounded(owner.pid)
+            if info.start != owner.start:
+                raise ProcessReplaced(owner.pid)
+            where = supervisor.read(owner.pid, self.proc)
+        except (ProcessGone, AccessDenied, ProcessUnreadable, ProcessReplaced):
+            facts = None
+        else:
+            uids = self._holder_uids(owner)
+            facts = Facts(info.cmdline, where, uids) if uids is not None else None
+        if len(self._facts) > 4096:  # bounded: owners come and go
+            self._facts.clear()
+        self._facts[owner] = (now, facts)
+        return facts
+
+    def refresh(self, owner: Owner) -> None:
+        """Read ``owner``'s facts afresh at its next look (before a kill)."""
+        self._facts.pop(owner, None)
+        self._uids.pop(owner, None)
+
+    def standing(self, owner: Owner) -> list[tuple[Rule, int]]:
+        """``owner``'s counting sockets per rule they fall under, in the
+        rules' order (usually one rule)."""
+        keys = self.counter.by_owner.get(owner)
+        if not keys:
+            return []
+        rules = self.current.rules
+        if rules.plain:
+            return [(rules.default, len(keys))]  # type: ignore[list-item]
+        counts: dict[int, int] = {}
+        for key in keys:
+            entry = self.table.get(key)
+            rule = self.rule_of(owner, entry.sock) if entry is not None else None
+            if rule is not None:
+                counts[id(rule)] = counts.get(id(rule), 0) + 1
+        return [(r, counts[id(r)]) for r in rules.every() if id(r) in counts]
+
+    def over(self, owner: Owner) -> tuple[Rule, int] | None:
+        """The first rule whose limit ``owner``'s counting sockets under it
+        reach, and how many they are."""
+        return next(((r, n) for r, n in self.standing(owner) if n >= r.limits.limit), None)
 
     def due(self, now: float) -> list[Entry]:
         """Sockets whose deadline has come, and those to look at again."""
@@ -113,7 +180,7 @@ class Counting:
 
     def apply(self, batch: list[Transition]) -> None:
         ignores, debug, table = self.filters.ignores, self._debug, self.table
-        grace = self.limits.grace
+        grace = self.current.rules.earliest
         for t in batch:
             if self.filters.ignore and ignores(t.sock):
                 continue
@@ -217,7 +284,7 @@ class Counting:
         # Churn sockets live for milliseconds, leaks for the grace period: a
         # scan of every process (a second at 100k connections) is only worth
         # it once a socket has lasted a while, still well before its deadline.
-        settled = self._clock() - min(0.5, self.limits.grace / 4)
+        settled = self._clock() - min(0.5, self.current.rules.earliest / 4)
         old = [self._probe(e) for e in pending if e.entered <= settled]
         recent = [self._probe(e) for e in pending if e.entered > settled]
         resolved = resolve_close_wait(self.resolver, old) if old else {}
@@ -265,15 +332,29 @@ class Counting:
             self._serving[key] = known
         return known
 
-    def _against(self, hit: Found, kind: Evidence) -> tuple[Owner, ...]:
-        """The holders this socket may count against: not those that got it
-        from another non-root user, and for a socket never accepted, only
-        listeners that have been there for the whole stall (a worker just
-        started to replace a hung one has had no chance to accept it)."""
-        out = []
+    def _against(self, hit: Found, age: float,
+                 loose: evidence.Judgement) -> tuple[tuple[Owner, ...], float]:
+        """The holders this socket counts against, each judged under its own
+        rule (``loose``: the judgement under the loosest rule, which is the
+        only one when there are no rules), and in how many seconds to look
+        again for those it does not count against yet (inf: none).  Not
+        against holders that got it from another non-root user, and for a
+        socket never accepted, only listeners that have been there for their
+        rule's whole stall (a worker just started to replace a hung one has
+        had no chance to accept it)."""
+        out, later = [], float("inf")
+        plain = self.current.rules.plain
         for owner in hit.owners:
+            rule = self.rule_of(owner, hit.diag.sock)
+            if rule is None:
+                continue  # no rule judges it: default = "ignore", or unreadable
+            judged = loose if plain else evidence.judge(hit.diag, age, rule.limits.rules)
+            if not judged.counts:
+                later = min(later, judged.recheck)
+                continue
+            kind = judged.evidence
             if kind is Evidence.QUEUED and \
-                    procinfo.age(owner.start, self._boottime()) < self.limits.stall:
+                    procinfo.age(owner.start, self._boottime()) < rule.limits.stall:
                 continue
             uids = self._holder_uids(owner)
             if uids is None:
@@ -290,14 +371,27 @@ class Counting:
                          socket_uid=hit.diag.uid, uids=sorted(uids),
                          socket=f"{hit.diag.sock.local}->{hit.diag.sock.remote}",
                          note="made by another user and passed in: does not count against it")
-        return tuple(out)
+        return tuple(out), later
+
+    def _count_held(self, entry: Entry, hit: Found, loose: evidence.Judgement,
+                    now: float) -> tuple[Owner, ...]:
+        """A socket that counts under the loosest rule, with holders: count
+        it against those whose own rule says so, and look again when it
+        would count against the others."""
+        against, later = self._against(hit, now - entry.entered, loose)
+        if against or later == float("inf"):
+            self._count(entry, against)
+            self.table.schedule(entry, now + min(RECHECK_COUNTED, later))
+        else:
+            self.table.schedule(entry, now + later)  # not yet under its holders' rules
+        return against
 
     def check(self, entries: list[Entry], now: float) -> set[Owner]:
         """Sockets due for a look: ask the kernel what their process did
         with each (a lost exit must not count), judge the evidence, and
         count the socket against the holders it may count against."""
         touched: set[Owner] = set()
-        rules = self.limits.rules
+        rules = self.current.rules.loosest
         resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}))
         for entry in entries:
             if self.table.get(entry.key) is not entry:
@@ -335,10 +429,8 @@ class Counting:
                                 again_in=round(delay, 2))
                 continue
             entry.misses = 0
-            against = self._against(hit, judged.evidence)
-            self._count(entry, against)
+            against = self._count_held(entry, hit, judged, now)
             touched.update(against)
-            self.table.schedule(entry, now + RECHECK_COUNTED)
             if self._debug:
                 self._timer(entry, Verdict.COUNTS, evidence=judged.evidence.value,
                             counts_for=[o.pid for o in against])
@@ -400,18 +492,19 @@ class Counting:
                       + (", or by a process whose fds cannot be read" if denied else "")
                       + "; nobody can be reaped for them; looked for again less and less often")
 
-    def verify(self, owner: Owner, now: float) -> dict[Key, tuple[Entry, Found, object]]:
-        """The owner's counting sockets that, right now, are still in
-        CLOSE_WAIT, still held by it, and still count (it may have closed
-        them, passed them on or started using them since they counted)."""
+    def verify(self, owner: Owner, rule: Rule,
+               now: float) -> dict[Key, tuple[Entry, Found, object]]:
+        """The owner's counting sockets under ``rule`` that, right now, are
+        still in CLOSE_WAIT, still held by it, and still count under it (it
+        may have closed them, passed them on or started using them since
+        they counted)."""
         entries = []
         for key in list(self.counter.by_owner.get(owner, ())):
             entry = self.table.get(key)
             if entry is None:
                 self._uncount(key, (owner,))  # a safety net: entries leave through _gone
-            else:
+            elif self.rule_of(owner, entry.sock) is rule:
                 entries.append(entry)
-        rules = self.limits.rules
         resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}))
         held: dict[Key, tuple[Entry, Found, object]] = {}
         for entry in entries:
@@ -420,19 +513,19 @@ class Counting:
                 if self.table.get(entry.key) is entry:
                     self._drop(entry)
                 continue
-            judged = evidence.judge(hit.diag, now - entry.entered, rules)
+            judged = evidence.judge(hit.diag, now - entry.entered, rule.limits.rules)
             holds = any(o.pid == owner.pid and o.start == owner.start for o in hit.owners)
             if judged.counts and holds:
                 held[entry.key] = (entry, hit, judged.evidence)
                 continue
             # Changed since it counted: count it again as it stands now.
+            loose = evidence.judge(hit.diag, now - entry.entered, self.current.rules.loosest)
             self._forget(entry)
-            entry.owners, entry.evidence = hit.owners, judged.evidence
-            if judged.counts:
-                self._count(entry, self._against(hit, judged.evidence))
-                self.table.schedule(entry, now + RECHECK_COUNTED)
+            entry.owners, entry.evidence = hit.owners, loose.evidence
+            if loose.counts:
+                self._count_held(entry, hit, loose, now)
             else:
-                self.table.schedule(entry, now + judged.recheck)
+                self.table.schedule(entry, now + loose.recheck)
         return held
 
     def left_behind(self, keys) -> int:

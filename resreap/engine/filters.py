@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
 from typing import Any, Iterable, NamedTuple
@@ -114,27 +115,81 @@ def parse_command_pattern(pattern: str | None) -> CommandPattern | None:
         raise UsageError(f"bad -f pattern {pattern!r}: {exc}") from None
 
 
+def unit_matches(glob: str, where: Any) -> bool:
+    """The system manager's unit matches the glob (fnmatch, case
+    sensitive: unit names are)."""
+    return where.unit is not None and fnmatch.fnmatchcase(where.unit, glob)
+
+
+def container_matches(value: str, where: Any) -> bool:
+    """An id prefix (4 or more lower-case hex digits) of the container, or
+    its machine name (systemd-nspawn, libvirt)."""
+    if where.container is None:
+        return False
+    if re.fullmatch(r"[0-9a-f]{4,64}", value):
+        return where.container.startswith(value[:12]) or where.container == value
+    return where.container == value
+
+
+def check_unit_glob(glob: str, what: str = "--unit") -> str:
+    """A unit glob: a system unit's name, * ? [] allowed (nginx.service,
+    backend*.service)."""
+    if not glob or "/" in glob or len(glob) > 256 or any(c.isspace() for c in glob):
+        raise UsageError(f"bad {what} {glob!r}: expected a systemd unit name or glob, "
+                         "e.g. nginx.service or 'backend*.service'")
+    return glob
+
+
+def check_container(value: str, what: str = "--container") -> str:
+    """A container: 4-64 hex digits of its id, or a machine name."""
+    ok = re.fullmatch(r"[0-9a-f]{4,64}", value) or re.fullmatch(
+        r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", value)
+    if not ok:
+        raise UsageError(f"bad {what} {value!r}: expected 4 or more hex digits of a container "
+                         "id (e.g. 3f2a9c1b), or a machine name (machinectl)")
+    return value
+
+
 class Filters(NamedTuple):
     command: CommandPattern | None = None
     ignore: tuple[EndpointPattern, ...] = ()
     pids: frozenset[int] = frozenset()
+    unit: str | None = None       # --unit GLOB: the system unit (see engine/rules)
+    container: str | None = None  # --container ID
 
     @classmethod
-    def parse(cls, command: str | None, ignore: Iterable[str], pids: Iterable[int]) -> "Filters":
+    def parse(cls, command: str | None, ignore: Iterable[str], pids: Iterable[int],
+              unit: str | None = None, container: str | None = None) -> "Filters":
         pids = frozenset(pids)
         for pid in pids:
             if pid <= 0:
                 raise UsageError(f"bad -p value {pid}: a pid is a positive number")
-        return cls(parse_command_pattern(command), tuple(parse_endpoint(t) for t in ignore), pids)
+        return cls(parse_command_pattern(command), tuple(parse_endpoint(t) for t in ignore), pids,
+                   check_unit_glob(unit) if unit is not None else None,
+                   check_container(container) if container is not None else None)
 
     def ignores(self, sock: SockId) -> bool:
         return any(p.matches(sock) for p in self.ignore)
 
     @property
     def selects_processes(self) -> bool:
-        return self.command is not None or bool(self.pids)
+        return self.command is not None or bool(self.pids) or self.selects_places
 
-    def wants(self, pid: int, cmdline: str) -> bool:
+    @property
+    def selects_places(self) -> bool:
+        """--unit or --container: the process's cgroup must be read."""
+        return self.unit is not None or self.container is not None
+
+    def wants(self, pid: int, cmdline: str, where: Any = None) -> bool:
+        """``where``: the process's Supervisor, needed with --unit or
+        --container (None then: not wanted)."""
         if self.pids and pid not in self.pids:
             return False
+        if self.selects_places:
+            if where is None:
+                return False
+            if self.unit is not None and not unit_matches(self.unit, where):
+                return False
+            if self.container is not None and not container_matches(self.container, where):
+                return False
         return self.command is None or self.command.search(cmdline)

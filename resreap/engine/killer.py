@@ -77,6 +77,9 @@ class Target(NamedTuple):
     evidence: str = ""  # e.g. "eof-ignored:3,queued:1" (evidence.summary)
     keys: tuple = ()    # the sockets' tracker keys: looked at again after the kill
     where: Supervisor | None = None  # its systemd unit / container
+    rule: str = "default"  # the rule that judged it (engine/rules)
+    plan: Plan | None = None  # its rule's plan (None: the default rule's in force)
+    grace: float = 0.0     # its rule's grace (0: the default rule's)
 
 
 class Outcome(NamedTuple):
@@ -121,6 +124,7 @@ def hook_env(target: Target, plan: Plan) -> dict[str, str]:
         # Its supervisor, as its cgroup names it (empty: none known).
         "RESREAP_UNIT": (target.where or Supervisor()).unit or "",
         "RESREAP_CONTAINER": (target.where or Supervisor()).container or "",
+        "RESREAP_RULE": target.rule,
     })
     return {k: v.replace("\0", "") for k, v in env.items()}
 
@@ -249,7 +253,9 @@ class Killer:
 
     def _work(self, target: Target) -> None:
         try:
-            plan = self.current.plan  # kept for the whole sequence
+            # Its rule's plan, kept for the whole sequence (a reload does
+            # not change a kill that started).
+            plan = target.plan or self.current.plan
             revive = plan.restart_units and not plan.dry_run and self.reviver.applies(target.where)
             before = self.reviver.before(target.where, plan.restart_also) if revive else None
             outcome = execute(target, plan, self.proc)

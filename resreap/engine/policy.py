@@ -8,6 +8,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Iterable, NamedTuple
 
+from resreap.host import supervisor
 from resreap.host.procinfo import HOST, Proc, ProcInfo
 from resreap.errors import ProcessReplaced, UsageError
 from resreap.engine.evidence import Rules
@@ -88,13 +89,19 @@ class Eligibility:
         self.proc = proc
         self.protected = protected_pids(proc)
 
-    def check(self, info: ProcInfo) -> Verdict:
+    def check(self, info: ProcInfo, by_default: bool = True) -> Verdict:
+        """``by_default``: judged by the default rule, which the filters
+        (-f, -p, --unit, --container) narrow; a named rule's match was its
+        own selection."""
         if info.pid in self.protected:
             return Verdict(False, SpareReason.PROTECTED)
         if info.kthread:
             return Verdict(False, SpareReason.KTHREAD)
-        if not self.current.filters.wants(info.pid, info.cmdline):
-            return Verdict(False, SpareReason.NOT_SELECTED)
+        filters = self.current.filters
+        if by_default and filters.selects_processes:
+            where = supervisor.of(info.pid, self.proc) if filters.selects_places else None
+            if not filters.wants(info.pid, info.cmdline, where):
+                return Verdict(False, SpareReason.NOT_SELECTED)
         return Verdict(True)
 
     def info(self, owner: Owner) -> ProcInfo:
@@ -128,18 +135,21 @@ class StormGuard:
         times = self._kills.get(key)
         if times is None:
             return collections.deque()
-        while times and times[0] <= now - self.current.limits.per:
+        while times and times[0] <= now - self.current.rules.longest_window:
             times.popleft()
         return times
 
     def next_allowed(self, key: str, now: float | None = None,
-                     started: float | None = None) -> float:
+                     started: float | None = None, limits: Limits | None = None) -> float:
         """0 if a kill is allowed now, else the monotonic time it will be.
         ``started``: when the target started (monotonic); kills after it
-        cannot have been of what it replaces."""
+        cannot have been of what it replaces.  ``limits``: the target's
+        rule's (default: the default rule's)."""
         now = time.monotonic() if now is None else now
-        times = [t for t in self._recent(key, now) if started is None or t < started]
-        max_kills, per = self.current.limits.max_kills, self.current.limits.per
+        limits = limits or self.current.limits
+        max_kills, per = limits.max_kills, limits.per
+        times = [t for t in self._recent(key, now) if (started is None or t < started)
+                 and t > now - per]
         if len(times) < max_kills:
             return 0.0
         return times[-max_kills] + per
@@ -157,7 +167,8 @@ class StormGuard:
         """Forget commands with no kill in the window; if every one is
         recent (thousands of distinct command lines a minute: hostile), the
         least recently killed go first."""
-        for key in [k for k, v in self._kills.items() if not v or v[-1] <= now - self.current.limits.per]:
+        window = self.current.rules.longest_window
+        for key in [k for k, v in self._kills.items() if not v or v[-1] <= now - window]:
             del self._kills[key]
         if len(self._kills) > self.MAX_KEYS:
             keep = sorted(self._kills.items(), key=lambda kv: kv[1][-1])[-(self.MAX_KEYS * 3 // 4):]

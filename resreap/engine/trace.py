@@ -171,7 +171,9 @@ class Tracer:
     def _wanted(self, owners: tuple[Owner, ...]) -> bool:
         if not self.filters.selects_processes:
             return True
-        return any(self.filters.wants(o.pid, self._cmdline(o)) for o in owners)
+        return any(self.filters.wants(o.pid, self._cmdline(o), self._where((o,))
+                                      if self.filters.selects_places else None)
+                   for o in owners)
 
     def _handle(self, batch: list[Transition]) -> list[TraceRecord]:
         fresh, order = self._apply(batch)

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from resreap.engine.evidence import counts_after
 from resreap.errors import ResreapError
+from resreap.host import supervisor
 from resreap.model import Owner
 
 if TYPE_CHECKING:
+    from resreap.engine.rules import Rule
     from resreap.engine.watch import Watcher
 
 
@@ -28,6 +30,8 @@ class Row(NamedTuple):
     fds: int | None         # open fds (None: unreadable)
     fd_limit: int | None    # its soft RLIMIT_NOFILE (None: unlimited or unreadable)
     reap_in: float | None   # seconds until it would be reaped; None: not with these sockets
+    rule: str = "-"         # the rule judging it ("-": none, default = "ignore")
+    action: str = "-"       # what its rule would do (ops fills it: the plan, or "dry run")
 
 
 def rows(watcher: "Watcher", now: float, top: int = 50) -> list[Row]:
@@ -42,16 +46,31 @@ def rows(watcher: "Watcher", now: float, top: int = 50) -> list[Row]:
         if len(out) >= top:
             break
         if watcher.filters.selects_processes and not _selected(watcher, owner):
-            continue  # -f / -p narrow the view as they narrow who is reaped
+            continue  # -f / -p / --unit narrow the view as they narrow who is reaped
         out.append(_row(watcher, owner, entries, now))
     return out
 
 
 def _selected(watcher: "Watcher", owner: Owner) -> bool:
     try:
-        return watcher.filters.wants(owner.pid, watcher.proc.read_bounded(owner.pid).cmdline)
+        where = supervisor.of(owner.pid, watcher.proc) if watcher.filters.selects_places else None
+        return watcher.filters.wants(owner.pid, watcher.proc.read_bounded(owner.pid).cmdline,
+                                     where)
     except ResreapError:
         return False
+
+
+def _reap_in(entries: list, rule: "Rule", counting: int, now: float) -> float | None:
+    """When ``rule`` would reap the holder of these sockets: now if
+    ``counting`` reach its limit, else when enough of the others would
+    count, by their evidence (the same thresholds as the deadline's
+    judgement)."""
+    need = rule.limits.limit - counting
+    if need <= 0:
+        return 0.0
+    dues = sorted(e.entered + after for e in entries if not e.counted
+                  and (after := counts_after(e.evidence, rule.limits.rules)) is not None)
+    return max(0.0, dues[need - 1] - now) if len(dues) >= need else None
 
 
 def _row(watcher: "Watcher", owner: Owner, entries: list, now: float) -> Row:
@@ -60,16 +79,20 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float) -> Row:
     for e in entries:
         if e.evidence is not None:
             evidence[e.evidence.value] = evidence.get(e.evidence.value, 0) + 1
-    need = watcher.limits.limit - counting
-    if need <= 0:
-        reap_in: float | None = 0.0
-    else:
-        # When each socket not counting yet would count, by its evidence
-        # (the same thresholds as the deadline's judgement).
-        rules = watcher.limits.rules
-        dues = sorted(e.entered + after for e in entries if not e.counted
-                      and (after := counts_after(e.evidence, rules)) is not None)
-        reap_in = max(0.0, dues[need - 1] - now) if len(dues) >= need else None
+    # Its sockets by the rule judging each (one rule, unless a rule
+    # matches a port): the rule that would reap it first is shown.
+    by_rule: dict[int, tuple["Rule", list]] = {}
+    for e in entries:
+        rule = watcher.sockets.rule_of(owner, e.sock)
+        if rule is not None:
+            by_rule.setdefault(id(rule), (rule, []))[1].append(e)
+    counted = dict((id(r), n) for r, n in watcher.sockets.standing(owner))
+    best: tuple[float | None, "Rule | None"] = (None, None)
+    for key, (rule, mine) in by_rule.items():
+        when = _reap_in(mine, rule, counted.get(key, 0), now)
+        if best[1] is None or (when is not None and (best[0] is None or when < best[0])):
+            best = (when, rule)
+    reap_in, rule = best
     proc = watcher.proc
     try:
         fds, limit = proc.fd_count(owner.pid), proc.fd_soft_limit(owner.pid)
@@ -78,4 +101,5 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float) -> Row:
     where = watcher.where(owner.pid)
     return Row(owner.pid, owner.comm, where.get("unit", ""), where.get("container", ""),
                len(entries), counting, evidence, max(0.0, now - min(e.entered for e in entries)),
-               fds, limit, reap_in)
+               fds, limit, reap_in if rule is not None else None,
+               rule.name if rule is not None else "-")

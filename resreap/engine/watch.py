@@ -20,6 +20,7 @@ from resreap.engine.filters import Filters
 from resreap.engine.killer import KillEngine, Killer, Outcome, Target
 from resreap.engine.owners import OwnerResolver
 from resreap.engine.policy import Eligibility, Limits, StormGuard
+from resreap.engine.rules import Rule
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, sockets, supervisor
 from resreap.host.procinfo import Proc
@@ -97,6 +98,7 @@ class Watcher:
         # Called once per loop turn (sd_notify pings, config reloads).
         self._tick = tick
         self.results: dict[str, int] = {}
+        self.rule_results: dict[tuple[str, str], int] = {}  # (rule, result) -> outcomes
         # Kill durations for the histogram: per bucket, and their sum.
         self._kill_buckets = [0] * (len(KILL_BUCKETS) + 1)
         self._kill_seconds = 0.0
@@ -138,7 +140,7 @@ class Watcher:
         if seeds:
             decision(Event.EXISTING, logging.INFO, sockets=len(self.table),
                      note=f"already in CLOSE_WAIT at start; they count from now + "
-                          f"{self.limits.grace:g}s or more (see evidence)")
+                          f"{self.current.rules.earliest:g}s or more (see evidence)")
 
     def _wake_at(self, now: float) -> float:
         wake = now + self.source.latency
@@ -194,7 +196,7 @@ class Watcher:
         self.current.config = config
         self._spared.clear()
         self.sockets.reconfigured()
-        self.source.follow(read_latency(config.limits.grace))
+        self.source.follow(read_latency(self.current.rules.earliest))
         now = self._clock()
         for owner in list(self.counter.by_owner):
             self._deferred.setdefault(owner, now)
@@ -235,6 +237,8 @@ class Watcher:
             top=tuple(holders),
             other=sum(n for n, _ in counts) - sum(n for n, _ in best),
             outcomes={r.value: n for r, n in self.results.items()},
+            rule_outcomes=dict(self.rule_results),
+            rules=tuple(r.name for r in self.current.rules.every()),
             evidence=dict(self.reaped_evidence),
             revivals={r.value: n for r, n in self.revivals.items()},
             hook_failures=self.hook_failures,
@@ -270,11 +274,13 @@ class Watcher:
 
     def _decide(self, owners: set[Owner], now: float) -> None:
         for owner in sorted(owners):
-            count = self.counter.count(owner)
-            if count < self.limits.limit:
+            over = self.sockets.over(owner)
+            if over is None:
                 if self._debug:
-                    decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
-                             count=count, limit=self.limits.limit, why="limit")
+                    for rule, count in self.sockets.standing(owner):
+                        decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
+                                 rule=rule.name, count=count, limit=rule.limits.limit,
+                                 why="limit")
                 continue
             if owner in self._reaped or owner in self._spared or self.killer.busy(owner.pid):
                 continue  # an ineligible verdict holds for the process's life (until a reload)
@@ -286,11 +292,11 @@ class Watcher:
                 # first: waiting owners cost nothing more while slots are full.
                 self._deferred[owner] = now + 0.05
                 continue
-            if self._children_first(owner, now):
+            if self._children_first(owner, over[0], now):
                 continue
             self._consider(owner, now)
 
-    def _children_first(self, owner: Owner, now: float) -> bool:
+    def _children_first(self, owner: Owner, rule: Rule, now: float) -> bool:
         """Reap the least: a process whose counting sockets its own
         descendants hold too, and who are over the limit themselves (a
         prefork master and its workers share the listener and its accept
@@ -311,7 +317,7 @@ class Watcher:
         others.discard(owner)
         kids = []
         for other in sorted(others):
-            if other not in self._spared and self.counter.count(other) >= self.limits.limit \
+            if other not in self._spared and self.sockets.over(other) is not None \
                     and owner.pid in self.proc.ancestors(other.pid) - {other.pid}:
                 kids.append(other.pid)
         if not kids:
@@ -325,11 +331,11 @@ class Watcher:
         if len(self._waits) > 4096:
             self._waits.clear()
         self._waits[owner] = waits + 1
-        plan = self.config.plan
-        wait = plan.hook_timeout * bool(plan.hook) + 2 * plan.wait + self.limits.grace + 5.0
+        plan = rule.plan
+        wait = plan.hook_timeout * bool(plan.hook) + 2 * plan.wait + rule.limits.grace + 5.0
         if owner not in self._deferred:
             decision(Event.CHILDREN_FIRST, logging.INFO, pid=owner.pid, comm=owner.comm,
-                     **_where(owner.pid, self.proc),
+                     **_where(owner.pid, self.proc), rule=rule.name,
                      children=sorted(kids), again_in=round(wait, 1),
                      note="its descendants hold the same sockets: they go first")
         self._deferred[owner] = now + wait
@@ -348,49 +354,67 @@ class Watcher:
                      reason=str(exc), retry_in=UNREADABLE_RETRY)
             self._deferred[owner] = now + UNREADABLE_RETRY
             return
-        verdict = self.eligibility.check(info)
+        # Its rule from what it is right now (argv rewritten, privileges
+        # dropped since its sockets counted).
+        self.sockets.refresh(owner)
+        over = self.sockets.over(owner)
+        if over is None:
+            return
+        rule = over[0]
+        verdict = self.eligibility.check(info, by_default=rule is self.current.rules.default)
         if not verdict.ok:
             if owner not in self._spared:
                 self._spared.add(owner)
                 level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
                     else logging.WARNING
                 decision(Event.SPARE, level, pid=info.pid, comm=info.comm,
-                         **_where(info.pid, self.proc), cmd=info.cmdline,
-                         count=self.counter.count(owner), reason=verdict.why)
+                         **_where(info.pid, self.proc), rule=rule.name, cmd=info.cmdline,
+                         count=over[1], reason=verdict.why)
             return
-        allowed = self.storm.next_allowed(info.cmdline, now,
-                                          started=now - procinfo.age(info.start, self._boottime()))
-        if allowed:
-            if owner not in self._deferred:
-                decision(Event.STORM, logging.WARNING, pid=info.pid, comm=info.comm,
-                         **_where(info.pid, self.proc), cmd=info.cmdline,
-                         kills=self.limits.max_kills, per=self.limits.per,
-                         next_in=round(allowed - now, 1),
-                         note="this command keeps leaking after restarts: kills are rate-limited")
-            self._deferred[owner] = allowed
+        if self._rate_limited(info, rule, now):
             return
-        verified = self.sockets.verify(owner, now)
-        if len(verified) < self.limits.limit:
+        verified = self.sockets.verify(owner, rule, now)
+        if len(verified) < rule.limits.limit:
             if self._debug:
                 decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
-                         count=len(verified), limit=self.limits.limit, why="re-check")
+                         rule=rule.name, count=len(verified), limit=rule.limits.limit,
+                         why="re-check")
             return
-        if not self._harmful(owner, len(verified), now):
+        if not self._harmful(owner, rule, len(verified), now):
             return
+        self._reap(owner, info, rule, verified, now)
+
+    def _rate_limited(self, info, rule: Rule, now: float) -> bool:
+        owner = Owner(info.pid, info.start, info.comm)
+        allowed = self.storm.next_allowed(info.cmdline, now,
+                                          started=now - procinfo.age(info.start, self._boottime()),
+                                          limits=rule.limits)
+        if not allowed:
+            return False
+        if owner not in self._deferred:
+            decision(Event.STORM, logging.WARNING, pid=info.pid, comm=info.comm,
+                     **_where(info.pid, self.proc), rule=rule.name, cmd=info.cmdline,
+                     kills=rule.limits.max_kills, per=rule.limits.per,
+                     next_in=round(allowed - now, 1),
+                     note="this command keeps leaking after restarts: kills are rate-limited")
+        self._deferred[owner] = allowed
+        return True
+
+    def _reap(self, owner: Owner, info, rule: Rule, verified: dict, now: float) -> None:
         rows = sorted(verified.values(), key=lambda r: r[0].sock)
         socks = [entry.sock for entry, _hit, _kind in rows]
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
         where = supervisor.of(info.pid, self.proc)
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
-                        self.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
-                        where)
-        plan = self.config.plan
+                        rule.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
+                        where, rule.name, rule.plan, rule.limits.grace)
+        plan = rule.plan
         decision(Event.REAP if not plan.dry_run else Event.WOULD_REAP, logging.WARNING,
-                 pid=info.pid, comm=info.comm, **where.fields(),
-                 count=len(socks), limit=self.limits.limit,
+                 pid=info.pid, comm=info.comm, **where.fields(), rule=rule.name,
+                 count=len(socks), limit=rule.limits.limit,
                  evidence=found, oldest=round(oldest, 3), sockets=_endpoints(socks),
-                 cmd=info.cmdline, plan=plan.describe())
+                 cmd=info.cmdline, plan=plan.describe() + (" (dry run)" if plan.dry_run else ""))
         if not self.killer.submit(target):  # only if it filled up just now
             log.warning("pid %d: kill slots full, deciding again shortly", owner.pid)
             self._deferred[owner] = now + 0.05
@@ -399,10 +423,10 @@ class Watcher:
             self.reaped_evidence[kind.value] = self.reaped_evidence.get(kind.value, 0) + 1
         self._reaped.add(owner)
 
-    def _harmful(self, owner: Owner, count: int, now: float) -> bool:
+    def _harmful(self, owner: Owner, rule: Rule, count: int, now: float) -> bool:
         """--fd-percent: the counting sockets must also be that share of the
         process's soft fd limit (the exhaustion that takes a server down)."""
-        percent = self.limits.fd_percent
+        percent = rule.limits.fd_percent
         if not percent:
             return True
         try:
@@ -413,9 +437,9 @@ class Watcher:
             return True
         if self._debug:
             decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm, count=count,
-                     limit=self.limits.limit, why="fd-percent", fd_percent=percent,
-                     fd_limit=soft)
-        self._deferred[owner] = now + max(self.limits.grace, 1.0)
+                     rule=rule.name, limit=rule.limits.limit, why="fd-percent",
+                     fd_percent=percent, fd_limit=soft)
+        self._deferred[owner] = now + max(rule.limits.grace, 1.0)
         return False
 
     def _collect(self) -> None:
@@ -427,7 +451,7 @@ class Watcher:
             level = logging.ERROR if result is Result.FAILED else logging.WARNING
             where = outcome.target.where
             fields = dict(pid=info.pid, comm=info.comm, **(where.fields() if where else {}),
-                          result=result.value, signals=outcome.signals,
+                          rule=outcome.target.rule, result=result.value, signals=outcome.signals,
                           took=round(outcome.took, 3))
             if outcome.revive is not None:
                 revival, said = outcome.revive
@@ -457,13 +481,17 @@ class Watcher:
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
                 del self.outcomes[:500]
             self.results[result] = self.results.get(result, 0) + 1
+            by = (outcome.target.rule, result.value)
+            if by in self.rule_results or len(self.rule_results) < 1024:  # bounded: rules
+                self.rule_results[by] = self.rule_results.get(by, 0) + 1
             if result is Result.SPARED:
                 self.hook_failures += 1
             if result.look_again:
                 # Not killed this round: look again after another grace
                 # period (a process that closed its sockets may leak again).
                 self._reaped.discard(owner)
-                self._deferred[owner] = self._clock() + max(self.limits.grace, 1.0)
+                grace = outcome.target.grace or self.limits.grace
+                self._deferred[owner] = self._clock() + max(grace, 1.0)
             elif result in (Result.REPLACED, Result.FAILED):
                 self._reaped.discard(owner)
 

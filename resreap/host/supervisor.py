@@ -108,14 +108,19 @@ def parse(text: str, named: bool = True) -> Supervisor:
             # rootless container, or a cgroup named like one): no container
             # id is taken from there.
             break
-        for pattern in _CONTAINER:
-            if m := pattern.match(part):
-                container = m.group(1)[:12]
+        found = [m.group(1)[:12] for pattern in _CONTAINER if (m := pattern.match(part))]
         if m := _MACHINE.match(part):
             name = _unescape(m.group(1))
             # Unescaped, \xNN may be anything: a control character or a
             # shell metacharacter for a hook.  Only a plain machine name.
-            container = name if _MACHINE_NAME.match(name) else container
+            found = [name] if _MACHINE_NAME.match(name) else [""]
+        if found:
+            # The outermost container is the one the host's runtime made;
+            # below it, cgroups are the container's own to name (a runtime
+            # or systemd inside it, with delegation): one named like another
+            # container must not make its processes that container's.
+            container = found[0] or None
+            break
     return Supervisor(path, unit, container)
 
 

@@ -296,15 +296,19 @@ class Exporter:
         from prometheus_client.core import CounterMetricFamily
 
         kills = CounterMetricFamily("resreap_kills", "Processes killed, by how (terminated, "
-                                    "killed: SIGKILL was needed)", labels=["result"])
+                                    "killed: SIGKILL was needed) and the rule that judged them",
+                                    labels=["result", "rule"])
         outcomes = CounterMetricFamily("resreap_outcomes", "Every kill sequence's outcome, "
-                                       "kills included (spared, dry-run, resolved, replaced...)",
-                                       labels=["result"])
-        for result, n in snap.outcomes.items():
-            outcomes.add_metric([result], n)
-        # Kills exist from the start, at 0: increase() then counts the first.
-        for result in sorted(KILLED):
-            kills.add_metric([result], snap.outcomes.get(result, 0))
+                                       "kills included (spared, dry-run, resolved, replaced...), "
+                                       "by rule", labels=["result", "rule"])
+        by_rule = snap.rule_outcomes or {("default", r): n for r, n in snap.outcomes.items()}
+        for (rule, result), n in sorted(by_rule.items()):
+            outcomes.add_metric([result, rule], n)
+        # Kills exist from the start, at 0, for every rule in force (and any
+        # that killed before a reload): increase() then counts the first.
+        for rule in sorted(set(snap.rules) | {rule for rule, _ in by_rule}):
+            for result in sorted(KILLED):
+                kills.add_metric([result, rule], by_rule.get((rule, result), 0))
         yield kills
         yield outcomes
         yield self._durations(snap)

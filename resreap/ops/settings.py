@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, NamedTuple
 
-from resreap.engine.filters import Filters
+from resreap.engine.filters import Filters, check_container, check_unit_glob, \
+    parse_command_pattern
+from resreap.engine.rules import Match, Rule
 from resreap.engine.killer import Plan, parse_signal
 from resreap.engine.policy import Limits, parse_rate
 from resreap.engine.config import WatchConfig
@@ -47,13 +49,15 @@ def positive(name: str, value: Any, minimum: float = 0.0, *, strict: bool = Fals
 
 
 def resolve_trace(command_pattern: str | None, ignore: Iterable[str], pids: Iterable[int],
-                  grace: Any, min_age: Any, json_out: bool, backend: str):
+                  grace: Any, min_age: Any, json_out: bool, backend: str,
+                  unit: str | None = None, container: str | None = None):
     """trace's options, validated before anything opens (compiling the
     BPF program for a bad -i was seconds wasted): the same checks as
     watch's."""
     from resreap.ops.tracing import TraceSettings
 
-    filters = Filters.parse(command_pattern, tuple(ignore or ()), tuple(pids or ()))
+    filters = Filters.parse(command_pattern, tuple(ignore or ()), tuple(pids or ()), unit,
+                            container)
     positive("-i", grace, strict=True)
     if min_age is not None:
         positive("--min-age", min_age, strict=True)
@@ -77,25 +81,33 @@ def resolve(given: dict[str, Any], from_flags: Iterable[str],
         key = FILE_TO_CLI.get(name, name)
         if key not in typed:
             merged[key] = value
-    return validate(merged)
+    try:
+        return validate(merged, force_dry_run="dry_run" in typed and bool(given.get("dry_run")))
+    except UsageError as exc:
+        if merged.get("rule") and str(exc).startswith("rule "):
+            raise UsageError(f"config {config_path or config.DEFAULT_PATH}: {exc}") from None
+        raise
 
 
-def validate(st: dict[str, Any]) -> WatchSettings:
-    """Typed settings from merged values; raises UsageError, naming the
-    option, for the first bad one."""
-    filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or ())
-    positive("-l", st["limit"], 1)
-    positive("-i", st["grace"], strict=True)
-    positive("--stall", st["stall"], strict=True)
+# The flag that names each setting, in errors about the top level (a rule's
+# errors name its key instead: "rule 'edge': limit = 0 ...").
+FLAGS = {"limit": "-l", "grace": "-i", "stall": "--stall", "fd_percent": "--fd-percent",
+         "wait": "-w", "hook_timeout": "--hook-timeout"}
+
+
+def _limits_plan(st: dict[str, Any], name=FLAGS.__getitem__) -> tuple[Limits, Plan]:
+    """The judging and acting settings (the default rule's, or one
+    rule's), from merged values; ``name``: how errors call a setting."""
+    positive(name("limit"), st["limit"], 1)
+    positive(name("grace"), st["grace"], strict=True)
+    positive(name("stall"), st["stall"], strict=True)
     if st["fd_percent"] is not None:
-        positive("--fd-percent", st["fd_percent"])
+        positive(name("fd_percent"), st["fd_percent"])
         if not 0 < st["fd_percent"] <= 100:
-            raise UsageError(f"bad --fd-percent value {st['fd_percent']!r}: must be in (0, 100]")
-    positive("-w", st["wait"])
-    positive("--hook-timeout", st["hook_timeout"], strict=True)
-    if st["poll_interval"] is not None:
-        positive("--poll-interval", st["poll_interval"], 0.01)
-    _backend(st["backend"])
+            raise UsageError(f"bad {name('fd_percent')} value {st['fd_percent']!r}: must be in "
+                             "(0, 100]")
+    positive(name("wait"), st["wait"])
+    positive(name("hook_timeout"), st["hook_timeout"], strict=True)
     max_kills, per = parse_rate(st["max_rate"])
     also = tuple(st.get("restart_unit") or ())
     for unit in also:
@@ -110,8 +122,69 @@ def validate(st: dict[str, Any]) -> WatchSettings:
     grace = float(st["grace"])
     limits = Limits(int(st["limit"]), grace, max_kills, per, stall=max(grace, float(st["stall"])),
                     fd_percent=float(st["fd_percent"]) if st["fd_percent"] is not None else None)
+    return limits, plan
+
+
+def _match(raw: dict[str, Any]) -> Match:
+    port = raw.get("port")
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"match port = {port}: must be 1-65535")
+    user, uid = raw.get("user"), None
+    if user is not None:
+        uid = _uid(user)
+    cmd = raw.get("cmd")
+    return Match(parse_command_pattern(cmd) if cmd is not None else None,
+                 check_unit_glob(raw["unit"], "match unit") if "unit" in raw else None,
+                 check_container(raw["container"], "match container") if "container" in raw
+                 else None, port, uid, str(user) if user is not None else None)
+
+
+def _uid(user: str | int) -> int:
+    """A user name or uid, resolved once, when the rules are read."""
+    import pwd
+
+    if isinstance(user, int) or user.isdigit():
+        if int(user) < 0:
+            raise UsageError(f"match user = {user}: not a uid")
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UsageError(f"match user = {user!r}: no such user") from None
+
+
+def _rules(st: dict[str, Any], force_dry_run: bool) -> tuple[Rule, ...]:
+    """The [[rule]]s: each a match and the top-level settings (and flags)
+    with its own keys over them.  --dry-run on the command line makes
+    every rule a dry run: whoever tries a config with -d sees no kill."""
+    out = []
+    for raw in st.get("rule") or ():
+        try:
+            mine = dict(st)
+            for key in config.RULE_KEYS:
+                if key in raw:
+                    mine[FILE_TO_CLI.get(key, key)] = raw[key]
+            if force_dry_run:
+                mine["dry_run"] = True
+            limits, plan = _limits_plan(mine, name=lambda key: key)
+            out.append(Rule(raw["name"], _match(raw["match"]), limits, plan))
+        except UsageError as exc:
+            raise UsageError(f"rule {raw['name']!r}: {exc}") from None
+    return tuple(out)
+
+
+def validate(st: dict[str, Any], force_dry_run: bool = False) -> WatchSettings:
+    """Typed settings from merged values; raises UsageError, naming the
+    option (or the rule), for the first bad one."""
+    filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or (),
+                            st.get("unit"), st.get("container"))
+    limits, plan = _limits_plan(st)
+    if st["poll_interval"] is not None:
+        positive("--poll-interval", st["poll_interval"], 0.01)
+    _backend(st["backend"])
+    rules = _rules(st, force_dry_run)
     return WatchSettings(
-        engine=WatchConfig(limits, plan, filters),
+        engine=WatchConfig(limits, plan, filters, rules, st.get("default") == "ignore"),
         backend=st["backend"],
         poll_interval=float(st["poll_interval"]) if st["poll_interval"] is not None else None,
         log_file=st["log_file"], json_out=bool(st["json_out"]), debug=bool(st["debug"]),

@@ -44,23 +44,37 @@ def start(st: WatchSettings) -> Watcher:
     decisions.addHandler(logging.NullHandler())
     decisions.propagate = False
     check_privileges()
-    config = st.engine._replace(plan=st.engine.plan._replace(dry_run=True))
+    config = st.engine._replace(
+        plan=st.engine.plan._replace(dry_run=True),
+        rules=tuple(r._replace(plan=r.plan._replace(dry_run=True)) for r in st.engine.rules))
+    earliest = config.ruleset().earliest
     table = SocketTable()
-    selected = open_source(st.backend, table, latency=read_latency(config.limits.grace),
-                           poll_interval=st.poll_interval or max(0.05, config.limits.grace / 2),
+    selected = open_source(st.backend, table, latency=read_latency(earliest),
+                           poll_interval=st.poll_interval or max(0.05, earliest / 2),
                            first_pass=True)
     watcher = Watcher(selected.source, OwnerResolver(table), Current(config))
     watcher.start()
     return watcher
 
 
-def frame(watcher: Watcher, now: float, rate: float, sort: str) -> dict:
-    """One frame's data: the header's figures and the rows, sorted."""
+def actions(st: WatchSettings) -> dict[str, str]:
+    """What each rule would do, by name, as configured (top itself runs
+    them all as dry runs)."""
+    return {r.name: "dry run" if r.plan.dry_run else r.plan.describe()
+            for r in st.engine.ruleset().every()}
+
+
+def frame(watcher: Watcher, now: float, rate: float, sort: str,
+          plans: dict[str, str] | None = None) -> dict:
+    """One frame's data: the header's figures and the rows, sorted; each
+    row's ``action`` from ``plans`` (by rule name)."""
     source = watcher.source
+    found = [r._replace(action=(plans or {}).get(r.rule, "-")) for r in rows(watcher, now)]
     return {"backend": source.name, "loader": source.loader or "-",
             "close_wait": len(watcher.table), "events_per_s": round(rate, 1),
             "lost": source.lost(), "limit": watcher.limits.limit, "sort": sort,
-            "rows": sorted(rows(watcher, now), key=_key(sort)),
+            "rules": len(watcher.current.rules.rules),
+            "rows": sorted(found, key=_key(sort)),
             "reaps": [(o.target.info.pid, o.target.info.comm, o.result.value)
                       for o in watcher.outcomes[-5:]]}
 
@@ -80,12 +94,17 @@ def render(data: dict, height: int = 24):
                 f"{data['close_wait']}  ev/s {data['events_per_s']}  lost {lost}  -l "
                 f"{data['limit']}  by {data['sort']}  [s]ort [q]uit", no_wrap=True)
     table = Table(box=None, pad_edge=False, expand=False, padding=(0, 1, 0, 0))
-    for name, width in (("PID", 7), ("COMM", 10), ("UNIT/CONT", 12), ("CW", 4),
-                        ("CNT", 4), ("EVIDENCE", 11), ("OLDEST", 6), ("FDS", 10),
-                        ("REAP IN", 7)):
+    # With rules, the rule takes the oldest age's place (80 columns).
+    ruled = bool(data.get("rules"))
+    columns = (("PID", 7), ("COMM", 9), ("UNIT/CONT", 11), ("CW", 4), ("CNT", 4),
+               ("EVIDENCE", 10), ("RULE", 8), ("FDS", 9), ("REAP IN", 7)) if ruled else (
+        ("PID", 7), ("COMM", 10), ("UNIT/CONT", 12), ("CW", 4), ("CNT", 4), ("EVIDENCE", 11),
+        ("OLDEST", 6), ("FDS", 10), ("REAP IN", 7))
+    for name, width in columns:
         table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
     for r in data["rows"][:max(1, height - 9)]:
-        table.add_row(*_cells(r))
+        cells = _cells(r)
+        table.add_row(*(cells[:6] + [r.rule] + cells[7:] if ruled else cells))
     reaps = Text("recent: " + ("  ".join(f"{pid} {comm} {result}" for pid, comm, result
                                         in data["reaps"]) or "none"), no_wrap=True)
     return Group(head, table, reaps)
@@ -104,9 +123,9 @@ def run(st: WatchSettings, *, once: bool, json_out: bool, sort: str,
     watcher = start(st)
     try:
         if once or json_out or not sys.stdin.isatty():
-            _once(watcher, sort, json_out, out)
+            _once(watcher, sort, json_out, out, actions(st))
         else:
-            _live(watcher, sort)
+            _live(watcher, sort, actions(st))
     finally:
         watcher.source.close()
 
@@ -115,13 +134,19 @@ def _events(watcher: Watcher) -> int:
     return sum(watcher.events_seen.values())
 
 
-def _once(watcher: Watcher, sort: str, json_out: bool, out) -> None:
+def first_look(watcher: Watcher) -> float:
+    """Run the watcher until every socket has been judged once; the
+    events per second meanwhile."""
     began, seen = time.monotonic(), _events(watcher)
-    look = watcher.limits.grace + FIRST_LOOK_EXTRA
+    look = watcher.current.rules.earliest + FIRST_LOOK_EXTRA
     while time.monotonic() - began < look:
         watcher.step()
-    rate = (_events(watcher) - seen) / max(0.001, time.monotonic() - began)
-    data = frame(watcher, time.monotonic(), rate, sort)
+    return (_events(watcher) - seen) / max(0.001, time.monotonic() - began)
+
+
+def _once(watcher: Watcher, sort: str, json_out: bool, out, plans: dict[str, str]) -> None:
+    rate = first_look(watcher)
+    data = frame(watcher, time.monotonic(), rate, sort, plans)
     if json_out:
         out(as_json(data))
     else:
@@ -130,7 +155,7 @@ def _once(watcher: Watcher, sort: str, json_out: bool, out) -> None:
         Console(width=80, force_terminal=False).print(render(data))
 
 
-def _live(watcher: Watcher, sort: str) -> None:
+def _live(watcher: Watcher, sort: str, plans: dict[str, str]) -> None:
     import termios
     import tty
 
@@ -150,7 +175,7 @@ def _live(watcher: Watcher, sort: str) -> None:
                 if now - last >= 1.0:
                     rate = (_events(watcher) - seen) / max(0.001, now - last) if last else 0.0
                     seen, last = _events(watcher), now
-                    live.update(render(frame(watcher, now, rate, sort), console.height),
+                    live.update(render(frame(watcher, now, rate, sort, plans), console.height),
                                 refresh=True)
                 if select.select([fd], [], [], 0)[0]:
                     key = os.read(fd, 1)

@@ -220,7 +220,8 @@ class FakeKiller(KillEngine):
 
     def finish(self, pid: int) -> None:
         target = self._running.pop(pid)
-        result = Result.DRY_RUN if self.current.plan.dry_run else self.results.get(pid, Result.TERMINATED)
+        plan = target.plan or self.current.plan  # its rule's, as Killer does
+        result = Result.DRY_RUN if plan.dry_run else self.results.get(pid, Result.TERMINATED)
         if result.killed_it:
             self.world.exit(pid)
         self._finished.append(Outcome(target, result, ("SIGTERM",) if result.killed_it else (),
@@ -285,7 +286,7 @@ class World:
     def process(self, pid: int, comm: str = "server", cmdline: str | None = None, ppid: int = 1,
                 uid: int = 0, age: float = 3600.0, unit: str = "app.service",
                 fd_limit: int = 1024, kthread: bool = False,
-                started: float | None = None) -> Proc:
+                started: float | None = None, cgroup: str | None = None) -> Proc:
         """``age``: seconds it has run at the fake clock's now; or
         ``started``: the fake clock's time it started (a restart the
         scenario places later, holding what its predecessor held)."""
@@ -304,7 +305,7 @@ class World:
         (d / "limits").write_text(f"Limit                     Soft Limit           Hard Limit\n"
                                   f"Max open files            {fd_limit}                 "
                                   f"{fd_limit}                 files\n")
-        (d / "cgroup").write_text(f"0::/system.slice/{unit}\n")
+        (d / "cgroup").write_text(f"0::{cgroup or '/system.slice/' + unit}\n")
         if ppid in self.procs:
             children = self.proc / str(ppid) / "task" / str(ppid) / "children"
             children.write_text(children.read_text() + f"{pid} ")
@@ -417,11 +418,13 @@ class World:
     def watch(self, limit: int = 2, grace: float = 2.0, stall: float = 60.0,
               fd_percent: float | None = None, filters: Filters | None = None,
               max_kills: int = 3, per: float = 60.0, dry_run: bool = False,
-              hook: str | None = None, scan_takes: float = 0.0) -> Watcher:
+              hook: str | None = None, scan_takes: float = 0.0,
+              config: WatchConfig | None = None) -> Watcher:
+        """The watcher with these settings, or ``config`` (rules)."""
         plan = Plan(wait=2.0, dry_run=dry_run, hook=hook)
-        config = WatchConfig(Limits(limit, grace, max_kills, per, stall=max(grace, stall),
-                                    fd_percent=fd_percent),
-                             plan, filters or Filters.parse(None, (), ()))
+        config = config or WatchConfig(Limits(limit, grace, max_kills, per,
+                                              stall=max(grace, stall), fd_percent=fd_percent),
+                                       plan, filters or Filters.parse(None, (), ()))
         current = Current(config)
         index = FdIndex(procinfo.Proc(str(self.proc)), self.clock)
         index.scanner = SlowScanner(index, self.clock, scan_takes) if scan_takes \

@@ -286,9 +286,9 @@ def test_metrics_label_holders_with_unit_and_container():
     assert not any("pid" in dict(labels) for _name, labels in samples)
     assert samples[("resreap_close_wait_sockets_by_holder", srv)] == 5
     assert samples[("resreap_close_wait_oldest_seconds", ())] == 42.25
-    assert samples[("resreap_kills_total", (("result", "terminated"),))] == 2
-    assert ("resreap_kills_total", (("result", "dry-run"),)) not in samples
-    assert samples[("resreap_outcomes_total", (("result", "dry-run"),))] == 4
+    assert samples[("resreap_kills_total", (("result", "terminated"), ("rule", "default")))] == 2
+    assert ("resreap_kills_total", (("result", "dry-run"), ("rule", "default"))) not in samples
+    assert samples[("resreap_outcomes_total", (("result", "dry-run"), ("rule", "default")))] == 4
     assert samples[("resreap_kill_duration_seconds_bucket", (("le", "0.05"),))] == 1
     assert samples[("resreap_kill_duration_seconds_bucket", (("le", "+Inf"),))] == 3
     assert samples[("resreap_kill_duration_seconds_count", ())] == 3

@@ -1,0 +1,147 @@
+"""Per-service rules: which settings judge a process.  `[[rule]]` entries
+of the config file, in order, each a match (cmd, unit, container, port,
+user, ANDed) and the watch settings it changes; the first rule that
+matches a process (and, with `port`, the leaked socket) applies, else the
+default rule: the top-level settings and the flags (or none at all with
+``default = "ignore"``).
+
+Who controls each match input (a rule is only as trustworthy as the
+inputs it reads):
+
+| key       | read from                              | who can set it |
+|-----------|----------------------------------------|----------------|
+| cmd       | /proc/PID/cmdline                      | the process itself: anyone, for their own processes |
+| unit      | the system manager's unit in the cgroup path | root (systemd); a user's own units stay inside user@UID.service |
+| container | the outermost container cgroup         | root (the container runtime, machined) |
+| port      | the leaked socket's local port         | whoever may bind it: below 1024 root, in the host's namespace; any user in a namespace of their own |
+| user      | every uid of the process (real, effective, saved, fs) | root, or that user |
+
+So `unit`, `container` and `user` select what a user cannot enter; `cmd`
+and `port` only narrow them.  A rule that matches on cmd or port alone
+can be entered by any user's process (`resreap rules` says so)."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from resreap.engine.evidence import Rules
+from resreap.engine.filters import CommandPattern, container_matches, unit_matches
+from resreap.engine.killer import Plan
+from resreap.engine.policy import Limits
+from resreap.host.supervisor import Supervisor
+
+DEFAULT = "default"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MATCH_KEYS = ("cmd", "unit", "container", "port", "user")
+# Keys that a user cannot make their own process match.
+TRUSTED_KEYS = ("unit", "container", "user")
+
+
+class Facts(NamedTuple):
+    """What a process's rule is matched against (read once per process)."""
+
+    cmdline: str
+    where: Supervisor
+    uids: frozenset[int]  # real, effective, saved, filesystem
+
+
+NO_FACTS = Facts("", Supervisor(), frozenset())
+
+
+class Match(NamedTuple):
+    """A rule's match: every key given must hold (None: any)."""
+
+    cmd: CommandPattern | None = None
+    unit: str | None = None
+    container: str | None = None
+    port: int | None = None
+    uid: int | None = None
+    user: str | None = None  # as written (a name or a number), for output
+
+    def wants(self, facts: Facts, lport: int) -> bool:
+        if self.port is not None and lport != self.port:
+            return False
+        if self.uid is not None and (not facts.uids or facts.uids != {self.uid}):
+            return False  # a setuid program run by another user is not theirs
+        if self.unit is not None and not unit_matches(self.unit, facts.where):
+            return False
+        if self.container is not None and not container_matches(self.container, facts.where):
+            return False
+        return self.cmd is None or self.cmd.search(facts.cmdline)
+
+    @property
+    def needs_facts(self) -> bool:
+        return any(v is not None for v in (self.cmd, self.unit, self.container, self.uid))
+
+    def describe(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.cmd is not None:
+            out["cmd"] = self.cmd.text
+        for key in ("unit", "container", "port", "user"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @property
+    def trusted(self) -> bool:
+        """Does it select by an input a user cannot enter (unit,
+        container, user)?  Otherwise any user's process can match it."""
+        return any(getattr(self, key) is not None for key in ("unit", "container", "uid"))
+
+
+class Rule(NamedTuple):
+    name: str
+    match: Match
+    limits: Limits
+    plan: Plan
+
+
+class RuleSet(NamedTuple):
+    """The rules in force, in order, then the default rule (None:
+    ``default = "ignore"``, unmatched processes are left alone)."""
+
+    rules: tuple[Rule, ...] = ()
+    default: Rule | None = None
+
+    def pick(self, facts: Facts, lport: int) -> Rule | None:
+        """The first rule matching (``facts``: NO_FACTS where no rule
+        ``needs_facts``)."""
+        for rule in self.rules:
+            if rule.match.wants(facts, lport):
+                return rule
+        return self.default
+
+    @property
+    def needs_facts(self) -> bool:
+        return any(r.match.needs_facts for r in self.rules)
+
+    @property
+    def plain(self) -> bool:
+        """Only the default rule: every process is judged by it."""
+        return not self.rules and self.default is not None
+
+    def every(self) -> tuple[Rule, ...]:
+        return self.rules + ((self.default,) if self.default is not None else ())
+
+    @property
+    def earliest(self) -> float:
+        """The shortest grace of any rule: no socket counts sooner."""
+        return min((r.limits.grace for r in self.every()), default=2.0)
+
+    @property
+    def loosest(self) -> Rules:
+        """The shortest grace and stall of any rule: a socket that does not
+        count under these counts under none."""
+        every = self.every()
+        if not every:
+            return Rules()
+        return Rules(min(r.limits.grace for r in every), min(r.limits.stall for r in every))
+
+    @property
+    def longest_window(self) -> float:
+        """The longest --max-rate window: how long kills are remembered."""
+        return max((r.limits.per for r in self.every()), default=60.0)
+
+    def named(self, name: str) -> Rule | None:
+        return next((r for r in self.every() if r.name == name), None)

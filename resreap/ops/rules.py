@@ -1,0 +1,91 @@
+"""`resreap rules`: the rules in force, and who falls under which, before
+they act.  Each rule with its match, the inputs it trusts, and its
+settings; then every process holding CLOSE_WAIT sockets now, the rule it
+falls under, its counting sockets, what its rule would do and when.  The
+same first look as `top --once` (the watch's own source and policy, as a
+dry run)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from resreap.engine.rules import TRUSTED_KEYS, Rule
+from resreap.engine.view import Row
+from resreap.ops import top
+from resreap.ops.settings import WatchSettings
+
+
+def describe(rule: Rule, default: bool = False) -> dict:
+    """One rule, as `rules` prints it."""
+    limits, plan = rule.limits, rule.plan
+    match = rule.match.describe()
+    return {
+        "rule": rule.name,
+        "match": match if not default else "every process no rule matches (the top level and "
+                                           "the flags, narrowed by -f, -p, --unit, --container)",
+        "trusts": [k for k in TRUSTED_KEYS if k in match] if not default else [],
+        "any_user_can_match": not default and not rule.match.trusted,
+        "limit": limits.limit, "grace": limits.grace, "stall": limits.stall,
+        "fd_percent": limits.fd_percent, "max_rate": f"{limits.max_kills}/{limits.per:g}",
+        "plan": plan.describe(), "dry_run": plan.dry_run, "hook": plan.hook,
+        "restart_units": plan.restart_units,
+    }
+
+
+def book(st: WatchSettings) -> list[dict]:
+    rules = st.engine.ruleset()
+    out = [describe(r) for r in rules.rules]
+    if rules.default is not None:
+        out.append(describe(rules.default, default=True))
+    return out
+
+
+def _when(row: Row) -> str:
+    if row.rule == "-":
+        return "left alone: no rule matches (default = \"ignore\")"
+    if row.reap_in is None:
+        return "nothing with these sockets (not enough of them would count)"
+    doing = "would be logged (dry run)" if row.action == "dry run" else row.action
+    when = "now" if row.reap_in == 0 else f"in {row.reap_in:.0f}s"
+    return f"{when}: {doing}"
+
+
+def text(rules: list[dict], rows: list[Row]) -> list[str]:
+    lines = []
+    for r in rules:
+        match = r["match"] if isinstance(r["match"], str) else " ".join(
+            f"{k}={v}" for k, v in r["match"].items())
+        trust = "; ANY USER'S PROCESS CAN MATCH IT (cmd/port only)" \
+            if r["any_user_can_match"] else (f"; trusts {','.join(r['trusts'])}"
+                                             if r["trusts"] else "")
+        lines.append(f"rule {r['rule']}: {match}{trust}")
+        lines.append(f"  limit {r['limit']}, grace {r['grace']:g}s, stall {r['stall']:g}s, "
+                     f"fd_percent {r['fd_percent'] or '-'}, max_rate {r['max_rate']}, "
+                     f"{'dry run' if r['dry_run'] else 'plan ' + r['plan']}"
+                     + (", hook" if r["hook"] else ""))
+    lines.append("")
+    if not rows:
+        lines.append("no process holds a socket in CLOSE_WAIT now")
+    for row in rows:
+        where = row.container or row.unit or "-"
+        lines.append(f"pid {row.pid} {row.comm} ({where}): rule {row.rule}, CLOSE_WAIT "
+                     f"{row.close_wait}, counting {row.counting}; {_when(row)}")
+    return lines
+
+
+def run(st: WatchSettings, json_out: bool, out: Callable[[str], None]) -> None:
+    rules = book(st)
+    watcher = top.start(st)
+    try:
+        top.first_look(watcher)
+        data = top.frame(watcher, time.monotonic(), 0.0, "reap-in", top.actions(st))
+    finally:
+        watcher.source.close()
+    if json_out:
+        out(json.dumps({"rules": rules, "holders": [
+            {**r._asdict(), "would": _when(r)} for r in data["rows"]]}, default=str))
+        return
+    for line in text(rules, data["rows"]):
+        out(line)
