@@ -112,16 +112,21 @@ class WatchRun:
 
 
 def fenced(args) -> bool:
-    """-f, -p or a dry run on the command line, or in the --config file."""
+    """-f, -p or a dry run on the command line, or in the --config file;
+    and every [[rule]] of that file fenced by its cmd or a dry run."""
     args = list(args)
-    if any(a in FENCES for a in args):
-        return True
+    conf: dict = {}
     if "--config" in args:
         with open(args[args.index("--config") + 1], "rb") as f:
             conf = tomllib.load(f)
-        conf = conf.get("watch", conf)
-        return bool(conf.get("filter") or conf.get("pid") or conf.get("dry_run"))
-    return False
+    rules = conf.get("rule", [])
+    if not all(r.get("dry_run") or r.get("match", {}).get("cmd") for r in rules):
+        return False
+    if any(a in FENCES for a in args):
+        return True
+    top = conf.get("watch", conf)
+    return bool(top.get("filter") or top.get("pid") or top.get("dry_run")
+                or top.get("default") == "ignore")
 
 
 class Runs:

@@ -36,6 +36,16 @@ STOP_WAIT = 4.0
 SNAPSHOT_EVERY = 1.0
 
 
+def _rule_fields(config) -> dict:
+    """The start and reload lines' word on rules (none without any)."""
+    if not config.rules and not config.ignore_unmatched:
+        return {}
+    out = {"rules": [r.name for r in config.rules]}
+    if config.ignore_unmatched:
+        out["default"] = "ignore"
+    return out
+
+
 def stop_on_signals() -> None:
     """End cleanly on INT and TERM, even when started with SIGINT ignored
     (a background job of a non-interactive shell inherits SIG_IGN)."""
@@ -100,12 +110,14 @@ class Daemon:
         st, config = self.settings, self.settings.engine
         # One watch acts per host; a dry run never signals, so it may run
         # beside one to try settings (registered, so that reload finds it).
-        self._acts_alone = not config.plan.dry_run
-        self.lock = register_dry_run() if config.plan.dry_run else hold_watch_lock()
+        # (A dry run: every rule is one.)
+        self._acts_alone = config.acts
+        self.lock = hold_watch_lock() if config.acts else register_dry_run()
         table = SocketTable()
         # Events may wait in the ring this long; deadlines use kernel
         # timestamps, so this bounds work per wakeup, not timer accuracy.
-        latency = read_latency(config.limits.grace)
+        earliest = config.ruleset().earliest
+        latency = read_latency(earliest)
         if st.backend != "proc":
             # Milliseconds for the prebuilt program; where bcc compiles
             # instead, seconds (a minute on a busy host): say so at once,
@@ -116,7 +128,7 @@ class Daemon:
         # The kernel's first pass: churn costs nothing here (trace keeps
         # the full stream).
         selected = open_source(st.backend, table, latency=latency,
-                               poll_interval=st.poll_interval or max(0.05, config.limits.grace / 2),
+                               poll_interval=st.poll_interval or max(0.05, earliest / 2),
                                first_pass=True)
         if st.metrics:
             from resreap.ops.metrics import Exporter
@@ -145,9 +157,10 @@ class Daemon:
         """One line for `systemctl status`: what is watched, and how."""
         config = self.settings.engine
         how = f"{source.name}, loader {source.loader}" if source.loader else source.name
-        mode = "dry run: never signals" if config.plan.dry_run else f"plan {config.plan.describe()}"
+        mode = "dry run: never signals" if not config.acts else f"plan {config.plan.describe()}"
+        rules = f"; rules {','.join(r.name for r in config.rules)}" if config.rules else ""
         return (f"watching {namespaces} network namespace(s) ({how}); limit "
-                f"{config.limits.limit}, grace {config.limits.grace:g}s; {mode}")
+                f"{config.limits.limit}, grace {config.limits.grace:g}s; {mode}{rules}")
 
     def _say_start(self, selected, namespaces: int, fd_limit: int) -> None:
         st, config, source = self.settings, self.settings.engine, selected.source
@@ -165,7 +178,7 @@ class Daemon:
                  dry_run=config.plan.dry_run, restart_units=config.plan.restart_units,
                  filter=st.command_pattern or "",
                  ignore=list(st.ignore), pid=sorted(config.filters.pids),
-                 namespaces=namespaces,
+                 **_rule_fields(config), namespaces=namespaces,
                  lock=self._describe_lock(),
                  fd_limit=fd_limit, version=__version__,
                  note="Ctrl-C to end")
@@ -197,7 +210,7 @@ class Daemon:
             decision(Event.RELOAD, logging.ERROR, error=f"cannot reopen the log file: {problem}")
         try:
             fresh = settings.resolve(self._given, self._typed, self._config_file).engine
-            if not fresh.plan.dry_run and not self._acts_alone:
+            if fresh.acts and not self._acts_alone:
                 lock = hold_watch_lock()  # leaving dry run: act alone
                 if self.lock is not None:
                     self.lock.release()  # the dry run's registration
@@ -213,10 +226,11 @@ class Daemon:
         self.notifier.status(self._status(watcher.source, len(watcher.resolver.kernel.namespaces)))
         decision(Event.RELOAD, logging.WARNING, limit=fresh.limits.limit,
                  grace=fresh.limits.grace, stall=fresh.limits.stall,
-                 plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run)
+                 plan=fresh.plan.describe(), dry_run=fresh.plan.dry_run, **_rule_fields(fresh))
+        rules = f" rules={','.join(r.name for r in fresh.rules)}" if fresh.rules else ""
         self._answer(True, f"limit={fresh.limits.limit} grace={fresh.limits.grace:g} "
                            f"stall={fresh.limits.stall:g} plan={fresh.plan.describe()!r} "
-                           f"dry_run={fresh.plan.dry_run}")
+                           f"dry_run={fresh.plan.dry_run}{rules}")
 
     def _rejected(self, error: str) -> None:
         decision(Event.RELOAD, logging.ERROR, error=error, note="keeping the old settings")

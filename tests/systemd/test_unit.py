@@ -337,3 +337,68 @@ def test_stop_is_clean(machine):
     assert machine.show("resreap", "Result") == "success"
     assert machine.show("resreap", "ActiveState") == "inactive"
     assert re.search(r"(?m)^stop lost_events=0 ", machine.journal("resreap"))
+
+
+# #24: two services, each under its own rule (matched by the unit systemd
+# made, and for the edge also the port), each reaped by its own plan.
+SERVICE = """\
+[Unit]
+Description=a leaking server under a rule of its own
+[Service]
+ExecStart=/usr/bin/python3 /src/tests/systemd/leaky.py {port}
+Restart=always
+"""
+RULES = CONFIG + """
+[[rule]]
+name = "backend"
+match = { unit = "backend-*.service" }
+limit = 3
+grace = 3.0
+first_signal = "HUP"
+
+[[rule]]
+name = "edge"
+match = { unit = "edge.service", port = 7010 }
+limit = 2
+"""
+
+
+def _field(line: str, key: str) -> str:
+    return re.search(rf' {key}=("[^"]*"|\S+)', line)[1].strip('"')
+
+
+def test_two_services_each_reaped_under_its_own_rule(machine):
+    machine.sh("cp /etc/resreap/resreap.toml /tmp/before-rules.toml && "
+               f"cat > /etc/resreap/resreap.toml <<'EOF'\n{RULES}EOF\n"
+               f"cat > /etc/systemd/system/edge.service <<'EOF'\n{SERVICE.format(port=7010)}EOF\n"
+               f"cat > /etc/systemd/system/backend-1.service <<'EOF'\n"
+               f"{SERVICE.format(port=7011)}EOF\n"
+               "systemctl daemon-reload && systemctl start edge backend-1")
+    try:
+        machine.run("/opt/resreap/venv/bin/resreap", "reload")
+        edge = wait_for("edge's main pid", lambda: _main_pid(machine, "edge"))
+        backend = wait_for("backend's main pid", lambda: _main_pid(machine, "backend-1"))
+        wait_for("both to listen", lambda: all(
+            f":{p}" in machine.run("ss", "-tln").stdout for p in (7010, 7011)))
+        listed = machine.run("/opt/resreap/venv/bin/resreap", "rules").stdout
+        assert "rule backend: unit=backend-*.service; trusts unit" in listed, listed
+        machine.run("python3", "-c", CLIENTS.replace("7000", "7010").replace("range(3)",
+                                                                            "range(2)"))
+        machine.run("python3", "-c", CLIENTS.replace("7000", "7011"))
+        lines = {pid: _outcome(machine, pid) for pid in (edge, backend)}
+        journal = machine.journal("resreap")
+        reaps = {pid: [ln for ln in journal.splitlines() if f"reap pid={pid} " in ln][0]
+                 for pid in (edge, backend)}
+        assert _field(lines[edge], "rule") == "edge" and _field(lines[edge], "signals") == \
+            "SIGTERM"
+        assert _field(lines[backend], "rule") == "backend"
+        assert _field(lines[backend], "signals") == "SIGHUP"  # its rule's first signal
+        assert _field(reaps[backend], "plan") == "SIGHUP > SIGTERM > wait 5s > SIGKILL"
+        assert float(_field(reaps[backend], "oldest")) >= 3.0  # its rule's grace
+        assert float(_field(reaps[edge], "oldest")) < 3.0      # the top level's (1 s)
+        assert all(_field(lines[p], "result") == "terminated" for p in (edge, backend))
+    finally:
+        machine.sh("systemctl stop edge backend-1; rm -f /etc/systemd/system/edge.service "
+                   "/etc/systemd/system/backend-1.service; systemctl daemon-reload; "
+                   "cp /tmp/before-rules.toml /etc/resreap/resreap.toml")
+        machine.run("/opt/resreap/venv/bin/resreap", "reload", check=False)
