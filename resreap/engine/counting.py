@@ -74,7 +74,10 @@ class Counting:
         self.recheck: list[Key] = []    # sockets to look at on the next turn
         self._foreign: set[Owner] = set()     # passed-in sockets: said once
         self._uids: dict[Owner, tuple[float, frozenset[int]]] = {}
-        self._facts: dict[Owner, tuple[float, Facts | None]] = {}
+        # Per holder: when read, its facts, and the rule per local port
+        # (picked once: a holder of 20,000 sockets is not matched 20,000
+        # times per decision).
+        self._facts: dict[Owner, tuple[float, Facts | None, dict[int, Rule | None]]] = {}
         self._serving: dict[tuple[Owner, int], bool] = {}
         self._next_reconcile = 0.0
         self._orphans_said = float("-inf")
@@ -107,17 +110,28 @@ class Counting:
             return rules.default
         if not rules.needs_facts:
             return rules.pick(NO_FACTS, sock.lport)
-        facts = self.facts(owner)
-        return rules.pick(facts, sock.lport) if facts is not None else None
+        _read, facts, picks = self._known(owner)
+        if facts is None:
+            return None
+        port = sock.lport if rules.by_port else 0  # without port keys, one pick
+        rule = picks.get(port, picks)
+        if rule is picks:
+            if len(picks) > 1024:  # bounded: a client's leak has many local ports
+                picks.clear()
+            rule = picks[port] = rules.pick(facts, sock.lport)
+        return rule  # type: ignore[return-value]
 
     def facts(self, owner: Owner) -> Facts | None:
         """What ``owner``'s rule is matched against: its command line,
         cgroup and uids, read again after UIDS_FRESH (a process may rewrite
         its argv or drop privileges).  None: gone or unreadable."""
+        return self._known(owner)[1]
+
+    def _known(self, owner: Owner) -> tuple[float, Facts | None, dict[int, Rule | None]]:
         now = self._clock()
         known = self._facts.get(owner)
         if known is not None and now - known[0] <= UIDS_FRESH:
-            return known[1]
+            return known
         try:
             info = self.proc.read_bounded(owner.pid)
             if info.start != owner.start:
@@ -130,8 +144,8 @@ class Counting:
             facts = Facts(info.cmdline, where, uids) if uids is not None else None
         if len(self._facts) > 4096:  # bounded: owners come and go
             self._facts.clear()
-        self._facts[owner] = (now, facts)
-        return facts
+        known = self._facts[owner] = (now, facts, {})
+        return known
 
     def refresh(self, owner: Owner) -> None:
         """Read ``owner``'s facts afresh at its next look (before a kill)."""

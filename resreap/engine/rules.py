@@ -117,6 +117,11 @@ class RuleSet(NamedTuple):
         return any(r.match.needs_facts for r in self.rules)
 
     @property
+    def by_port(self) -> bool:
+        """Does any rule match on the socket's port?"""
+        return any(r.match.port is not None for r in self.rules)
+
+    @property
     def plain(self) -> bool:
         """Only the default rule: every process is judged by it."""
         return not self.rules and self.default is not None

@@ -375,7 +375,8 @@ def test_two_services_each_reaped_under_its_own_rule(machine):
                f"{SERVICE.format(port=7011)}EOF\n"
                "systemctl daemon-reload && systemctl start edge backend-1")
     try:
-        machine.run("/opt/resreap/venv/bin/resreap", "reload")
+        wait_for("resreap to run", lambda: _main_pid(machine, "resreap"))
+        machine.run("systemctl", "reload", "resreap")
         edge = wait_for("edge's main pid", lambda: _main_pid(machine, "edge"))
         backend = wait_for("backend's main pid", lambda: _main_pid(machine, "backend-1"))
         wait_for("both to listen", lambda: all(
@@ -401,4 +402,4 @@ def test_two_services_each_reaped_under_its_own_rule(machine):
         machine.sh("systemctl stop edge backend-1; rm -f /etc/systemd/system/edge.service "
                    "/etc/systemd/system/backend-1.service; systemctl daemon-reload; "
                    "cp /tmp/before-rules.toml /etc/resreap/resreap.toml")
-        machine.run("/opt/resreap/venv/bin/resreap", "reload", check=False)
+        machine.run("systemctl", "reload", "resreap", check=False)
