@@ -329,16 +329,6 @@ def test_the_log_file_goes_to_its_own_logs_directory(machine):
     wait_for("resreap to start again", lambda: machine.show("resreap", "ActiveState") == "active")
 
 
-def test_stop_is_clean(machine):
-    assert machine.show("resreap", "TimeoutStopUSec") == "5s"
-    machine.run("systemctl", "stop", "resreap")
-    # Stopped by its own exit within TimeoutStopSec=5, not by systemd's
-    # SIGKILL after it (Result would be "timeout").
-    assert machine.show("resreap", "Result") == "success"
-    assert machine.show("resreap", "ActiveState") == "inactive"
-    assert re.search(r"(?m)^stop lost_events=0 ", machine.journal("resreap"))
-
-
 # #24: two services, each under its own rule (matched by the unit systemd
 # made, and for the edge also the port), each reaped by its own plan.
 SERVICE = """\
@@ -403,3 +393,14 @@ def test_two_services_each_reaped_under_its_own_rule(machine):
                    "/etc/systemd/system/backend-1.service; systemctl daemon-reload; "
                    "cp /tmp/before-rules.toml /etc/resreap/resreap.toml")
         machine.run("systemctl", "reload", "resreap", check=False)
+
+
+def test_stop_is_clean(machine):
+    assert machine.show("resreap", "TimeoutStopUSec") == "5s"
+    machine.run("systemctl", "stop", "resreap")
+    # Stopped by its own exit within TimeoutStopSec=5, not by systemd's
+    # SIGKILL after it (Result would be "timeout").
+    assert machine.show("resreap", "Result") == "success"
+    assert machine.show("resreap", "ActiveState") == "inactive"
+    assert re.search(r"(?m)^stop lost_events=0 ", machine.journal("resreap"))
+
