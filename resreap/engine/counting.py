@@ -16,7 +16,7 @@ from resreap.engine.config import Current
 from resreap.engine.decisions import Event, Verdict, decision
 from resreap.engine.filters import Filters
 from resreap.engine.owners import Found, OwnerResolver, Probe, resolve_close_wait
-from resreap.engine.policy import Counter, Limits
+from resreap.engine.policy import Counter
 from resreap.engine.rules import NO_FACTS, Facts, Rule
 from resreap.engine.tracker import CloseWaitTable, Entry
 from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced, ProcessUnreadable
@@ -83,10 +83,6 @@ class Counting:
         self._orphans_said = float("-inf")
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.events_seen = {"existing": 0, "enter": 0, "exit": 0}
-
-    @property
-    def limits(self) -> Limits:
-        return self.current.limits
 
     @property
     def filters(self) -> Filters:

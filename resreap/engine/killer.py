@@ -24,8 +24,9 @@ from resreap.engine.revival import Reviver
 from resreap.host.supervisor import Supervisor
 from resreap.host.systemd import UnitState
 
-if TYPE_CHECKING:  # config imports this module for Plan
+if TYPE_CHECKING:  # config and rules import this module for Plan
     from resreap.engine.config import Current
+    from resreap.engine.rules import Rule
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,13 @@ class Target(NamedTuple):
     evidence: str = ""  # e.g. "eof-ignored:3,queued:1" (evidence.summary)
     keys: tuple = ()    # the sockets' tracker keys: looked at again after the kill
     where: Supervisor | None = None  # its systemd unit / container
-    rule: str = "default"  # the rule that judged it (engine/rules)
-    plan: Plan | None = None  # its rule's plan (None: the default rule's in force)
-    grace: float = 0.0     # its rule's grace (0: the default rule's)
+    # The rule that judged it (engine/rules): its plan is the one run.
+    # None: the default rule in force.
+    rule: "Rule | None" = None
+
+    @property
+    def rule_name(self) -> str:
+        return self.rule.name if self.rule is not None else "default"
 
 
 class Outcome(NamedTuple):
@@ -124,7 +129,7 @@ def hook_env(target: Target, plan: Plan) -> dict[str, str]:
         # Its supervisor, as its cgroup names it (empty: none known).
         "RESREAP_UNIT": (target.where or Supervisor()).unit or "",
         "RESREAP_CONTAINER": (target.where or Supervisor()).container or "",
-        "RESREAP_RULE": target.rule,
+        "RESREAP_RULE": target.rule_name,
     })
     return {k: v.replace("\0", "") for k, v in env.items()}
 
@@ -255,7 +260,7 @@ class Killer:
         try:
             # Its rule's plan, kept for the whole sequence (a reload does
             # not change a kill that started).
-            plan = target.plan or self.current.plan
+            plan = target.rule.plan if target.rule is not None else self.current.plan
             revive = plan.restart_units and not plan.dry_run and self.reviver.applies(target.where)
             before = self.reviver.before(target.where, plan.restart_also) if revive else None
             outcome = execute(target, plan, self.proc)

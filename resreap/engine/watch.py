@@ -408,7 +408,7 @@ class Watcher:
         where = supervisor.of(info.pid, self.proc)
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
                         rule.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
-                        where, rule.name, rule.plan, rule.limits.grace)
+                        where, rule)
         plan = rule.plan
         decision(Event.REAP if not plan.dry_run else Event.WOULD_REAP, logging.WARNING,
                  pid=info.pid, comm=info.comm, **where.fields(), rule=rule.name,
@@ -451,7 +451,7 @@ class Watcher:
             level = logging.ERROR if result is Result.FAILED else logging.WARNING
             where = outcome.target.where
             fields = dict(pid=info.pid, comm=info.comm, **(where.fields() if where else {}),
-                          rule=outcome.target.rule, result=result.value, signals=outcome.signals,
+                          rule=outcome.target.rule_name, result=result.value, signals=outcome.signals,
                           took=round(outcome.took, 3))
             if outcome.revive is not None:
                 revival, said = outcome.revive
@@ -481,7 +481,7 @@ class Watcher:
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
                 del self.outcomes[:500]
             self.results[result] = self.results.get(result, 0) + 1
-            by = (outcome.target.rule, result.value)
+            by = (outcome.target.rule_name, result.value)
             if by in self.rule_results or len(self.rule_results) < 1024:  # bounded: rules
                 self.rule_results[by] = self.rule_results.get(by, 0) + 1
             if result is Result.SPARED:
@@ -490,7 +490,8 @@ class Watcher:
                 # Not killed this round: look again after another grace
                 # period (a process that closed its sockets may leak again).
                 self._reaped.discard(owner)
-                grace = outcome.target.grace or self.limits.grace
+                rule = outcome.target.rule
+                grace = (rule.limits if rule is not None else self.limits).grace
                 self._deferred[owner] = self._clock() + max(grace, 1.0)
             elif result in (Result.REPLACED, Result.FAILED):
                 self._reaped.discard(owner)

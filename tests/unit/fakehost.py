@@ -220,7 +220,8 @@ class FakeKiller(KillEngine):
 
     def finish(self, pid: int) -> None:
         target = self._running.pop(pid)
-        plan = target.plan or self.current.plan  # its rule's, as Killer does
+        # Its rule's plan, as Killer runs it.
+        plan = target.rule.plan if target.rule is not None else self.current.plan
         result = Result.DRY_RUN if plan.dry_run else self.results.get(pid, Result.TERMINATED)
         if result.killed_it:
             self.world.exit(pid)

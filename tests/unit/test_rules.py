@@ -210,7 +210,8 @@ def test_two_services_each_reaped_under_its_own_rule(world, tmp_path):
     assert reaps[1000]["plan"] == "SIGQUIT > SIGTERM > wait 2s > SIGKILL"
     assert reaps[2000]["plan"] == "SIGTERM > wait 2s > SIGKILL"
     targets = {t.info.pid: t for t in world.killer.targets}
-    assert targets[1000].plan.first_signal == signal.SIGQUIT and targets[1000].rule == "java-backend"
+    assert targets[1000].rule.plan.first_signal == signal.SIGQUIT
+    assert targets[1000].rule.name == "java-backend"
     outcomes = {o["pid"]: o["rule"] for o in world.said(Event.OUTCOME)}
     assert outcomes == {1000: "java-backend", 2000: "edge"}
     assert world.watcher.snapshot(5).rule_outcomes == {("edge", "terminated"): 1,
@@ -334,7 +335,7 @@ def test_reload_does_not_interrupt_a_kill_that_started(world, tmp_path):
     world.killer.hold.add(2000)  # its sequence stays running
     world.run(4)
     (target,) = world.killer.targets
-    assert target.rule == "edge" and not target.plan.dry_run
+    assert target.rule.name == "edge" and not target.rule.plan.dry_run
     world.watcher.reconfigure(resolve(tmp_path, TWO_SERVICES + "dry_run = true\n").engine)
     world.killer.finish(2000)
     world.run(5)
@@ -347,7 +348,7 @@ def test_the_hook_is_told_the_rule(world, tmp_path):
     two_services(world, tmp_path)
     world.run(4)
     (target,) = world.killer.targets
-    env = hook_env(target, target.plan)
+    env = hook_env(target, target.rule.plan)
     assert env["RESREAP_RULE"] == "edge" and env["RESREAP_UNIT"] == "nginx.service"
 
 
