@@ -152,7 +152,6 @@ class Snapshot(NamedTuple):
     tracked: int = 0
     top: tuple[Holder, ...] = ()
     other: int = 0
-    outcomes: dict = {}   # Result.value -> kills
     evidence: dict = {}   # Evidence.value -> reaped sockets
     revivals: dict = {}   # Revival.value -> services
     hook_failures: int = 0

@@ -236,7 +236,6 @@ class Watcher:
             tracked=len(self.table),
             top=tuple(holders),
             other=sum(n for n, _ in counts) - sum(n for n, _ in best),
-            outcomes={r.value: n for r, n in self.results.items()},
             rule_outcomes=dict(self.rule_results),
             rules=tuple(r.name for r in self.current.rules.every()),
             evidence=dict(self.reaped_evidence),

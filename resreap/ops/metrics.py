@@ -301,7 +301,7 @@ class Exporter:
         outcomes = CounterMetricFamily("resreap_outcomes", "Every kill sequence's outcome, "
                                        "kills included (spared, dry-run, resolved, replaced...), "
                                        "by rule", labels=["result", "rule"])
-        by_rule = snap.rule_outcomes or {("default", r): n for r, n in snap.outcomes.items()}
+        by_rule = snap.rule_outcomes
         for (rule, result), n in sorted(by_rule.items()):
             outcomes.add_metric([result, rule], n)
         # Kills exist from the start, at 0, for every rule in force (and any

@@ -81,12 +81,8 @@ def resolve(given: dict[str, Any], from_flags: Iterable[str],
         key = FILE_TO_CLI.get(name, name)
         if key not in typed:
             merged[key] = value
-    try:
-        return validate(merged, force_dry_run="dry_run" in typed and bool(given.get("dry_run")))
-    except UsageError as exc:
-        if merged.get("rule") and str(exc).startswith("rule "):
-            raise UsageError(f"config {config_path or config.DEFAULT_PATH}: {exc}") from None
-        raise
+    return validate(merged, force_dry_run="dry_run" in typed and bool(given.get("dry_run")),
+                    source=config_path or config.DEFAULT_PATH)
 
 
 # The flag that names each setting, in errors about the top level (a rule's
@@ -153,10 +149,11 @@ def _uid(user: str | int) -> int:
         raise UsageError(f"match user = {user!r}: no such user") from None
 
 
-def _rules(st: dict[str, Any], force_dry_run: bool) -> tuple[Rule, ...]:
+def _rules(st: dict[str, Any], force_dry_run: bool, source: str) -> tuple[Rule, ...]:
     """The [[rule]]s: each a match and the top-level settings (and flags)
     with its own keys over them.  --dry-run on the command line makes
-    every rule a dry run: whoever tries a config with -d sees no kill."""
+    every rule a dry run: whoever tries a config with -d sees no kill.
+    ``source``: the file they came from, for errors."""
     out = []
     for raw in st.get("rule") or ():
         try:
@@ -169,20 +166,22 @@ def _rules(st: dict[str, Any], force_dry_run: bool) -> tuple[Rule, ...]:
             limits, plan = _limits_plan(mine, name=lambda key: key)
             out.append(Rule(raw["name"], _match(raw["match"]), limits, plan))
         except UsageError as exc:
-            raise UsageError(f"rule {raw['name']!r}: {exc}") from None
+            raise UsageError(f"config {source}: rule {raw['name']!r}: {exc}") from None
     return tuple(out)
 
 
-def validate(st: dict[str, Any], force_dry_run: bool = False) -> WatchSettings:
-    """Typed settings from merged values; raises UsageError, naming the
-    option (or the rule), for the first bad one."""
+def validate(st: dict[str, Any], force_dry_run: bool = False,
+             source: str = config.DEFAULT_PATH) -> WatchSettings:
+    """Typed settings from merged values (rules from the file ``source``);
+    raises UsageError, naming the option (or the rule), for the first bad
+    one."""
     filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or (),
                             st.get("unit"), st.get("container"))
     limits, plan = _limits_plan(st)
     if st["poll_interval"] is not None:
         positive("--poll-interval", st["poll_interval"], 0.01)
     _backend(st["backend"])
-    rules = _rules(st, force_dry_run)
+    rules = _rules(st, force_dry_run, source)
     return WatchSettings(
         engine=WatchConfig(limits, plan, filters, rules, st.get("default") == "ignore"),
         backend=st["backend"],

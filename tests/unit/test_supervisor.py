@@ -274,7 +274,8 @@ def test_metrics_label_holders_with_unit_and_container():
         top=(Holder(7, "srv", "leaky.service", "", 3), Holder(9, "srv", "leaky.service", "", 1),
              Holder(8, "app", "", "abcdef012345", 2)),
         holding=(Holder(7, "srv", "leaky.service", "", 5),), oldest=42.25,
-        outcomes={"terminated": 2, "killed": 1, "dry-run": 4, "spared": 1},
+        rule_outcomes={("default", "terminated"): 2, ("default", "killed"): 1,
+                       ("default", "dry-run"): 4, ("default", "spared"): 1},
         kill_buckets=(0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0), kill_seconds=3.2,
         revivals={"started": 1})
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
