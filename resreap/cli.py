@@ -197,6 +197,13 @@ MetricsOpt = Annotated[Optional[str], typer.Option(
          "keep it off untrusted networks.")]
 
 
+def _watch_defaults() -> dict:
+    """Every `watch` setting at its default, by parameter name: what `top`
+    and `rules` resolve their flags and the config file over."""
+    params = typer.main.get_command(app).commands["watch"].params
+    return {p.name: p.default for p in params if p.name not in ("config_file", "version")}
+
+
 def _from_flags(ctx: typer.Context) -> set[str]:
     """The parameters the user typed (not defaults): they win over the file."""
     typed = set()
@@ -312,8 +319,7 @@ def top(
     from resreap.ops import settings
     from resreap.ops import top as view
 
-    watch_params = typer.main.get_command(app).commands["watch"].params
-    given = {p.name: p.default for p in watch_params if p.name not in ("config_file", "version")}
+    given = _watch_defaults()
     given.update({k: v for k, v in locals().items() if k in ctx.params and k in given})
     try:
         if sort not in view.SORTS:
@@ -343,8 +349,7 @@ def rules(
     from resreap.ops import rules as book
     from resreap.ops import settings
 
-    watch_params = typer.main.get_command(app).commands["watch"].params
-    given = {p.name: p.default for p in watch_params if p.name not in ("config_file", "version")}
+    given = _watch_defaults()
     try:
         st = settings.resolve(given, (), config_file)
         book.run(st, json_out, _print)
