@@ -33,7 +33,6 @@ from resreap.host.supervisor import Supervisor
 
 DEFAULT = "default"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MATCH_KEYS = ("cmd", "unit", "container", "port", "user")
 # Keys that a user cannot make their own process match.
 TRUSTED_KEYS = ("unit", "container", "user")
 
@@ -62,7 +61,7 @@ class Match(NamedTuple):
     def wants(self, facts: Facts, lport: int) -> bool:
         if self.port is not None and lport != self.port:
             return False
-        if self.uid is not None and (not facts.uids or facts.uids != {self.uid}):
+        if self.uid is not None and facts.uids != {self.uid}:
             return False  # a setuid program run by another user is not theirs
         if self.unit is not None and not unit_matches(self.unit, facts.where):
             return False
@@ -87,7 +86,7 @@ class Match(NamedTuple):
     def trusted(self) -> bool:
         """Does it select by an input a user cannot enter (unit,
         container, user)?  Otherwise any user's process can match it."""
-        return any(getattr(self, key) is not None for key in ("unit", "container", "uid"))
+        return any(getattr(self, key) is not None for key in TRUSTED_KEYS)
 
 
 class Rule(NamedTuple):
