@@ -12,6 +12,7 @@ import logging
 from typing import Callable
 
 from resreap.engine import evidence
+from resreap.engine.churn import Churn
 from resreap.engine.config import Current
 from resreap.engine.decisions import Event, Verdict, decision
 from resreap.engine.filters import Filters
@@ -83,6 +84,9 @@ class Counting:
         self._orphans_said = float("-inf")
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.events_seen = {"existing": 0, "enter": 0, "exit": 0}
+        # `top` sets a Churn to see each process's rates (watch does not:
+        # nothing is recorded, nothing is looked up, per exit).
+        self.churn: Churn | None = None
 
     @property
     def filters(self) -> Filters:
@@ -191,6 +195,7 @@ class Counting:
     def apply(self, batch: list[Transition]) -> None:
         ignores, debug, table = self.filters.ignores, self._debug, self.table
         grace = self.current.rules.earliest
+        closers: dict[int, Owner | None] = {}  # this batch's closers, read once each
         for t in batch:
             if self.filters.ignore and ignores(t.sock):
                 continue
@@ -203,6 +208,8 @@ class Counting:
             if t.kind is Kind.EXIT:
                 if entry is not None:
                     self._gone(entry)
+                    if self.churn is not None:
+                        self._churned(entry, t, closers)
                     if entry.bound and entry.kid != entry.key[1]:
                         self._rebind_twins(t.sock)
                 else:
@@ -213,6 +220,19 @@ class Counting:
             elif new:
                 table.schedule(entry, entry.entered + grace)
                 self.young.append(entry.key)
+
+    def _churned(self, entry: Entry, t: Transition, closers: dict[int, Owner | None]) -> None:
+        """Record a socket that left for `top`'s rates: against the holders
+        found, else the process whose own close() ran the exit."""
+        owners = entry.owners
+        if not owners and t.by_owner and t.cpu_pid:
+            if t.cpu_pid not in closers:
+                found = self.resolver.owners((t.cpu_pid,))
+                closers[t.cpu_pid] = found[0] if found else None
+            closer = closers[t.cpu_pid]
+            owners = (closer,) if closer is not None else ()
+        if owners:
+            self.churn.left(owners, entry.entered, t.ts)
 
     def _rebind_twins(self, sock: SockId) -> None:
         """An event's socket (the kernel's address) cannot be matched to

@@ -1,8 +1,9 @@
 """What `resreap top` shows, from the watcher's own state: per process, its
 CLOSE_WAIT sockets now and those that count, their evidence, the oldest's
-age, its fds against its soft limit, and when it would be reaped under the
-settings in force.  No second copy of the policy: the deadlines are the
-watcher's own timers."""
+age, how fast its sockets enter CLOSE_WAIT and leave it (engine/churn.py,
+where top set one), its fds against its soft limit, its memory, and when
+it would be reaped under the settings in force.  No second copy of the
+policy: the deadlines are the watcher's own timers."""
 
 from __future__ import annotations
 
@@ -32,23 +33,46 @@ class Row(NamedTuple):
     reap_in: float | None   # seconds until it would be reaped; None: not with these sockets
     rule: str = "-"         # the rule judging it ("-": none, default = "ignore")
     action: str = "-"       # what its rule would do (ops fills it: the plan, or "dry run")
+    enter_rate: float = 0.0  # its sockets entering CLOSE_WAIT per second (churn window)
+    exit_rate: float = 0.0   # ... and leaving it (its close())
+    rss: int | None = None   # resident memory, bytes (None: unreadable)
 
 
 def rows(watcher: "Watcher", now: float, top: int = 50) -> list[Row]:
-    """The ``top`` processes holding the most CLOSE_WAIT sockets."""
+    """The ``top`` processes holding the most CLOSE_WAIT sockets, then
+    those whose sockets pass through CLOSE_WAIT fastest (where the watcher
+    records churn)."""
     held: dict[Owner, list] = {}
     for entry in watcher.table:
         for owner in entry.owners or ():
             held.setdefault(owner, []).append(entry)
-    largest = sorted(held.items(), key=lambda kv: -len(kv[1]))
+    churn = watcher.sockets.churn
+    # Sockets found at start entered at some unknown time before: not an
+    # enter seen.
+    rates = churn.rates(now, {o: [e.entered for e in es if not e.existing]
+                              for o, es in held.items()}) if churn is not None else {}
+    ranked = sorted(set(held) | set(rates),
+                    key=lambda o: (-len(held.get(o, ())), -sum(rates.get(o, (0.0, 0.0))), o.pid))
     out = []
-    for owner, entries in largest:
+    for owner in ranked:
         if len(out) >= top:
             break
+        if owner not in held and not watcher.proc.alive(owner.pid, owner.start):
+            continue  # churned, then exited
         if watcher.filters.selects_processes and not _selected(watcher, owner):
             continue  # -f / -p / --unit narrow the view as they narrow who is reaped
-        out.append(_row(watcher, owner, entries, now))
+        row = _row(watcher, owner, held.get(owner, []), now)
+        enter_rate, exit_rate = rates.get(owner, (0.0, 0.0))
+        out.append(row._replace(enter_rate=round(enter_rate, 1), exit_rate=round(exit_rate, 1),
+                                rss=_rss(watcher, owner)))
     return out
+
+
+def _rss(watcher: "Watcher", owner: Owner) -> int | None:
+    try:
+        return watcher.proc.rss(owner.pid)
+    except ResreapError:
+        return None
 
 
 def _selected(watcher: "Watcher", owner: Owner) -> bool:
@@ -100,6 +124,7 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float) -> Row:
         fds, limit = None, None
     where = watcher.where(owner.pid)
     return Row(owner.pid, owner.comm, where.get("unit", ""), where.get("container", ""),
-               len(entries), counting, evidence, max(0.0, now - min(e.entered for e in entries)),
+               len(entries), counting, evidence,
+               max(0.0, now - min((e.entered for e in entries), default=now)),
                fds, limit, reap_in if rule is not None else None,
                rule.name if rule is not None else "-")

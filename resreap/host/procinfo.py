@@ -27,6 +27,7 @@ def out_of_fds(exc: OSError, what: str) -> None:
         raise OutOfFds(what) from exc
 
 PF_KTHREAD = 0x00200000
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # A command line is whatever its process wrote there (a megabyte, if it
 # likes): resreap keeps at most this much of it, marked where cut.
 CMDLINE_MAX = 65536
@@ -223,6 +224,17 @@ class Proc:
         or AccessDenied."""
         with proc_errors(pid, "/fd"):
             return len(os.listdir(self.path(pid, "fd")))
+
+    def rss(self, pid: int) -> int:
+        """``pid``'s resident memory in bytes (/proc/PID/statm: one short
+        line, whatever the process's size); raises ProcessGone or
+        AccessDenied."""
+        with proc_errors(pid, "/statm"), open(f"{self.root}/{pid}/statm", "rb") as f:
+            raw = f.read(256)
+        try:
+            return int(raw.split()[1]) * PAGE_SIZE
+        except (ValueError, IndexError):
+            raise ProcessGone(pid, "has no readable statm") from None
 
     def fd_table_size(self, pid: int) -> int:
         """About how many fds ``pid`` has: its fd table size (FDSize in its

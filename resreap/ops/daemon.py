@@ -23,6 +23,7 @@ from resreap.host.sockets import SocketTable
 from resreap.ops import decisionlog, settings
 from resreap.ops.instance import Lock, ReloadStatus, hold_watch_lock, raise_fd_limit, \
     read_reload_status, register_dry_run, write_reload_status
+from resreap.ops.recent import Recorder, recent_path
 from resreap.ops.sdnotify import Notifier
 from resreap.sources.bpf_events import LOAD_TIMEOUT
 from resreap.sources.events import open_source
@@ -87,6 +88,7 @@ class Daemon:
         self.exporter = None
         self._snapshot_at = float("-inf")
         self.watcher: Watcher | None = None
+        self.recorder: Recorder | None = None  # the acting watch's recent.json, for top
 
     # -- start ------------------------------------------------------------
 
@@ -113,6 +115,7 @@ class Daemon:
         # (A dry run: every rule is one.)
         self._acts_alone = config.acts
         self.lock = hold_watch_lock() if config.acts else register_dry_run()
+        self._record_reaps()
         table = SocketTable()
         # Events may wait in the ring this long; deadlines use kernel
         # timestamps, so this bounds work per wakeup, not timer accuracy.
@@ -183,6 +186,22 @@ class Daemon:
                  fd_limit=fd_limit, version=__version__,
                  note="Ctrl-C to end")
 
+    def _record_reaps(self) -> None:
+        """The watch that acts alone keeps its last outcomes beside the
+        lock for `resreap top` (ops/recent.py); a dry run does not (it would
+        write over the acting watch's)."""
+        if not (self._acts_alone and self.lock.enforced) or self.recorder is not None:
+            return
+        try:
+            self.recorder = Recorder()
+        except (OSError, ResreapError) as exc:
+            self._recording_failed(exc)
+
+    def _recording_failed(self, exc: Exception) -> None:
+        self.recorder = None
+        log.warning("cannot write %s: %s (resreap top will not show this watch's reaps)",
+                    recent_path(), getattr(exc, "strerror", None) or exc)
+
     # -- the loop's tick --------------------------------------------------
 
     def _hangup(self, _signo, _frame) -> None:
@@ -194,6 +213,11 @@ class Daemon:
         if decisionlog.output_gone(self.handlers):
             raise OutputGone("stderr is closed and there is no --log-file")
         self.notifier.alive()
+        if self.recorder is not None:
+            try:
+                self.recorder.update(watcher.outcomes)
+            except OSError as exc:
+                self._recording_failed(exc)
         if self.exporter is not None and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
             from resreap.ops.metrics import TOP
 
@@ -215,6 +239,7 @@ class Daemon:
                 if self.lock is not None:
                     self.lock.release()  # the dry run's registration
                 self.lock, self._acts_alone = lock, True
+                self._record_reaps()
         except ResreapError as exc:
             self._rejected(str(exc))
             return

@@ -77,7 +77,7 @@ def text(rules: list[dict], rows: list[Row]) -> list[str]:
 
 def run(st: WatchSettings, json_out: bool, out: Callable[[str], None]) -> None:
     rules = book(st)
-    watcher = top.start(st)
+    watcher = top.start(st, churn=False)
     try:
         top.first_look(watcher)
         data = top.frame(watcher, time.monotonic(), 0.0, "reap-in", top.actions(st))

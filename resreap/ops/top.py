@@ -2,8 +2,11 @@
 
 It runs the same event source and the same watcher as `watch`, always as a
 dry run (it never signals, takes no lock), and draws engine/view.rows each
-second: one row per process holding CLOSE_WAIT sockets.  `--once` prints
-one frame after a short look, `--json` the same data as one object.
+second: one row per process holding CLOSE_WAIT sockets or passing sockets
+through it.  Its source keeps every transition (no kernel first pass, as
+`trace`), so that each process's churn is seen.  The reaps it lists are
+the acting watch's (ops/recent.py), not its own would-be ones.  `--once`
+prints one frame after a short look, `--json` the same data as one object.
 Interactive: `q` quits, `s` changes the sort.
 """
 
@@ -17,15 +20,19 @@ import sys
 import time
 from typing import Callable
 
+from resreap.engine.churn import Churn
 from resreap.engine.config import Current
 from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.view import Row, rows
 from resreap.engine.watch import Watcher, read_latency
 from resreap.host.sockets import SocketTable
+from resreap.ops.formatting import safe
+from resreap.ops.instance import watch_holder
+from resreap.ops.recent import read as read_recent
 from resreap.ops.settings import WatchSettings
 from resreap.sources.events import open_source
 
-SORTS = ("reap-in", "close-wait", "counting", "oldest")
+SORTS = ("reap-in", "close-wait", "counting", "oldest", "churn")
 # --once: the first look lasts the grace and a little, so that every socket
 # has been judged once (its evidence says when it would count).
 FIRST_LOOK_EXTRA = 0.5
@@ -33,13 +40,15 @@ FIRST_LOOK_EXTRA = 0.5
 
 def _key(sort: str):
     return {"close-wait": lambda r: -r.close_wait, "counting": lambda r: -r.counting,
-            "oldest": lambda r: -r.oldest,
+            "oldest": lambda r: -r.oldest, "churn": lambda r: (-r.enter_rate, -r.exit_rate),
             "reap-in": lambda r: (r.reap_in is None, r.reap_in or 0.0, -r.close_wait)}[sort]
 
 
-def start(st: WatchSettings) -> Watcher:
+def start(st: WatchSettings, churn: bool = True) -> Watcher:
     """The watch's stack, as a dry run.  Its decision lines are what top
-    shows: they are not printed too (a stray `would-reap` on stderr)."""
+    shows: they are not printed too (a stray `would-reap` on stderr).
+    ``churn``: see every transition and record each process's rates (top);
+    without, the watch's own kernel first pass (`rules`: holders only)."""
     decisions = logging.getLogger("resreap.engine.decisions")
     decisions.addHandler(logging.NullHandler())
     decisions.propagate = False
@@ -49,10 +58,14 @@ def start(st: WatchSettings) -> Watcher:
         rules=tuple(r._replace(plan=r.plan._replace(dry_run=True)) for r in st.engine.rules))
     earliest = config.ruleset().earliest
     table = SocketTable()
+    # With churn, every transition (the watch's kernel first pass drops
+    # the sockets that leave at once: their rates would read 0).
     selected = open_source(st.backend, table, latency=read_latency(earliest),
                            poll_interval=st.poll_interval or max(0.05, earliest / 2),
-                           first_pass=True)
+                           first_pass=not churn)
     watcher = Watcher(selected.source, OwnerResolver(table), Current(config))
+    if churn:
+        watcher.sockets.churn = Churn(time.monotonic())
     watcher.start()
     return watcher
 
@@ -67,20 +80,32 @@ def actions(st: WatchSettings) -> dict[str, str]:
 def frame(watcher: Watcher, now: float, rate: float, sort: str,
           plans: dict[str, str] | None = None) -> dict:
     """One frame's data: the header's figures and the rows, sorted; each
-    row's ``action`` from ``plans`` (by rule name)."""
+    row's ``action`` from ``plans`` (by rule name); the acting watch's
+    last reaps."""
     source = watcher.source
     found = [r._replace(action=(plans or {}).get(r.rule, "-")) for r in rows(watcher, now)]
+    holder, recent = watch_holder(), read_recent()
     return {"backend": source.name, "loader": source.loader or "-",
             "close_wait": len(watcher.table), "events_per_s": round(rate, 1),
             "lost": source.lost(), "limit": watcher.limits.limit, "sort": sort,
             "rules": len(watcher.current.rules.rules),
             "rows": sorted(found, key=_key(sort)),
-            "reaps": [(o.target.info.pid, o.target.info.comm, o.result.value)
-                      for o in watcher.outcomes[-5:]]}
+            "watch": holder.pid if holder is not None else None,
+            "reaps": list(recent.reaps) if recent is not None else []}
 
 
 def as_json(data: dict) -> str:
-    return json.dumps({**data, "rows": [r._asdict() for r in data["rows"]]}, default=str)
+    return json.dumps({**data, "rows": [r._asdict() for r in data["rows"]],
+                       "reaps": [r._asdict() for r in data["reaps"]]}, default=str)
+
+
+# The columns at 80: with rules, RULE takes OLD's and RSS's place (the JSON
+# has them all).
+COLUMNS = (("PID", 7), ("COMM", 9), ("UNIT/CONT", 10), ("CW/CNT", 7), ("EVID", 8),
+           ("OLD", 3), ("IN/OUT", 8), ("FDS", 9), ("RSS", 5), ("REAP", 4))
+RULED = (("PID", 7), ("COMM", 9), ("UNIT/CONT", 10), ("CW/CNT", 7), ("EVID", 8),
+         ("RULE", 9), ("IN/OUT", 8), ("FDS", 9), ("REAP", 4))
+REAPS_SHOWN = 3
 
 
 def render(data: dict, height: int = 24):
@@ -90,32 +115,82 @@ def render(data: dict, height: int = 24):
     from rich.text import Text
 
     lost = data["lost"] if data["lost"] is not None else "?"
+    rules = f" ({data['rules']} rules)" if data.get("rules") else ""
     head = Text(f"resreap top  {data['backend']}/{data['loader']}  CLOSE_WAIT "
-                f"{data['close_wait']}  ev/s {data['events_per_s']}  lost {lost}  -l "
-                f"{data['limit']}  by {data['sort']}  [s]ort [q]uit", no_wrap=True)
-    table = Table(box=None, pad_edge=False, expand=False, padding=(0, 1, 0, 0))
-    # With rules, the rule takes the oldest age's place (80 columns).
+                f"{data['close_wait']}  ev/s {data['events_per_s']:g}  lost {lost}  -l "
+                f"{data['limit']}{rules}", no_wrap=True, overflow="ellipsis")
+    keys = Text(f"sort {data['sort']}  [s]ort [q]uit   EVID: e=eof-ignored u=unread "
+                "q=queued s=sending", no_wrap=True, overflow="ellipsis")
     ruled = bool(data.get("rules"))
-    columns = (("PID", 7), ("COMM", 9), ("UNIT/CONT", 11), ("CW", 4), ("CNT", 4),
-               ("EVIDENCE", 10), ("RULE", 8), ("FDS", 9), ("REAP IN", 7)) if ruled else (
-        ("PID", 7), ("COMM", 10), ("UNIT/CONT", 12), ("CW", 4), ("CNT", 4), ("EVIDENCE", 11),
-        ("OLDEST", 6), ("FDS", 10), ("REAP IN", 7))
-    for name, width in columns:
+    table = Table(box=None, pad_edge=False, expand=False, padding=(0, 1, 0, 0))
+    for name, width in RULED if ruled else COLUMNS:
         table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
-    for r in data["rows"][:max(1, height - 9)]:
-        cells = _cells(r)
-        table.add_row(*(cells[:6] + [r.rule] + cells[7:] if ruled else cells))
-    reaps = Text("recent: " + ("  ".join(f"{pid} {comm} {result}" for pid, comm, result
-                                        in data["reaps"]) or "none"), no_wrap=True)
-    return Group(head, table, reaps)
+    reaps = _reap_lines(data)
+    for r in data["rows"][:max(1, height - 4 - len(reaps))]:
+        table.add_row(*_cells(r, ruled))
+    return Group(head, keys, table, *(Text(line, no_wrap=True, overflow="ellipsis")
+                                      for line in reaps))
 
 
-def _cells(r: Row) -> list[str]:
-    evidence = ",".join(f"{k[:6]}:{n}" for k, n in sorted(r.evidence.items())) or "-"
-    fds = f"{r.fds if r.fds is not None else '?'}/{r.fd_limit or '-'}"
-    reap = "-" if r.reap_in is None else "now" if r.reap_in == 0 else f"{r.reap_in:.0f}s"
-    return [str(r.pid), r.comm, r.container or r.unit or "-", str(r.close_wait),
-            str(r.counting), evidence, f"{r.oldest:.0f}s", fds, reap]
+def _reap_lines(data: dict) -> list[str]:
+    """The acting watch's last reaps, newest first (its pid, or that none
+    runs)."""
+    who = f"watch {data['watch']}" if data.get("watch") else "no watch running"
+    if not data["reaps"]:
+        return [f"reaps ({who}): none recorded"]
+    lines = [f"reaps ({who}), newest first:"]
+    for r in reversed(data["reaps"][-REAPS_SHOWN:]):
+        stamp = time.strftime("%H:%M:%S", time.localtime(r.ts))
+        revive = f" revive={r.revive}" if r.revive else ""
+        took = f"{r.took * 1000:.0f}ms" if r.took < 1 else f"{r.took:.1f}s"
+        lines.append(f" {stamp} {r.result} {took}{revive}  {r.pid} {r.comm[:15]} "
+                     f"{(r.where or '-')[:24]} rule={r.rule[:16]}")
+    return lines
+
+
+def _cells(r: Row, ruled: bool) -> list[str]:
+    evidence = "".join(f"{_EVID.get(k, k[:1])}{n}" for k, n in sorted(r.evidence.items())) or "-"
+    fds = f"{_count(r.fds) if r.fds is not None else '?'}/{_count(r.fd_limit) if r.fd_limit else '-'}"
+    reap = "-" if r.reap_in is None else "now" if r.reap_in == 0 else _age(r.reap_in)
+    churn = f"{_rate(r.enter_rate)}/{_rate(r.exit_rate)}"
+    head = [str(r.pid), safe(r.comm), safe(r.container or r.unit or "-"),
+            f"{_count(r.close_wait)}/{_count(r.counting)}", evidence]
+    if ruled:
+        return head + [safe(r.rule), churn, fds, reap]
+    return head + [_age(r.oldest) if r.close_wait else "-", churn, fds, _bytes(r.rss), reap]
+
+
+_EVID = {"eof-ignored": "e", "unread": "u", "queued": "q", "sending": "s"}
+
+
+def _age(seconds: float) -> str:
+    """Three characters (four past 999 days): 59s, 99m, 48h, 30d."""
+    for unit, size in (("s", 1), ("m", 60), ("h", 3600)):
+        if seconds < 99.5 * size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds / 86400:.0f}d"
+
+
+def _rate(per_s: float) -> str:
+    if per_s == 0:
+        return "0"
+    if per_s < 10:
+        return f"{per_s:.1f}"
+    return f"{per_s:.0f}" if per_s < 1000 else f"{per_s / 1000:.0f}k"
+
+
+def _count(n: int) -> str:
+    return str(n) if n < 10000 else f"{n // 1000}k"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return f"{n}B"
 
 
 def run(st: WatchSettings, *, once: bool, json_out: bool, sort: str,

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from procs import patience, until
+from services import free_port
 from watchrun import WatchRun
 from resreap.engine.decisions import Event
 
@@ -23,12 +24,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 
 def word(tag: str) -> str:
     return tag.split("=")[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def threads(pid: int) -> int:

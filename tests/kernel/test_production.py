@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from procs import patience
+from services import free_port
 from watchrun import WatchRun
 from resreap.engine.decisions import Event
 
@@ -23,12 +24,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
 @pytest.fixture
 def tag():
     return f"tag=rr{uuid.uuid4().hex[:10]}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_config_file_with_flag_override_and_sighup_reload(resreap_bin, actors, tag, tmp_path):

@@ -8,9 +8,7 @@ redis-server (without starting them)."""
 
 from __future__ import annotations
 
-import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,44 +16,11 @@ import urllib.request
 import pytest
 
 from procs import kill_quietly, patience, pid_alive, until
+from services import close_wait, connect_and_close, descendants, free_port, need, nginx
 from watchrun import WatchRun
 from resreap.engine.decisions import Event
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("bpf_ready")]
-
-
-def need(program: str) -> str:
-    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
-    if path is None:
-        pytest.skip(f"{program} is not installed (scripts/setup --test installs it)")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def close_wait(port: int) -> int:
-    out = subprocess.run(["ss", "-Htn", "state", "close-wait", f"( sport = :{port} )"],
-                         capture_output=True, text=True, check=True).stdout
-    return len([line for line in out.splitlines() if line.strip()])
-
-
-def descendants(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    kids: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        p, pp = map(int, line.split())
-        kids.setdefault(pp, []).append(p)
-    found, todo = set(), [pid]
-    while todo:
-        for child in kids.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 @pytest.fixture
@@ -79,14 +44,6 @@ def socat_server(tag):
 def pid_args(pids) -> list[str]:
     """-p for each: only these processes may be touched."""
     return [arg for pid in sorted(pids) for arg in ("-p", str(pid))]
-
-
-def connect_and_close(port: int, count: int) -> None:
-    """All connected first, then all closed: their CLOSE_WAITs begin
-    together, however slowly this process is scheduled."""
-    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
-    for conn in conns:
-        conn.close()
 
 
 def test_every_holder_of_a_leak_is_handled_and_the_outcome_is_truthful(resreap_bin, socat_server,
@@ -130,40 +87,11 @@ def test_eleven_stuck_children_of_one_forking_server_are_no_storm(resreap_bin, s
         assert run.stop() == 0
 
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=64;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
-
 def test_a_hung_nginx_worker_is_reaped_and_nginx_keeps_serving(resreap_bin, tmp_path):
     """The worker stops (SIGSTOP: hung), connections queue in the listener
     that master and worker share, their clients give up.  The worker goes,
     the master stays, starts a new worker, and serves again."""
-    nginx = need("nginx")
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(d=tmp_path, port=port))
-    master = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert until(lambda: len(descendants(master.pid)) == 1, 10)
-        worker = descendants(master.pid).pop()
+    with nginx(tmp_path) as (master, worker, port):
         url = f"http://127.0.0.1:{port}/"
         assert urllib.request.urlopen(url, timeout=5).read() == b"ok\n"
         time.sleep(patience(2.2))          # both older than the stall below
@@ -184,13 +112,6 @@ def test_a_hung_nginx_worker_is_reaped_and_nginx_keeps_serving(resreap_bin, tmp_
             assert run.find(lambda e: e["event"] == Event.CHILDREN_FIRST and e["pid"] == master.pid)
         finally:
             assert run.stop() == 0
-    finally:
-        master.send_signal(signal.SIGQUIT)
-        try:
-            master.wait(patience(10))
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
 
 
 def test_a_stopped_redis_is_reaped_after_the_stall(resreap_bin):

@@ -370,15 +370,18 @@ class World:
             out.append(sock)
         return out
 
-    def closes(self, sock: SockId, at: float, netns: int = NS, event: bool = True) -> None:
-        """The holders close ``sock`` at ``at`` (CLOSE_WAIT -> LAST_ACK)."""
+    def closes(self, sock: SockId, at: float, netns: int = NS, event: bool = True,
+               closer: Proc | None = None) -> None:
+        """The holders close ``sock`` at ``at`` (CLOSE_WAIT -> LAST_ACK);
+        ``closer``: the event names it, as the kernel does when the
+        holder's own close() runs the exit (``by_owner``)."""
         def go():
             diag = self.kernel.socks.get((netns, sock))
             if diag is not None and diag.inode:
                 for p in self.procs.values():
                     if p.holds_inode(diag.inode):
                         p.drop(diag.inode)
-            self._leave((netns, sock), event)
+            self._leave((netns, sock), event, closer.pid if closer is not None else 0)
         self._at(self.t0 + at, go)
 
     def set_state(self, sock: SockId, at: float, netns: int = NS, **fields) -> None:
@@ -388,11 +391,11 @@ class World:
             self.kernel.socks[(netns, sock)] = diag._replace(**fields)
         self._at(self.t0 + at, go)
 
-    def _leave(self, key, event: bool = True) -> None:
+    def _leave(self, key, event: bool = True, closer: int = 0) -> None:
         diag = self.kernel.socks.pop(key, None)
         if diag is not None and event:
-            self.source.push(Transition(Kind.EXIT, diag.sock, self.clock.now,
-                                        kid=diag.cookie + 7))
+            self.source.push(Transition(Kind.EXIT, diag.sock, self.clock.now, cpu_pid=closer,
+                                        kid=diag.cookie + 7, by_owner=bool(closer)))
 
     def lose_events(self, n: int, at: float) -> None:
         """The ring overflows at ``at``: ``n`` events dropped."""

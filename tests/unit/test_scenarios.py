@@ -837,3 +837,33 @@ def test_top_rows_say_who_is_heading_for_a_reap_and_when(world):
     w.reconfigure(WatchConfig(w.limits._replace(limit=3), w.config.plan, w.filters))
     (row,) = rows(w, world.clock.now)
     assert row.reap_in is None                                  # 2 sockets never reach 3
+
+
+def test_top_rows_give_each_process_its_rates_in_and_out_of_close_wait(world):
+    """#25: with a Churn set (top), a socket that came and went before its
+    holder was read is counted against the process whose own close() took
+    it out (the exit's by_owner pid); sockets still in CLOSE_WAIT count as
+    entered, those found at start do not (when they entered is unknown).
+    A process that only churns has a row, with nothing in CLOSE_WAIT."""
+    from resreap.engine.churn import Churn
+    from resreap.engine.view import rows
+
+    leaky, healthy = server(world), world.process(2000, "healthy")
+    world.close_wait(leaky, 8080, n=1, at=0.0, evidence="unread", event=False)
+    world.source.seeds = [Transition(Kind.EXISTING, ns.diag.sock, world.clock.now,
+                                     kid=ns.diag.cookie, netns=ns.netns)
+                          for ns in world.kernel.close_wait()]               # found at start
+    world.close_wait(leaky, 8080, n=2, at=1.0, evidence="unread")
+    for i in range(6):
+        (sock,) = world.close_wait(healthy, 9090, at=1.0 + i * 0.2)
+        world.closes(sock, at=1.01 + i * 0.2, closer=healthy)
+    w = world.watch(limit=5, grace=2.0)
+    w.sockets.churn = Churn(world.clock.now - 10)  # a whole window: the seed is inside it
+    world.run(4)
+    by_pid = {r.pid: r for r in rows(w, world.clock.now)}
+    assert (by_pid[1000].close_wait, by_pid[2000].close_wait) == (3, 0)
+    assert (by_pid[1000].enter_rate, by_pid[1000].exit_rate) == (0.2, 0.0)   # 2 in 10 s
+    assert (by_pid[2000].enter_rate, by_pid[2000].exit_rate) == (0.6, 0.6)   # 6 in, 6 out
+    assert by_pid[2000].reap_in is None and by_pid[2000].rule == "-"
+    world.exit(2000)
+    assert [r.pid for r in rows(w, world.clock.now)] == [1000]  # churned, then gone
