@@ -291,6 +291,7 @@ Examples:
   sudo resreap top -l 5 --stall 300  as a watch with those settings would judge
   sudo resreap top --once            one frame, for scripts
   sudo resreap top --json            the same data as one JSON object
+  sudo resreap top --sort churn      who passes sockets through CLOSE_WAIT fastest (IN/OUT)
 """)
 def top(
     ctx: typer.Context,
@@ -308,13 +309,15 @@ def top(
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print one frame as a JSON object and exit.")] = False,
     sort: Annotated[str, typer.Option(
-        "--sort", metavar="KEY", help="reap-in, close-wait, counting or oldest.")] = "reap-in",
+        "--sort", metavar="KEY",
+        help="reap-in, close-wait, counting, oldest or churn.")] = "reap-in",
 ) -> None:
     """Show the processes holding CLOSE_WAIT sockets, and when each would be
     reaped: its sockets now and those that count, their evidence, the
-    oldest's age, its fds against its limit.  It runs the watch's own event
-    source and policy (settings from flags, then the config file), as a dry
-    run: it never signals."""
+    oldest's age, its sockets in and out of CLOSE_WAIT per second, its fds
+    against its limit, its memory; then the acting watch's last reaps.  It
+    runs the watch's own event source and policy (settings from flags, then
+    the config file), as a dry run: it never signals."""
     from resreap.errors import UsageError
     from resreap.ops import settings
     from resreap.ops import top as view

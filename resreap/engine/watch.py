@@ -37,6 +37,10 @@ OUT_OF_FDS_EVERY = 60.0
 UNWATCHED_EVERY = 600.0
 CHILDREN_FIRST_WAITS = 2  # times a parent waits for its children before it is judged
 UNREADABLE_RETRY = 10.0
+# A dry run says `would-reap` for a process again this long after (sooner
+# after a reload): every grace, a DaemonSet left in dry run wrote two lines
+# every 2 s per leaking process, for days.
+DRY_RUN_AGAIN = 60.0
 
 
 def read_latency(grace: float) -> float:
@@ -199,7 +203,10 @@ class Watcher:
         self.source.follow(read_latency(self.current.rules.earliest))
         now = self._clock()
         for owner in list(self.counter.by_owner):
-            self._deferred.setdefault(owner, now)
+            # Judged at once under the new settings (a dry run left by this
+            # reload acts now, not at its next reminder); a storm's bound or
+            # a children-first wait is checked again then.
+            self._deferred[owner] = now
 
     def snapshot(self, top: int) -> Snapshot:
         """Figures for metrics: cheap enough to build once a second."""
@@ -475,6 +482,12 @@ class Watcher:
                 if left:
                     fields["note"] = ("its sockets are still in CLOSE_WAIT, held by other "
                                       "processes: looking at those now")
+            if result.look_again:
+                # Not killed this round: judged again later (a process that
+                # closed its sockets may leak again).
+                rule = outcome.target.rule
+                grace = (rule.limits if rule is not None else self.limits).grace
+                fields["again_in"] = DRY_RUN_AGAIN if result is Result.DRY_RUN else max(grace, 1.0)
             decision(Event.OUTCOME, level if result is not Result.DRY_RUN else logging.INFO, **fields)
             self.outcomes.append(outcome)
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
@@ -486,12 +499,8 @@ class Watcher:
             if result is Result.SPARED:
                 self.hook_failures += 1
             if result.look_again:
-                # Not killed this round: look again after another grace
-                # period (a process that closed its sockets may leak again).
                 self._reaped.discard(owner)
-                rule = outcome.target.rule
-                grace = (rule.limits if rule is not None else self.limits).grace
-                self._deferred[owner] = self._clock() + max(grace, 1.0)
+                self._deferred[owner] = self._clock() + fields["again_in"]
             elif result in (Result.REPLACED, Result.FAILED):
                 self._reaped.discard(owner)
 

@@ -149,7 +149,8 @@ def _reap_lines(data: dict) -> list[str]:
 
 
 def _cells(r: Row, ruled: bool) -> list[str]:
-    evidence = "".join(f"{_EVID.get(k, k[:1])}{n}" for k, n in sorted(r.evidence.items())) or "-"
+    evidence = "".join(f"{_EVID.get(k, k[:1])}{_count(n)}"
+                       for k, n in sorted(r.evidence.items())) or "-"
     fds = f"{_count(r.fds) if r.fds is not None else '?'}/{_count(r.fd_limit) if r.fd_limit else '-'}"
     reap = "-" if r.reap_in is None else "now" if r.reap_in == 0 else _age(r.reap_in)
     churn = f"{_rate(r.enter_rate)}/{_rate(r.exit_rate)}"

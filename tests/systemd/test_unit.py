@@ -180,6 +180,12 @@ def test_a_leaking_on_failure_service_is_reaped_and_comes_back(machine):
     errors = machine.run("journalctl", "--no-pager", "-o", "cat", "-u", "resreap",
                          "-p", "err").stdout
     assert f"pid={first} " not in errors
+    # #25: `resreap top` (its own dry run) lists the daemon's reap, from
+    # the file the daemon keeps in its RuntimeDirectory.
+    frame = json.loads(machine.run("/opt/resreap/venv/bin/resreap", "top", "--json").stdout)
+    assert frame["watch"] == _main_pid(machine, "resreap")
+    assert [r for r in frame["reaps"] if r["pid"] == first and r["where"] == "leaky.service"
+            and r["result"] == "terminated" and r["revive"] == "started"], frame["reaps"]
 
 
 def test_a_service_stopped_during_the_kill_stays_down(machine):
