@@ -69,19 +69,21 @@ class Churn:
         ending ``now``; ``still_in``: per holder, when each of its sockets
         still in CLOSE_WAIT entered.  Processes with neither are left out."""
         self._prune(now)
-        span = max(1.0, min(float(self.window), now - self.started))
-        since = now - span
+        # Whole seconds only: a bucket half inside the window would count
+        # its whole second.
+        since = math.ceil(now - max(1.0, min(float(self.window), now - self.started)))
+        span = max(1.0, now - since)
         counts: dict[Owner, list[int]] = {}
         for owner, seconds in self._seconds.items():
             got = [0, 0]
             for second, (ins, outs) in seconds.items():
-                if second + 1 > since:
+                if second >= since:
                     got[0] += ins
                     got[1] += outs
             if got != [0, 0]:
                 counts[owner] = got
         for owner, entered in still_in.items():
-            fresh = sum(1 for ts in entered if ts > since)
+            fresh = sum(1 for ts in entered if ts >= since)
             if fresh:
                 counts.setdefault(owner, [0, 0])[0] += fresh
         return {o: (ins / span, outs / span) for o, (ins, outs) in counts.items()}
