@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from resreap.engine.watch import Watcher
 
 
+LOOKED_AT_MAX = 1024
+
+
 class Row(NamedTuple):
     pid: int
     comm: str
@@ -54,7 +57,9 @@ def rows(watcher: "Watcher", now: float, top: int = 50) -> list[Row]:
     ranked = sorted(set(held) | set(rates),
                     key=lambda o: (-len(held.get(o, ())), -sum(rates.get(o, (0.0, 0.0))), o.pid))
     out = []
-    for owner in ranked:
+    # Bounded reads per frame: a filter that rejects thousands of churning
+    # processes reads each one's command line (holders rank first).
+    for owner in ranked[:LOOKED_AT_MAX]:
         if len(out) >= top:
             break
         if owner not in held and not watcher.proc.alive(owner.pid, owner.start):

@@ -170,14 +170,15 @@ class ReloadStatus(NamedTuple):
     detail: str
 
 
-def write_reload_status(status: ReloadStatus, path: str | None = None) -> None:
-    """Atomically (write, then rename).  Raises OSError (a read-only /run):
-    the daemon says so, since `resreap reload` will wait in vain."""
-    path = path or status_path()
+def write_json(path: str, obj, mode: int = 0o644) -> None:
+    """``obj`` as JSON in ``path``, atomically (write, then rename: a reader
+    never sees half a file).  Raises OSError (a read-only /run)."""
     tmp = f"{path}.{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            json.dump(status._asdict(), f)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
         os.replace(tmp, path)
     except OSError:
         try:
@@ -185,6 +186,12 @@ def write_reload_status(status: ReloadStatus, path: str | None = None) -> None:
         except OSError:
             pass
         raise
+
+
+def write_reload_status(status: ReloadStatus, path: str | None = None) -> None:
+    """Raises OSError (a read-only /run): the daemon says so, since
+    `resreap reload` will wait in vain."""
+    write_json(path or status_path(), status._asdict())
 
 
 def read_reload_status(path: str | None = None) -> ReloadStatus | None:

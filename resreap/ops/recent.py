@@ -21,7 +21,7 @@ from resreap.errors import ResreapError
 from resreap.host import procinfo
 from resreap.host.trust import check_chain
 from resreap.ops.formatting import plain
-from resreap.ops.instance import lock_path
+from resreap.ops.instance import lock_path, write_json
 
 KEEP = 10
 MAX_BYTES = 65536
@@ -90,20 +90,8 @@ class Recorder:
 
     def write(self) -> None:
         pid, start = self._me
-        tmp = f"{self.path}.{pid}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": pid, "start": start,
-                           "reaps": [r._asdict() for r in self._reaps]}, f)
-            os.replace(tmp, self.path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_json(self.path, {"pid": pid, "start": start,
+                               "reaps": [r._asdict() for r in self._reaps]}, mode=0o600)
 
 
 def read(path: str | None = None) -> Recent | None:
