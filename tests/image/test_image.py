@@ -10,6 +10,7 @@ lock."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -123,9 +124,9 @@ def test_the_image_reaps_a_host_leak_spares_the_rest_and_answers_healthz(
     port = _metrics_port()
     leaker = actors("leaky-server", "127.0.0.1", tag)
     other = actors("leaky-server", "127.0.0.1")        # not selected: spared
+    pod = daemonset(image, configmap, run_dir)
     run = WatchRun(image, "--config", "/etc/resreap/resreap.toml", "-f", tag[4:],
-                   "--metrics", f"127.0.0.1:{port}", timeout=120,
-                   wrap=daemonset(image, configmap, run_dir)[:-1])
+                   "--metrics", f"127.0.0.1:{port}", timeout=120, wrap=pod[:-1])
     try:
         start = run.wait_for(lambda e: e["event"] == Event.START, timeout=60)
         assert start["backend"] == "bpf" and start["loader"] == "core", start
@@ -140,6 +141,16 @@ def test_the_image_reaps_a_host_leak_spares_the_rest_and_answers_healthz(
             lambda e: e["event"] == Event.REAP and e["pid"] == other.pid)
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert health.status == 200 and health.read() == b"ok\n"
+        # `kubectl exec POD -- resreap top`: its own dry run, beside the
+        # pod's watch, lists the watch's reap.
+        top = _podman(*ENGINE, "exec", pod[pod.index("--name") + 1], "resreap", "top", "--json",
+                      "-f", tag[4:], timeout=patience(120))
+        assert top.returncode == 0, top.stderr
+        frame = json.loads(top.stdout)
+        assert frame["backend"] == "bpf" and frame["watch"]             # the pod's watch (host pids)
+        assert b"watch" in Path(f"/proc/{frame['watch']}/cmdline").read_bytes()
+        assert [r for r in frame["reaps"] if r["pid"] == leaker.pid
+                and r["result"] == "terminated"], frame["reaps"]
     finally:
         assert run.stop() == 0
 
