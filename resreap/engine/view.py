@@ -16,6 +16,7 @@ from resreap.model import Owner
 
 if TYPE_CHECKING:
     from resreap.engine.rules import Rule
+    from resreap.host.supervisor import Supervisor
     from resreap.engine.watch import Watcher
 
 
@@ -64,9 +65,12 @@ def rows(watcher: "Watcher", now: float, top: int = 50) -> list[Row]:
             break
         if owner not in held and not watcher.proc.alive(owner.pid, owner.start):
             continue  # churned, then exited
-        if watcher.filters.selects_processes and not _selected(watcher, owner):
+        # Its cgroup, read once: for --unit / --container and for its row.
+        where = supervisor.of(owner.pid, watcher.proc) if watcher.filters.selects_places else None
+        if watcher.filters.selects_processes and not _selected(watcher, owner, where):
             continue  # -f / -p / --unit narrow the view as they narrow who is reaped
-        row = _row(watcher, owner, held.get(owner, []), now)
+        row = _row(watcher, owner, held.get(owner, []), now,
+                   where or supervisor.of(owner.pid, watcher.proc))
         enter_rate, exit_rate = rates.get(owner, (0.0, 0.0))
         out.append(row._replace(enter_rate=round(enter_rate, 1), exit_rate=round(exit_rate, 1),
                                 rss=_rss(watcher, owner)))
@@ -80,9 +84,8 @@ def _rss(watcher: "Watcher", owner: Owner) -> int | None:
         return None
 
 
-def _selected(watcher: "Watcher", owner: Owner) -> bool:
+def _selected(watcher: "Watcher", owner: Owner, where: "Supervisor | None") -> bool:
     try:
-        where = supervisor.of(owner.pid, watcher.proc) if watcher.filters.selects_places else None
         return watcher.filters.wants(owner.pid, watcher.proc.read_bounded(owner.pid).cmdline,
                                      where)
     except ResreapError:
@@ -102,7 +105,8 @@ def _reap_in(entries: list, rule: "Rule", counting: int, now: float) -> float | 
     return max(0.0, dues[need - 1] - now) if len(dues) >= need else None
 
 
-def _row(watcher: "Watcher", owner: Owner, entries: list, now: float) -> Row:
+def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
+         where: "Supervisor") -> Row:
     counting = watcher.counter.count(owner)
     evidence: dict[str, int] = {}
     for e in entries:
@@ -127,8 +131,7 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float) -> Row:
         fds, limit = proc.fd_count(owner.pid), proc.fd_soft_limit(owner.pid)
     except ResreapError:
         fds, limit = None, None
-    where = watcher.where(owner.pid)
-    return Row(owner.pid, owner.comm, where.get("unit", ""), where.get("container", ""),
+    return Row(owner.pid, owner.comm, where.unit or "", where.container or "",
                len(entries), counting, evidence,
                max(0.0, now - min((e.entered for e in entries), default=now)),
                fds, limit, reap_in if rule is not None else None,

@@ -252,10 +252,6 @@ class Watcher:
             lost=self._lost,
         )
 
-    def where(self, pid: int) -> dict[str, str]:
-        """unit= and container= of ``pid`` (empty where unknown)."""
-        return _where(pid, self.proc)
-
     @property
     def reaped(self) -> int:
         """Processes killed (terminated or needing SIGKILL) so far."""
@@ -488,6 +484,10 @@ class Watcher:
                 rule = outcome.target.rule
                 grace = (rule.limits if rule is not None else self.limits).grace
                 fields["again_in"] = DRY_RUN_AGAIN if result is Result.DRY_RUN else max(grace, 1.0)
+                self._reaped.discard(owner)
+                self._deferred[owner] = self._clock() + fields["again_in"]
+            elif result in (Result.REPLACED, Result.FAILED):
+                self._reaped.discard(owner)
             decision(Event.OUTCOME, level if result is not Result.DRY_RUN else logging.INFO, **fields)
             self.outcomes.append(outcome)
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
@@ -498,11 +498,6 @@ class Watcher:
                 self.rule_results[by] = self.rule_results.get(by, 0) + 1
             if result is Result.SPARED:
                 self.hook_failures += 1
-            if result.look_again:
-                self._reaped.discard(owner)
-                self._deferred[owner] = self._clock() + fields["again_in"]
-            elif result in (Result.REPLACED, Result.FAILED):
-                self._reaped.discard(owner)
 
     def _children_done(self, pid: int) -> None:
         """A child's kill sequence ended: once all of a parent's have, judge

@@ -102,8 +102,7 @@ def _private_dir(path: str) -> None:
                          "refusing it (anyone could take the one-watch lock)")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o700)  # ours: RuntimeDirectory= makes it 0755 by default
-    check_chain(os.path.dirname(path), "lock directory",
-                       "anyone could take the one-watch lock")
+    check_chain(os.path.dirname(path), "lock directory", "anyone could take the one-watch lock")
 
 
 def _holder(text: str) -> Holder | None:
