@@ -89,17 +89,19 @@ class Eligibility:
         self.proc = proc
         self.protected = protected_pids(proc)
 
-    def check(self, info: ProcInfo, by_default: bool = True) -> Verdict:
+    def check(self, info: ProcInfo, by_default: bool = True,
+              where: supervisor.Supervisor | None = None) -> Verdict:
         """``by_default``: judged by the default rule, which the filters
         (-f, -p, --unit, --container) narrow; a named rule's match was its
-        own selection."""
+        own selection.  ``where``: its cgroup, if the caller read it."""
         if info.pid in self.protected:
             return Verdict(False, SpareReason.PROTECTED)
         if info.kthread:
             return Verdict(False, SpareReason.KTHREAD)
         filters = self.current.filters
         if by_default and filters.selects_processes:
-            where = supervisor.of(info.pid, self.proc) if filters.selects_places else None
+            if where is None and filters.selects_places:
+                where = supervisor.of(info.pid, self.proc)
             if not filters.wants(info.pid, info.cmdline, where):
                 return Verdict(False, SpareReason.NOT_SELECTED)
         return Verdict(True)

@@ -24,6 +24,7 @@ from resreap.engine.rules import Rule
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, sockets, supervisor
 from resreap.host.procinfo import Proc
+from resreap.host.supervisor import Supervisor
 from resreap.model import KILL_BUCKETS, Holder, Owner, Result, Revival, Snapshot, SockId, \
     SpareReason
 from resreap.sources.events import EventSource
@@ -363,17 +364,21 @@ class Watcher:
         if over is None:
             return
         rule = over[0]
-        verdict = self.eligibility.check(info, by_default=rule is self.current.rules.default)
+        # Its cgroup, read once: for --unit / --container, the lines, and
+        # the Target (its service is what a revival starts).
+        where = supervisor.of(info.pid, self.proc)
+        verdict = self.eligibility.check(info, by_default=rule is self.current.rules.default,
+                                         where=where)
         if not verdict.ok:
             if owner not in self._spared:
                 self._spared.add(owner)
                 level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
                     else logging.WARNING
                 decision(Event.SPARE, level, pid=info.pid, comm=info.comm,
-                         **_where(info.pid, self.proc), rule=rule.name, cmd=info.cmdline,
+                         **where.fields(), rule=rule.name, cmd=info.cmdline,
                          count=over[1], reason=verdict.why)
             return
-        if self._rate_limited(info, rule, now):
+        if self._rate_limited(info, where, rule, now):
             return
         verified = self.sockets.verify(owner, rule, now)
         if len(verified) < rule.limits.limit:
@@ -384,9 +389,9 @@ class Watcher:
             return
         if not self._harmful(owner, rule, len(verified), now):
             return
-        self._reap(owner, info, rule, verified, now)
+        self._reap(owner, info, where, rule, verified, now)
 
-    def _rate_limited(self, info, rule: Rule, now: float) -> bool:
+    def _rate_limited(self, info, where: Supervisor, rule: Rule, now: float) -> bool:
         owner = Owner(info.pid, info.start, info.comm)
         allowed = self.storm.next_allowed(info.cmdline, now,
                                           started=now - procinfo.age(info.start, self._boottime()),
@@ -395,19 +400,19 @@ class Watcher:
             return False
         if owner not in self._deferred:
             decision(Event.STORM, logging.WARNING, pid=info.pid, comm=info.comm,
-                     **_where(info.pid, self.proc), rule=rule.name, cmd=info.cmdline,
+                     **where.fields(), rule=rule.name, cmd=info.cmdline,
                      kills=rule.limits.max_kills, per=rule.limits.per,
                      next_in=round(allowed - now, 1),
                      note="this command keeps leaking after restarts: kills are rate-limited")
         self._deferred[owner] = allowed
         return True
 
-    def _reap(self, owner: Owner, info, rule: Rule, verified: dict, now: float) -> None:
+    def _reap(self, owner: Owner, info, where: Supervisor, rule: Rule, verified: dict,
+              now: float) -> None:
         rows = sorted(verified.values(), key=lambda r: r[0].sock)
         socks = [entry.sock for entry, _hit, _kind in rows]
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
-        where = supervisor.of(info.pid, self.proc)
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
                         rule.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
                         where, rule)

@@ -26,7 +26,7 @@ from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.view import Row, rows
 from resreap.engine.watch import Watcher, read_latency
 from resreap.host.sockets import SocketTable
-from resreap.ops.formatting import safe
+from resreap.ops.formatting import clock, safe
 from resreap.ops.instance import watch_holder
 from resreap.ops.recent import read as read_recent
 from resreap.ops.settings import WatchSettings
@@ -140,7 +140,7 @@ def _reap_lines(data: dict) -> list[str]:
         return [f"reaps ({who}): none recorded"]
     lines = [f"reaps ({who}), newest first:"]
     for r in reversed(data["reaps"][-REAPS_SHOWN:]):
-        stamp = time.strftime("%H:%M:%S", time.localtime(r.ts))
+        stamp = clock(r.ts)
         revive = f" revive={r.revive}" if r.revive else ""
         took = f"{r.took * 1000:.0f}ms" if r.took < 1 else f"{r.took:.1f}s"
         lines.append(f" {stamp} {r.result} {took}{revive}  {r.pid} {r.comm[:15]} "
