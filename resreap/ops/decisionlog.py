@@ -76,7 +76,7 @@ class SafeFileHandler(logging.handlers.WatchedFileHandler):
         # symlink, root would create the file anywhere (/etc/cron.d).
         try:
             check_chain(os.path.dirname(self.baseFilename) or ".", "log directory",
-                               "root's log lines could be sent anywhere")
+                        "root's log lines could be sent anywhere")
         except UsageError as exc:
             raise OSError(1, str(exc)) from None
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
