@@ -11,6 +11,7 @@ import typer
 
 from resreap import __version__
 from resreap.errors import ResreapError
+from resreap.ops.escaping import safe
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -62,14 +63,20 @@ def _root(version: VersionOpt = None) -> None:
 
 
 def fail(exc: ResreapError) -> NoReturn:
-    typer.echo(f"resreap: error: {exc}", err=True)
+    # An error may name a process or a path others chose: escaped (ops.formatting).
+    typer.echo(f"resreap: error: {safe(str(exc))}", err=True)
     raise typer.Exit(exc.exit_code)
 
 
+class _SafeFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return safe(super().format(record))
+
+
 def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="resreap: %(levelname)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter("resreap: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
 
 
 def _print(line: str) -> None:
@@ -409,7 +416,7 @@ def doctor(json_out: JsonOpt = False) -> None:
             _print(json.dumps(check._asdict()))
         else:
             fix = f"  -> {check.fix}" if check.fix else ""
-            _print(f"{check.status:<4} {check.name:<13} {check.detail}{fix}")
+            _print(safe(f"{check.status:<4} {check.name:<13} {check.detail}{fix}"))
     raise typer.Exit(0 if doc.can_run(results) else 1)
 
 

@@ -16,11 +16,12 @@ from resreap.engine.churn import Churn
 from resreap.engine.config import Current
 from resreap.engine.decisions import Event, Verdict, decision
 from resreap.engine.filters import Filters
-from resreap.engine.owners import Found, OwnerResolver, Probe, resolve_close_wait
+from resreap.engine.owners import DUMP_ABOVE, Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.engine.policy import Counter
 from resreap.engine.rules import NO_FACTS, Facts, Rule
 from resreap.engine.tracker import CloseWaitTable, Entry
 from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced, ProcessUnreadable
+from resreap.bounded import BoundedDict
 from resreap.host import procinfo, supervisor
 from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
 
@@ -55,6 +56,21 @@ UIDS_FRESH = 30.0
 # Without lost events, the kernel's CLOSE_WAIT set is still compared with
 # ours this often, so that no leak can hide behind a missed event.
 RECONCILE_EVERY = 60.0
+# Due sockets looked at per loop turn, the earliest first; the rest on the
+# next turns, which follow at once.  A user's 20,000 sockets falling due
+# together were one turn of 10 s or more (no watchdog ping, no other
+# leak's reap).  No more than one chunk of exact lookups (owners
+# .DUMP_ABOVE): past it a chunk dumps every CLOSE_WAIT socket of the host,
+# 0.7 s at 20,000; 256 lookups take about 0.1 s.
+DUE_PER_TURN = DUMP_ABOVE
+# New sockets whose holders are looked for per loop turn (the same reason:
+# 20,000 at once were one turn of 10 s on the fake host).  The rest wait
+# for the next wakeup, not at once: while a scan is still reading, the
+# same sockets would be asked for again in a spin.  A socket not looked
+# for before its deadline is looked for then (check).
+YOUNG_PER_TURN = DUMP_ABOVE
+# Per-holder caches (facts, uids, "said once"): processes come and go.
+HOLDERS_REMEMBERED = 4096
 
 
 class Counting:
@@ -72,14 +88,19 @@ class Counting:
         self.table = CloseWaitTable()
         self.counter = Counter()
         self.young: list[Key] = []      # new sockets whose holders are looked for
+        self.unlooked: list[Key] = []   # ... not looked for yet: past the turn's chunk
         self.recheck: list[Key] = []    # sockets to look at on the next turn
-        self._foreign: set[Owner] = set()     # passed-in sockets: said once
-        self._uids: dict[Owner, tuple[float, frozenset[int]]] = {}
+        # Keyed by (pid, start): a process that renames itself is the same
+        # process (keyed with its name, each rename was a new entry).
+        self._foreign: BoundedDict[tuple[int, int], bool] = BoundedDict(HOLDERS_REMEMBERED)
+        self._uids: BoundedDict[tuple[int, int], tuple[float, frozenset[int]]] = \
+            BoundedDict(HOLDERS_REMEMBERED)
         # Per holder: when read, its facts, and the rule per local port
         # (picked once: a holder of 20,000 sockets is not matched 20,000
         # times per decision).
-        self._facts: dict[Owner, tuple[float, Facts | None, dict[int, Rule | None]]] = {}
-        self._serving: dict[tuple[Owner, int], bool] = {}
+        self._facts: BoundedDict[tuple[int, int], tuple[float, Facts | None, BoundedDict]] = \
+            BoundedDict(HOLDERS_REMEMBERED)
+        self._serving: BoundedDict[tuple[int, int, int], bool] = BoundedDict(HOLDERS_REMEMBERED)
         self._next_reconcile = 0.0
         self._orphans_said = float("-inf")
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -114,12 +135,10 @@ class Counting:
         if facts is None:
             return None
         port = sock.lport if rules.by_port else 0  # without port keys, one pick
-        rule = picks.get(port, picks)
-        if rule is picks:
-            if len(picks) > 1024:  # bounded: a client's leak has many local ports
-                picks.clear()
-            rule = picks[port] = rules.pick(facts, sock.lport)
-        return rule  # type: ignore[return-value]
+        if port in picks:
+            return picks[port]
+        rule = picks[port] = rules.pick(facts, sock.lport)
+        return rule
 
     def facts(self, owner: Owner) -> Facts | None:
         """What ``owner``'s rule is matched against: its command line,
@@ -127,9 +146,9 @@ class Counting:
         its argv or drop privileges).  None: gone or unreadable."""
         return self._known(owner)[1]
 
-    def _known(self, owner: Owner) -> tuple[float, Facts | None, dict[int, Rule | None]]:
+    def _known(self, owner: Owner) -> tuple[float, Facts | None, BoundedDict]:
         now = self._clock()
-        known = self._facts.get(owner)
+        known = self._facts.get(owner[:2])
         if known is not None and now - known[0] <= UIDS_FRESH:
             return known
         try:
@@ -140,17 +159,16 @@ class Counting:
         except (ProcessGone, AccessDenied, ProcessUnreadable, ProcessReplaced):
             facts = None
         else:
-            uids = self._holder_uids(owner)
+            uids = self.uids(owner)
             facts = Facts(info.cmdline, where, uids) if uids is not None else None
-        if len(self._facts) > 4096:  # bounded: owners come and go
-            self._facts.clear()
-        known = self._facts[owner] = (now, facts, {})
+        # The rule per local port: a client's leak has many local ports.
+        known = self._facts[owner[:2]] = (now, facts, BoundedDict(1024))
         return known
 
     def refresh(self, owner: Owner) -> None:
         """Read ``owner``'s facts afresh at its next look (before a kill)."""
-        self._facts.pop(owner, None)
-        self._uids.pop(owner, None)
+        self._facts.discard(owner[:2])
+        self._uids.discard(owner[:2])
 
     def standing(self, owner: Owner) -> list[tuple[Rule, int]]:
         """``owner``'s counting sockets per rule they fall under, in the
@@ -176,7 +194,7 @@ class Counting:
 
     def due(self, now: float) -> list[Entry]:
         """Sockets whose deadline has come, and those to look at again."""
-        due = self.table.due(now)
+        due = self.table.due(now, DUE_PER_TURN)
         if self.recheck:
             keys, self.recheck = set(self.recheck), []
             due += [e for k in keys if (e := self.table.get(k)) is not None and e not in due]
@@ -270,7 +288,8 @@ class Counting:
     def take_young(self) -> list[Key]:
         """The new sockets whose holders are to be looked for, handed over
         once (the loop resolves them after applying its batch)."""
-        young, self.young = self.young, []
+        young, self.young = self.unlooked + self.young, []
+        self.unlooked = []
         return young
 
     def _gone(self, entry: Entry) -> None:
@@ -309,6 +328,9 @@ class Counting:
         the deadline the answer is cached and costs one readlink to verify.
         Sockets that came and went within one batch never get here."""
         pending = [e for k in young if (e := self.table.get(k)) is not None and e.owners is None]
+        if len(pending) > YOUNG_PER_TURN:
+            self.unlooked = [e.key for e in pending[YOUNG_PER_TURN:]]
+            pending = pending[:YOUNG_PER_TURN]
         if not pending:
             return
         # Churn sockets live for milliseconds, leaks for the grace period: a
@@ -334,31 +356,30 @@ class Counting:
                 # the next wakeup, so that the deadline finds it resolved.
                 self.young.append(entry.key)
 
-    def _holder_uids(self, owner: Owner) -> frozenset[int] | None:
+    def uids(self, owner: Owner) -> frozenset[int] | None:
         """The owner's uids, read again after UIDS_FRESH: a process may
-        change them (a daemon dropping root after start-up)."""
+        change them (a daemon dropping root after start-up).  None: gone
+        or unreadable."""
         now = self._clock()
-        known = self._uids.get(owner)
+        known = self._uids.get(owner[:2])
         if known is None or now - known[0] > UIDS_FRESH:
             try:
                 uids = self.proc.read_uids(owner.pid)
             except (ProcessGone, AccessDenied):
                 return None  # cannot be judged: nothing counts against it
-            if len(self._uids) > 4096:  # bounded: owners come and go
-                self._uids.clear()
-            known = self._uids[owner] = (now, uids)
+            known = self._uids[owner[:2]] = (now, uids)
         return known[1]
 
     def _serves(self, owner: Owner, sock: SockId) -> bool:
         """Does ``owner``, or a process above it, hold a listener on the
         socket's local address and port (the service that accepted it)?"""
-        key = (owner, sock.lport)
+        key = (owner.pid, owner.start, sock.lport)
         known = self._serving.get(key)
         if known is None:
             listeners = self.resolver.listening_on(sock)
-            known = bool(listeners & self.proc.ancestors(owner.pid))
-            if len(self._serving) > 4096:  # bounded: owners come and go
-                self._serving.clear()
+            # Bounded (procinfo.ANCESTRY_DEPTH): past it, "not served", so
+            # the root-accepted socket does not count.
+            known = bool(listeners & self.proc.ancestors(owner.pid, procinfo.ANCESTRY_DEPTH))
             self._serving[key] = known
         return known
 
@@ -386,17 +407,15 @@ class Counting:
             if kind is Evidence.QUEUED and \
                     procinfo.age(owner.start, self._boottime()) < rule.limits.stall:
                 continue
-            uids = self._holder_uids(owner)
+            uids = self.uids(owner)
             if uids is None:
                 continue
             vouched = hit.diag.uid == 0 and 0 not in uids and (
                 kind is Evidence.QUEUED or self._serves(owner, hit.diag.sock))
             if evidence.counts_against(hit.diag.uid, uids, vouched):
                 out.append(owner)
-            elif owner not in self._foreign:
-                self._foreign.add(owner)
-                if len(self._foreign) > 4096:
-                    self._foreign.clear()
+            elif owner[:2] not in self._foreign:
+                self._foreign[owner[:2]] = True
                 decision(Event.FOREIGN, logging.INFO, pid=owner.pid, comm=owner.comm,
                          socket_uid=hit.diag.uid, uids=sorted(uids),
                          socket=f"{hit.diag.sock.local}->{hit.diag.sock.remote}",

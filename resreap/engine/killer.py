@@ -81,6 +81,9 @@ class Target(NamedTuple):
     # The rule that judged it (engine/rules): its plan is the one run.
     # None: the default rule in force.
     rule: "Rule | None" = None
+    # What the storm bound counts this kill against (policy.StormKey): made
+    # with the decision, recorded with the outcome, never re-derived.
+    storm_key: object = None
 
     @property
     def rule_name(self) -> str:

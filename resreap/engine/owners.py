@@ -471,14 +471,14 @@ class Found(NamedTuple):
 
 
 # Past this many sockets one filtered dump is cheaper than exact lookups.
-_DUMP_ABOVE = 256
+DUMP_ABOVE = 256
 
 
 def _close_wait(kernel: KernelSockets, probes: list[Probe]) -> dict[Probe, list[NsSock]]:
     out: dict[Probe, list[NsSock]] = {}
     # /proc/net/tcp has no lookup: each one parses the whole file (every
     # TIME_WAIT socket too), so there one dump serves every probe.
-    if len(probes) > _DUMP_ABOVE or (len(probes) > 1 and kernel.through_procfs):
+    if len(probes) > DUMP_ABOVE or (len(probes) > 1 and kernel.through_procfs):
         by_tuple: dict[SockId, list[NsSock]] = {}
         wanted = {p.sock for p in probes}
         for ns in kernel.close_wait():

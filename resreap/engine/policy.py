@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import TYPE_CHECKING, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Hashable, Iterable, NamedTuple
 
 from resreap.host import supervisor
 from resreap.host.procinfo import HOST, Proc, ProcInfo
@@ -113,10 +113,33 @@ class Eligibility:
         return info
 
 
+class StormKey(NamedTuple):
+    """What one supervisor restarts: the storm bound's unit of account.  A
+    command line alone was anyone's to copy: one kill of a user's process
+    named like root's service spent that service's `max_rate`, and its
+    next leak waited the whole window.  The rule, the uids, the unit and
+    the container are not the process's to choose (the uids and the
+    cgroup are the kernel's; the rule follows from them where it matches
+    on trusted keys)."""
+
+    rule: str
+    uids: tuple[int, ...]
+    unit: str
+    container: str
+    cmdline: str
+
+    @classmethod
+    def of(cls, rule: str, uids, where: "supervisor.Supervisor | None",
+           cmdline: str) -> "StormKey":
+        return cls(rule, tuple(sorted(uids or ())), (where.unit or "") if where else "",
+                   (where.container or "") if where else "", cmdline)
+
+
 class StormGuard:
-    """Bounds how often one command line is reaped: a supervisor restarting
-    a command that leaks again within seconds must not turn resreap into a
-    kill loop.  Past the bound, kills wait for the window to allow them.
+    """Bounds how often one supervised command is reaped (StormKey): a
+    supervisor restarting a command that leaks again within seconds must
+    not turn resreap into a kill loop.  Past the bound, kills wait for the
+    window to allow them.
 
     A storm is a kill followed by a *replacement* that leaks again: only
     kills made before the target started count against it.  Siblings that
@@ -124,16 +147,16 @@ class StormGuard:
     command line) are each reaped, and never called a storm.  Only real
     kills are recorded (not hook vetoes or dry runs)."""
 
-    MAX_KEYS = 4096  # command lines remembered at most
+    MAX_KEYS = 4096  # supervised commands remembered at most
 
     def __init__(self, current: Current) -> None:
         self.current = current
-        self._kills: dict[str, collections.deque[float]] = {}
+        self._kills: dict[Hashable, collections.deque[float]] = {}
 
     def __len__(self) -> int:
         return len(self._kills)
 
-    def _recent(self, key: str, now: float) -> collections.deque[float]:
+    def _recent(self, key: Hashable, now: float) -> collections.deque[float]:
         times = self._kills.get(key)
         if times is None:
             return collections.deque()
@@ -141,7 +164,7 @@ class StormGuard:
             times.popleft()
         return times
 
-    def next_allowed(self, key: str, now: float | None = None,
+    def next_allowed(self, key: Hashable, now: float | None = None,
                      started: float | None = None, limits: Limits | None = None) -> float:
         """0 if a kill is allowed now, else the monotonic time it will be.
         ``started``: when the target started (monotonic); kills after it
@@ -156,7 +179,7 @@ class StormGuard:
             return 0.0
         return times[-max_kills] + per
 
-    def record(self, key: str, now: float | None = None) -> int:
+    def record(self, key: Hashable, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
         times = self._recent(key, now)
         times.append(now)

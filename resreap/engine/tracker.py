@@ -128,11 +128,12 @@ class CloseWaitTable:
             return when
         return None
 
-    def due(self, now: float) -> list[Entry]:
-        """Entries whose next look is at or before ``now`` (unscheduled)."""
-        out = []
+    def due(self, now: float, most: int | None = None) -> list[Entry]:
+        """Entries whose next look is at or before ``now`` (unscheduled),
+        the earliest first, at most ``most`` of them (the rest stay due)."""
+        out: list[Entry] = []
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and (most is None or len(out) < most):
             when, _seq, key = heapq.heappop(heap)
             entry = self._live(when, key)
             if entry is not None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
+from resreap.bounded import BoundedDict
 from resreap.engine import evidence
 from resreap.engine.config import Current, WatchConfig
 from resreap.engine.counting import Counting
@@ -19,11 +20,11 @@ from resreap.engine.decisions import Event, decision
 from resreap.engine.filters import Filters
 from resreap.engine.killer import KillEngine, Killer, Outcome, Target
 from resreap.engine.owners import OwnerResolver
-from resreap.engine.policy import Eligibility, Limits, StormGuard
+from resreap.engine.policy import Eligibility, Limits, StormGuard, StormKey
 from resreap.engine.rules import Rule
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, sockets, supervisor
-from resreap.host.procinfo import Proc
+from resreap.host.procinfo import Lineage, Proc
 from resreap.host.supervisor import Supervisor
 from resreap.model import KILL_BUCKETS, Holder, Owner, Result, Revival, Snapshot, SockId, \
     SpareReason
@@ -42,6 +43,37 @@ UNREADABLE_RETRY = 10.0
 # after a reload): every grace, a DaemonSet left in dry run wrote two lines
 # every 2 s per leaking process, for days.
 DRY_RUN_AGAIN = 60.0
+# Seconds of decisions per loop turn (real time): the owners left are
+# decided on the next turns, which follow at once, the longest waiting
+# first.  With the due sockets' chunk (counting.DUE_PER_TURN) this bounds a
+# turn, so the loop reaches its watchdog ping and other leaks' deadlines
+# whatever a user piles up (10,000 spared processes were one 12 s turn).
+TURN_BUDGET = 0.25
+# Processes remembered as handed to the killer or spared (ineligible) are
+# forgotten once they hold no counting socket, checked this often; and
+# never more than this many (least recently judged first out).
+FORGET_EVERY = 60.0
+REMEMBERED = 65536
+
+
+def _ident(owner: Owner) -> tuple[int, int]:
+    """A process's identity: pid and start time, not its name (which it
+    may rewrite at will: keyed with it, each rename was a new entry)."""
+    return owner.pid, owner.start
+
+
+class Case(NamedTuple):
+    """One decision about one process over its limit: its facts read once
+    (right before judging), the rule that judges it, and what the storm
+    bound counts it against.  The same rule decides children first, the
+    rate limit, the re-check and the kill."""
+
+    owner: Owner
+    info: object      # procinfo.ProcInfo
+    where: Supervisor
+    rule: Rule
+    count: int        # its counting sockets under the rule, before the re-check
+    storm: StormKey
 
 
 def read_latency(grace: float) -> float:
@@ -88,16 +120,23 @@ class Watcher:
         self.storm = StormGuard(self.current)
         self.killer = killer or Killer(self.current, self.proc)
         self._deferred: dict[Owner, float] = {}
+        # Owners over their limit not decided yet (the turn's budget ran out).
+        self._backlog: list[Owner] = []
         # Parents waiting for their children's kill sequences (children first).
-        self._parents: dict[Owner, set[int]] = {}
-        self._reaped: set[Owner] = set()      # handed to the killer already
-        self._spared: set[Owner] = set()      # ineligible: said once
+        self._parents: BoundedDict[Owner, set[int]] = BoundedDict(4096)
+        # By (pid, start): handed to the killer already; ineligible (said once).
+        self._reaped: BoundedDict[tuple[int, int], float] = BoundedDict(REMEMBERED)
+        self._spared: BoundedDict[tuple[int, int], float] = BoundedDict(REMEMBERED)
+        self._next_forget = 0.0
+        # Each process's parent read once per turn (children first).
+        self.lineage = Lineage(self.proc)
+        self._timer: Callable[[], float] = time.monotonic  # the turn's budget: real time
         self._lost = 0
         self._out_of_fds_said = float("-inf")
         self._unknown_said = float("-inf")
         self._unwatched_said = (0, float("-inf"))  # (how many, when)
         self._unsure = False  # lost events were unknown since the last reconcile
-        self._waits: dict[Owner, int] = {}  # children-first waits per parent
+        self._waits: BoundedDict[Owner, int] = BoundedDict(4096)  # children-first waits
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.outcomes: list[Outcome] = []
         # Called once per loop turn (sd_notify pings, config reloads).
@@ -154,7 +193,7 @@ class Watcher:
             wake = min(wake, deadline)
         if self._deferred:
             wake = min(wake, min(self._deferred.values()))
-        if self.sockets.recheck:
+        if self.sockets.recheck or self._backlog:
             wake = now
         return min(wake, self.sockets.next_reconcile)
 
@@ -177,6 +216,7 @@ class Watcher:
             self._tick(self)
 
     def _turn(self, batch) -> None:
+        self.lineage.clear()
         young = self.sockets.take_young()
         self.sockets.apply(batch)
         self.sockets.resolve_young(young)
@@ -189,9 +229,11 @@ class Watcher:
             if when <= now:
                 del self._deferred[owner]
                 touched.add(owner)
-        if touched:
+        if touched or self._backlog:
             self._decide(touched, now)
         self._collect()
+        if now >= self._next_forget:
+            self._forget_idle(now)
         self._check_lost(now)
         self._check_unwatched(now)
 
@@ -276,35 +318,97 @@ class Watcher:
     # -- decisions --------------------------------------------------------
 
     def _decide(self, owners: set[Owner], now: float) -> None:
-        for owner in sorted(owners):
-            over = self.sockets.over(owner)
-            if over is None:
-                if self._debug:
-                    for rule, count in self.sockets.standing(owner):
-                        decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
-                                 rule=rule.name, count=count, limit=rule.limits.limit,
-                                 why="limit")
-                continue
-            if owner in self._reaped or owner in self._spared or self.killer.busy(owner.pid):
-                continue  # an ineligible verdict holds for the process's life (until a reload)
-            if self._deferred.get(owner, now) > now:
-                continue  # rate-limited, waiting for children or unreadable: judged at its time
-            if self.killer.full:
-                # Bounded concurrency: decide when a kill slot is free, so that
-                # a "reap" line always means a kill sequence started.  Checked
-                # first: waiting owners cost nothing more while slots are full.
-                self._deferred[owner] = now + 0.05
-                continue
-            if self._children_first(owner, over[0], now):
-                continue
-            self._consider(owner, now)
+        """Decide about the owners touched this turn, after those left over
+        from the last one, within TURN_BUDGET."""
+        waiting = set(self._backlog)
+        queue = self._backlog + sorted(owners - waiting)
+        self._backlog = []
+        began = self._timer()
+        for i, owner in enumerate(queue):
+            if i and self._timer() - began >= TURN_BUDGET:
+                self._backlog = queue[i:]
+                return
+            self._decide_one(owner, now)
 
-    def _children_first(self, owner: Owner, rule: Rule, now: float) -> bool:
+    def _decide_one(self, owner: Owner, now: float) -> None:
+        """The cheap checks first; the process is read only once it has a
+        kill slot, and its children looked for only once it is eligible."""
+        if self.sockets.over(owner) is None:
+            if self._debug:
+                for rule, count in self.sockets.standing(owner):
+                    decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
+                             rule=rule.name, count=count, limit=rule.limits.limit,
+                             why="limit")
+            return
+        if _ident(owner) in self._reaped or _ident(owner) in self._spared \
+                or self.killer.busy(owner.pid):
+            return  # an ineligible verdict holds while it leaks (until a reload)
+        if self._deferred.get(owner, now) > now:
+            return  # rate-limited, waiting for children or unreadable: judged at its time
+        if self.killer.full:
+            # Bounded concurrency: decide when a kill slot is free, so that
+            # a "reap" line always means a kill sequence started.  Checked
+            # first: waiting owners cost nothing more while slots are full.
+            self._deferred[owner] = now + 0.05
+            return
+        case = self._judge(owner, now)
+        if case is None or self._children_first(case, now) or self._rate_limited(case, now):
+            return
+        rule = case.rule
+        verified = self.sockets.verify(owner, rule, now)
+        if len(verified) < rule.limits.limit:
+            if self._debug:
+                decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
+                         rule=rule.name, count=len(verified), limit=rule.limits.limit,
+                         why="re-check")
+            return
+        if not self._harmful(owner, rule, len(verified), now):
+            return
+        self._reap(case, verified, now)
+
+    def _judge(self, owner: Owner, now: float) -> Case | None:
+        """Read the process (bounded), its rule from what it is right now
+        (argv rewritten, privileges dropped since its sockets counted), and
+        whether it may be reaped at all.  None: gone, unreadable (looked at
+        again later) or spared (said once)."""
+        try:
+            info = self.eligibility.info(owner)
+        except ProcessGone:
+            return None  # its sockets' exits are on their way
+        except (ProcessUnreadable, AccessDenied) as exc:
+            decision(Event.UNREADABLE, logging.WARNING, pid=owner.pid, comm=owner.comm,
+                     reason=str(exc), retry_in=UNREADABLE_RETRY)
+            self._deferred[owner] = now + UNREADABLE_RETRY
+            return None
+        self.sockets.refresh(owner)
+        over = self.sockets.over(owner)
+        if over is None:
+            return None
+        rule, count = over
+        # Its cgroup, read once: for --unit / --container, the lines, the
+        # storm key and the Target (its service is what a revival starts).
+        where = supervisor.of(info.pid, self.proc)
+        verdict = self.eligibility.check(info, by_default=rule is self.current.rules.default,
+                                         where=where)
+        if not verdict.ok:
+            if _ident(owner) not in self._spared:
+                self._spared[_ident(owner)] = now
+                level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
+                    else logging.WARNING
+                decision(Event.SPARE, level, pid=info.pid, comm=info.comm,
+                         **where.fields(), rule=rule.name, cmd=info.cmdline,
+                         count=count, reason=verdict.why)
+            return None
+        storm = StormKey.of(rule.name, self.sockets.uids(owner), where, info.cmdline)
+        return Case(owner, info, where, rule, count, storm)
+
+    def _children_first(self, case: Case, now: float) -> bool:
         """Reap the least: a process whose counting sockets its own
         descendants hold too, and who are over the limit themselves (a
         prefork master and its workers share the listener and its accept
         queue), waits while they are handled; it is judged again after
         that, and reaped only if the leak remains."""
+        owner, rule = case.owner, case.rule
         mine = self.counter.by_owner.get(owner)
         if not mine:
             return False
@@ -318,11 +422,13 @@ class Watcher:
             if entry is not None:
                 others.update(entry.owners or ())
         others.discard(owner)
-        kids = []
-        for other in sorted(others):
-            if other not in self._spared and self.sockets.over(other) is not None \
-                    and owner.pid in self.proc.ancestors(other.pid) - {other.pid}:
-                kids.append(other.pid)
+        # Ancestry from the turn's lineage: each parent read once, each
+        # walk bounded (procinfo.ANCESTRY_DEPTH: past it "not a
+        # descendant", and the owner, itself over its limit, is judged).
+        kids = [other.pid for other in sorted(others)
+                if _ident(other) not in self._spared and other.pid != owner.pid
+                and self.lineage.descends(other.pid, owner.pid)
+                and self.sockets.over(other) is not None]
         if not kids:
             return False
         # Bounded: a descendant that is never handled (rate-limited,
@@ -331,91 +437,43 @@ class Watcher:
         waits = self._waits.get(owner, 0)
         if waits >= CHILDREN_FIRST_WAITS:
             return False
-        if len(self._waits) > 4096:
-            self._waits.clear()
         self._waits[owner] = waits + 1
         plan = rule.plan
         wait = plan.hook_timeout * bool(plan.hook) + 2 * plan.wait + rule.limits.grace + 5.0
         if owner not in self._deferred:
             decision(Event.CHILDREN_FIRST, logging.INFO, pid=owner.pid, comm=owner.comm,
-                     **_where(owner.pid, self.proc), rule=rule.name,
-                     children=sorted(kids), again_in=round(wait, 1),
+                     **case.where.fields(), rule=rule.name,
+                     children=kids, again_in=round(wait, 1),
                      note="its descendants hold the same sockets: they go first")
         self._deferred[owner] = now + wait
-        if len(self._parents) > 4096:  # bounded: parents whose children were spared
-            self._parents.clear()
         self._parents[owner] = set(kids)
         return True
 
-    def _consider(self, owner: Owner, now: float) -> None:
-        try:
-            info = self.eligibility.info(owner)
-        except ProcessGone:
-            return  # its sockets' exits are on their way
-        except (ProcessUnreadable, AccessDenied) as exc:
-            decision(Event.UNREADABLE, logging.WARNING, pid=owner.pid, comm=owner.comm,
-                     reason=str(exc), retry_in=UNREADABLE_RETRY)
-            self._deferred[owner] = now + UNREADABLE_RETRY
-            return
-        # Its rule from what it is right now (argv rewritten, privileges
-        # dropped since its sockets counted).
-        self.sockets.refresh(owner)
-        over = self.sockets.over(owner)
-        if over is None:
-            return
-        rule = over[0]
-        # Its cgroup, read once: for --unit / --container, the lines, and
-        # the Target (its service is what a revival starts).
-        where = supervisor.of(info.pid, self.proc)
-        verdict = self.eligibility.check(info, by_default=rule is self.current.rules.default,
-                                         where=where)
-        if not verdict.ok:
-            if owner not in self._spared:
-                self._spared.add(owner)
-                level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
-                    else logging.WARNING
-                decision(Event.SPARE, level, pid=info.pid, comm=info.comm,
-                         **where.fields(), rule=rule.name, cmd=info.cmdline,
-                         count=over[1], reason=verdict.why)
-            return
-        if self._rate_limited(info, where, rule, now):
-            return
-        verified = self.sockets.verify(owner, rule, now)
-        if len(verified) < rule.limits.limit:
-            if self._debug:
-                decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
-                         rule=rule.name, count=len(verified), limit=rule.limits.limit,
-                         why="re-check")
-            return
-        if not self._harmful(owner, rule, len(verified), now):
-            return
-        self._reap(owner, info, where, rule, verified, now)
-
-    def _rate_limited(self, info, where: Supervisor, rule: Rule, now: float) -> bool:
-        owner = Owner(info.pid, info.start, info.comm)
-        allowed = self.storm.next_allowed(info.cmdline, now,
+    def _rate_limited(self, case: Case, now: float) -> bool:
+        info, rule = case.info, case.rule
+        allowed = self.storm.next_allowed(case.storm, now,
                                           started=now - procinfo.age(info.start, self._boottime()),
                                           limits=rule.limits)
         if not allowed:
             return False
-        if owner not in self._deferred:
+        if case.owner not in self._deferred:
             decision(Event.STORM, logging.WARNING, pid=info.pid, comm=info.comm,
-                     **where.fields(), rule=rule.name, cmd=info.cmdline,
+                     **case.where.fields(), rule=rule.name, cmd=info.cmdline,
                      kills=rule.limits.max_kills, per=rule.limits.per,
                      next_in=round(allowed - now, 1),
                      note="this command keeps leaking after restarts: kills are rate-limited")
-        self._deferred[owner] = allowed
+        self._deferred[case.owner] = allowed
         return True
 
-    def _reap(self, owner: Owner, info, where: Supervisor, rule: Rule, verified: dict,
-              now: float) -> None:
+    def _reap(self, case: Case, verified: dict, now: float) -> None:
+        info, where, rule = case.info, case.where, case.rule
         rows = sorted(verified.values(), key=lambda r: r[0].sock)
         socks = [entry.sock for entry, _hit, _kind in rows]
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
                         rule.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
-                        where, rule)
+                        where, rule, case.storm)
         plan = rule.plan
         decision(Event.REAP if not plan.dry_run else Event.WOULD_REAP, logging.WARNING,
                  pid=info.pid, comm=info.comm, **where.fields(), rule=rule.name,
@@ -423,12 +481,25 @@ class Watcher:
                  evidence=found, oldest=round(oldest, 3), sockets=_endpoints(socks),
                  cmd=info.cmdline, plan=plan.describe() + (" (dry run)" if plan.dry_run else ""))
         if not self.killer.submit(target):  # only if it filled up just now
-            log.warning("pid %d: kill slots full, deciding again shortly", owner.pid)
-            self._deferred[owner] = now + 0.05
+            log.warning("pid %d: kill slots full, deciding again shortly", info.pid)
+            self._deferred[case.owner] = now + 0.05
             return
         for _entry, _hit, kind in rows:
             self.reaped_evidence[kind.value] = self.reaped_evidence.get(kind.value, 0) + 1
-        self._reaped.add(owner)
+        self._reaped[_ident(case.owner)] = now
+
+    def _forget_idle(self, now: float) -> None:
+        """Forget the processes remembered as reaped or spared, and the
+        children-first bookkeeping, of those that hold no counting socket
+        any more (exited, or healed): a month of churn, or a process
+        renaming itself at every look, must not grow them."""
+        self._next_forget = now + FORGET_EVERY
+        holding = {_ident(o) for o in self.counter.by_owner}
+        running = set(self.killer.running_pids())
+        for book in (self._reaped, self._spared):
+            book.keep(lambda ident: ident in holding or ident[0] in running)
+        for book in (self._waits, self._parents):
+            book.keep(lambda owner: _ident(owner) in holding)
 
     def _harmful(self, owner: Owner, rule: Rule, count: int, now: float) -> bool:
         """--fd-percent: the counting sockets must also be that share of the
@@ -474,7 +545,9 @@ class Watcher:
                 fields["detail"] = outcome.detail
             if result.killed_it:
                 # A real kill: what the storm guard counts (at its start).
-                self.storm.record(info.cmdline, self._clock() - outcome.took)
+                key = outcome.target.storm_key
+                self.storm.record(key if key is not None else info.cmdline,
+                                  self._clock() - outcome.took)
                 self._kill_buckets[bisect.bisect_left(KILL_BUCKETS, outcome.took)] += 1
                 self._kill_seconds += outcome.took
             if result.killed_it or result is Result.EXITED:
@@ -489,10 +562,10 @@ class Watcher:
                 rule = outcome.target.rule
                 grace = (rule.limits if rule is not None else self.limits).grace
                 fields["again_in"] = DRY_RUN_AGAIN if result is Result.DRY_RUN else max(grace, 1.0)
-                self._reaped.discard(owner)
+                self._reaped.discard(_ident(owner))
                 self._deferred[owner] = self._clock() + fields["again_in"]
             elif result in (Result.REPLACED, Result.FAILED):
-                self._reaped.discard(owner)
+                self._reaped.discard(_ident(owner))
             decision(Event.OUTCOME, level if result is not Result.DRY_RUN else logging.INFO, **fields)
             self.outcomes.append(outcome)
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
@@ -508,10 +581,10 @@ class Watcher:
         """A child's kill sequence ended: once all of a parent's have, judge
         the parent again at once (its `again_in` is only the longest wait),
         after the sockets the children left are counted afresh."""
-        for parent, kids in list(self._parents.items()):
+        for parent, kids in self._parents.items():
             kids.discard(pid)
             if not kids:
-                del self._parents[parent]
+                self._parents.discard(parent)
                 if parent in self._deferred:
                     self._deferred[parent] = min(self._deferred[parent], self._clock() + 0.05)
 

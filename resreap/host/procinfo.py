@@ -260,10 +260,12 @@ class Proc:
         except ProcessGone:
             return True
 
-    def ancestors(self, pid: int) -> set[int]:
-        """``pid`` and every process above it up to init."""
+    def ancestors(self, pid: int, depth: int | None = None) -> set[int]:
+        """``pid`` and every process above it up to init, or up to ``depth``
+        levels above it (None: no bound; only for resreap's own chain,
+        which no user builds)."""
         chain = set()
-        while pid > 0 and pid not in chain:
+        while pid > 0 and pid not in chain and (depth is None or len(chain) <= depth):
             chain.add(pid)
             try:
                 pid = self.read_stat(pid)[1]
@@ -305,6 +307,65 @@ class Proc:
         if "error" in box:
             raise box["error"]  # type: ignore[misc]
         return box["info"]  # type: ignore[return-value]
+
+
+# How far up a user's process tree ancestry is followed.  The depth of a
+# tree is its user's: a chain of 200 `sleep`s above 201 holders cost 4
+# million /proc reads per loop turn.  Every question resreap asks of
+# ancestry errs safe when the bound cuts it short: "does this listener's
+# holder sit above the holder?" (a root-accepted socket vouched for) says
+# no, so the socket does not count; "is this co-holder a descendant?"
+# (children first) says no, so the parent, itself over its limit with
+# sockets it holds, is judged as it stands.  Real trees are shallow: a
+# prefork master is 1 level above its workers, a container's init a few.
+ANCESTRY_DEPTH = 32
+
+
+class Lineage:
+    """Ancestry for one loop turn: each process's parent read once (one
+    /proc/PID/stat), each process's bounded ancestor set built once, so
+    that asking it for every pair of a turn's holders costs the processes,
+    not the pairs times the depth.  Emptied at every turn: parents change
+    (a reparent to a subreaper) and pids are reused."""
+
+    def __init__(self, proc: "Proc", depth: int = ANCESTRY_DEPTH) -> None:
+        self.proc, self.depth = proc, depth
+        self._parent: dict[int, int] = {}
+        self._above: dict[int, frozenset[int]] = {}
+        self.reads = 0  # /proc reads since the last clear (tests, benchmark)
+
+    def clear(self) -> None:
+        self._parent.clear()
+        self._above.clear()
+        self.reads = 0
+
+    def parent(self, pid: int) -> int:
+        """``pid``'s parent (0: gone or unreadable: the walk stops)."""
+        ppid = self._parent.get(pid)
+        if ppid is None:
+            self.reads += 1
+            try:
+                ppid = self.proc.read_stat(pid)[1]
+            except (ProcessGone, AccessDenied):
+                ppid = 0
+            self._parent[pid] = ppid
+        return ppid
+
+    def above(self, pid: int) -> frozenset[int]:
+        """The processes up to ``depth`` levels above ``pid`` (not itself)."""
+        known = self._above.get(pid)
+        if known is None:
+            chain: list[int] = []
+            up = self.parent(pid)
+            while up > 0 and len(chain) < self.depth and up != pid and up not in chain:
+                chain.append(up)
+                up = self.parent(up)
+            known = self._above[pid] = frozenset(chain)
+        return known
+
+    def descends(self, pid: int, ancestor: int) -> bool:
+        """Is ``ancestor`` within ``depth`` levels above ``pid``?"""
+        return ancestor in self.above(pid)
 
 
 # The host's /proc: the default wherever no other root is injected.

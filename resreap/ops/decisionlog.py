@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from resreap.errors import UsageError
-from resreap.ops.formatting import bounded, plain, safe
+from resreap.ops.escaping import bounded, plain, safe
 from resreap.ops.journal import PRIORITY, JournalSender, entry
 from resreap.host.trust import check_chain
 

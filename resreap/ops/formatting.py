@@ -4,43 +4,12 @@ the CLI prints."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Iterable
 
 from resreap.model import Evidence, Owner, format_addr
+from resreap.ops.escaping import safe
 from resreap.engine.trace import ProcSummary, TraceRecord, Via
-
-# C0/C1 controls and DEL: a hostile process name must not drive the terminal.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def safe(text: str) -> str:
-    """Printable form of untrusted text (comm, command lines)."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-# A field comes from other processes (a command line may be 64 KiB): no log
-# line may be megabytes.  journald's default line limit is 48 KiB.
-VALUE_MAX = 2048
-
-
-def bounded(text: str, limit: int = VALUE_MAX) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}...[{len(text) - limit} more]"
-
-
-def plain(value) -> str:
-    """A decision field's value as text, unquoted: numbers short, lists
-    comma-joined, strings bounded and escaped (the log line and the
-    journal's fields both)."""
-    if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
-    if isinstance(value, (list, tuple)):
-        return ",".join(plain(v) for v in value)
-    return safe(bounded(str(value)))
-
 
 def clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))

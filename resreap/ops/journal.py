@@ -18,7 +18,7 @@ import struct
 import uuid
 from typing import Iterable
 
-from resreap.ops.formatting import plain, safe
+from resreap.ops.escaping import plain, safe
 
 SOCKET = "/run/systemd/journal/socket"
 # MESSAGE_IDs are uuid5 of this namespace and the event's name: the same

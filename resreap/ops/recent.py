@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from resreap.errors import ResreapError
 from resreap.host import procinfo
 from resreap.host.trust import check_chain
-from resreap.ops.formatting import plain
+from resreap.ops.escaping import plain
 from resreap.ops.instance import lock_path, write_json
 
 KEEP = 10

@@ -14,6 +14,7 @@ from typing import Callable
 from resreap.engine.rules import TRUSTED_KEYS, Rule
 from resreap.engine.view import Row
 from resreap.ops import top
+from resreap.ops.escaping import safe
 from resreap.ops.settings import WatchSettings
 
 
@@ -55,12 +56,13 @@ def _when(row: Row) -> str:
 def text(rules: list[dict], rows: list[Row]) -> list[str]:
     lines = []
     for r in rules:
-        match = r["match"] if isinstance(r["match"], str) else " ".join(
-            f"{k}={v}" for k, v in r["match"].items())
+        # The match is root's config; escaped all the same (one escaping).
+        match = safe(r["match"] if isinstance(r["match"], str) else " ".join(
+            f"{k}={v}" for k, v in r["match"].items()))
         trust = "; ANY USER'S PROCESS CAN MATCH IT (cmd/port only)" \
             if r["any_user_can_match"] else (f"; trusts {','.join(r['trusts'])}"
                                              if r["trusts"] else "")
-        lines.append(f"rule {r['rule']}: {match}{trust}")
+        lines.append(f"rule {safe(r['rule'])}: {match}{trust}")
         lines.append(f"  limit {r['limit']}, grace {r['grace']:g}s, stall {r['stall']:g}s, "
                      f"fd_percent {r['fd_percent'] or '-'}, max_rate {r['max_rate']}, "
                      f"{'dry run' if r['dry_run'] else 'plan ' + r['plan']}"
@@ -69,9 +71,12 @@ def text(rules: list[dict], rows: list[Row]) -> list[str]:
     if not rows:
         lines.append("no process holds a socket in CLOSE_WAIT now")
     for row in rows:
+        # A process's name and its cgroup's are anyone's: escaped, as top does
+        # (raw, an OSC title and a newline with a forged line reached root's
+        # terminal).
         where = row.container or row.unit or "-"
-        lines.append(f"pid {row.pid} {row.comm} ({where}): rule {row.rule}, CLOSE_WAIT "
-                     f"{row.close_wait}, counting {row.counting}; {_when(row)}")
+        lines.append(f"pid {row.pid} {safe(row.comm)} ({safe(where)}): rule {safe(row.rule)}, "
+                     f"CLOSE_WAIT {row.close_wait}, counting {row.counting}; {_when(row)}")
     return lines
 
 

@@ -26,7 +26,8 @@ from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.view import Row, rows
 from resreap.engine.watch import Watcher, read_latency
 from resreap.host.sockets import SocketTable
-from resreap.ops.formatting import clock, safe
+from resreap.ops.escaping import safe
+from resreap.ops.formatting import clock
 from resreap.ops.instance import watch_holder
 from resreap.ops.recent import read as read_recent
 from resreap.ops.settings import WatchSettings

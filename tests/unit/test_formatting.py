@@ -1,7 +1,8 @@
 import ipaddress
 import json
 
-from resreap.ops.formatting import safe, summary_json, summary_lines, trace_json, trace_line
+from resreap.ops.escaping import safe
+from resreap.ops.formatting import summary_json, summary_lines, trace_json, trace_line
 from resreap.model import Evidence, Owner, SockId
 from resreap.host.supervisor import parse
 from resreap.engine.trace import Event, ProcSummary, TraceRecord, Via

@@ -12,6 +12,7 @@ import pytest
 from fakehost import OTHER_NS, World
 from resreap.engine.decisions import Event
 from resreap.engine.filters import Filters
+from resreap.engine.policy import StormKey
 from resreap.model import Kind, Result, Transition
 
 
@@ -754,7 +755,8 @@ def test_a_child_never_handled_does_not_shelter_its_parent_forever(world):
     worker = world.process(1001, comm="nginx", ppid=1000, cmdline="nginx: worker")
     world.close_wait([master, worker], 8080, n=2, at=1.0)
     w = world.watch(limit=2, max_kills=1, per=1e7)
-    w.storm.record("nginx: worker", world.clock.now - 1e6)
+    w.storm.record(StormKey("default", (0,), "app.service", "", "nginx: worker"),
+                   world.clock.now - 1e6)
     world.run(200)
     assert world.reaped() == [1000]
     assert len(world.said(Event.CHILDREN_FIRST)) == 2
