@@ -28,6 +28,7 @@ from resreap.engine.watch import Watcher, read_latency
 from resreap.host.sockets import SocketTable
 from resreap.ops.escaping import safe
 from resreap.ops.formatting import clock
+from resreap.ops.daemon import quick_switches
 from resreap.ops.instance import watch_holder
 from resreap.ops.recent import read as read_recent
 from resreap.ops.settings import WatchSettings
@@ -54,6 +55,7 @@ def start(st: WatchSettings, churn: bool = True) -> Watcher:
     decisions.addHandler(logging.NullHandler())
     decisions.propagate = False
     check_privileges()
+    quick_switches()
     config = st.engine._replace(
         plan=st.engine.plan._replace(dry_run=True),
         rules=tuple(r._replace(plan=r.plan._replace(dry_run=True)) for r in st.engine.rules))

@@ -188,6 +188,53 @@ def test_a_leaking_on_failure_service_is_reaped_and_comes_back(machine):
             and r["result"] == "terminated" and r["revive"] == "started"], frame["reaps"]
 
 
+# #31 item 7: one datagram to journald's socket, as a user, dressed as
+# resreap's reap of leaky.service.
+FORGED = """\
+import socket, sys
+fields = {"MESSAGE": "reap pid=1 comm=leaky unit=leaky.service forged", "PRIORITY": "4",
+          "SYSLOG_IDENTIFIER": "resreap", "MESSAGE_ID": sys.argv[1], "RESREAP_EVENT": "reap",
+          "RESREAP_UNIT": "leaky.service", "RESREAP_PID": "1", "OBJECT_SYSTEMD_UNIT": "leaky.service"}
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto("".join(f"{k}={v}\\n" for k, v in fields.items()).encode(), "/run/systemd/journal/socket")
+"""
+
+
+def test_the_documented_journal_queries_cannot_be_forged(machine):
+    """A user's entry with resreap's identifier, event, unit field and
+    MESSAGE_ID was listed as a reap by `journalctl RESREAP_EVENT=reap
+    RESREAP_UNIT=leaky.service`, `MESSAGE_ID=...` and `-t resreap`.  The
+    queries the docs give now filter on `_SYSTEMD_UNIT=resreap.service`
+    (journald sets it from the sender's cgroup) or `-u resreap`: the
+    forged entry is not among them; the real reap (the test above) is."""
+    from resreap.ops.journal import message_id
+
+    reap_id = message_id("reap")
+    machine.run("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                "python3", "-c", FORGED, reap_id)
+
+    def listed(*query: str) -> list[dict]:
+        out = machine.run("journalctl", "--no-pager", "-o", "json", *query, check=False).stdout
+        return [json.loads(raw) for raw in out.splitlines() if raw.startswith("{")]
+
+    def forged(entries: list[dict]) -> bool:
+        return any(e.get("MESSAGE", "").endswith(" forged") for e in entries)
+
+    # The forgery reached the journal: the old queries list it.
+    wait_for("the forged entry", lambda: forged(listed("RESREAP_EVENT=reap",
+                                                       "RESREAP_UNIT=leaky.service")))
+    assert forged(listed(f"MESSAGE_ID={reap_id}")) and forged(listed("-t", "resreap"))
+    for query in (("_SYSTEMD_UNIT=resreap.service", "RESREAP_EVENT=reap",
+                   "RESREAP_UNIT=leaky.service"),
+                  ("_SYSTEMD_UNIT=resreap.service", f"MESSAGE_ID={reap_id}"),
+                  ("-u", "resreap", "RESREAP_EVENT=reap"),
+                  ("-u", "leaky.service")):
+        entries = listed(*query)
+        assert not forged(entries), query
+        assert any(e.get("RESREAP_EVENT") == "reap" and e.get("RESREAP_UNIT") == "leaky.service"
+                   for e in entries), query
+
+
 def test_a_service_stopped_during_the_kill_stays_down(machine):
     """resreap sent SIGTERM (ignored) and waits -w before SIGKILL; meanwhile
     an operator runs `systemctl stop`.  The process dies of that stop, the

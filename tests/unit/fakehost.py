@@ -313,6 +313,15 @@ class World:
         proc = self.procs[pid] = Proc(self, pid, comm)
         return proc
 
+    def rename(self, pid: int, comm: str, at: float) -> None:
+        """The process sets its own name at ``at`` (prctl PR_SET_NAME)."""
+        def go():
+            stat = self.proc / str(pid) / "stat"
+            if stat.exists():
+                head, _, tail = stat.read_text().rpartition(") ")
+                stat.write_text(f"{pid} ({comm}) {tail}")
+        self._at(self.t0 + at, go)
+
     def exit(self, pid: int) -> None:
         """A process ends: its fds close; sockets no one else holds leave
         CLOSE_WAIT (an exit event)."""
