@@ -8,6 +8,10 @@ line about a process OBJECT_PID and OBJECT_SYSTEMD_UNIT, so that
 `journalctl -u nginx.service` shows the reaps of nginx (journald trusts
 OBJECT_ fields from root).  Sent over journald's native socket; where that
 fails (no journald, a datagram too large) the line goes to stderr as before.
+
+Every field here is the sender's word: any user can send an entry with
+them.  Queries select resreap's entries by a field journald sets itself
+(`_SYSTEMD_UNIT=resreap.service`, or `-u resreap`); the docs give no other.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from resreap.ops.escaping import plain, safe
 
 SOCKET = "/run/systemd/journal/socket"
 # MESSAGE_IDs are uuid5 of this namespace and the event's name: the same
-# across versions and hosts (`journalctl MESSAGE_ID=...`).
+# across versions and hosts (`journalctl _SYSTEMD_UNIT=resreap.service MESSAGE_ID=...`).
 _NAMESPACE = uuid.UUID("6c7f1a9e-4e0b-4f0e-9a51-2b7d3f5c8e11")
 # Syslog priorities, by logging level.
 PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,

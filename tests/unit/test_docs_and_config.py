@@ -229,3 +229,38 @@ def test_bash_completion_is_answered_by_the_program(tmp_path):
     got = subprocess.run([sys.executable, "-m", "resreap"], env=env, capture_output=True,
                          text=True, timeout=30, cwd=tmp_path)
     assert got.stdout.split() == ["--grace"], got.stderr
+
+
+# -- #31 item 7: journal queries that users cannot forge ----------------------
+
+# What a sender writes itself (any user can send an entry with these) and what
+# journald sets from the sender's credentials and cgroup.
+_SENDERS = re.compile(r"RESREAP_|MESSAGE_ID|SYSLOG_IDENTIFIER|-t resreap")
+_TRUSTED = re.compile(r"_SYSTEMD_UNIT=resreap\.service|-u resreap\b|_UID=0")
+
+
+def _queries(text: str):
+    """Each `journalctl ...` command in a text, up to its closing quote,
+    backtick or parenthesis (a command may wrap onto the next line)."""
+    flat = re.sub(r"\s+", " ", text.replace("\\-", "-"))
+    return re.findall(r"journalctl[^`\"')]*", flat)
+
+
+def test_every_documented_journal_query_filters_on_a_field_users_cannot_write():
+    """A user's one datagram to journald (SYSLOG_IDENTIFIER=resreap,
+    RESREAP_EVENT=reap, RESREAP_UNIT=nginx.service, the reap's MESSAGE_ID)
+    was listed as a reap of nginx by the queries the README, docs and
+    alerts gave.  Each query that selects on a sender's field now also
+    selects on one journald sets."""
+    paths = [ROOT / "README.md", ROOT / "man/resreap.8", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "packaging").rglob("*.yml")), *sorted((ROOT / "resreap").rglob("*.py"))]
+    seen, forgeable = 0, []
+    for path in paths:
+        for query in _queries(path.read_text()):
+            if _SENDERS.search(query):
+                seen += 1
+                if not _TRUSTED.search(query):
+                    forgeable.append(f"{path.relative_to(ROOT)}: {query}")
+    assert seen >= 4 and not forgeable, forgeable
+    assert _queries("see `journalctl -u resreap\nRESREAP_EVENT=reap` there") == [
+        "journalctl -u resreap RESREAP_EVENT=reap"]
