@@ -6,6 +6,7 @@ ping and without reaping anyone else's leak.
     sudo .venv/bin/python bench/loopgap.py owners [--owners 10000]
     sudo .venv/bin/python bench/loopgap.py rename [--seconds 100]
         [--code DIR]     run the resreap of another checkout (a "before")
+        [--profile FILE] the watch runs under cProfile, its profile written there
 
 - chain: `nobody` forks a chain of DEPTH processes, and at its bottom a
   server whose 4 accepted sockets (their EOF read) are shared by HOLDERS
@@ -158,7 +159,7 @@ def main() -> None:
         began = time.monotonic()
         assert tenant.stdout.readline().strip() == "READY"
         print(f"tenant {args.mode} ready in {time.monotonic() - began:.1f}s", flush=True)
-        env = dict(os.environ, PYTHONPATH=os.environ.get("RRPATH", "") + args.code, NOTIFY_SOCKET=f"{work}/notify",
+        env = dict(os.environ, PYTHONPATH=args.code, NOTIFY_SOCKET=f"{work}/notify",
                    WATCHDOG_USEC="20000", RESREAP_LOCK=f"{work}/lock/watch.lock")
         pick = f"{FENCE}|rrgaptenant" if args.reap else FENCE
         profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []

@@ -186,8 +186,8 @@ HookTimeoutOpt = Annotated[float, typer.Option(
     "--hook-timeout", metavar="SEC", help="Cut off a hook that runs longer (the process is spared).")]
 MaxRateOpt = Annotated[str, typer.Option(
     "--max-rate", metavar="N/SEC",
-    help="Reap one command line at most N times per SEC seconds; past that, kills wait "
-         "and a warning says so.")]
+    help="Reap one supervised command (rule, uids, unit or container, command line) at "
+         "most N times per SEC seconds; past that, kills wait and a warning says so.")]
 PollOpt = Annotated[Optional[float], typer.Option(
     "--poll-interval", metavar="SEC",
     help="Polling backend only: seconds between polls (default: half of -i; detection is at most one interval late).")]

@@ -24,7 +24,7 @@ from resreap.engine.policy import Eligibility, Limits, StormGuard, StormKey
 from resreap.engine.rules import Rule
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, sockets, supervisor
-from resreap.host.procinfo import Lineage, Proc
+from resreap.host.procinfo import Lineage, Proc, ProcInfo
 from resreap.host.supervisor import Supervisor
 from resreap.model import KILL_BUCKETS, Holder, Owner, Result, Revival, Snapshot, SockId, \
     SpareReason
@@ -49,6 +49,8 @@ DRY_RUN_AGAIN = 60.0
 # turn, so the loop reaches its watchdog ping and other leaks' deadlines
 # whatever a user piles up (10,000 spared processes were one 12 s turn).
 TURN_BUDGET = 0.25
+# ... and seconds of due sockets' checks, a chunk at a time.
+CHECK_BUDGET = 0.15
 # Processes remembered as handed to the killer or spared (ineligible) are
 # forgotten once they hold no counting socket, checked this often; and
 # never more than this many (least recently judged first out).
@@ -69,7 +71,7 @@ class Case(NamedTuple):
     rate limit, the re-check and the kill."""
 
     owner: Owner
-    info: object      # procinfo.ProcInfo
+    info: ProcInfo
     where: Supervisor
     rule: Rule
     count: int        # its counting sockets under the rule, before the re-check
@@ -222,9 +224,13 @@ class Watcher:
         self.sockets.resolve_young(young)
         now = self._clock()
         touched: set[Owner] = set()
-        due = self.sockets.due(now)
-        if due:
+        # Due sockets in chunks (counting.DUE_PER_TURN) while the turn's
+        # check budget lasts: a flood's sockets take turns, each one short.
+        began = self._timer()
+        while due := self.sockets.due(now):
             touched |= self.sockets.check(due, now)
+            if self._timer() - began >= CHECK_BUDGET:
+                break
         for owner, when in list(self._deferred.items()):
             if when <= now:
                 del self._deferred[owner]
@@ -318,17 +324,27 @@ class Watcher:
     # -- decisions --------------------------------------------------------
 
     def _decide(self, owners: set[Owner], now: float) -> None:
-        """Decide about the owners touched this turn, after those left over
-        from the last one, within TURN_BUDGET."""
+        """Decide about the owners touched this turn and those left over
+        from earlier turns, within TURN_BUDGET.  The fresh ones first (their
+        sockets just counted: a leak's reap is due now), but the left-over
+        ones, the longest waiting first, get at least half of the budget,
+        so that no stream of new owners starves them."""
         waiting = set(self._backlog)
-        queue = self._backlog + sorted(owners - waiting)
-        self._backlog = []
-        began = self._timer()
+        fresh, self._backlog = sorted(owners - waiting), self._backlog
+        began, half = self._timer(), TURN_BUDGET / 2
+        left: list[Owner] = []
+        for i, owner in enumerate(fresh):
+            if i and self._timer() - began >= half:
+                left = fresh[i:]
+                break
+            self._decide_one(owner, now)
+        queue, self._backlog = self._backlog, []
         for i, owner in enumerate(queue):
             if i and self._timer() - began >= TURN_BUDGET:
                 self._backlog = queue[i:]
-                return
+                break
             self._decide_one(owner, now)
+        self._backlog += left
 
     def _decide_one(self, owner: Owner, now: float) -> None:
         """The cheap checks first; the process is read only once it has a
