@@ -4,6 +4,7 @@ may be reaped, and how often the same command may be reaped."""
 from __future__ import annotations
 
 import collections
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Hashable, Iterable, NamedTuple
@@ -29,6 +30,30 @@ class Limits(NamedTuple):
     @property
     def rules(self) -> Rules:
         return Rules(self.grace, self.stall)
+
+
+class Threshold(NamedTuple):
+    """How many counting sockets make a process a target, and which bound
+    set that number."""
+
+    count: int
+    why: str   # "limit" (-l) or "fd-percent" (that share of its soft fd limit)
+
+    def crossed_by(self, count: int) -> bool:
+        return count >= self.count
+
+
+def threshold(limits: Limits, fd_limit: int | None) -> Threshold:
+    """The one "crossed its limit" predicate's bound, for a process whose
+    soft RLIMIT_NOFILE is ``fd_limit`` (None: unlimited): `-l`, or with
+    `--fd-percent` that share of the fd limit where it is larger (the
+    exhaustion that takes a server down).  The decision, the re-check
+    before the first signal (Target.limit) and `top`'s REAP all ask it."""
+    if limits.fd_percent and fd_limit:
+        share = math.ceil(limits.fd_percent * fd_limit / 100)
+        if share > limits.limit:
+            return Threshold(share, "fd-percent")
+    return Threshold(limits.limit, "limit")
 
 
 def parse_rate(text: str) -> tuple[int, float]:

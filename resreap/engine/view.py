@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from resreap.engine.evidence import counts_after
+from resreap.engine.policy import threshold
 from resreap.errors import ResreapError
 from resreap.host import supervisor
 from resreap.model import Owner
@@ -92,12 +93,17 @@ def _selected(watcher: "Watcher", owner: Owner, where: "Supervisor | None") -> b
         return False
 
 
-def _reap_in(entries: list, rule: "Rule", counting: int, now: float) -> float | None:
+def _reap_in(entries: list, rule: "Rule", counting: int, now: float,
+             fd_limit: int | None, readable: bool) -> float | None:
     """When ``rule`` would reap the holder of these sockets: now if
-    ``counting`` reach its limit, else when enough of the others would
-    count, by their evidence (the same thresholds as the deadline's
-    judgement)."""
-    need = rule.limits.limit - counting
+    ``counting`` cross its bound (policy.threshold, as the watch asks it:
+    -l, or the --fd-percent share of ``fd_limit``), else when enough of
+    the others would count, by their evidence (the same thresholds as the
+    deadline's judgement).  With --fd-percent and a fd limit that could
+    not be read, never (the watch decides nothing on it either)."""
+    if rule.limits.fd_percent and not readable:
+        return None
+    need = threshold(rule.limits, fd_limit).count - counting
     if need <= 0:
         return 0.0
     dues = sorted(e.entered + after for e in entries if not e.counted
@@ -119,18 +125,22 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
         rule = watcher.sockets.rule_of(owner, e.sock)
         if rule is not None:
             by_rule.setdefault(id(rule), (rule, []))[1].append(e)
+    proc = watcher.proc
+    try:
+        limit, readable = proc.fd_soft_limit(owner.pid), True
+    except ResreapError:
+        limit, readable = None, False
+    try:
+        fds = proc.fd_count(owner.pid)
+    except ResreapError:
+        fds = None
     counted = dict((id(r), n) for r, n in watcher.sockets.standing(owner))
     best: tuple[float | None, "Rule | None"] = (None, None)
     for key, (rule, mine) in by_rule.items():
-        when = _reap_in(mine, rule, counted.get(key, 0), now)
+        when = _reap_in(mine, rule, counted.get(key, 0), now, limit, readable)
         if best[1] is None or (when is not None and (best[0] is None or when < best[0])):
             best = (when, rule)
     reap_in, rule = best
-    proc = watcher.proc
-    try:
-        fds, limit = proc.fd_count(owner.pid), proc.fd_soft_limit(owner.pid)
-    except ResreapError:
-        fds, limit = None, None
     return Row(owner.pid, owner.comm, where.unit or "", where.container or "",
                len(entries), counting, evidence,
                max(0.0, now - min((e.entered for e in entries), default=now)),

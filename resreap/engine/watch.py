@@ -20,7 +20,8 @@ from resreap.engine.decisions import Event, decision
 from resreap.engine.filters import Filters
 from resreap.engine.killer import KillEngine, Killer, Outcome, Target
 from resreap.engine.owners import OwnerResolver
-from resreap.engine.policy import Eligibility, Limits, StormGuard, StormKey
+from resreap.engine.policy import Eligibility, Limits, StormGuard, StormKey, Threshold, \
+    threshold
 from resreap.engine.rules import Rule
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, sockets, supervisor
@@ -378,9 +379,9 @@ class Watcher:
                          rule=rule.name, count=len(verified), limit=rule.limits.limit,
                          why="re-check")
             return
-        if not self._harmful(owner, rule, len(verified), now):
-            return
-        self._reap(case, verified, now)
+        bound = self._threshold(owner, rule, len(verified), now)
+        if bound is not None:
+            self._reap(case, verified, bound, now)
 
     def _judge(self, owner: Owner, now: float) -> Case | None:
         """Read the process (bounded), its rule from what it is right now
@@ -481,19 +482,20 @@ class Watcher:
         self._deferred[case.owner] = allowed
         return True
 
-    def _reap(self, case: Case, verified: dict, now: float) -> None:
+    def _reap(self, case: Case, verified: dict, bound: Threshold, now: float) -> None:
         info, where, rule = case.info, case.where, case.rule
         rows = sorted(verified.values(), key=lambda r: r[0].sock)
         socks = [entry.sock for entry, _hit, _kind in rows]
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
-                        rule.limits.limit, found, tuple(entry.key for entry, _h, _k in rows),
+                        bound.count, found, tuple(entry.key for entry, _h, _k in rows),
                         where, rule, case.storm)
         plan = rule.plan
         decision(Event.REAP if not plan.dry_run else Event.WOULD_REAP, logging.WARNING,
                  pid=info.pid, comm=info.comm, **where.fields(), rule=rule.name,
                  count=len(socks), limit=rule.limits.limit,
+                 **({"needed": bound.count} if bound.why == "fd-percent" else {}),
                  evidence=found, oldest=round(oldest, 3), sockets=_endpoints(socks),
                  cmd=info.cmdline, plan=plan.describe() + (" (dry run)" if plan.dry_run else ""))
         if not self.killer.submit(target):  # only if it filled up just now
@@ -517,24 +519,27 @@ class Watcher:
         for book in (self._waits, self._parents):
             book.keep(lambda owner: _ident(owner) in holding)
 
-    def _harmful(self, owner: Owner, rule: Rule, count: int, now: float) -> bool:
-        """--fd-percent: the counting sockets must also be that share of the
-        process's soft fd limit (the exhaustion that takes a server down)."""
-        percent = rule.limits.fd_percent
-        if not percent:
-            return True
-        try:
-            soft = self.proc.fd_soft_limit(owner.pid)
-        except (ProcessGone, AccessDenied):
-            return False
-        if soft is None or count * 100 >= percent * soft:
-            return True
+    def _threshold(self, owner: Owner, rule: Rule, count: int,
+                   now: float) -> Threshold | None:
+        """The rule's bound for this process (policy.threshold: -l, or its
+        --fd-percent share of the process's soft fd limit, read now), if
+        its ``count`` counting sockets cross it; else None, and with
+        --fd-percent it is looked at again after the grace."""
+        fd_limit = None
+        if rule.limits.fd_percent:
+            try:
+                fd_limit = self.proc.fd_soft_limit(owner.pid)
+            except (ProcessGone, AccessDenied):
+                return None  # what cannot be read decides nothing
+        bound = threshold(rule.limits, fd_limit)
+        if bound.crossed_by(count):
+            return bound
         if self._debug:
             decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm, count=count,
-                     rule=rule.name, limit=rule.limits.limit, why="fd-percent",
-                     fd_percent=percent, fd_limit=soft)
+                     rule=rule.name, limit=rule.limits.limit, why=bound.why,
+                     fd_percent=rule.limits.fd_percent, fd_limit=fd_limit, needed=bound.count)
         self._deferred[owner] = now + max(rule.limits.grace, 1.0)
-        return False
+        return None
 
     def _collect(self) -> None:
         for outcome in self.killer.finished():

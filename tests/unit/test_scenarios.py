@@ -263,6 +263,31 @@ def test_fd_percent_waits_for_the_share_of_the_fd_limit(world):
     assert world.reaped() == [1000]
 
 
+def test_top_predicts_watch_under_fd_percent(world):
+    """#33 item 2: "crossed its limit" had four expressions, and only the
+    watch's applied --fd-percent: `top --once` showed REAP 0s for a 3-socket
+    leak whose soft limit is 20,000, which watch would never reap.  Now the
+    decision, the re-check before the first signal and top's REAP ask one
+    predicate (policy.threshold)."""
+    from resreap.engine.view import rows
+
+    small = server(world, 1000, 8080, fd_limit=10)
+    big = server(world, 1001, 8081, fd_limit=20000)
+    world.close_wait(small, 8080, n=5, at=1.0)
+    world.close_wait(big, 8081, n=3, at=1.0)
+    w = world.watch(limit=2, grace=2.0, fd_percent=50)
+    world.run(2.5)
+    before = {r.pid: r.reap_in for r in rows(w, world.clock.now)}
+    assert before[1000] == pytest.approx(0.5, abs=0.01) and before[1001] is None
+    world.run(60)
+    assert world.reaped() == [1000]
+    after = {r.pid: r for r in rows(w, world.clock.now)}
+    assert after[1001].counting == 3 and after[1001].reap_in is None
+    (reap,) = world.said(Event.REAP)
+    assert reap["needed"] == 5 and reap["limit"] == 2
+    assert world.killer.targets[0].limit == 5     # the re-check before the first signal
+
+
 # -- the kill engine's answers -------------------------------------------------
 
 def test_dry_run_says_would_reap_and_says_it_again_a_minute_later(world):
