@@ -262,25 +262,31 @@ class Counting:
             if twin.bound and twin.kid != twin.key[1]:
                 self._forget(twin)
                 twin.netns = twin.kid = None
-                twin.owners = None
+                self._hold(twin, None)
                 self.recheck.append(twin.key)
 
-    # "Counts against": _count, _forget and _uncount are the only places
-    # that touch the per-owner counter or an entry's ``counted``, so the two
-    # cannot disagree.
+    # "Holds" and "counts against": _hold is the only writer of an entry's
+    # holders; _count, _forget and _uncount are the only places that touch
+    # the per-owner counter or an entry's ``counted`` and ``against``, so
+    # the two cannot disagree.
+
+    @staticmethod
+    def _hold(entry: Entry, owners: tuple[Owner, ...] | None) -> None:
+        """Who holds the socket, as found now (None: to be looked for)."""
+        entry.owners = owners
 
     def _count(self, entry: Entry, against: tuple[Owner, ...]) -> None:
         """The entry counts, against these holders (none: not found yet)."""
         self._forget(entry)
-        entry.counted, entry.owners = True, against
+        entry.counted, entry.against = True, against
         if against:
             self.counter.add(entry.key, against)
 
     def _forget(self, entry: Entry) -> None:
         """Uncount an entry (it left, or is about to be counted anew)."""
-        if entry.counted and entry.owners:
-            self._uncount(entry.key, entry.owners)
-        entry.counted = False
+        if entry.counted and entry.against:
+            self._uncount(entry.key, entry.against)
+        entry.counted, entry.against = False, ()
 
     def _uncount(self, key: Key, owners: tuple[Owner, ...]) -> None:
         self.counter.remove(key, owners)
@@ -350,7 +356,7 @@ class Counting:
                 continue  # left CLOSE_WAIT: its exit is on the way
             entry.inode = hit.diag.inode
             if hit.owners:
-                entry.owners = hit.owners
+                self._hold(entry, hit.owners)
             else:
                 # Not found yet (the full scan is rate-limited): try again on
                 # the next wakeup, so that the deadline finds it resolved.
@@ -457,7 +463,8 @@ class Counting:
             entry.unseen = 0
             judged = evidence.judge(hit.diag, now - entry.entered, rules)
             self._forget(entry)
-            entry.owners, entry.evidence, entry.inode = hit.owners, judged.evidence, hit.diag.inode
+            self._hold(entry, hit.owners)
+            entry.evidence, entry.inode = judged.evidence, hit.diag.inode
             if not judged.counts:
                 self.table.schedule(entry, now + judged.recheck)
                 if self._debug:
@@ -570,7 +577,8 @@ class Counting:
             # Changed since it counted: count it again as it stands now.
             loose = evidence.judge(hit.diag, now - entry.entered, self.current.rules.loosest)
             self._forget(entry)
-            entry.owners, entry.evidence = hit.owners, loose.evidence
+            self._hold(entry, hit.owners)
+            entry.evidence = loose.evidence
             if loose.counts:
                 self._count_held(entry, hit, loose, now)
             else:
@@ -591,7 +599,7 @@ class Counting:
             if resolved.get(self._probe(entry)):
                 left += 1
                 self._forget(entry)
-                entry.owners = None
+                self._hold(entry, None)
                 self.recheck.append(entry.key)
         return left
 

@@ -21,8 +21,8 @@ from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
 class Entry:
     """One socket in CLOSE_WAIT."""
 
-    __slots__ = ("key", "entered", "existing", "netns", "kid", "inode", "owners", "counted",
-                 "evidence", "due", "misses", "unseen", "waited")
+    __slots__ = ("key", "entered", "existing", "netns", "kid", "inode", "owners", "against",
+                 "counted", "evidence", "due", "misses", "unseen", "waited")
 
     def __init__(self, key: Key, entered: float, existing: bool) -> None:
         self.key = key
@@ -31,8 +31,14 @@ class Entry:
         self.netns: int | None = None   # bound: its namespace ...
         self.kid: int | None = None     # ... and sock_diag cookie (or inode)
         self.inode = 0                  # its file, once seen (0: none yet)
-        self.owners: tuple[Owner, ...] | None = None  # None: not resolved yet
-        self.counted = False            # counts against its holders now
+        # Two meanings, two fields: who holds it (everyone found, whatever
+        # their rule or uid) and whom it counts against (those of them its
+        # evidence, their rules and their uids condemn).  top, rules, the
+        # holding metric and the orphans read the first; the counter the
+        # second.
+        self.owners: tuple[Owner, ...] | None = None  # its holders; None: not resolved yet
+        self.against: tuple[Owner, ...] = ()  # whom it counts against (counting.py writes)
+        self.counted = False            # counts now (against ``against``, maybe nobody yet)
         self.evidence: Evidence | None = None
         self.due = float("inf")         # next look, monotonic seconds
         self.misses = 0                 # looks that found it counting, held by no one

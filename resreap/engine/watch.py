@@ -437,7 +437,7 @@ class Watcher:
         for key in mine:
             entry = self.table.get(key)
             if entry is not None:
-                others.update(entry.owners or ())
+                others.update(entry.against)
         others.discard(owner)
         # Ancestry from the turn's lineage: each parent read once, each
         # walk bounded (procinfo.ANCESTRY_DEPTH: past it "not a

@@ -701,6 +701,41 @@ def test_a_foreign_socket_is_said_once(world):
     assert len(world.said(Event.FOREIGN)) == 1 and world.reaped() == []
 
 
+def test_a_socket_held_only_by_a_foreign_uid_is_no_orphan(world):
+    """#33 item 3: an entry's ``owners`` meant its holders, then, once it
+    counted, only those it counted against: a socket passed to a daemon
+    of another uid counted against nobody and was called an orphan ("held
+    by no process found").  Holders and counted-against are two fields."""
+    srv = server(world, uid=1000)
+    world.close_wait(srv, 8080, n=1, at=1.0, uid=2000)   # passed in: foreign
+    world.close_wait([], 8080, n=2, at=1.0)              # in flight: held by no one
+    w = world.watch(limit=2)
+    world.run(120)
+    (orphans,) = world.said(Event.ORPHANS)
+    assert orphans["sockets"] == 2 and world.reaped() == []
+    foreign = [e for e in w.table if e.owners]
+    assert len(foreign) == 1 and foreign[0].counted and foreign[0].against == ()
+    assert [o.pid for o in foreign[0].owners] == [1000]
+
+
+def test_a_holder_no_rule_judges_stays_in_top_after_the_deadline(world, tmp_path):
+    """#33 item 3: under `default = "ignore"`, a holder that no rule
+    matches vanished from top and `rules` once its sockets' deadline came
+    (the socket's owners became the empty set it counts against)."""
+    from resreap.engine.view import rows
+    from test_rules import resolve
+
+    other = server(world, 3000, 9090, comm="other", cmdline="other")
+    world.close_wait(other, 9090, n=2, at=1.0)
+    text = '[watch]\ndefault = "ignore"\n\n[[rule]]\nname = "svc"\nmatch = { cmd = "^svc" }\n'
+    w = world.watch(config=resolve(tmp_path, text).engine)
+    world.run(30)
+    assert world.reaped() == []
+    (row,) = [r for r in rows(w, world.clock.now) if r.pid == 3000]
+    assert (row.rule, row.close_wait, row.counting, row.reap_in) == ("-", 2, 0, None)
+    assert w.snapshot(5).holding[0].pid == 3000
+
+
 def test_each_event_is_counted(world):
     srv = server(world)
     socks = world.close_wait(srv, 8080, n=3, at=1.0)
