@@ -1,5 +1,5 @@
 /* The records shared by the BPF program and its Python reader: this header
- * is their single definition (resreap/sources/layout.py reads it to decode
+ * is their single definition (resreap/sources/program.py reads it to decode
  * the events, whichever build loaded the program). */
 #ifndef RESREAP_H
 #define RESREAP_H

@@ -7,8 +7,6 @@ import ipaddress
 from typing import NamedTuple
 
 # Linux TCP states (include/net/tcp_states.h).
-TCP_ESTABLISHED = 1
-TCP_CLOSE = 7
 TCP_CLOSE_WAIT = 8
 TCP_LAST_ACK = 9
 TCP_LISTEN = 10

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from resreap.bounded import BoundedDict
 
 if TYPE_CHECKING:
     from resreap.engine.owners import FdIndex
@@ -41,7 +42,8 @@ class FullScanner:
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: set[int] = set()
-        self._misses: dict[int, tuple[int, float]] = {}  # inode -> (failed scans, next try)
+        # inode -> (failed scans, next try); bounded: forgotten sockets' misses.
+        self._misses: BoundedDict[int, tuple[int, float]] = BoundedDict(65536)
         self._thread: threading.Thread | None = None
         self._current: set[int] = set()  # what the running scan looks for
         self.scans = 0
@@ -150,7 +152,5 @@ class FullScanner:
                 failures = self._misses.get(inode, (0, 0.0))[0] + 1
                 delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
                 self._misses[inode] = (failures, now + delay)
-            if len(self._misses) > 65536:  # bounded: forgotten sockets' misses
-                self._misses.clear()
         log.debug("background fd scan: %d of %d socket(s) found in %.3fs",
                   len(found), len(wanted), self.last_took)

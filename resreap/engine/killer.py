@@ -219,13 +219,11 @@ class Killer:
     outcomes.  A pid already in progress is not started twice."""
 
     def __init__(self, current: Current, proc: Proc = HOST, max_running: int = 32,
-                 notify: Callable[[], None] | None = None,
                  reviver: Reviver | None = None) -> None:
         self.current = current
         self.reviver = reviver or Reviver()
         self.proc = proc
         self.max_running = max_running
-        self._notify = notify
         self._lock = threading.Lock()
         self._running: dict[int, threading.Thread] = {}
         self._finished: list[Outcome] = []
@@ -277,8 +275,6 @@ class Killer:
         with self._lock:
             self._finished.append(outcome)
             self._running.pop(target.info.pid, None)
-        if self._notify:
-            self._notify()
 
     def finished(self) -> list[Outcome]:
         with self._lock:

@@ -97,7 +97,9 @@ def protected_pids(proc: Proc = HOST) -> set[int]:
     return {1, 2} | proc.ancestors(os.getpid())
 
 
-class Verdict(NamedTuple):
+class Eligible(NamedTuple):
+    """Eligibility's answer: may it be reaped, and if not, why."""
+
     ok: bool
     reason: SpareReason | None = None
 
@@ -115,21 +117,21 @@ class Eligibility:
         self.protected = protected_pids(proc)
 
     def check(self, info: ProcInfo, by_default: bool = True,
-              where: supervisor.Supervisor | None = None) -> Verdict:
+              where: supervisor.Supervisor | None = None) -> Eligible:
         """``by_default``: judged by the default rule, which the filters
         (-f, -p, --unit, --container) narrow; a named rule's match was its
         own selection.  ``where``: its cgroup, if the caller read it."""
         if info.pid in self.protected:
-            return Verdict(False, SpareReason.PROTECTED)
+            return Eligible(False, SpareReason.PROTECTED)
         if info.kthread:
-            return Verdict(False, SpareReason.KTHREAD)
+            return Eligible(False, SpareReason.KTHREAD)
         filters = self.current.filters
         if by_default and filters.selects_processes:
             if where is None and filters.selects_places:
                 where = supervisor.of(info.pid, self.proc)
             if not filters.wants(info.pid, info.cmdline, where):
-                return Verdict(False, SpareReason.NOT_SELECTED)
-        return Verdict(True)
+                return Eligible(False, SpareReason.NOT_SELECTED)
+        return Eligible(True)
 
     def info(self, owner: Owner) -> ProcInfo:
         info = self.proc.read_bounded(owner.pid)

@@ -9,6 +9,7 @@ import enum
 import time
 from typing import Callable, NamedTuple
 
+from resreap.bounded import BoundedDict
 from resreap.engine import evidence
 from resreap.host import supervisor
 from resreap.errors import AccessDenied, ProcessGone, ProcessUnreadable
@@ -20,7 +21,7 @@ from resreap.host.supervisor import Supervisor
 from resreap.engine.tracker import CloseWaitTable
 
 
-class Event(enum.Enum):
+class TraceKind(enum.Enum):
     """A trace line: a transition (as the sources report them), or STAYED."""
 
     EXISTING = "existing"
@@ -34,7 +35,7 @@ class Event(enum.Enum):
 # does before it drops one).
 from resreap.engine.counting import LOOK_AGAIN, LOOK_AGAIN_AFTER  # noqa: E402
 
-_EVENT = {Kind.EXISTING: Event.EXISTING, Kind.ENTER: Event.ENTER, Kind.EXIT: Event.EXIT}
+_EVENT = {Kind.EXISTING: TraceKind.EXISTING, Kind.ENTER: TraceKind.ENTER, Kind.EXIT: TraceKind.EXIT}
 
 
 class Via(enum.Enum):
@@ -48,7 +49,7 @@ class Via(enum.Enum):
 
 class TraceRecord(NamedTuple):
     ts: float                   # unix seconds
-    kind: Event
+    kind: TraceKind
     sock: SockId
     owners: tuple[Owner, ...]   # empty: closed before its owner could be read
     age: float | None           # on exit and stayed: seconds in CLOSE_WAIT
@@ -89,8 +90,9 @@ class Tracer:
         self.min_age = min_age
         self.table = CloseWaitTable()
         self.stats: dict[Owner, _Stats] = {}
-        self._cmdlines: dict[Owner, str] = {}
-        self._wheres: dict[Owner, Supervisor] = {}
+        # Per process, by (pid, start): read once, bounded.
+        self._cmdlines: BoundedDict[tuple[int, int], str] = BoundedDict(4096)
+        self._wheres: BoundedDict[tuple[int, int], Supervisor] = BoundedDict(4096)
         # How each tracked socket's owner was found, when not from its fd.
         self._via: dict[tuple, Via] = {}
         # Due sockets the kernel's table did not show: how often, so far.
@@ -138,21 +140,19 @@ class Tracer:
                 continue
             age = now - entry.entered
             judged = evidence.judge(hit.diag, age, self.rules)
-            out.append(TraceRecord(now + self._wall_offset, Event.STAYED, entry.sock, owners,
+            out.append(TraceRecord(now + self._wall_offset, TraceKind.STAYED, entry.sock, owners,
                                    age, hit.netns, judged.evidence, self._where(owners),
                                    Via.FD if hit.owners else self._via.get(entry.key, Via.FD)))
         return out
 
     def _cmdline(self, owner: Owner) -> str:
-        cmd = self._cmdlines.get(owner)
+        cmd = self._cmdlines.get(owner[:2])
         if cmd is None:
             try:
                 cmd = self.resolver.proc.read_bounded(owner.pid).cmdline
             except (ProcessGone, ProcessUnreadable, AccessDenied):
                 cmd = ""
-            if len(self._cmdlines) > 4096:
-                self._cmdlines.clear()
-            self._cmdlines[owner] = cmd
+            self._cmdlines[owner[:2]] = cmd
         return cmd
 
     def _where(self, owners: tuple[Owner, ...]) -> Supervisor | None:
@@ -160,12 +160,9 @@ class Tracer:
         if not owners:
             return None
         owner = owners[0]
-        where = self._wheres.get(owner)
+        where = self._wheres.get(owner[:2])
         if where is None:
-            where = supervisor.of(owner.pid, self.resolver.proc)
-            if len(self._wheres) > 4096:
-                self._wheres.clear()
-            self._wheres[owner] = where
+            where = self._wheres[owner[:2]] = supervisor.of(owner.pid, self.resolver.proc)
         return where
 
     def _wanted(self, owners: tuple[Owner, ...]) -> bool:

@@ -146,6 +146,3 @@ class CloseWaitTable:
                 entry.due = float("inf")
                 out.append(entry)
         return out
-
-    def counted(self) -> list[Entry]:
-        return [e for e in self.entries.values() if e.counted]

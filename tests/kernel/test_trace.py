@@ -13,7 +13,7 @@ from resreap.engine.owners import OwnerResolver
 from resreap.host.sockets import SocketTable
 from resreap.engine.evidence import Rules
 from resreap.model import Evidence
-from resreap.engine.trace import Event, Tracer
+from resreap.engine.trace import TraceKind as Event, Tracer
 
 from procs import patience
 

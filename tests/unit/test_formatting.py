@@ -5,7 +5,7 @@ from resreap.ops.escaping import safe
 from resreap.ops.formatting import summary_json, summary_lines, trace_json, trace_line
 from resreap.model import Evidence, Owner, SockId
 from resreap.host.supervisor import parse
-from resreap.engine.trace import Event, ProcSummary, TraceRecord, Via
+from resreap.engine.trace import TraceKind as Event, ProcSummary, TraceRecord, Via
 
 SOCK = SockId(4, ipaddress.IPv4Address("127.0.0.1").packed, 8080,
               ipaddress.IPv4Address("127.0.0.1").packed, 51234)

@@ -336,7 +336,7 @@ def test_3_5_every_sink_escapes_the_same_hostile_name(tmp_path):
     line, RLO, an isolate, a zero-width space, a line separator, a BOM, a
     tag character) through every sink: `rules` wrote it raw to root's
     terminal (#3), and bidi and format characters passed every sink (#5)."""
-    from resreap.engine.trace import Event as TraceEvent, ProcSummary, TraceRecord
+    from resreap.engine.trace import ProcSummary, TraceKind, TraceRecord
     from resreap.host.supervisor import Supervisor
     from resreap.model import SockId
     from resreap.ops import decisionlog, formatting, journal, recent, rules, top
@@ -356,7 +356,7 @@ def test_3_5_every_sink_escapes_the_same_hostile_name(tmp_path):
                                                 "where": HOSTILE, "rule": HOSTILE,
                                                 "result": "terminated", "took": 0.1}]}).reaps
     texts += top._reap_lines({"watch": 1, "reaps": list(reaps)})
-    record = TraceRecord(0.0, TraceEvent.EXIT, sock, (owner,), 1.0, None, None, where=where)
+    record = TraceRecord(0.0, TraceKind.EXIT, sock, (owner,), 1.0, None, None, where=where)
     texts.append(formatting.trace_line(record))                                 # trace
     texts += formatting.summary_lines([ProcSummary(owner, 1, 1, 1.0, where)])
     log = logging.LogRecord("resreap.engine.decisions", logging.WARNING, __file__, 1,

@@ -12,7 +12,7 @@ from resreap.engine.evidence import Rules
 from resreap.engine.filters import Filters
 from resreap.engine.owners import FdIndex, OwnerResolver
 from resreap.host.procinfo import Proc
-from resreap.engine.trace import Event, Tracer
+from resreap.engine.trace import TraceKind as Event, Tracer
 
 
 @pytest.fixture
