@@ -26,6 +26,13 @@ class WatchConfig(NamedTuple):
         default = None if self.ignore_unmatched else Rule(DEFAULT, Match(), self.limits, self.plan)
         return RuleSet(self.rules, default)
 
+    def dry_run(self) -> "WatchConfig":
+        """The same settings, every rule a dry run (top, rules, and
+        --dry-run on the command line over a config's rules)."""
+        return self._replace(plan=self.plan._replace(dry_run=True),
+                             rules=tuple(r._replace(plan=r.plan._replace(dry_run=True))
+                                         for r in self.rules))
+
     @property
     def acts(self) -> bool:
         """Would any rule signal (not every one a dry run)?"""

@@ -10,24 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Any, Iterable
 
 from resreap import __version__, tunables
-from resreap.engine.config import Current
 from resreap.engine.decisions import Event, decision
-from resreap.engine.owners import OwnerResolver, check_privileges
-from resreap.engine.watch import Watcher, read_latency
+from resreap.engine.watch import Watcher
 from resreap.errors import OutputGone, ResreapError, UsageError
-from resreap.host.sockets import SocketTable
-from resreap.ops import decisionlog, settings
+from resreap.ops import decisionlog, settings, stack
 from resreap.ops.instance import Lock, ReloadStatus, hold_watch_lock, raise_fd_limit, \
     read_reload_status, register_dry_run, write_reload_status
 from resreap.ops.recent import Recorder, recent_path
 from resreap.ops.sdnotify import Notifier
 from resreap.sources.bpf_events import LOAD_TIMEOUT
-from resreap.sources.events import open_source
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +62,6 @@ def run(given: dict[str, Any], typed: Iterable[str], config_file: str | None) ->
     return Daemon(given, typed, config_file).run()
 
 
-
-# The loop shares the interpreter with the background fd scan (and each
-# bounded /proc read's thread).  Each syscall of the loop gives up the GIL,
-# and taking it back waited up to the switch interval (5 ms) while the scan
-# ran: 256 socket lookups took 1.4 s, the loop's longest gap under a
-# user's 10,000 processes (#31).  At 0.5 ms: 0.13 s.  Without contention
-# the interval costs nothing.
-SWITCH_INTERVAL = 0.0005
-
-
-def quick_switches() -> None:
-    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 class Daemon:
@@ -122,8 +105,6 @@ class Daemon:
 
     def _start(self) -> None:
         signal.signal(signal.SIGHUP, self._hangup)
-        quick_switches()
-        check_privileges()
         fd_limit = raise_fd_limit()
         st, config = self.settings, self.settings.engine
         # One watch acts per host; a dry run never signals, so it may run
@@ -132,11 +113,6 @@ class Daemon:
         self._acts_alone = config.acts
         self.lock = hold_watch_lock() if config.acts else register_dry_run()
         self._record_reaps()
-        table = SocketTable()
-        # Events may wait in the ring this long; deadlines use kernel
-        # timestamps, so this bounds work per wakeup, not timer accuracy.
-        earliest = config.ruleset().earliest
-        latency = read_latency(earliest)
         if st.backend != "proc":
             # Milliseconds for the prebuilt program; where bcc compiles
             # instead, seconds (a minute on a busy host): say so at once,
@@ -146,15 +122,13 @@ class Daemon:
             self.notifier.extend(LOAD_TIMEOUT + 30, "loading the BPF program")
         # The kernel's first pass: churn costs nothing here (trace keeps
         # the full stream).
-        selected = open_source(st.backend, table, latency=latency,
-                               poll_interval=st.poll_interval or max(0.05, earliest / 2),
-                               first_pass=True)
+        selected, table, self.watcher = stack.build(st, config, first_pass=True,
+                                                    tick=self._tick)
         if st.metrics:
             from resreap.ops.metrics import Exporter
 
             self.exporter = Exporter(st.metrics, selected.source.name, selected.source.loader,
                                      bpf_expected=st.backend != "proc")
-        self.watcher = Watcher(selected.source, OwnerResolver(table), Current(config), tick=self._tick)
         if selected.fallback_reason:
             decision(Event.BACKEND, logging.WARNING, backend="proc",
                      reason=selected.fallback_reason,

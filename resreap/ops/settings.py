@@ -149,11 +149,10 @@ def _uid(user: str | int) -> int:
         raise UsageError(f"match user = {user!r}: no such user") from None
 
 
-def _rules(st: dict[str, Any], force_dry_run: bool, source: str) -> tuple[Rule, ...]:
+def _rules(st: dict[str, Any], source: str) -> tuple[Rule, ...]:
     """The [[rule]]s: each a match and the top-level settings (and flags)
-    with its own keys over them.  --dry-run on the command line makes
-    every rule a dry run: whoever tries a config with -d sees no kill.
-    ``source``: the file they came from, for errors."""
+    with its own keys over them.  ``source``: the file they came from, for
+    errors."""
     out = []
     for raw in st.get("rule") or ():
         try:
@@ -161,8 +160,6 @@ def _rules(st: dict[str, Any], force_dry_run: bool, source: str) -> tuple[Rule, 
             for key in config.RULE_KEYS:
                 if key in raw:
                     mine[FILE_TO_CLI.get(key, key)] = raw[key]
-            if force_dry_run:
-                mine["dry_run"] = True
             limits, plan = _limits_plan(mine, name=lambda key: key)
             out.append(Rule(raw["name"], _match(raw["match"]), limits, plan))
         except UsageError as exc:
@@ -181,9 +178,11 @@ def validate(st: dict[str, Any], force_dry_run: bool = False,
     if st["poll_interval"] is not None:
         positive("--poll-interval", st["poll_interval"], 0.01)
     _backend(st["backend"])
-    rules = _rules(st, force_dry_run, source)
+    engine = WatchConfig(limits, plan, filters, _rules(st, source), st.get("default") == "ignore")
+    # --dry-run on the command line makes every rule a dry run: whoever
+    # tries a config with -d sees no kill.
     return WatchSettings(
-        engine=WatchConfig(limits, plan, filters, rules, st.get("default") == "ignore"),
+        engine=engine.dry_run() if force_dry_run else engine,
         backend=st["backend"],
         poll_interval=float(st["poll_interval"]) if st["poll_interval"] is not None else None,
         log_file=st["log_file"], json_out=bool(st["json_out"]), debug=bool(st["debug"]),

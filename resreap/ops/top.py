@@ -21,18 +21,14 @@ import time
 from typing import Callable
 
 from resreap.engine.churn import Churn
-from resreap.engine.config import Current
-from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.view import Row, rows
-from resreap.engine.watch import Watcher, read_latency
-from resreap.host.sockets import SocketTable
+from resreap.engine.watch import Watcher
 from resreap.ops.escaping import safe
 from resreap.ops.formatting import clock
-from resreap.ops.daemon import quick_switches
 from resreap.ops.instance import watch_holder
 from resreap.ops.recent import read as read_recent
+from resreap.ops import stack
 from resreap.ops.settings import WatchSettings
-from resreap.sources.events import open_source
 
 SORTS = ("reap-in", "close-wait", "counting", "oldest", "churn")
 # --once: the first look lasts the grace and a little, so that every socket
@@ -54,19 +50,9 @@ def start(st: WatchSettings, churn: bool = True) -> Watcher:
     decisions = logging.getLogger("resreap.engine.decisions")
     decisions.addHandler(logging.NullHandler())
     decisions.propagate = False
-    check_privileges()
-    quick_switches()
-    config = st.engine._replace(
-        plan=st.engine.plan._replace(dry_run=True),
-        rules=tuple(r._replace(plan=r.plan._replace(dry_run=True)) for r in st.engine.rules))
-    earliest = config.ruleset().earliest
-    table = SocketTable()
     # With churn, every transition (the watch's kernel first pass drops
     # the sockets that leave at once: their rates would read 0).
-    selected = open_source(st.backend, table, latency=read_latency(earliest),
-                           poll_interval=st.poll_interval or max(0.05, earliest / 2),
-                           first_pass=not churn)
-    watcher = Watcher(selected.source, OwnerResolver(table), Current(config))
+    watcher = stack.build(st, st.engine.dry_run(), first_pass=not churn).watcher
     if churn:
         watcher.sockets.churn = Churn(time.monotonic())
     watcher.start()
