@@ -7,9 +7,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from resreap.engine.filters import Filters
-from resreap.engine.killer import Plan
-from resreap.engine.policy import Limits
-from resreap.engine.rules import DEFAULT, Match, Rule, RuleSet
+from resreap.engine.rules import DEFAULT, Limits, Match, Plan, Rule, RuleSet
 
 
 class WatchConfig(NamedTuple):

@@ -20,12 +20,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from resreap.bounded import BoundedDict
 
-if TYPE_CHECKING:
-    from resreap.engine.owners import FdIndex
+
+class ScanIndex(Protocol):
+    """What a scan needs of the fd index (owners.FdIndex, which owns the
+    scanner: described here, not imported, so neither module imports the
+    other back)."""
+
+    def scan_order(self) -> list[int]: ...
+
+    def scan_pids(self, pids: Iterable[int], wanted: set[int],
+                  stop_when_found: bool = False) -> dict[int, set[int]]: ...
+
+    def add_family(self, found: dict[int, set[int]], read: Iterable[int] = (),
+                   budget: object = None) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +47,7 @@ CHECK_EVERY = 32  # processes read between looks at new requests
 
 
 class FullScanner:
-    def __init__(self, index: FdIndex, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, index: ScanIndex, clock: Callable[[], float] = time.monotonic) -> None:
         """``clock``: monotonic seconds, for the backoff of sockets a scan
         did not find (the loop's clock)."""
         self._index = index

@@ -13,56 +13,23 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from resreap.host.procinfo import HOST, Proc, ProcInfo
 from resreap.host.process import Pinned, run_command
-from resreap.errors import ProcessGone, ProcessReplaced, UsageError
+from resreap.errors import ProcessGone, ProcessReplaced
 from resreap.model import Result, Revival, SockId
 from resreap.engine.owners import held_count
 from resreap.engine.revival import Reviver
 from resreap.host.supervisor import Supervisor
 from resreap.host.systemd import UnitState
+from resreap.engine.rules import Plan, Rule
 
-if TYPE_CHECKING:  # config and rules import this module for Plan
+if TYPE_CHECKING:  # config imports rules, as this module does
     from resreap.engine.config import Current
-    from resreap.engine.rules import Rule
 
 log = logging.getLogger(__name__)
 
-
-
-def parse_signal(text: str) -> signal.Signals:
-    """TERM, SIGTERM, term or 15."""
-    raw = text.strip().upper()
-    try:
-        if raw.isdigit():
-            return signal.Signals(int(raw))
-        return signal.Signals[raw if raw.startswith("SIG") else "SIG" + raw]
-    except (KeyError, ValueError):
-        raise UsageError(f"unknown signal {text!r} (examples: TERM, QUIT, 9)") from None
-
-
-class Plan(NamedTuple):
-    """What to do to a process, from the command line."""
-
-    signal: signal.Signals = signal.SIGTERM
-    first_signal: signal.Signals | None = None
-    wait: float = 2.0
-    hook: str | None = None
-    hook_timeout: float = 10.0
-    dry_run: bool = False
-    # After a kill, start the process's systemd service if it stayed down.
-    restart_units: bool = True
-    # Units started again even though their Restart= would not (--restart-unit).
-    restart_also: frozenset = frozenset()
-
-    def describe(self) -> str:
-        """The sequence in one line, e.g. 'hook > SIGQUIT > SIGTERM > wait 2s > SIGKILL'."""
-        steps = ["hook"] if self.hook else []
-        if self.first_signal:
-            steps.append(self.first_signal.name)
-        return " > ".join(steps + [self.signal.name, f"wait {self.wait:g}s", "SIGKILL"])
 
 
 class Target(NamedTuple):

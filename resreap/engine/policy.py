@@ -11,25 +11,13 @@ from typing import TYPE_CHECKING, Hashable, Iterable, NamedTuple
 
 from resreap.host import supervisor
 from resreap.host.procinfo import HOST, Proc, ProcInfo
-from resreap.errors import ProcessReplaced, UsageError
-from resreap.engine.evidence import Rules
+from resreap.errors import ProcessReplaced
 from resreap.model import Key, Owner, SpareReason
 
-if TYPE_CHECKING:  # config imports this module for Limits
+from resreap.engine.rules import Limits
+
+if TYPE_CHECKING:  # config imports rules, as this module does
     from resreap.engine.config import Current
-
-
-class Limits(NamedTuple):
-    limit: int = 2          # -l: counting sockets that make a process a target
-    grace: float = 2.0      # -i: seconds before an eof-ignored socket counts
-    max_kills: int = 3      # storm bound: kills of one command line ...
-    per: float = 60.0       # ... per this many seconds
-    stall: float = 60.0     # --stall: seconds before an unread or queued one counts
-    fd_percent: float | None = None  # --fd-percent: also needed, % of RLIMIT_NOFILE
-
-    @property
-    def rules(self) -> Rules:
-        return Rules(self.grace, self.stall)
 
 
 class Threshold(NamedTuple):
@@ -54,18 +42,6 @@ def threshold(limits: Limits, fd_limit: int | None) -> Threshold:
         if share > limits.limit:
             return Threshold(share, "fd-percent")
     return Threshold(limits.limit, "limit")
-
-
-def parse_rate(text: str) -> tuple[int, float]:
-    """N/SECONDS, e.g. 3/60."""
-    n, sep, per = text.partition("/")
-    try:
-        count, seconds = int(n), float(per)
-    except ValueError:
-        count, seconds = 0, 0.0
-    if not sep or count < 1 or seconds <= 0:
-        raise UsageError(f"bad --max-rate {text!r}: expected N/SECONDS with N >= 1, e.g. 3/60")
-    return count, seconds
 
 
 class Counter:

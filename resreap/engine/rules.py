@@ -23,13 +23,76 @@ can be entered by any user's process (`resreap rules` says so)."""
 from __future__ import annotations
 
 import re
+import signal
 from typing import NamedTuple
 
 from resreap.engine.evidence import Rules
 from resreap.engine.filters import CommandPattern, container_matches, unit_matches
-from resreap.engine.killer import Plan
-from resreap.engine.policy import Limits
+from resreap.errors import UsageError
 from resreap.host.supervisor import Supervisor
+
+# -- a rule's settings: when its sockets count and how often it may be
+# reaped (Limits), and what is done to a process (Plan) ------------------
+
+
+class Limits(NamedTuple):
+    limit: int = 2          # -l: counting sockets that make a process a target
+    grace: float = 2.0      # -i: seconds before an eof-ignored socket counts
+    max_kills: int = 3      # storm bound: kills of one command line ...
+    per: float = 60.0       # ... per this many seconds
+    stall: float = 60.0     # --stall: seconds before an unread or queued one counts
+    fd_percent: float | None = None  # --fd-percent: also needed, % of RLIMIT_NOFILE
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(self.grace, self.stall)
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """N/SECONDS, e.g. 3/60."""
+    n, sep, per = text.partition("/")
+    try:
+        count, seconds = int(n), float(per)
+    except ValueError:
+        count, seconds = 0, 0.0
+    if not sep or count < 1 or seconds <= 0:
+        raise UsageError(f"bad --max-rate {text!r}: expected N/SECONDS with N >= 1, e.g. 3/60")
+    return count, seconds
+
+
+def parse_signal(text: str) -> signal.Signals:
+    """TERM, SIGTERM, term or 15."""
+    raw = text.strip().upper()
+    try:
+        if raw.isdigit():
+            return signal.Signals(int(raw))
+        return signal.Signals[raw if raw.startswith("SIG") else "SIG" + raw]
+    except (KeyError, ValueError):
+        raise UsageError(f"unknown signal {text!r} (examples: TERM, QUIT, 9)") from None
+
+
+class Plan(NamedTuple):
+    """What to do to a process, from the command line."""
+
+    signal: signal.Signals = signal.SIGTERM
+    first_signal: signal.Signals | None = None
+    wait: float = 2.0
+    hook: str | None = None
+    hook_timeout: float = 10.0
+    dry_run: bool = False
+    # After a kill, start the process's systemd service if it stayed down.
+    restart_units: bool = True
+    # Units started again even though their Restart= would not (--restart-unit).
+    restart_also: frozenset = frozenset()
+
+    def describe(self) -> str:
+        """The sequence in one line, e.g. 'hook > SIGQUIT > SIGTERM > wait 2s > SIGKILL'."""
+        steps = ["hook"] if self.hook else []
+        if self.first_signal:
+            steps.append(self.first_signal.name)
+        return " > ".join(steps + [self.signal.name, f"wait {self.wait:g}s", "SIGKILL"])
+
+
 
 DEFAULT = "default"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -20,9 +20,8 @@ from resreap.engine.decisions import Event, decision
 from resreap.engine.filters import Filters
 from resreap.engine.killer import KillEngine, Killer, Outcome, Target
 from resreap.engine.owners import OwnerResolver
-from resreap.engine.policy import Eligibility, Limits, StormGuard, StormKey, Threshold, \
-    threshold
-from resreap.engine.rules import Rule
+from resreap.engine.policy import Eligibility, StormGuard, StormKey, Threshold, threshold
+from resreap.engine.rules import Limits, Rule
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo, sockets, supervisor
 from resreap.host.procinfo import Lineage, Proc, ProcInfo

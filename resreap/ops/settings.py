@@ -13,13 +13,11 @@ from typing import Any, Iterable, NamedTuple
 
 from resreap.engine.filters import Filters, check_container, check_unit_glob, \
     parse_command_pattern
-from resreap.engine.rules import Match, Rule
-from resreap.engine.killer import Plan, parse_signal
-from resreap.engine.policy import Limits, parse_rate
+from resreap.engine.rules import Limits, Match, Plan, Rule, parse_rate, parse_signal
 from resreap.engine.config import WatchConfig
 from resreap.errors import UsageError
 from resreap.ops import config
-from resreap.sources.events import BACKENDS
+from resreap.sources.choice import BACKENDS
 
 # config file key -> the CLI's parameter name, where they differ
 FILE_TO_CLI = {"filter": "command_pattern", "signal": "sig", "json": "json_out"}
@@ -48,14 +46,22 @@ def positive(name: str, value: Any, minimum: float = 0.0, *, strict: bool = Fals
         raise UsageError(f"bad {name} value {value!r}: must be a number {bound}")
 
 
+class TraceSettings(NamedTuple):
+    """A validated `trace` (resolve_trace)."""
+
+    filters: Filters
+    grace: float
+    min_age: float | None
+    json_out: bool
+    backend: str
+
+
 def resolve_trace(command_pattern: str | None, ignore: Iterable[str], pids: Iterable[int],
                   grace: Any, min_age: Any, json_out: bool, backend: str,
                   unit: str | None = None, container: str | None = None):
     """trace's options, validated before anything opens (compiling the
     BPF program for a bad -i was seconds wasted): the same checks as
     watch's."""
-    from resreap.ops.tracing import TraceSettings
-
     filters = Filters.parse(command_pattern, tuple(ignore or ()), tuple(pids or ()), unit,
                             container)
     positive("-i", grace, strict=True)

@@ -14,7 +14,7 @@ from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.watch import Watcher, read_latency
 from resreap.host.sockets import SocketTable
 from resreap.ops.settings import WatchSettings
-from resreap.sources.events import Selected, open_source
+from resreap.sources.choice import Selected, open_source
 
 # The loop shares the interpreter with the background fd scan (and each
 # bounded /proc read's thread).  Each syscall of the loop gives up the GIL,

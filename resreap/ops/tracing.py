@@ -4,31 +4,21 @@ the lines, and at the end the per-process summary.  Lines are handed to
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from resreap import tunables
 from resreap.engine.evidence import Rules
-from resreap.engine.filters import Filters
 from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.trace import Tracer
 from resreap.host.sockets import SocketTable
 from resreap.ops import formatting
 from resreap.ops.daemon import stop_on_signals
-from resreap.sources.events import open_source
+from resreap.ops.settings import TraceSettings
+from resreap.sources.choice import open_source
 
 # trace shows each socket once: it may wait this long for a background scan
 # to name its owner.
 TRACE_SCAN_WAIT = 0.5
-
-
-class TraceSettings(NamedTuple):
-    """A validated `trace` (ops/settings.resolve_trace)."""
-
-    filters: Filters
-    grace: float
-    min_age: float | None
-    json_out: bool
-    backend: str
 
 
 def run(st: TraceSettings, out: Callable[[str], None], note: Callable[[str], None]) -> None:

@@ -1,4 +1,4 @@
-"""One interface over the event sources, and the choice between them.
+"""One interface over the event sources (sources/choice.py picks one).
 
 Everything downstream (timers, owners, policy, kill engine, output) sees
 only ``Transition`` batches and cannot tell which source produced them.
@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import NamedTuple
 
-from resreap.errors import BackendUnavailable, UsageError
 from resreap.model import Kind, Transition
 from resreap.host.sockets import SocketTable
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "bpf", "proc")
 
 
 class EventSource(abc.ABC):
@@ -61,30 +57,3 @@ def seed_transitions(table: SocketTable, now: float) -> list[Transition]:
     """The sockets in CLOSE_WAIT right now, in every network namespace."""
     return [Transition(Kind.EXISTING, ns.diag.sock, now, kid=ns.diag.kid, netns=ns.netns)
             for ns in table.close_wait()]
-
-
-class Selected(NamedTuple):
-    source: EventSource
-    fallback_reason: str | None  # why ``auto`` did not get BPF
-
-
-def open_source(backend: str, table: SocketTable, *, latency: float,
-                poll_interval: float | None = None, first_pass: bool = False) -> Selected:
-    """Build the source asked for; ``auto`` prefers BPF and falls back to
-    polling with the reason."""
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if backend in ("auto", "bpf"):
-        try:
-            from resreap.sources.bpf_events import BpfSource
-
-            return Selected(BpfSource(table, latency=latency, first_pass=first_pass), None)
-        except BackendUnavailable as exc:
-            if backend == "bpf":
-                raise BackendUnavailable(f"{exc}; --backend proc polls instead") from exc
-            reason = str(exc)
-    else:
-        reason = None
-    from resreap.sources.poll_events import PollSource
-
-    return Selected(PollSource(table, interval=poll_interval or latency), reason)

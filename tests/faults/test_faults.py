@@ -201,11 +201,12 @@ def test_full_kill_slots_never_log_a_reap_twice(actors, tag, caplog):
     process gets exactly one "reap" line, and one kill."""
     import logging
 
-    from resreap.sources.events import open_source
+    from resreap.sources.choice import open_source
     from resreap.engine.filters import Filters
-    from resreap.engine.killer import Killer, Plan
+    from resreap.engine.killer import Killer
+    from resreap.engine.rules import Plan
     from resreap.engine.owners import OwnerResolver
-    from resreap.engine.policy import Limits
+    from resreap.engine.rules import Limits
     from resreap.host.sockets import SocketTable
     from resreap.engine.config import Current, WatchConfig
     from resreap.engine.watch import Watcher

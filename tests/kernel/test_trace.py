@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from resreap.sources.events import open_source
+from resreap.sources.choice import open_source
 from resreap.engine.filters import Filters
 from resreap.model import Kind
 from resreap.engine.owners import OwnerResolver

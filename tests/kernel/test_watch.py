@@ -313,7 +313,8 @@ def test_recycled_pid_is_never_signalled(monkeypatch, root_ready, pidfd):
     without pidfds (Linux < 5.3), where identity is re-checked right before
     each signal."""
     from resreap.host import procinfo, process
-    from resreap.engine.killer import Plan, Target, execute
+    from resreap.engine.killer import Target, execute
+    from resreap.engine.rules import Plan
 
     monkeypatch.setattr(process, "HAVE_PIDFD", pidfd)
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -337,8 +338,7 @@ def test_protected_processes_are_refused(root_ready):
     from resreap.engine.policy import Eligibility
 
     from resreap.engine.config import Current, WatchConfig
-    from resreap.engine.killer import Plan
-    from resreap.engine.policy import Limits
+    from resreap.engine.rules import Limits, Plan
 
     elig = Eligibility(Current(WatchConfig(Limits(), Plan(), Filters())))
     assert not elig.check(procinfo.HOST.read(1)).ok

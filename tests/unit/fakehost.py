@@ -26,11 +26,11 @@ from pathlib import Path
 from resreap.host import procinfo
 from resreap.sources.events import EventSource
 from resreap.engine.filters import Filters
-from resreap.engine.killer import KillEngine, Outcome, Plan, Target
+from resreap.engine.killer import KillEngine, Outcome, Target
+from resreap.engine.rules import Limits, Plan
 from resreap.model import TCP_CLOSE_WAIT, TCP_LISTEN, Kind, Result, SockId, Transition
 from resreap.engine.owners import FdIndex, KernelSockets, OwnerResolver
 from resreap.engine.fdscan import FullScanner
-from resreap.engine.policy import Limits
 from resreap.host.sockdiag import DiagSock
 from resreap.host.sockets import NsSock
 from resreap.engine.config import Current, WatchConfig

@@ -15,8 +15,8 @@ from resreap.errors import AccessDenied, ProcessUnreadable, UsageError
 from resreap.engine.owners import FdIndex
 from resreap.engine.config import Current, WatchConfig
 from resreap.engine.filters import Filters
-from resreap.engine.killer import Plan
-from resreap.engine.policy import Limits, StormGuard
+from resreap.engine.rules import Limits, Plan
+from resreap.engine.policy import StormGuard
 
 
 def fake_proc(root, pid, cmdline=b"srv\0", fifo=False):

@@ -6,13 +6,13 @@ import pytest
 
 from resreap.engine.config import Current, WatchConfig
 from resreap.engine.filters import Filters
-from resreap.engine.policy import Limits
+from resreap.engine.rules import Limits, Plan, parse_rate, parse_signal
 from resreap.ops.decisionlog import JsonFormatter, TextFormatter
 from resreap.errors import UsageError
-from resreap.engine.killer import Plan, Target, hook_env, parse_signal
+from resreap.engine.killer import Target, hook_env
 from resreap.host.supervisor import parse
 from resreap.model import Owner, SockId
-from resreap.engine.policy import Counter, StormGuard, parse_rate
+from resreap.engine.policy import Counter, StormGuard
 from resreap.host.procinfo import ProcInfo
 from resreap.engine.decisions import Event
 

@@ -684,7 +684,7 @@ def test_leaving_dry_run_by_reload_reaps(world):
     w = world.watch(limit=2, grace=2.0, dry_run=True)
     world.run(5)
     assert world.said(Event.WOULD_REAP) and 1000 in world.procs
-    from resreap.engine.killer import Plan
+    from resreap.engine.rules import Plan
     from resreap.engine.watch import WatchConfig
     w.reconfigure(WatchConfig(w.limits, Plan(wait=2.0), w.filters))
     world.run(15)

@@ -13,8 +13,8 @@ import pytest
 from resreap.host import procinfo
 from resreap.engine.config import Current, WatchConfig
 from resreap.engine.filters import Filters
-from resreap.engine.killer import Killer, Plan, Target
-from resreap.engine.policy import Limits
+from resreap.engine.killer import Killer, Target
+from resreap.engine.rules import Limits, Plan
 from resreap.model import Result
 from resreap.engine.revival import Reviver, bring_back
 from resreap.host.supervisor import parse
