@@ -81,7 +81,12 @@ def _setup_logging(debug: bool) -> None:
 
 def _print(line: str) -> None:
     try:
-        print(line, flush=True)
+        # One write with its newline: print() writes the line and the
+        # newline apart, and a Ctrl-C between the two left trace's summary
+        # on the same line as the last event (one unparsable JSON line, in
+        # CI).
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
     except BrokenPipeError:  # `resreap trace | head`
         raise KeyboardInterrupt from None
 
