@@ -128,6 +128,13 @@ class Owner(NamedTuple):
     start: int  # /proc/PID/stat starttime, clock ticks since boot
     comm: str
 
+    @property
+    def ident(self) -> tuple[int, int]:
+        """The process itself: pid and start time, not its name, which it
+        may rewrite at will (per-process books keyed with the name gained
+        an entry at each rename)."""
+        return self.pid, self.start
+
 
 class Holder(NamedTuple):
     """One of the largest holders, for metrics (labels that survive a

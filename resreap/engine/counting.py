@@ -148,7 +148,7 @@ class Counting:
 
     def _known(self, owner: Owner) -> tuple[float, Facts | None, BoundedDict]:
         now = self._clock()
-        known = self._facts.get(owner[:2])
+        known = self._facts.get(owner.ident)
         if known is not None and now - known[0] <= UIDS_FRESH:
             return known
         try:
@@ -162,13 +162,13 @@ class Counting:
             uids = self.uids(owner)
             facts = Facts(info.cmdline, where, uids) if uids is not None else None
         # The rule per local port: a client's leak has many local ports.
-        known = self._facts[owner[:2]] = (now, facts, BoundedDict(1024))
+        known = self._facts[owner.ident] = (now, facts, BoundedDict(1024))
         return known
 
     def refresh(self, owner: Owner) -> None:
         """Read ``owner``'s facts afresh at its next look (before a kill)."""
-        self._facts.discard(owner[:2])
-        self._uids.discard(owner[:2])
+        self._facts.discard(owner.ident)
+        self._uids.discard(owner.ident)
 
     def standing(self, owner: Owner) -> list[tuple[Rule, int]]:
         """``owner``'s counting sockets per rule they fall under, in the
@@ -367,19 +367,19 @@ class Counting:
         change them (a daemon dropping root after start-up).  None: gone
         or unreadable."""
         now = self._clock()
-        known = self._uids.get(owner[:2])
+        known = self._uids.get(owner.ident)
         if known is None or now - known[0] > UIDS_FRESH:
             try:
                 uids = self.proc.read_uids(owner.pid)
             except (ProcessGone, AccessDenied):
                 return None  # cannot be judged: nothing counts against it
-            known = self._uids[owner[:2]] = (now, uids)
+            known = self._uids[owner.ident] = (now, uids)
         return known[1]
 
     def _serves(self, owner: Owner, sock: SockId) -> bool:
         """Does ``owner``, or a process above it, hold a listener on the
         socket's local address and port (the service that accepted it)?"""
-        key = (owner.pid, owner.start, sock.lport)
+        key = (*owner.ident, sock.lport)
         known = self._serving.get(key)
         if known is None:
             listeners = self.resolver.listening_on(sock)
@@ -420,8 +420,8 @@ class Counting:
                 kind is Evidence.QUEUED or self._serves(owner, hit.diag.sock))
             if evidence.counts_against(hit.diag.uid, uids, vouched):
                 out.append(owner)
-            elif owner[:2] not in self._foreign:
-                self._foreign[owner[:2]] = True
+            elif owner.ident not in self._foreign:
+                self._foreign[owner.ident] = True
                 decision(Event.FOREIGN, logging.INFO, pid=owner.pid, comm=owner.comm,
                          socket_uid=hit.diag.uid, uids=sorted(uids),
                          socket=f"{hit.diag.sock.local}->{hit.diag.sock.remote}",

@@ -27,6 +27,7 @@ from resreap.engine.rules import Plan, Rule
 
 if TYPE_CHECKING:  # config imports rules, as this module does
     from resreap.engine.config import Current
+    from resreap.engine.policy import StormKey
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Target(NamedTuple):
     rule: "Rule | None" = None
     # What the storm bound counts this kill against (policy.StormKey): made
     # with the decision, recorded with the outcome, never re-derived.
-    storm_key: object = None
+    storm_key: "StormKey | None" = None
 
     @property
     def rule_name(self) -> str:

@@ -146,13 +146,13 @@ class Tracer:
         return out
 
     def _cmdline(self, owner: Owner) -> str:
-        cmd = self._cmdlines.get(owner[:2])
+        cmd = self._cmdlines.get(owner.ident)
         if cmd is None:
             try:
                 cmd = self.resolver.proc.read_bounded(owner.pid).cmdline
             except (ProcessGone, ProcessUnreadable, AccessDenied):
                 cmd = ""
-            self._cmdlines[owner[:2]] = cmd
+            self._cmdlines[owner.ident] = cmd
         return cmd
 
     def _where(self, owners: tuple[Owner, ...]) -> Supervisor | None:
@@ -160,9 +160,9 @@ class Tracer:
         if not owners:
             return None
         owner = owners[0]
-        where = self._wheres.get(owner[:2])
+        where = self._wheres.get(owner.ident)
         if where is None:
-            where = self._wheres[owner[:2]] = supervisor.of(owner.pid, self.resolver.proc)
+            where = self._wheres[owner.ident] = supervisor.of(owner.pid, self.resolver.proc)
         return where
 
     def _wanted(self, owners: tuple[Owner, ...]) -> bool:

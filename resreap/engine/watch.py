@@ -58,12 +58,6 @@ FORGET_EVERY = 60.0
 REMEMBERED = 65536
 
 
-def _ident(owner: Owner) -> tuple[int, int]:
-    """A process's identity: pid and start time, not its name (which it
-    may rewrite at will: keyed with it, each rename was a new entry)."""
-    return owner.pid, owner.start
-
-
 class Case(NamedTuple):
     """One decision about one process over its limit: its facts read once
     (right before judging), the rule that judges it, and what the storm
@@ -74,7 +68,6 @@ class Case(NamedTuple):
     info: ProcInfo
     where: Supervisor
     rule: Rule
-    count: int        # its counting sockets under the rule, before the re-check
     storm: StormKey
 
 
@@ -356,7 +349,7 @@ class Watcher:
                              rule=rule.name, count=count, limit=rule.limits.limit,
                              why="limit")
             return
-        if _ident(owner) in self._reaped or _ident(owner) in self._spared \
+        if owner.ident in self._reaped or owner.ident in self._spared \
                 or self.killer.busy(owner.pid):
             return  # an ineligible verdict holds while it leaks (until a reload)
         if self._deferred.get(owner, now) > now:
@@ -407,8 +400,8 @@ class Watcher:
         verdict = self.eligibility.check(info, by_default=rule is self.current.rules.default,
                                          where=where)
         if not verdict.ok:
-            if _ident(owner) not in self._spared:
-                self._spared[_ident(owner)] = now
+            if owner.ident not in self._spared:
+                self._spared[owner.ident] = now
                 level = logging.DEBUG if verdict.reason is SpareReason.NOT_SELECTED \
                     else logging.WARNING
                 decision(Event.SPARE, level, pid=info.pid, comm=info.comm,
@@ -416,7 +409,7 @@ class Watcher:
                          count=count, reason=verdict.why)
             return None
         storm = StormKey.of(rule.name, self.sockets.uids(owner), where, info.cmdline)
-        return Case(owner, info, where, rule, count, storm)
+        return Case(owner, info, where, rule, storm)
 
     def _children_first(self, case: Case, now: float) -> bool:
         """Reap the least: a process whose counting sockets its own
@@ -442,7 +435,7 @@ class Watcher:
         # walk bounded (procinfo.ANCESTRY_DEPTH: past it "not a
         # descendant", and the owner, itself over its limit, is judged).
         kids = [other.pid for other in sorted(others)
-                if _ident(other) not in self._spared and other.pid != owner.pid
+                if other.ident not in self._spared and other.pid != owner.pid
                 and self.lineage.descends(other.pid, owner.pid)
                 and self.sockets.over(other) is not None]
         if not kids:
@@ -503,7 +496,7 @@ class Watcher:
             return
         for _entry, _hit, kind in rows:
             self.reaped_evidence[kind.value] = self.reaped_evidence.get(kind.value, 0) + 1
-        self._reaped[_ident(case.owner)] = now
+        self._reaped[case.owner.ident] = now
 
     def _forget_idle(self, now: float) -> None:
         """Forget the processes remembered as reaped or spared, and the
@@ -511,12 +504,12 @@ class Watcher:
         any more (exited, or healed): a month of churn, or a process
         renaming itself at every look, must not grow them."""
         self._next_forget = now + FORGET_EVERY
-        holding = {_ident(o) for o in self.counter.by_owner}
+        holding = {o.ident for o in self.counter.by_owner}
         running = set(self.killer.running_pids())
         for book in (self._reaped, self._spared):
             book.keep(lambda ident: ident in holding or ident[0] in running)
         for book in (self._waits, self._parents):
-            book.keep(lambda owner: _ident(owner) in holding)
+            book.keep(lambda owner: owner.ident in holding)
 
     def _threshold(self, owner: Owner, rule: Rule, count: int,
                    now: float) -> Threshold | None:
@@ -565,9 +558,7 @@ class Watcher:
                 fields["detail"] = outcome.detail
             if result.killed_it:
                 # A real kill: what the storm guard counts (at its start).
-                key = outcome.target.storm_key
-                self.storm.record(key if key is not None else info.cmdline,
-                                  self._clock() - outcome.took)
+                self.storm.record(outcome.target.storm_key, self._clock() - outcome.took)
                 self._kill_buckets[bisect.bisect_left(KILL_BUCKETS, outcome.took)] += 1
                 self._kill_seconds += outcome.took
             if result.killed_it or result is Result.EXITED:
@@ -582,10 +573,10 @@ class Watcher:
                 rule = outcome.target.rule
                 grace = (rule.limits if rule is not None else self.limits).grace
                 fields["again_in"] = DRY_RUN_AGAIN if result is Result.DRY_RUN else max(grace, 1.0)
-                self._reaped.discard(_ident(owner))
+                self._reaped.discard(owner.ident)
                 self._deferred[owner] = self._clock() + fields["again_in"]
             elif result in (Result.REPLACED, Result.FAILED):
-                self._reaped.discard(_ident(owner))
+                self._reaped.discard(owner.ident)
             decision(Event.OUTCOME, level if result is not Result.DRY_RUN else logging.INFO, **fields)
             self.outcomes.append(outcome)
             if len(self.outcomes) > 1000:  # bounded: a long-running daemon
