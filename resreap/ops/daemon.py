@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from resreap import __version__, tunables
 from resreap.engine.decisions import Event, decision
+from resreap.engine.owners import check_privileges
 from resreap.engine.watch import Watcher
 from resreap.errors import OutputGone, ResreapError, UsageError
 from resreap.ops import decisionlog, settings, stack
@@ -105,6 +106,7 @@ class Daemon:
 
     def _start(self) -> None:
         signal.signal(signal.SIGHUP, self._hangup)
+        check_privileges()  # first: a user reads "run as root", not a lock error
         fd_limit = raise_fd_limit()
         st, config = self.settings, self.settings.engine
         # One watch acts per host; a dry run never signals, so it may run

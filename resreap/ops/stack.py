@@ -10,7 +10,7 @@ import sys
 from typing import Callable, NamedTuple
 
 from resreap.engine.config import Current, WatchConfig
-from resreap.engine.owners import OwnerResolver, check_privileges
+from resreap.engine.owners import OwnerResolver
 from resreap.engine.watch import Watcher, read_latency
 from resreap.host.sockets import SocketTable
 from resreap.ops.settings import WatchSettings
@@ -33,11 +33,12 @@ class Stack(NamedTuple):
 
 def build(st: WatchSettings, config: WatchConfig, *, first_pass: bool,
           tick: Callable | None = None) -> Stack:
-    """``first_pass``: the kernel drops sockets that leave CLOSE_WAIT before
+    """The caller has checked its privileges first (before the lock, the
+    log, anything that would fail less clearly for a user).
+    ``first_pass``: the kernel drops sockets that leave CLOSE_WAIT before
     user space took them (watch: churn costs nothing); without it every
     transition arrives (top's per-process rates).  ``tick``: called once
     per loop turn."""
-    check_privileges()
     sys.setswitchinterval(SWITCH_INTERVAL)
     earliest = config.ruleset().earliest
     table = SocketTable()

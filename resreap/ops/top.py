@@ -21,6 +21,7 @@ import time
 from typing import Callable
 
 from resreap.engine.churn import Churn
+from resreap.engine.owners import check_privileges
 from resreap.engine.view import Row, rows
 from resreap.engine.watch import Watcher
 from resreap.ops.escaping import safe
@@ -50,6 +51,7 @@ def start(st: WatchSettings, churn: bool = True) -> Watcher:
     decisions = logging.getLogger("resreap.engine.decisions")
     decisions.addHandler(logging.NullHandler())
     decisions.propagate = False
+    check_privileges()
     # With churn, every transition (the watch's kernel first pass drops
     # the sockets that leave at once: their rates would read 0).
     watcher = stack.build(st, st.engine.dry_run(), first_pass=not churn).watcher

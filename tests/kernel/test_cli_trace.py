@@ -104,10 +104,15 @@ def test_bad_options_are_one_line_and_exit_2(resreap_bin, args, needle):
     assert needle in run.stderr and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
 
 
-def test_not_root_is_one_line(resreap_bin):
+@pytest.mark.parametrize("command", [["trace"], ["watch", "-f", "x"], ["top", "--once"],
+                                     ["rules"]])
+def test_not_root_is_one_line(resreap_bin, command):
+    """The privileges are checked first: watch said "lock directory ...
+    owned by uid 0" to a user for a while (the check had moved after the
+    lock)."""
     run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                          resreap_bin, "trace"],
-                         capture_output=True, text=True, timeout=patience(30))
+                          resreap_bin, *command],
+                         capture_output=True, text=True, timeout=patience(30), cwd="/")
     assert run.returncode == 1
     assert "must run as root" in run.stderr and run.stderr.count("\n") == 1
 
