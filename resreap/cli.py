@@ -102,7 +102,7 @@ Examples:
   resreap trace --container 3f2a9c1b only that container's processes
   resreap trace -F 127.0.0.1:2049 -F '[::1]:*'
                                      ignore these foreign endpoints
-  resreap trace --json | jq .        JSON lines (fields: see README)
+  resreap trace --json | jq .        JSON lines (fields: docs/observing.md)
   resreap trace --backend proc       poll sock_diag instead of BPF
 """)
 def trace(
@@ -235,7 +235,7 @@ Examples:
   resreap watch -l 2 -f ^java        only Java processes
   resreap watch --unit nginx.service only nginx's service (a user's units never match)
   resreap watch --container 3f2a9c1b only that container's processes
-  resreap watch --config rules.toml  a policy per service: [[rule]] sections (README)
+  resreap watch --config rules.toml  a policy per service: [[rule]] sections (docs/rules.md)
   resreap watch -F 127.0.0.1:2049    ignore sockets whose peer is 127.0.0.1:2049
   resreap watch -d -D                dry run with every event and timer logged
   resreap watch -S QUIT -s TERM -w 5 stacks first, then TERM, SIGKILL after 5s

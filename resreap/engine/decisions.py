@@ -5,7 +5,7 @@ the journal, a log file) is ops/decisionlog's job.
 
 The kinds of line are an enum: code and tests name them through it, so a
 rename cannot leave a test asserting the absence of a line no one writes
-any more, and the README's list is checked against it."""
+any more, and the manual's list (docs/watch.md) is checked against it."""
 
 from __future__ import annotations
 

@@ -27,9 +27,14 @@ def mentioned(opt: str, text: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text) is not None
 
 
-@pytest.mark.parametrize("doc", ["README.md", "man/resreap.8"])
+def manual() -> str:
+    """The manual: every page under docs/ (the README is its front page)."""
+    return "\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
+
+
+@pytest.mark.parametrize("doc", ["docs", "man/resreap.8"])
 def test_every_option_is_documented(doc):
-    text = (ROOT / doc).read_text().replace("\\-", "-")
+    text = (manual() if doc == "docs" else (ROOT / doc).read_text()).replace("\\-", "-")
     missing = sorted({f"{cmd} {opt}" for cmd, opt in options() if not mentioned(opt, text)})
     assert not missing, f"{doc} lacks: {missing}"
 
@@ -173,18 +178,16 @@ def test_settings_are_validated_once_into_typed_values(tmp_path):
         settings.validate(dict(defaults, stall=0))
 
 
-def test_the_readme_names_every_decision_event():
-    """The README's list of log lines is the enum's: a new kind of line
+def test_the_manual_names_every_decision_event():
+    """The manual's list of log lines is the enum's: a new kind of line
     cannot ship undocumented."""
-    from pathlib import Path
-
     from resreap.engine.decisions import Event
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("**Log lines.**"):]
+    page = (ROOT / "docs/watch.md").read_text()
+    section = page[page.index("**Log lines.**"):]
     section = section[:section.index("\n\n")]
     missing = [e.value for e in Event if f"`{e.value}`" not in section]
-    assert not missing, f"README's log lines lack {missing}"
+    assert not missing, f"docs/watch.md's log lines lack {missing}"
 
 
 def test_decision_lines_are_named_by_the_enum_only():
@@ -264,3 +267,62 @@ def test_every_documented_journal_query_filters_on_a_field_users_cannot_write():
     assert seen >= 4 and not forgeable, forgeable
     assert _queries("see `journalctl -u resreap\nRESREAP_EVENT=reap` there") == [
         "journalctl -u resreap RESREAP_EVENT=reap"]
+
+
+# Markdown links, and `path/...` names in backquotes that point into the tree.
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_TREE_PATH = re.compile(r"`((?:docs|scripts|packaging|tests|bench|bpf|debian|man|\.ci)/[\w./-]+)`")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors: a heading lowercased, punctuation dropped, spaces to -."""
+    out = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", title)))
+    return out
+
+
+def broken_links(pages, root: Path = ROOT) -> list[str]:
+    broken = []
+    for page in pages:
+        text = page.read_text()
+        for link in _LINK.findall(text):
+            if re.match(r"[a-z]+:", link):
+                continue  # http:, https:, mailto: are not the tree's
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(root)}: {link}")
+            elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+                broken.append(f"{page.relative_to(root)}: {link} (no such heading)")
+        for name in _TREE_PATH.findall(text):
+            if not (root / name.rstrip(".")).exists() and "*" not in name:
+                broken.append(f"{page.relative_to(root)}: `{name}`")
+    return broken
+
+
+def test_every_relative_link_in_the_readme_and_the_manual_resolves():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert not broken_links(pages), broken_links(pages)
+
+
+def test_a_broken_link_is_found(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/there.md").write_text("# A title\n")
+    page = tmp_path / "page.md"
+    page.write_text("[gone](nowhere.md) [bad](docs/there.md#no-such) [ok](docs/there.md#a-title)"
+                    " [web](https://example.org/x) `docs/there.md` `scripts/gone`\n")
+    assert broken_links([page], root=tmp_path) == [
+        "page.md: nowhere.md", "page.md: docs/there.md#no-such (no such heading)",
+        "page.md: `scripts/gone`"]
+
+
+def test_the_readme_is_a_front_page():
+    """The manual lives in docs/; the README says what it is, the two
+    commands, a real run, the install paths, and links."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    assert "sudo scripts/run watch" in readme and "sudo scripts/test" in readme
+    assert "warning reap pid=" in readme and "(docs/README.md)" in readme

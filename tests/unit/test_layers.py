@@ -1,6 +1,6 @@
 """The layout is the architecture: resreap's subpackages are layers, each
 importing only from those below it (import-linter checks the contract in
-pyproject.toml), and the README's layout names every module."""
+pyproject.toml), and docs/architecture.md's layout names every module."""
 
 from __future__ import annotations
 
@@ -44,17 +44,17 @@ def test_a_violation_fails_the_check(tmp_path, module, bad_import):
     assert "BROKEN" in done.stdout
 
 
-def test_the_readme_layout_names_every_module():
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("Layout:"):]
+def test_the_architecture_page_names_every_module():
+    page = (ROOT / "docs/architecture.md").read_text()
+    layout = page[page.index("Layout:"):]
     layout = layout.split("\n\n")[0]
     modules = sorted(str(p.relative_to(ROOT / "resreap").with_suffix(""))
                      for p in (ROOT / "resreap").rglob("*.py")
                      if p.name not in ("__init__.py", "__main__.py"))
     missing = [m for m in modules if f"`{m}`" not in layout]
-    assert not missing, f"README's layout lacks {missing}"
+    assert not missing, f"docs/architecture.md's layout lacks {missing}"
     named = set(re.findall(r"`((?:host|sources|engine|ops)/[a-z_]+)`", layout))
-    assert named <= set(modules), f"README names modules that do not exist: {named - set(modules)}"
+    assert named <= set(modules), f"docs/architecture.md names modules that do not exist: {named - set(modules)}"
 
 
 # OSError and the subclasses code catches instead of it.
