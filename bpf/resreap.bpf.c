@@ -43,11 +43,10 @@ struct {
 	__type(value, struct event);
 } pending SEC(".maps");
 
-/* Per-CPU counters, slot 0: events dropped because the ring was full (ring
- * buffers have no lost callback), slot 1: events submitted. */
+/* Per-CPU counters, one slot per enum resreap_counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, COUNTER_SLOTS);
 	__type(key, u32);
 	__type(value, u64);
 } counts SEC(".maps");
@@ -60,7 +59,11 @@ const volatile struct resreap_config config = { .first_pass = 0, .wakeup_every =
 #define PROBE SEC("tracepoint/sock/inet_sock_set_state") \
 	int resreap_set_state(struct trace_event_raw_inet_sock_set_state *args)
 
-static __always_inline u64 *counter(u32 slot) { return bpf_map_lookup_elem(&counts, &slot); }
+static __always_inline u64 *counter(enum resreap_counter c)
+{
+	u32 slot = c;
+	return bpf_map_lookup_elem(&counts, &slot);
+}
 static __always_inline int pending_take(u64 *key) { return bpf_map_delete_elem(&pending, key); }
 static __always_inline int pending_put(u64 *key, struct event *e)
 {
@@ -96,12 +99,16 @@ BPF_HASH(pending, u64, struct event, PENDING_MAX);
 #else
 #define FIRST_PASS_ON 0
 #endif
-BPF_PERCPU_ARRAY(counts, u64, 2);
+BPF_PERCPU_ARRAY(counts, u64, COUNTER_SLOTS);
 
 #define WAKEUP WAKEUP_EVERY
 #define PROBE TRACEPOINT_PROBE(sock, inet_sock_set_state)
 
-static __always_inline u64 *counter(u32 slot) { return counts.lookup(&slot); }
+static __always_inline u64 *counter(enum resreap_counter c)
+{
+	u32 slot = c;
+	return counts.lookup(&slot);
+}
 #ifdef FIRST_PASS
 static __always_inline int pending_take(u64 *key) { return pending.delete(key); }
 static __always_inline int pending_put(u64 *key, struct event *e) { return pending.insert(key, e); }
@@ -118,27 +125,12 @@ static __always_inline void ring_submit(struct event *e, u64 flags) { events.rin
 
 #endif
 
-/* One record from the tracepoint's fields, read once into locals: a field
- * read again through a computed ctx pointer is refused by the verifier. */
-#define FILL(e) do {								\
-	(e)->ts_ns = bpf_ktime_get_ns();					\
-	(e)->skaddr = skaddr;							\
-	(e)->cpu_pid = bpf_get_current_pid_tgid() >> 32;			\
-	(e)->family = family;							\
-	(e)->sport = sport;							\
-	(e)->dport = dport;							\
-	(e)->oldstate = oldstate;						\
-	(e)->newstate = newstate;						\
-	if (family == AF_INET) {						\
-		__builtin_memset((e)->saddr, 0, sizeof((e)->saddr));		\
-		__builtin_memset((e)->daddr, 0, sizeof((e)->daddr));		\
-		COPY_FIELD((e)->saddr, args->saddr, 4);				\
-		COPY_FIELD((e)->daddr, args->daddr, 4);				\
-	} else {								\
-		COPY_FIELD((e)->saddr, args->saddr_v6, 16);			\
-		COPY_FIELD((e)->daddr, args->daddr_v6, 16);			\
-	}									\
-} while (0)
+/* When and on which CPU's task: the only fields not from the tracepoint. */
+static __always_inline void stamp(struct event *e)
+{
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cpu_pid = bpf_get_current_pid_tgid() >> 32;
+}
 
 PROBE
 {
@@ -150,34 +142,45 @@ PROBE
 	u16 family = args->family;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	u16 sport = args->sport, dport = args->dport;
 
-	u64 skaddr = (u64)args->skaddr;
-	if (FIRST_PASS_ON) {
-		if (oldstate == TCP_CLOSE_WAIT && pending_take(&skaddr) == 0)
-			return 0;	/* left before user space took it */
-		if (newstate == TCP_CLOSE_WAIT) {
-			struct event p = {};
-			FILL(&p);
-			if (pending_put(&skaddr, &p) == 0)
-				return 0;
-			/* full: through the ring, as without the first pass */
-		}
+	/* The record is read from the tracepoint's fields once, into a local:
+	 * a field read again through a computed ctx pointer is refused by the
+	 * verifier, and both destinations (the pending map, the ring) take a
+	 * copy of it. */
+	struct event rec = {};
+	rec.skaddr = (u64)args->skaddr;
+	if (FIRST_PASS_ON && oldstate == TCP_CLOSE_WAIT && pending_take(&rec.skaddr) == 0)
+		return 0;	/* left before user space took it */
+	rec.family = family;
+	rec.sport = args->sport;
+	rec.dport = args->dport;
+	rec.oldstate = oldstate;
+	rec.newstate = newstate;
+	if (family == AF_INET) {
+		COPY_FIELD(rec.saddr, args->saddr, 4);
+		COPY_FIELD(rec.daddr, args->daddr, 4);
+	} else {
+		COPY_FIELD(rec.saddr, args->saddr_v6, 16);
+		COPY_FIELD(rec.daddr, args->daddr_v6, 16);
 	}
+	stamp(&rec);
+	if (FIRST_PASS_ON && newstate == TCP_CLOSE_WAIT && pending_put(&rec.skaddr, &rec) == 0)
+		return 0;	/* full: through the ring, as without the first pass */
+
 	struct event *e = ring_reserve();
 	if (!e) {
-		u64 *lost = counter(0);
+		u64 *lost = counter(COUNTER_LOST);
 		if (lost)
 			(*lost)++;
 		return 0;
 	}
-	FILL(e);
+	__builtin_memcpy(e, &rec, sizeof(rec));
 	/* Wake the reader once per batch, not per event: it also drains on its
 	 * own short timer, so a trickle waits at most that long and a burst
 	 * costs one wakeup per WAKEUP events (bcc 0.26 has no ringbuf_query to
 	 * wake on fill level instead). */
 	u64 flags = BPF_RB_NO_WAKEUP;
-	u64 *sent = counter(1);
+	u64 *sent = counter(COUNTER_SENT);
 	if (sent && ((*sent)++ % WAKEUP) == WAKEUP - 1)
 		flags = BPF_RB_FORCE_WAKEUP;
 	ring_submit(e, flags);

@@ -17,6 +17,14 @@ struct event {
 	u8 daddr[16];
 };
 
+/* The slots of the per-CPU counter map ("counts"), summed over CPUs by the
+ * reader (resreap/sources/program.py reads their numbers from here). */
+enum resreap_counter {
+	COUNTER_LOST = 0, /* events dropped: the ring was full (no lost callback) */
+	COUNTER_SENT = 1, /* events submitted: paces the reader's wakeups */
+	COUNTER_SLOTS = 2,
+};
+
 /* The CO-RE build's settings (its .rodata), written by the loader before
  * the load; the bcc build gets them as -D defines. */
 struct resreap_config {

@@ -30,7 +30,7 @@ from typing import NamedTuple
 from resreap import tunables
 from resreap.sources import core_loader
 from resreap.sources.bpf_loader import CHILD_CWD, child_python
-from resreap.sources.program import OBJECT, SOURCE, event_layout, too_old, untrusted
+from resreap.sources.program import OBJECT, SOURCE, counter_slots, event_layout, too_old, untrusted
 from resreap.errors import BackendUnavailable, BpfCallError, NotRoot
 from resreap.sources.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, TCP_LAST_ACK, Kind, SockId, Transition
@@ -244,6 +244,7 @@ class BpfSource(EventSource):
         self._perf_fd, events_fd, counts_fd = fds[:3]
         self._ring = RingBuffer(events_fd, info["ringbuf_bytes"])
         self._counts = PerCpuCounters(counts_fd)
+        self._lost_slot = counter_slots()["COUNTER_LOST"]
         self._fds = fds
         decoder, names = _record_struct(info["layout"])
         self._unpack = decoder.unpack_from
@@ -304,7 +305,7 @@ class BpfSource(EventSource):
         map could not be taken since the last call)."""
         if self._ring is not None:
             try:
-                self._lost = self._counts.sum(0)
+                self._lost = self._counts.sum(self._lost_slot)
             except BpfCallError as exc:
                 self._warn(exc)
                 return None

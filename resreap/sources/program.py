@@ -89,3 +89,14 @@ def struct_layout(header: str, name: str) -> dict:
 
 def event_layout(bpf_dir: Path = BPF_DIR) -> dict:
     return struct_layout((bpf_dir / "resreap.h").read_text(), "event")
+
+
+def counter_slots(bpf_dir: Path = BPF_DIR) -> dict[str, int]:
+    """{"COUNTER_LOST": 0, ...}: the counter map's slots, from the header's
+    ``enum resreap_counter`` (the program and its reader share one list)."""
+    header = (bpf_dir / "resreap.h").read_text()
+    m = re.search(r"enum\s+resreap_counter\s*\{(.*?)\};", header, re.S)
+    if m is None:
+        raise BackendUnavailable("enum resreap_counter is missing from the BPF header")
+    body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
+    return {name: int(value) for name, value in re.findall(r"(\w+)\s*=\s*(\d+)", body)}

@@ -8,8 +8,9 @@ import ctypes as ct
 
 import pytest
 
+from resreap.errors import BackendUnavailable
 from resreap.sources import core_loader
-from resreap.sources.program import BPF_DIR, event_layout, kernel_version, struct_layout, too_old
+from resreap.sources.program import BPF_DIR, counter_slots, event_layout, kernel_version, struct_layout, too_old
 
 
 class _Event(ct.Structure):
@@ -86,3 +87,20 @@ def test_a_program_file_others_may_rewrite_is_never_loaded(tmp_path, monkeypatch
     assert core_loader.unusable(obj) is None
     os.chmod(obj, 0o664)
     assert "writable by group or others" in core_loader.unusable(obj)
+
+
+def test_the_counter_slots_are_the_headers_enum():
+    """The program indexes its counter map by enum resreap_counter; the
+    reader takes the slot numbers from the same header, and the map is
+    sized by the enum's last member."""
+    slots = counter_slots()
+    assert slots == {"COUNTER_LOST": 0, "COUNTER_SENT": 1, "COUNTER_SLOTS": 2}
+    source = (BPF_DIR / "resreap.bpf.c").read_text()
+    assert "counter(COUNTER_LOST)" in source and "counter(COUNTER_SENT)" in source
+    assert source.count("COUNTER_SLOTS") == 2  # the CO-RE map and the bcc map
+
+
+def test_counter_slots_of_a_header_without_them(tmp_path):
+    (tmp_path / "resreap.h").write_text("struct event { u64 a; };")
+    with pytest.raises(BackendUnavailable, match="resreap_counter"):
+        counter_slots(tmp_path)
