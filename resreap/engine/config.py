@@ -10,6 +10,14 @@ from resreap.engine.filters import Filters
 from resreap.engine.rules import DEFAULT, Limits, Match, Plan, Rule, RuleSet
 
 
+def read_latency(grace: float) -> float:
+    """How long the loop may sleep without new events: a quarter of the
+    grace, within [0.01, 0.25] s.  Deadlines use the kernel's timestamps, so
+    this bounds how late a new socket is seen (and, with the kernel's first
+    pass, how often the pending sockets are taken), not timer accuracy."""
+    return min(0.25, max(0.01, grace / 4))
+
+
 class WatchConfig(NamedTuple):
     limits: Limits
     plan: Plan

@@ -18,11 +18,11 @@ from resreap.engine.decisions import Event, Verdict, decision
 from resreap.engine.filters import Filters
 from resreap.engine.owners import DUMP_ABOVE, Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.engine.policy import Counter
-from resreap.engine.rules import NO_FACTS, Facts, Rule
+from resreap.engine.rulebook import HOLDERS_REMEMBERED, RuleBook
+from resreap.engine.rules import Rule
 from resreap.engine.tracker import CloseWaitTable, Entry
-from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced, ProcessUnreadable
 from resreap.bounded import BoundedDict
-from resreap.host import procinfo, supervisor
+from resreap.host import procinfo
 from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ RECHECK_COUNTED = 30.0
 # is dropped (trace does the same); 0.3 s outlasts the 0.25 s notice period.
 LOOK_AGAIN = 3
 LOOK_AGAIN_AFTER = 0.1
-# A holder's uids are read again after this long (setuid after start-up).
-UIDS_FRESH = 30.0
 # Without lost events, the kernel's CLOSE_WAIT set is still compared with
 # ours this often, so that no leak can hide behind a missed event.
 RECONCILE_EVERY = 60.0
@@ -69,17 +67,17 @@ DUE_PER_TURN = DUMP_ABOVE
 # same sockets would be asked for again in a spin.  A socket not looked
 # for before its deadline is looked for then (check).
 YOUNG_PER_TURN = DUMP_ABOVE
-# Per-holder caches (facts, uids, "said once"): processes come and go.
-HOLDERS_REMEMBERED = 4096
 
 
 class Counting:
-    def __init__(self, resolver: OwnerResolver, current: Current,
+    def __init__(self, resolver: OwnerResolver, current: Current, book: RuleBook,
                  clock: Callable[[], float],
                  boottime: Callable[[], float] = procinfo.boottime) -> None:
-        """``clock``: monotonic seconds (the events'); ``boottime``:
-        CLOCK_BOOTTIME seconds, against which a process's age is read."""
+        """``book``: which rule judges each holder; ``clock``: monotonic
+        seconds (the events'); ``boottime``: CLOCK_BOOTTIME seconds, against
+        which a process's age is read."""
         self.resolver = resolver
+        self.book = book
         self.proc = resolver.proc
         self.current = current
         self._clock = clock
@@ -93,13 +91,6 @@ class Counting:
         # Keyed by (pid, start): a process that renames itself is the same
         # process (keyed with its name, each rename was a new entry).
         self._foreign: BoundedDict[tuple[int, int], bool] = BoundedDict(HOLDERS_REMEMBERED)
-        self._uids: BoundedDict[tuple[int, int], tuple[float, frozenset[int]]] = \
-            BoundedDict(HOLDERS_REMEMBERED)
-        # Per holder: when read, its facts, and the rule per local port
-        # (picked once: a holder of 20,000 sockets is not matched 20,000
-        # times per decision).
-        self._facts: BoundedDict[tuple[int, int], tuple[float, Facts | None, BoundedDict]] = \
-            BoundedDict(HOLDERS_REMEMBERED)
         self._serving: BoundedDict[tuple[int, int, int], bool] = BoundedDict(HOLDERS_REMEMBERED)
         self._next_reconcile = 0.0
         self._orphans_said = float("-inf")
@@ -118,79 +109,19 @@ class Counting:
         under them (its holder may fall under another rule now), none
         before the earliest grace has passed."""
         grace, now = self.current.rules.earliest, self._clock()
-        self._facts.clear()
+        self.book.reconfigured()
         self.table.reschedule_all(lambda e: max(now, e.entered + grace))
 
-    # -- rules: which settings judge a holder ------------------------------
-
-    def rule_of(self, owner: Owner, sock: SockId) -> Rule | None:
-        """The rule ``owner``'s socket ``sock`` falls under (None: no rule,
-        the default ignores it, or the process cannot be read)."""
-        rules = self.current.rules
-        if rules.plain:
-            return rules.default
-        if not rules.needs_facts:
-            return rules.pick(NO_FACTS, sock.lport)
-        _read, facts, picks = self._known(owner)
-        if facts is None:
-            return None
-        port = sock.lport if rules.by_port else 0  # without port keys, one pick
-        if port in picks:
-            return picks[port]
-        rule = picks[port] = rules.pick(facts, sock.lport)
-        return rule
-
-    def facts(self, owner: Owner) -> Facts | None:
-        """What ``owner``'s rule is matched against: its command line,
-        cgroup and uids, read again after UIDS_FRESH (a process may rewrite
-        its argv or drop privileges).  None: gone or unreadable."""
-        return self._known(owner)[1]
-
-    def _known(self, owner: Owner) -> tuple[float, Facts | None, BoundedDict]:
-        now = self._clock()
-        known = self._facts.get(owner.ident)
-        if known is not None and now - known[0] <= UIDS_FRESH:
-            return known
-        try:
-            info = self.proc.read_bounded(owner.pid)
-            if info.start != owner.start:
-                raise ProcessReplaced(owner.pid)
-            where = supervisor.read(owner.pid, self.proc)
-        except (ProcessGone, AccessDenied, ProcessUnreadable, ProcessReplaced):
-            facts = None
-        else:
-            uids = self.uids(owner)
-            facts = Facts(info.cmdline, where, uids) if uids is not None else None
-        # The rule per local port: a client's leak has many local ports.
-        known = self._facts[owner.ident] = (now, facts, BoundedDict(1024))
-        return known
-
-    def refresh(self, owner: Owner) -> None:
-        """Read ``owner``'s facts afresh at its next look (before a kill)."""
-        self._facts.discard(owner.ident)
-        self._uids.discard(owner.ident)
-
-    def standing(self, owner: Owner) -> list[tuple[Rule, int]]:
-        """``owner``'s counting sockets per rule they fall under, in the
-        rules' order (usually one rule)."""
-        keys = self.counter.by_owner.get(owner)
-        if not keys:
-            return []
-        rules = self.current.rules
-        if rules.plain:
-            return [(rules.default, len(keys))]  # type: ignore[list-item]
-        counts: dict[int, int] = {}
-        for key in keys:
-            entry = self.table.get(key)
-            rule = self.rule_of(owner, entry.sock) if entry is not None else None
-            if rule is not None:
-                counts[id(rule)] = counts.get(id(rule), 0) + 1
-        return [(r, counts[id(r)]) for r in rules.every() if id(r) in counts]
-
     def over(self, owner: Owner) -> tuple[Rule, int] | None:
-        """The first rule whose limit ``owner``'s counting sockets under it
-        reach, and how many they are."""
-        return next(((r, n) for r, n in self.standing(owner) if n >= r.limits.limit), None)
+        """The first rule whose limit ``owner``'s counting sockets reach
+        (the rule book's cached picks: cheap), and how many they are."""
+        return self.book.over(owner, self.counting_socks(owner))
+
+    def counting_socks(self, owner: Owner) -> list[SockId]:
+        """The sockets counting against ``owner`` now."""
+        table = self.table
+        return [e.sock for k in self.counter.by_owner.get(owner, ())
+                if (e := table.get(k)) is not None]
 
     def due(self, now: float) -> list[Entry]:
         """Sockets whose deadline has come, and those to look at again."""
@@ -362,20 +293,6 @@ class Counting:
                 # the next wakeup, so that the deadline finds it resolved.
                 self.young.append(entry.key)
 
-    def uids(self, owner: Owner) -> frozenset[int] | None:
-        """The owner's uids, read again after UIDS_FRESH: a process may
-        change them (a daemon dropping root after start-up).  None: gone
-        or unreadable."""
-        now = self._clock()
-        known = self._uids.get(owner.ident)
-        if known is None or now - known[0] > UIDS_FRESH:
-            try:
-                uids = self.proc.read_uids(owner.pid)
-            except (ProcessGone, AccessDenied):
-                return None  # cannot be judged: nothing counts against it
-            known = self._uids[owner.ident] = (now, uids)
-        return known[1]
-
     def _serves(self, owner: Owner, sock: SockId) -> bool:
         """Does ``owner``, or a process above it, hold a listener on the
         socket's local address and port (the service that accepted it)?"""
@@ -402,7 +319,7 @@ class Counting:
         out, later = [], float("inf")
         plain = self.current.rules.plain
         for owner in hit.owners:
-            rule = self.rule_of(owner, hit.diag.sock)
+            rule = self.book.rule_of(owner, hit.diag.sock)
             if rule is None:
                 continue  # no rule judges it: default = "ignore", or unreadable
             judged = loose if plain else evidence.judge(hit.diag, age, rule.limits.rules)
@@ -413,7 +330,7 @@ class Counting:
             if kind is Evidence.QUEUED and \
                     procinfo.age(owner.start, self._boottime()) < rule.limits.stall:
                 continue
-            uids = self.uids(owner)
+            uids = self.book.uids(owner)
             if uids is None:
                 continue
             vouched = hit.diag.uid == 0 and 0 not in uids and (
@@ -559,7 +476,7 @@ class Counting:
             entry = self.table.get(key)
             if entry is None:
                 self._uncount(key, (owner,))  # a safety net: entries leave through _gone
-            elif self.rule_of(owner, entry.sock) is rule:
+            elif self.book.rule_of(owner, entry.sock) is rule:
                 entries.append(entry)
         resolved = resolve_close_wait(self.resolver, list({self._probe(e) for e in entries}))
         held: dict[Key, tuple[Entry, Found, object]] = {}

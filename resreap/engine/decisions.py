@@ -13,6 +13,8 @@ import enum
 import logging
 from typing import Any
 
+from resreap.model import SockId
+
 log = logging.getLogger("resreap.engine.decisions")
 
 
@@ -68,3 +70,16 @@ class Verdict(str, enum.Enum):
 def decision(event: Event, level: int = logging.INFO, /, **fields: Any) -> None:
     if log.isEnabledFor(level):
         log.log(level, event.value, extra={"fields": fields})
+
+
+# Endpoints named in a decision line.
+ENDPOINTS_SHOWN = 3
+
+
+def endpoints(socks: list[SockId]) -> list[str]:
+    """A few sockets as local->remote, and how many more."""
+    socks = sorted(socks)
+    shown = [f"{s.local}->{s.remote}" for s in socks[:ENDPOINTS_SHOWN]]
+    if len(socks) > ENDPOINTS_SHOWN:
+        shown.append(f"+{len(socks) - ENDPOINTS_SHOWN} more")
+    return shown

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Hashable, Iterable, NamedTuple
 
 from resreap.host import supervisor
 from resreap.host.procinfo import HOST, Proc, ProcInfo
-from resreap.errors import ProcessReplaced
 from resreap.model import Key, Owner, SpareReason
 
 from resreap.engine.rules import Limits
@@ -108,12 +107,6 @@ class Eligibility:
             if not filters.wants(info.pid, info.cmdline, where):
                 return Eligible(False, SpareReason.NOT_SELECTED)
         return Eligible(True)
-
-    def info(self, owner: Owner) -> ProcInfo:
-        info = self.proc.read_bounded(owner.pid)
-        if info.start != owner.start:
-            raise ProcessReplaced(owner.pid)
-        return info
 
 
 class StormKey(NamedTuple):

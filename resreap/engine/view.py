@@ -1,4 +1,5 @@
-"""What `resreap top` shows, from the watcher's own state: per process, its
+"""The one read model of the watch's state: what `resreap top` and
+`resreap rules` show, and the metrics' snapshot.  Per process, its
 CLOSE_WAIT sockets now and those that count, their evidence, the oldest's
 age, how fast its sockets enter CLOSE_WAIT and leave it (engine/churn.py,
 where top set one), its fds against its soft limit, its memory, and when
@@ -7,13 +8,14 @@ policy: the deadlines are the watcher's own timers."""
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING, NamedTuple
 
 from resreap.engine.evidence import counts_after
 from resreap.engine.policy import threshold
 from resreap.errors import ResreapError
 from resreap.host import supervisor
-from resreap.model import Owner
+from resreap.model import Holder, Owner, Snapshot
 
 if TYPE_CHECKING:
     from resreap.engine.rules import Rule
@@ -66,12 +68,11 @@ def rows(watcher: "Watcher", now: float, top: int = 50) -> list[Row]:
             break
         if owner not in held and not watcher.proc.alive(owner.pid, owner.start):
             continue  # churned, then exited
-        # Its cgroup, read once: for --unit / --container and for its row.
-        where = supervisor.of(owner.pid, watcher.proc) if watcher.filters.selects_places else None
-        if watcher.filters.selects_processes and not _selected(watcher, owner, where):
+        if not watcher.book.selected(owner):
             continue  # -f / -p / --unit narrow the view as they narrow who is reaped
+        facts = watcher.book.facts(owner)
         row = _row(watcher, owner, held.get(owner, []), now,
-                   where or supervisor.of(owner.pid, watcher.proc))
+                   facts.where if facts is not None else supervisor.of(owner.pid, watcher.proc))
         enter_rate, exit_rate = rates.get(owner, (0.0, 0.0))
         out.append(row._replace(enter_rate=round(enter_rate, 1), exit_rate=round(exit_rate, 1),
                                 rss=_rss(watcher, owner)))
@@ -83,14 +84,6 @@ def _rss(watcher: "Watcher", owner: Owner) -> int | None:
         return watcher.proc.rss(owner.pid)
     except ResreapError:
         return None
-
-
-def _selected(watcher: "Watcher", owner: Owner, where: "Supervisor | None") -> bool:
-    try:
-        return watcher.filters.wants(owner.pid, watcher.proc.read_bounded(owner.pid).cmdline,
-                                     where)
-    except ResreapError:
-        return False
 
 
 def _reap_in(entries: list, rule: "Rule", counting: int, now: float,
@@ -122,7 +115,7 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
     # matches a port): the rule that would reap it first is shown.
     by_rule: dict[int, tuple["Rule", list]] = {}
     for e in entries:
-        rule = watcher.sockets.rule_of(owner, e.sock)
+        rule = watcher.book.rule_of(owner, e.sock)
         if rule is not None:
             by_rule.setdefault(id(rule), (rule, []))[1].append(e)
     proc = watcher.proc
@@ -134,7 +127,8 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
         fds = proc.fd_count(owner.pid)
     except ResreapError:
         fds = None
-    counted = dict((id(r), n) for r, n in watcher.sockets.standing(owner))
+    counted = dict((id(r), n) for r, n in
+                   watcher.book.standing(owner, watcher.sockets.counting_socks(owner)))
     best: tuple[float | None, "Rule | None"] = (None, None)
     for key, (rule, mine) in by_rule.items():
         when = _reap_in(mine, rule, counted.get(key, 0), now, limit, readable)
@@ -146,3 +140,45 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
                max(0.0, now - min((e.entered for e in entries), default=now)),
                fds, limit, reap_in if rule is not None else None,
                rule.name if rule is not None else "-")
+
+
+def snapshot(watcher: "Watcher", top: int) -> Snapshot:
+    """Figures for metrics: cheap enough to build once a second."""
+    counts = [(len(socks), owner) for owner, socks in watcher.counter.by_owner.items()]
+    best = heapq.nlargest(top, counts, key=lambda c: c[0])
+    # A top holder is usually a largest holder of CLOSE_WAIT too: its
+    # cgroup is read once per snapshot.
+    wheres: dict[int, "Supervisor"] = {}
+
+    def holder(owner: Owner, n: int) -> Holder:
+        where = wheres.get(owner.pid)
+        if where is None:
+            where = wheres[owner.pid] = supervisor.of(owner.pid, watcher.proc)
+        return Holder(owner.pid, owner.comm, where.unit or "", where.container or "", n)
+
+    # Every CLOSE_WAIT socket with a known holder, counting or not yet: a
+    # process heading for a reap shows before its sockets count.
+    now_held: dict[Owner, int] = {}
+    oldest = None
+    for entry in watcher.table:
+        if oldest is None or entry.entered < oldest:
+            oldest = entry.entered
+        for owner in entry.owners or ():
+            now_held[owner] = now_held.get(owner, 0) + 1
+    holding = heapq.nlargest(top, ((n, o) for o, n in now_held.items()), key=lambda c: c[0])
+    tally = watcher.tally
+    return Snapshot(
+        oldest=max(0.0, watcher.now() - oldest) if oldest is not None else 0.0,
+        holding=tuple(holder(o, n) for n, o in holding),
+        kill_buckets=tuple(tally.kill_buckets), kill_seconds=tally.kill_seconds,
+        tracked=len(watcher.table),
+        top=tuple(holder(o, n) for n, o in best),
+        other=sum(n for n, _ in counts) - sum(n for n, _ in best),
+        rule_outcomes=dict(tally.rule_results),
+        rules=tuple(r.name for r in watcher.current.rules.every()),
+        evidence=dict(tally.reaped_evidence),
+        revivals={r.value: n for r, n in tally.revivals.items()},
+        hook_failures=tally.hook_failures,
+        events=dict(watcher.events_seen),
+        lost=watcher.losses.lost,
+    )

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from resreap import __version__, tunables
 from resreap.engine.decisions import Event, decision
 from resreap.engine.owners import check_privileges
+from resreap.engine import view
 from resreap.engine.watch import Watcher
 from resreap.errors import OutputGone, ResreapError, UsageError
 from resreap.ops import decisionlog, settings, stack
@@ -126,6 +127,7 @@ class Daemon:
         # the full stream).
         selected, table, self.watcher = stack.build(st, config, first_pass=True,
                                                     tick=self._tick)
+        self.watcher.listen(self._heard)  # the recent reaps, for top
         if st.metrics:
             from resreap.ops.metrics import Exporter
 
@@ -189,6 +191,10 @@ class Daemon:
         except (OSError, ResreapError) as exc:
             self._recording_failed(exc)
 
+    def _heard(self, outcome, added: dict) -> None:
+        if self.recorder is not None:
+            self.recorder.heard(outcome, added)
+
     def _recording_failed(self, exc: Exception) -> None:
         self.recorder = None
         log.warning("cannot write %s: %s (resreap top will not show this watch's reaps)",
@@ -207,14 +213,14 @@ class Daemon:
         self.notifier.alive()
         if self.recorder is not None:
             try:
-                self.recorder.update(watcher.outcomes)
+                self.recorder.flush()
             except OSError as exc:
                 self._recording_failed(exc)
         if self.exporter is not None and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
             from resreap.ops.metrics import TOP
 
             self._snapshot_at = time.monotonic()
-            self.exporter.snapshot = watcher.snapshot(TOP)
+            self.exporter.snapshot = view.snapshot(watcher, TOP)
         if self._reload_requested:
             self._reload_requested = False
             self._reload(watcher)
@@ -275,7 +281,7 @@ class Daemon:
         watcher = self.watcher
         self.notifier.stopping()
         running = watcher.killer.running_pids()
-        wait = min(STOP_WAIT, watcher.config.plan.wait * 2 + 1)
+        wait = min(STOP_WAIT, watcher.current.plan.wait * 2 + 1)
         try:
             if running:
                 decision(Event.STOPPING, logging.WARNING, kills_in_progress=running,
@@ -289,5 +295,5 @@ class Daemon:
                           "for; check them (a stopped one may hold its sockets)")
             lost = watcher.source.lost()
         decision(Event.STOP, logging.WARNING, lost_events=lost if lost is not None else "unknown",
-                 reaped=watcher.reaped,
+                 reaped=watcher.tally.reaped,
                  tracked=len(watcher.table), owner_cache=watcher.resolver.index.cached)

@@ -65,26 +65,25 @@ class Recorder:
     def __init__(self, path: str | None = None, clock=time.time) -> None:
         self.path = path or recent_path()
         self._clock = clock
-        self._last = None
+        self._dirty = False
         earlier = read(self.path)
         self._reaps = list(earlier.reaps) if earlier is not None else []
         me = os.getpid()
         self._me = (me, procinfo.HOST.start_time(me))
         self.write()
 
-    def update(self, outcomes: list) -> bool:
-        """Record the outcomes that came since the last call; False when
-        nothing was new.  Raises OSError where the file cannot be written."""
-        if not outcomes or outcomes[-1] is self._last:
+    def heard(self, outcome, _added: dict | None = None) -> None:
+        """An outcome, as the watch settled it (a listener of the watch's):
+        kept, written at the next flush."""
+        self._reaps = (self._reaps + [from_outcome(outcome, self._clock())])[-KEEP:]
+        self._dirty = True
+
+    def flush(self) -> bool:
+        """Write the outcomes heard since the last flush; False when nothing
+        was new.  Raises OSError where the file cannot be written."""
+        if not self._dirty:
             return False
-        fresh = []
-        for outcome in reversed(outcomes):
-            if outcome is self._last:
-                break
-            fresh.append(outcome)
-        self._last = outcomes[-1]
-        now = self._clock()
-        self._reaps = (self._reaps + [from_outcome(o, now) for o in reversed(fresh)])[-KEEP:]
+        self._dirty = False
         self.write()
         return True
 

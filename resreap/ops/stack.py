@@ -11,7 +11,8 @@ from typing import Callable, NamedTuple
 
 from resreap.engine.config import Current, WatchConfig
 from resreap.engine.owners import OwnerResolver
-from resreap.engine.watch import Watcher, read_latency
+from resreap.engine.config import read_latency
+from resreap.engine.watch import Watcher
 from resreap.host.sockets import SocketTable
 from resreap.ops.settings import WatchSettings
 from resreap.sources.choice import Selected, open_source

@@ -78,7 +78,7 @@ def frame(watcher: Watcher, now: float, rate: float, sort: str,
     holder, recent = watch_holder(), read_recent()
     return {"backend": source.name, "loader": source.loader or "-",
             "close_wait": len(watcher.table), "events_per_s": round(rate, 1),
-            "lost": source.lost(), "limit": watcher.limits.limit, "sort": sort,
+            "lost": source.lost(), "limit": watcher.current.limits.limit, "sort": sort,
             "rules": len(watcher.current.rules.rules),
             "rows": sorted(found, key=_key(sort)),
             "watch": holder.pid if holder is not None else None,

@@ -219,6 +219,8 @@ def test_full_kill_slots_never_log_a_reap_twice(actors, tag, caplog):
                          Filters.parse(pattern(tag), [], []))
     current = Current(config)
     watcher = Watcher(source, OwnerResolver(table), current, Killer(current, max_running=1))
+    outcomes = []
+    watcher.listen(lambda outcome, _added: outcomes.append(outcome))
     try:
         watcher.start()
         servers = []
@@ -227,11 +229,11 @@ def test_full_kill_slots_never_log_a_reap_twice(actors, tag, caplog):
             actors("clients", "127.0.0.1", server.port, 2, tag).send("close", "CLOSED")
             servers.append(server)
         deadline = time.monotonic() + 30
-        while len(watcher.outcomes) < 3:
-            assert time.monotonic() < deadline, watcher.outcomes
+        while len(outcomes) < 3:
+            assert time.monotonic() < deadline, outcomes
             watcher.step()
     finally:
         watcher.shutdown(5)
     reaps = [r.fields["pid"] for r in caplog.records if r.msg == Event.REAP]
     assert sorted(reaps) == sorted(s.pid for s in servers)
-    assert [o.result for o in watcher.outcomes] == ["killed"] * 3
+    assert [o.result for o in outcomes] == ["killed"] * 3

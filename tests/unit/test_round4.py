@@ -270,8 +270,7 @@ def test_4_a_process_renaming_itself_adds_no_remembered_entry(world):
     w = world.watch(limit=2, grace=2.0, filters=Filters.parse("^never", (), ()))
     world.run(200)
     assert len(w._spared) == 2
-    sockets = w.sockets
-    assert len(sockets._uids) <= 2 and len(sockets._facts) <= 2
+    assert len(w.book._uids) <= 2 and len(w.book._known) <= 2
     assert len(world.said(Event.SPARE)) == 2
 
 

@@ -13,6 +13,7 @@ import pytest
 import typer
 
 from fakehost import World
+from resreap.engine import view
 from resreap.cli import app
 from resreap.engine.decisions import Event
 from resreap.engine.filters import parse_command_pattern
@@ -214,7 +215,7 @@ def test_two_services_each_reaped_under_its_own_rule(world, tmp_path):
     assert targets[1000].rule.name == "java-backend"
     outcomes = {o["pid"]: o["rule"] for o in world.said(Event.OUTCOME)}
     assert outcomes == {1000: "java-backend", 2000: "edge"}
-    assert world.watcher.snapshot(5).rule_outcomes == {("edge", "terminated"): 1,
+    assert view.snapshot(world.watcher, 5).rule_outcomes == {("edge", "terminated"): 1,
                                                       ("java-backend", "terminated"): 1}
 
 

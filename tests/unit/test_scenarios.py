@@ -10,6 +10,7 @@ import collections
 import pytest
 
 from fakehost import OTHER_NS, World
+from resreap.engine import view
 from resreap.engine.decisions import Event
 from resreap.engine.filters import Filters
 from resreap.engine.policy import StormKey
@@ -27,7 +28,7 @@ def reload(w, **limits):
     """A SIGHUP with these limits changed (the rest as they were)."""
     from resreap.engine.watch import WatchConfig
 
-    w.reconfigure(WatchConfig(w.limits._replace(**limits), w.config.plan, w.filters))
+    w.reconfigure(WatchConfig(w.current.limits._replace(**limits), w.current.plan, w.current.filters))
 
 
 def server(world, pid=1000, port=8080, **kw):
@@ -579,7 +580,7 @@ def test_snapshot_is_typed(world):
     world.close_wait(srv, 8080, n=2, at=1.0)
     w = world.watch(limit=3, grace=2.0)
     world.run(10)
-    snap = w.snapshot(20)
+    snap = view.snapshot(w, 20)
     assert snap.tracked == 2 and snap.top[0].pid == 1000 and snap.top[0].count == 2
     assert snap.top[0].unit == "app.service" and snap.events["enter"] == 2
 
@@ -593,12 +594,12 @@ def test_a_process_heading_for_a_reap_shows_before_its_sockets_count(world):
     world.close_wait(srv, 8080, n=2, at=1.0, evidence="unread")
     w = world.watch(limit=2, grace=2.0, stall=60.0)
     world.run(10)
-    snap = w.snapshot(20)
+    snap = view.snapshot(w, 20)
     assert snap.top == () and snap.holding[0].pid == 1000 and snap.holding[0].count == 2
     assert 8.5 <= snap.oldest <= 9.5
     assert sum(snap.kill_buckets) == 0
     world.run(70)
-    snap = w.snapshot(20)
+    snap = view.snapshot(w, 20)
     assert world.reaped() == [1000] and sum(snap.kill_buckets) == 1
 
 
@@ -686,7 +687,7 @@ def test_leaving_dry_run_by_reload_reaps(world):
     assert world.said(Event.WOULD_REAP) and 1000 in world.procs
     from resreap.engine.rules import Plan
     from resreap.engine.watch import WatchConfig
-    w.reconfigure(WatchConfig(w.limits, Plan(wait=2.0), w.filters))
+    w.reconfigure(WatchConfig(w.current.limits, Plan(wait=2.0), w.current.filters))
     world.run(15)
     (reap,) = world.said(Event.REAP)
     assert reap["at"] < 5.5 and 1000 not in world.procs   # at once, not at the next reminder
@@ -733,7 +734,7 @@ def test_a_holder_no_rule_judges_stays_in_top_after_the_deadline(world, tmp_path
     assert world.reaped() == []
     (row,) = [r for r in rows(w, world.clock.now) if r.pid == 3000]
     assert (row.rule, row.close_wait, row.counting, row.reap_in) == ("-", 2, 0, None)
-    assert w.snapshot(5).holding[0].pid == 3000
+    assert view.snapshot(w, 5).holding[0].pid == 3000
 
 
 def test_each_event_is_counted(world):
@@ -787,16 +788,17 @@ def test_many_spared_owners_cost_one_look_each(world, monkeypatch):
     and read the process again at every recheck; 10,000 of them silenced
     the loop for 57 s.  Now a spared process is read once, and no decision
     walks the other owners."""
-    from resreap.engine import policy
+    from resreap.engine import rulebook
 
     n = 1500
     for i in range(n):
         proc = world.process(2000 + i, comm="sleep", cmdline=f"sleep {i}")
         world.close_wait(proc, 10000 + i, n=2, at=1.0)
     reads = []
-    real_info = policy.Eligibility.info
-    monkeypatch.setattr(policy.Eligibility, "info",
-                        lambda self, owner: reads.append(owner.pid) or real_info(self, owner))
+    real_decide = rulebook.RuleBook.decide
+    monkeypatch.setattr(rulebook.RuleBook, "decide",
+                        lambda self, owner, socks: reads.append(owner.pid) or
+                        real_decide(self, owner, socks))
     w = world.watch(limit=2, grace=2.0, filters=Filters.parse("^never-matches", (), ()))
     counter = w.counter
     walks = _CountedWalks(set, counter.by_owner)
@@ -900,7 +902,7 @@ def test_top_rows_say_who_is_heading_for_a_reap_and_when(world):
     assert (row.pid, row.close_wait, row.counting) == (1000, 2, 0)
     assert row.evidence == {"unread": 2} and 8.5 <= row.oldest <= 9.5
     assert row.reap_in is not None and 50 <= row.reap_in <= 52   # the stall: entered + 60 s
-    w.reconfigure(WatchConfig(w.limits._replace(limit=3), w.config.plan, w.filters))
+    w.reconfigure(WatchConfig(w.current.limits._replace(limit=3), w.current.plan, w.current.filters))
     (row,) = rows(w, world.clock.now)
     assert row.reap_in is None                                  # 2 sockets never reach 3
 

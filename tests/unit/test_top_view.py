@@ -78,14 +78,17 @@ def path(tmp_path):
 def test_the_watch_keeps_its_last_outcomes_across_its_own_restart(path):
     rec = recent.Recorder(path, clock=lambda: 1000.0)
     assert recent.read(path).reaps == () and recent.read(path).pid == os.getpid()
-    outcomes = [_outcome(1, "one", unit="web.service")]
-    assert rec.update(outcomes) and not rec.update(outcomes)        # nothing new: no write
-    outcomes += [_outcome(n, f"p{n}") for n in range(2, 15)]
-    rec.update(outcomes)
+    rec.heard(_outcome(1, "one", unit="web.service"), {})
+    assert rec.flush() and not rec.flush()                           # nothing new: no write
+    for n in range(2, 15):
+        rec.heard(_outcome(n, f"p{n}"), {})
+    assert recent.read(path).reaps[-1].pid == 1                      # written at the flush
+    rec.flush()
     got = recent.read(path)
     assert [r.pid for r in got.reaps] == list(range(5, 15))          # the last KEEP
     again = recent.Recorder(path)                                    # the watch restarted
-    again.update([_outcome(99, "new", Result.KILLED)])
+    again.heard(_outcome(99, "new", Result.KILLED), {})
+    again.flush()
     reaps = recent.read(path).reaps
     assert len(reaps) == recent.KEEP and reaps[-1].pid == 99 and reaps[-1].result == "killed"
     assert reaps[0].pid == 6
@@ -93,7 +96,8 @@ def test_the_watch_keeps_its_last_outcomes_across_its_own_restart(path):
 
 def test_a_first_outcome_names_its_unit_rule_and_result(path):
     rec = recent.Recorder(path, clock=lambda: 1234.5)
-    rec.update([_outcome(7, "nginx", unit="nginx.service")])
+    rec.heard(_outcome(7, "nginx", unit="nginx.service"), {})
+    rec.flush()
     (reap,) = recent.read(path).reaps
     assert reap == recent.Reap(1234.5, 7, "nginx", "nginx.service", "default", "terminated", 0.25)
 
