@@ -16,9 +16,12 @@ counted in ``dropped``)."""
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from resreap.model import Owner
+from resreap.model import Owner, Transition
+
+if TYPE_CHECKING:  # owners reads /proc; churn only counts
+    from resreap.engine.owners import OwnerResolver
 
 WINDOW = 10          # seconds the rates are taken over
 MAX_OWNERS = 4096
@@ -34,6 +37,20 @@ class Churn:
         # owner -> {second: [entered, left]} (at most ``window`` seconds kept)
         self._seconds: dict[Owner, dict[int, list[int]]] = {}
         self.dropped = 0
+
+    def exited(self, owners: tuple[Owner, ...] | None, entered: float, t: Transition,
+               resolver: "OwnerResolver", closers: dict[int, Owner | None]) -> None:
+        """A socket left CLOSE_WAIT: recorded against its holders found, else
+        the process whose own close() ran the exit (``closers``: this
+        batch's, each looked up once)."""
+        if not owners and t.by_owner and t.cpu_pid:
+            if t.cpu_pid not in closers:
+                found = resolver.owners((t.cpu_pid,))
+                closers[t.cpu_pid] = found[0] if found else None
+            closer = closers[t.cpu_pid]
+            owners = (closer,) if closer is not None else ()
+        if owners:
+            self.left(owners, entered, t.ts)
 
     def left(self, owners: Iterable[Owner], entered: float, left: float) -> None:
         """A socket held by ``owners`` left CLOSE_WAIT: one in at

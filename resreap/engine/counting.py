@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 RETRY_UNRESOLVED = 0.25
 RETRY_UNRESOLVED_MAX = 60.0
 # A counting socket still held by no one after this many looks (about 4 s)
-# is an orphan; the `orphans` line is repeated at most this often.
+# is an orphan (engine/losses says so).
 ORPHAN_AFTER = 4
 # Looks at that pace while a full scan is still reading for the socket
 # (about 30 s): then the backoff, scan or no scan.
@@ -42,18 +42,9 @@ SEARCHED_MAX = 120
 # ... and at most this many sockets per RETRY_UNRESOLVED (about 1,000 looks
 # a second); the rest back off as usual.
 SEARCHED_PER_RETRY = 256
-ORPHANS_EVERY = 3600.0
 # A counting socket is looked at again this often (new holders after a
 # fork, or a change of evidence); the decision re-checks anyway.
 RECHECK_COUNTED = 30.0
-# A due socket not seen (procfs under churn, or one in a namespace not yet
-# noticed): how often, and how far apart, it is looked for again before it
-# is dropped (trace does the same); 0.3 s outlasts the 0.25 s notice period.
-LOOK_AGAIN = 3
-LOOK_AGAIN_AFTER = 0.1
-# Without lost events, the kernel's CLOSE_WAIT set is still compared with
-# ours this often, so that no leak can hide behind a missed event.
-RECONCILE_EVERY = 60.0
 # Due sockets looked at per loop turn, the earliest first; the rest on the
 # next turns, which follow at once.  A user's 20,000 sockets falling due
 # together were one turn of 10 s or more (no watchdog ping, no other
@@ -92,8 +83,7 @@ class Counting:
         # process (keyed with its name, each rename was a new entry).
         self._foreign: BoundedDict[tuple[int, int], bool] = BoundedDict(HOLDERS_REMEMBERED)
         self._serving: BoundedDict[tuple[int, int, int], bool] = BoundedDict(HOLDERS_REMEMBERED)
-        self._next_reconcile = 0.0
-        self._orphans_said = float("-inf")
+        self.orphaned = False  # a socket became an orphan since the last look
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.events_seen = {"existing": 0, "enter": 0, "exit": 0}
         # `top` sets a Churn to see each process's rates (watch does not:
@@ -131,16 +121,6 @@ class Counting:
             due += [e for k in keys if (e := self.table.get(k)) is not None and e not in due]
         return due
 
-    @property
-    def next_reconcile(self) -> float:
-        return self._next_reconcile
-
-    def reconcile_soon(self, when: float) -> None:
-        self._next_reconcile = min(self._next_reconcile, when)
-
-    def start_reconciling(self, now: float) -> None:
-        self._next_reconcile = now + RECONCILE_EVERY
-
     def apply(self, batch: list[Transition]) -> None:
         ignores, debug, table = self.filters.ignores, self._debug, self.table
         grace = self.current.rules.earliest
@@ -158,7 +138,7 @@ class Counting:
                 if entry is not None:
                     self._gone(entry)
                     if self.churn is not None:
-                        self._churned(entry, t, closers)
+                        self.churn.exited(entry.owners, entry.entered, t, self.resolver, closers)
                     if entry.bound and entry.kid != entry.key[1]:
                         self._rebind_twins(t.sock)
                 else:
@@ -169,19 +149,6 @@ class Counting:
             elif new:
                 table.schedule(entry, entry.entered + grace)
                 self.young.append(entry.key)
-
-    def _churned(self, entry: Entry, t: Transition, closers: dict[int, Owner | None]) -> None:
-        """Record a socket that left for `top`'s rates: against the holders
-        found, else the process whose own close() ran the exit."""
-        owners = entry.owners
-        if not owners and t.by_owner and t.cpu_pid:
-            if t.cpu_pid not in closers:
-                found = self.resolver.owners((t.cpu_pid,))
-                closers[t.cpu_pid] = found[0] if found else None
-            closer = closers[t.cpu_pid]
-            owners = (closer,) if closer is not None else ()
-        if owners:
-            self.churn.left(owners, entry.entered, t.ts)
 
     def _rebind_twins(self, sock: SockId) -> None:
         """An event's socket (the kernel's address) cannot be matched to
@@ -236,7 +203,8 @@ class Counting:
         if entry.inode:
             self.resolver.index.forget(entry.inode)
 
-    def _drop(self, entry: Entry) -> None:
+    def drop(self, entry: Entry) -> None:
+        """The socket is not in CLOSE_WAIT any more (the kernel says so)."""
         self.table.remove(entry.key)
         self._gone(entry)
 
@@ -254,7 +222,7 @@ class Counting:
         free = [f for f in found if (f.netns, f.diag.kid) not in claimed]
         if not free:
             if found:
-                self._drop(entry)
+                self.drop(entry)
             return None
         hit = free[0]
         entry.netns, entry.kid = hit.netns, hit.diag.kid
@@ -370,10 +338,13 @@ class Counting:
                 continue
             hit = self._bind(entry, resolved.get(self._probe(entry), []))
             if hit is None:
-                if self.table.get(entry.key) is entry and self._maybe_missed(entry, now):
-                    continue
                 if self.table.get(entry.key) is entry:
-                    self._drop(entry)
+                    # Perhaps missed (procfs under churn, a namespace not
+                    # noticed yet): looked for again before it is dropped.
+                    maybe = self.resolver.kernel.through_procfs or not entry.bound
+                    if maybe and self.table.look_again(entry, now):
+                        continue
+                    self.drop(entry)
                 if self._debug:
                     self._timer(entry, Verdict.DROPPED)
                 continue
@@ -396,7 +367,7 @@ class Counting:
                 delay = min(RETRY_UNRESOLVED * 2 ** (entry.misses - 1), RETRY_UNRESOLVED_MAX)
                 self.table.schedule(entry, now + delay)
                 if entry.misses == ORPHAN_AFTER:
-                    self._say_orphans(now)
+                    self.orphaned = True  # said by engine/losses, at most hourly
                 if self._debug:
                     self._timer(entry, Verdict.UNOWNED, evidence=judged.evidence.value,
                                 again_in=round(delay, 2))
@@ -436,35 +407,6 @@ class Counting:
         self.table.schedule(entry, now + RETRY_UNRESOLVED)
         return True
 
-    def _maybe_missed(self, entry: Entry, now: float) -> bool:
-        """A due socket not seen may still be there: /proc/net/tcp is read
-        in pieces while sockets come and go (a read under churn skips a
-        line now and then), and a socket never yet found may be in a
-        network namespace made since the last look (new ones are noticed at
-        most every 0.25 s).  Then it is looked for again (LOOK_AGAIN times,
-        LOOK_AGAIN_AFTER apart) before it is dropped; its exit, if real,
-        removes it first.  True: looked for again later."""
-        maybe = self.resolver.kernel.through_procfs or not entry.bound
-        if not maybe or entry.unseen >= LOOK_AGAIN:
-            return False
-        entry.unseen += 1
-        self.table.schedule(entry, now + LOOK_AGAIN_AFTER)
-        return True
-
-    def _say_orphans(self, now: float) -> None:
-        """Sockets that count and that no process holds: say once (an hour)
-        that they exist, and why nobody can be reaped for them."""
-        if now - self._orphans_said < ORPHANS_EVERY:
-            return
-        self._orphans_said = now
-        orphans = sum(1 for e in self.table if e.counted and not e.owners)
-        denied = len(self.resolver.index.denied)
-        decision(Event.ORPHANS, logging.WARNING, sockets=orphans, unreadable_processes=denied,
-                 note="in CLOSE_WAIT and counting, but held by no process found: in flight in "
-                      "a unix socket, held by a dying process"
-                      + (", or by a process whose fds cannot be read" if denied else "")
-                      + "; nobody can be reaped for them; looked for again less and less often")
-
     def verify(self, owner: Owner, rule: Rule,
                now: float) -> dict[Key, tuple[Entry, Found, object]]:
         """The owner's counting sockets under ``rule`` that, right now, are
@@ -484,7 +426,7 @@ class Counting:
             hit = self._bind(entry, resolved.get(self._probe(entry), []))
             if hit is None:
                 if self.table.get(entry.key) is entry:
-                    self._drop(entry)
+                    self.drop(entry)
                 continue
             judged = evidence.judge(hit.diag, now - entry.entered, rule.limits.rules)
             holds = any(o.pid == owner.pid and o.start == owner.start for o in hit.owners)
@@ -519,27 +461,3 @@ class Counting:
                 self._hold(entry, None)
                 self.recheck.append(entry.key)
         return left
-
-    def reconcile(self, now: float, after_loss: bool = False) -> None:
-        """Make the table match the kernel: a lost entry must not hide a
-        leak, a lost exit must not cause a kill."""
-        self._next_reconcile = now + RECONCILE_EVERY
-        kernel = self.resolver.kernel.close_wait()
-        if self.filters.ignore:
-            kernel = [ns for ns in kernel if not self.filters.ignores(ns.diag.sock)]
-        present = {(ns.netns, ns.diag.kid) for ns in kernel}
-        tuples = {ns.diag.sock for ns in kernel}
-        gone = [e for e in self.table if ((e.netns, e.kid) not in present if e.bound
-                                          else e.sock not in tuples)]
-        for entry in gone:
-            self._drop(entry)
-        claimed = {(e.netns, e.kid) for e in self.table if e.bound}
-        unbound = {e.sock for e in self.table if not e.bound}
-        added = [Transition(Kind.ENTER, ns.diag.sock, now, kid=ns.diag.kid, netns=ns.netns)
-                 for ns in kernel
-                 if (ns.netns, ns.diag.kid) not in claimed and ns.diag.sock not in unbound]
-        self.apply(added)
-        if gone or added:
-            decision(Event.RECONCILE, logging.WARNING if after_loss else logging.INFO,
-                     added=len(added), removed=len(gone))
-

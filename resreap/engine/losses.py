@@ -2,7 +2,7 @@
 leak".  The kernel's count of events dropped is read each loop turn; a
 loss (or a count that cannot be read) makes the watch compare its table
 with the kernel's CLOSE_WAIT sockets, as it also does every minute
-(counting.RECONCILE_EVERY) whatever happens."""
+(RECONCILE_EVERY) whatever happens."""
 
 from __future__ import annotations
 
@@ -10,12 +10,18 @@ import logging
 
 from resreap.engine.counting import Counting
 from resreap.engine.decisions import Event, decision
+from resreap.model import Kind, Transition
 from resreap.host import sockets
 from resreap.host.sockets import SocketTable
 from resreap.sources.events import EventSource
 
+# Without lost events, the kernel's CLOSE_WAIT set is still compared with
+# ours this often, so that no leak can hide behind a missed event.
+RECONCILE_EVERY = 60.0
 # "Lost events unknown" is said at most this often.
 SAID_EVERY = 60.0
+# The `orphans` line is repeated at most this often.
+ORPHANS_EVERY = 3600.0
 # The same number of unwatched namespaces is said again this often.
 UNWATCHED_EVERY = 600.0
 
@@ -29,10 +35,35 @@ class Losses:
         self._unknown_said = float("-inf")
         self._unwatched_said = (0, float("-inf"))  # (how many, when)
         self._unsure = False  # lost events were unknown since the last reconcile
+        self.next_reconcile = 0.0
+        self._orphans_said = float("-inf")
+
+    def start(self, now: float) -> None:
+        self.next_reconcile = now + RECONCILE_EVERY
+
+    def reconcile_soon(self, when: float) -> None:
+        self.next_reconcile = min(self.next_reconcile, when)
 
     def check(self, now: float) -> None:
         self._lost_events(now)
         self._unwatched(now)
+        if self.sockets.orphaned:
+            self.sockets.orphaned = False
+            self._orphans(now)
+
+    def _orphans(self, now: float) -> None:
+        """Sockets that count and that no process holds: say once (an hour)
+        that they exist, and why nobody can be reaped for them."""
+        if now - self._orphans_said < ORPHANS_EVERY:
+            return
+        self._orphans_said = now
+        orphans = sum(1 for e in self.sockets.table if e.counted and not e.owners)
+        denied = len(self.sockets.resolver.index.denied)
+        decision(Event.ORPHANS, logging.WARNING, sockets=orphans, unreadable_processes=denied,
+                 note="in CLOSE_WAIT and counting, but held by no process found: in flight in "
+                      "a unix socket, held by a dying process"
+                      + (", or by a process whose fds cannot be read" if denied else "")
+                      + "; nobody can be reaped for them; looked for again less and less often")
 
     def _unwatched(self, now: float) -> None:
         """Namespaces left out by the caps (a user's thousands of `unshare
@@ -60,14 +91,39 @@ class Losses:
                 decision(Event.LOST_EVENTS, logging.WARNING, lost="unknown", total=self.lost,
                          note="the kernel's count could not be read; reconciling with the "
                               "kernel's CLOSE_WAIT sockets")
-            self.sockets.reconcile_soon(now + 1.0)
+            self.reconcile_soon(now + 1.0)
             self._unsure = True
         elif lost > self.lost:
             decision(Event.LOST_EVENTS, logging.WARNING, lost=lost - self.lost, total=lost,
                      note="reconciling with the kernel's CLOSE_WAIT sockets")
             self.lost = lost
-            self.sockets.reconcile(now, after_loss=True)
+            self.reconcile(now, after_loss=True)
             return
-        if now >= self.sockets.next_reconcile:
-            self.sockets.reconcile(now, after_loss=bool(self.lost) or self._unsure)
+        if now >= self.next_reconcile:
+            self.reconcile(now, after_loss=bool(self.lost) or self._unsure)
             self._unsure = False
+
+    def reconcile(self, now: float, after_loss: bool = False) -> None:
+        """Make the table match the kernel: a lost entry must not hide a
+        leak, a lost exit must not cause a kill."""
+        self.next_reconcile = now + RECONCILE_EVERY
+        kernel = self.kernel.close_wait()
+        filters = self.sockets.filters
+        if filters.ignore:
+            kernel = [ns for ns in kernel if not filters.ignores(ns.diag.sock)]
+        present = {(ns.netns, ns.diag.kid) for ns in kernel}
+        tuples = {ns.diag.sock for ns in kernel}
+        gone = [e for e in self.sockets.table if ((e.netns, e.kid) not in present if e.bound
+                                          else e.sock not in tuples)]
+        for entry in gone:
+            self._drop(entry)
+        claimed = {(e.netns, e.kid) for e in self.sockets.table if e.bound}
+        unbound = {e.sock for e in self.sockets.table if not e.bound}
+        added = [Transition(Kind.ENTER, ns.diag.sock, now, kid=ns.diag.kid, netns=ns.netns)
+                 for ns in kernel
+                 if (ns.netns, ns.diag.kid) not in claimed and ns.diag.sock not in unbound]
+        self.sockets.apply(added)
+        if gone or added:
+            decision(Event.RECONCILE, logging.WARNING if after_loss else logging.INFO,
+                     added=len(added), removed=len(gone))
+

@@ -29,12 +29,6 @@ class TraceKind(enum.Enum):
     EXIT = "exit"
     STAYED = "stayed"  # still in CLOSE_WAIT after the grace: its evidence
 
-
-# A due socket the kernel's table did not show is looked for again this
-# many times, this far apart, before its STAYED line is given up (as watch
-# does before it drops one).
-from resreap.engine.counting import LOOK_AGAIN, LOOK_AGAIN_AFTER  # noqa: E402
-
 _EVENT = {Kind.EXISTING: TraceKind.EXISTING, Kind.ENTER: TraceKind.ENTER, Kind.EXIT: TraceKind.EXIT}
 
 
@@ -96,7 +90,6 @@ class Tracer:
         # How each tracked socket's owner was found, when not from its fd.
         self._via: dict[tuple, Via] = {}
         # Due sockets the kernel's table did not show: how often, so far.
-        self._missed: dict[tuple, int] = {}
         # Kernel timestamps are CLOCK_MONOTONIC; show wall-clock time.
         self._clock = clock
         self._wall_offset = time.time() - clock()
@@ -123,15 +116,9 @@ class Tracer:
         for entry in due:
             hits = [h for h in resolved.get(probes[entry.key], [])
                     if entry.kid is None or h.diag.kid == entry.kid]
-            if not hits and self._missed.get(entry.key, 0) < LOOK_AGAIN:
-                # Gone (its exit is on the way: then the entry goes with it),
-                # or missed: /proc/net/tcp is read in pieces while sockets
-                # come and go, and a busy host's read skips a line now and
-                # then.  Look again shortly rather than lose the line.
-                self._missed[entry.key] = self._missed.get(entry.key, 0) + 1
-                self.table.schedule(entry, now + LOOK_AGAIN_AFTER)
-                continue
-            self._missed.pop(entry.key, None)
+            if not hits and self.table.look_again(entry, now):
+                continue  # gone (its exit is on the way) or missed: looked for again
+            entry.unseen = 0
             if len(hits) != 1:
                 continue  # gone for good, or ambiguous
             hit = hits[0]
@@ -244,7 +231,6 @@ class Tracer:
         if t.kind is Kind.EXIT:
             if entry is not None:
                 self._via.pop(entry.key, None)
-                self._missed.pop(entry.key, None)
             closer = closers.get(entry.key) if entry is not None else self._closer(t, pids)
             if closer is not None and (not owners or via is Via.LISTENER):
                 owners, via = (closer,), Via.CLOSE

@@ -18,6 +18,11 @@ from typing import Iterator
 from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
 
 
+# A due socket not seen is looked for again this many times, this far
+# apart (0.3 s outlasts the 0.25 s notice of a new namespace).
+LOOK_AGAIN = 3
+LOOK_AGAIN_AFTER = 0.1
+
 class Entry:
     """One socket in CLOSE_WAIT."""
 
@@ -109,6 +114,21 @@ class CloseWaitTable:
     def schedule(self, entry: Entry, when: float) -> None:
         entry.due = when
         heapq.heappush(self._heap, (when, next(self._seq), entry.key))
+
+    def look_again(self, entry: Entry, now: float) -> bool:
+        """A due socket the kernel's table did not show may still be there:
+        /proc/net/tcp is read in pieces while sockets come and go (a read
+        under churn skips a line now and then), and one never yet found may
+        be in a network namespace made since the last look (new ones are
+        noticed at most every 0.25 s).  It is looked for again, LOOK_AGAIN
+        times LOOK_AGAIN_AFTER apart, before watch drops it or trace gives
+        up its line; its exit, if real, removes it first.  True: scheduled
+        for another look.  (The one strategy of watch and trace.)"""
+        if entry.unseen >= LOOK_AGAIN:
+            return False
+        entry.unseen += 1
+        self.schedule(entry, now + LOOK_AGAIN_AFTER)
+        return True
 
     def reschedule_all(self, when_of) -> None:
         """A new timer for every entry: ``when_of(entry)``."""

@@ -132,7 +132,7 @@ class Watcher:
         self.resolver.learn_listeners()
         seeds = self.source.start()
         self.sockets.apply(seeds)
-        self.sockets.start_reconciling(self._clock())
+        self.losses.start(self._clock())
         if seeds:
             decision(Event.EXISTING, logging.INFO, sockets=len(self.table),
                      note=f"already in CLOSE_WAIT at start; they count from now + "
@@ -147,7 +147,7 @@ class Watcher:
             wake = min(wake, min(self._deferred.values()))
         if self.sockets.recheck or self._backlog:
             wake = now
-        return min(wake, self.sockets.next_reconcile)
+        return min(wake, self.losses.next_reconcile)
 
     def now(self) -> float:
         """The events' clock (monotonic seconds)."""
@@ -167,7 +167,7 @@ class Watcher:
                 self._out_of_fds_said = now
                 decision(Event.OUT_OF_FDS, logging.ERROR, error=str(exc),
                          note="this turn's sockets are looked at again shortly")
-            self.sockets.reconcile_soon(now + 1.0)
+            self.losses.reconcile_soon(now + 1.0)
         if self._tick is not None:
             self._tick(self)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fakehost import InlineScanner, World
-from resreap.engine import trace
+from resreap.engine import tracker
 from resreap.engine.evidence import Rules
 from resreap.engine.filters import Filters
 from resreap.engine.owners import FdIndex, OwnerResolver
@@ -26,7 +26,7 @@ def tracer(world, monkeypatch, misses: int):
     """A tracer on the fake host whose kernel, after a socket's first
     lookup (its entry), skips it in the next ``misses`` reads; it looks
     again at once (no real waiting)."""
-    monkeypatch.setattr(trace, "LOOK_AGAIN_AFTER", 0.0)
+    monkeypatch.setattr(tracker, "LOOK_AGAIN_AFTER", 0.0)
     lookup_in, reads = world.kernel.lookup_in, {}
 
     def skipping(ino, sock):
@@ -49,7 +49,7 @@ def stayed(t: Tracer, steps: int = 10) -> list:
 def test_a_socket_a_read_skipped_still_gets_its_stayed_line(world, monkeypatch):
     srv = world.process(1000)
     world.close_wait(srv, 8080, n=1)
-    t = tracer(world, monkeypatch, misses=trace.LOOK_AGAIN)
+    t = tracer(world, monkeypatch, misses=tracker.LOOK_AGAIN)
     lines = stayed(t)
     assert len(lines) == 1 and lines[0].owners[0].pid == 1000
 
@@ -60,4 +60,5 @@ def test_a_socket_never_found_again_is_given_up(world, monkeypatch):
     world.close_wait(srv, 8080, n=1)
     t = tracer(world, monkeypatch, misses=10**6)
     assert stayed(t, steps=20) == []
-    assert t.table.next_deadline() is None and not t._missed
+    # No timer left, and no count kept beside the table (the entry's own).
+    assert t.table.next_deadline() is None and [e.unseen for e in t.table] == [0]
