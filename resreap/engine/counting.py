@@ -15,7 +15,6 @@ from resreap.engine import evidence
 from resreap.engine.churn import Churn
 from resreap.engine.config import Current
 from resreap.engine.decisions import Event, Verdict, decision
-from resreap.engine.filters import Filters
 from resreap.engine.owners import DUMP_ABOVE, Found, OwnerResolver, Probe, resolve_close_wait
 from resreap.engine.policy import Counter
 from resreap.engine.rulebook import HOLDERS_REMEMBERED, RuleBook
@@ -90,10 +89,6 @@ class Counting:
         # nothing is recorded, nothing is looked up, per exit).
         self.churn: Churn | None = None
 
-    @property
-    def filters(self) -> Filters:
-        return self.current.filters
-
     def reconfigured(self) -> None:
         """New settings or rules are in force: every socket is judged again
         under them (its holder may fall under another rule now), none
@@ -122,11 +117,11 @@ class Counting:
         return due
 
     def apply(self, batch: list[Transition]) -> None:
-        ignores, debug, table = self.filters.ignores, self._debug, self.table
+        filters, debug, table = self.current.filters, self._debug, self.table
         grace = self.current.rules.earliest
         closers: dict[int, Owner | None] = {}  # this batch's closers, read once each
         for t in batch:
-            if self.filters.ignore and ignores(t.sock):
+            if filters.ignore and filters.ignores(t.sock):
                 continue
             entry, new = table.apply(t)
             self.events_seen[t.kind.value] += 1

@@ -1,5 +1,5 @@
-"""Events lost and namespaces not watched: said, and never taken as "no
-leak".  The kernel's count of events dropped is read each loop turn; a
+"""Events lost, namespaces not watched, resreap out of fds, orphans: said,
+and never taken as "no leak".  The kernel's count of events dropped is read each loop turn; a
 loss (or a count that cannot be read) makes the watch compare its table
 with the kernel's CLOSE_WAIT sockets, as it also does every minute
 (RECONCILE_EVERY) whatever happens."""
@@ -18,7 +18,7 @@ from resreap.sources.events import EventSource
 # Without lost events, the kernel's CLOSE_WAIT set is still compared with
 # ours this often, so that no leak can hide behind a missed event.
 RECONCILE_EVERY = 60.0
-# "Lost events unknown" is said at most this often.
+# "Lost events unknown" and "out of fds" are said at most this often.
 SAID_EVERY = 60.0
 # The `orphans` line is repeated at most this often.
 ORPHANS_EVERY = 3600.0
@@ -37,6 +37,7 @@ class Losses:
         self._unsure = False  # lost events were unknown since the last reconcile
         self.next_reconcile = 0.0
         self._orphans_said = float("-inf")
+        self._out_of_fds_said = float("-inf")
 
     def start(self, now: float) -> None:
         self.next_reconcile = now + RECONCILE_EVERY
@@ -50,6 +51,17 @@ class Losses:
         if self.sockets.orphaned:
             self.sockets.orphaned = False
             self._orphans(now)
+
+    def out_of_fds(self, exc: Exception, now: float) -> None:
+        """resreap hit its own fd limit: loud, and never taken as "the
+        process is gone" (what could not be read decides nothing).  The
+        kernel's table is compared with ours again soon, so no socket of
+        this turn is lost for good."""
+        if now - self._out_of_fds_said >= SAID_EVERY:
+            self._out_of_fds_said = now
+            decision(Event.OUT_OF_FDS, logging.ERROR, error=str(exc),
+                     note="this turn's sockets are looked at again shortly")
+        self.reconcile_soon(now + 1.0)
 
     def _orphans(self, now: float) -> None:
         """Sockets that count and that no process holds: say once (an hour)
@@ -108,7 +120,7 @@ class Losses:
         leak, a lost exit must not cause a kill."""
         self.next_reconcile = now + RECONCILE_EVERY
         kernel = self.kernel.close_wait()
-        filters = self.sockets.filters
+        filters = self.sockets.current.filters
         if filters.ignore:
             kernel = [ns for ns in kernel if not filters.ignores(ns.diag.sock)]
         present = {(ns.netns, ns.diag.kid) for ns in kernel}

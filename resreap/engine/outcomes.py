@@ -10,8 +10,9 @@ import bisect
 import logging
 from typing import Callable, Iterable
 
-from resreap.engine.decisions import Event, decision
-from resreap.engine.killer import Outcome
+from resreap.engine.decisions import Event, decision, endpoints
+from resreap.engine.killer import Outcome, Target
+from resreap.engine.policy import Threshold
 from resreap.model import KILL_BUCKETS, Evidence, Result, Revival
 
 # A listener: the outcome, and the fields the watch's settling added.
@@ -22,6 +23,21 @@ Listener = Callable[[Outcome, dict], None]
 FINE = (Revival.BY_SYSTEMD, Revival.STARTED, Revival.RUNNING, Revival.STOPPED,
         Revival.WAS_DOWN, Revival.NOT_MAIN, Revival.NOT_RESTARTABLE)
 RULE_OUTCOMES_MAX = 1024  # (rule, result) pairs counted: rules are few
+
+
+def announce(target: Target, bound: Threshold) -> None:
+    """The `reap` (or `would-reap`) line, as the process is handed to the
+    kill engine: who, under which rule, why (its counting sockets, their
+    evidence, the bound they cross), what will be done."""
+    info, rule, where = target.info, target.rule, target.where
+    plan = rule.plan
+    decision(Event.REAP if not plan.dry_run else Event.WOULD_REAP, logging.WARNING,
+             pid=info.pid, comm=info.comm, **where.fields(), rule=rule.name,
+             count=len(target.sockets), limit=rule.limits.limit,
+             **({"needed": bound.count} if bound.why == "fd-percent" else {}),
+             evidence=target.evidence, oldest=round(target.oldest, 3),
+             sockets=endpoints(target.sockets),
+             cmd=info.cmdline, plan=plan.describe() + (" (dry run)" if plan.dry_run else ""))
 
 
 def say(outcome: Outcome, added: dict) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Hashable, Iterable, NamedTuple
 
 from resreap.host import supervisor
 from resreap.host.procinfo import HOST, Proc, ProcInfo
+from resreap.errors import AccessDenied, ProcessGone
 from resreap.model import Key, Owner, SpareReason
 
 from resreap.engine.rules import Limits
@@ -25,6 +26,7 @@ class Threshold(NamedTuple):
 
     count: int
     why: str   # "limit" (-l) or "fd-percent" (that share of its soft fd limit)
+    fd_limit: int | None = None  # the soft fd limit it was computed from
 
     def crossed_by(self, count: int) -> bool:
         return count >= self.count
@@ -39,8 +41,21 @@ def threshold(limits: Limits, fd_limit: int | None) -> Threshold:
     if limits.fd_percent and fd_limit:
         share = math.ceil(limits.fd_percent * fd_limit / 100)
         if share > limits.limit:
-            return Threshold(share, "fd-percent")
-    return Threshold(limits.limit, "limit")
+            return Threshold(share, "fd-percent", fd_limit)
+    return Threshold(limits.limit, "limit", fd_limit)
+
+
+def threshold_of(limits: Limits, pid: int, proc: Proc) -> Threshold | None:
+    """``threshold`` for a live process, its soft fd limit read now where
+    --fd-percent needs it.  None: unreadable (what cannot be read decides
+    nothing)."""
+    fd_limit = None
+    if limits.fd_percent:
+        try:
+            fd_limit = proc.fd_soft_limit(pid)
+        except (ProcessGone, AccessDenied):
+            return None
+    return threshold(limits, fd_limit)
 
 
 class Counter:

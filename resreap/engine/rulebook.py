@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 from resreap.bounded import BoundedDict
+from resreap.engine.policy import StormKey
 from resreap.engine.rules import NO_FACTS, Facts, Rule
 from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced, ProcessUnreadable
 from resreap.host import supervisor
+from resreap.host.supervisor import Supervisor
 from resreap.host.procinfo import Proc, ProcInfo
 from resreap.model import Owner, SockId
 
@@ -173,3 +175,16 @@ class RuleBook:
             return True
         facts = self.facts(owner)
         return facts is not None and filters.wants(owner.pid, facts.cmdline, facts.where)
+
+
+class Case(NamedTuple):
+    """One decision about one process over its limit: its facts read once
+    (right before judging, RuleBook.decide), the rule that judges it, and
+    what the storm bound counts it against.  The same rule decides
+    children first, the rate limit, the re-check and the kill."""
+
+    owner: Owner
+    info: ProcInfo
+    where: Supervisor
+    rule: Rule
+    storm: StormKey

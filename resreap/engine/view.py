@@ -106,7 +106,7 @@ def _reap_in(entries: list, rule: "Rule", counting: int, now: float,
 
 def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
          where: "Supervisor") -> Row:
-    counting = watcher.counter.count(owner)
+    counting = watcher.sockets.counter.count(owner)
     evidence: dict[str, int] = {}
     for e in entries:
         if e.evidence is not None:
@@ -144,7 +144,7 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
 
 def snapshot(watcher: "Watcher", top: int) -> Snapshot:
     """Figures for metrics: cheap enough to build once a second."""
-    counts = [(len(socks), owner) for owner, socks in watcher.counter.by_owner.items()]
+    counts = [(len(socks), owner) for owner, socks in watcher.sockets.counter.by_owner.items()]
     best = heapq.nlargest(top, counts, key=lambda c: c[0])
     # A top holder is usually a largest holder of CLOSE_WAIT too: its
     # cgroup is read once per snapshot.
@@ -179,6 +179,6 @@ def snapshot(watcher: "Watcher", top: int) -> Snapshot:
         evidence=dict(tally.reaped_evidence),
         revivals={r.value: n for r, n in tally.revivals.items()},
         hook_failures=tally.hook_failures,
-        events=dict(watcher.events_seen),
+        events=dict(watcher.sockets.events_seen),
         lost=watcher.losses.lost,
     )

@@ -9,32 +9,29 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from resreap.bounded import BoundedDict
 from resreap.engine import evidence
 from resreap.engine.config import Current, WatchConfig, read_latency
 from resreap.engine.counting import Counting
-from resreap.engine.decisions import Event, decision, endpoints
+from resreap.engine.decisions import Event, decision
 from resreap.engine.family import ChildrenFirst
 from resreap.engine.losses import Losses
 from resreap.engine.killer import KillEngine, Killer, Outcome, Target
-from resreap.engine.outcomes import Listener, Tally, say
+from resreap.engine.outcomes import Listener, Tally, announce, say
 from resreap.engine.owners import OwnerResolver
-from resreap.engine.policy import Eligibility, StormGuard, StormKey, Threshold, threshold
-from resreap.engine.rulebook import RuleBook
+from resreap.engine.policy import Eligibility, StormGuard, StormKey, Threshold, threshold_of
+from resreap.engine.rulebook import Case, RuleBook
 from resreap.engine.rules import Rule
 from resreap.errors import AccessDenied, OutOfFds, ProcessGone, ProcessUnreadable
 from resreap.host import procinfo
-from resreap.host.procinfo import Lineage, ProcInfo
-from resreap.host.supervisor import Supervisor
+from resreap.host.procinfo import Lineage
 from resreap.model import Owner, Result, SpareReason
 from resreap.sources.events import EventSource
 
 log = logging.getLogger(__name__)
 
-# The out-of-fds line is repeated at most this often.
-OUT_OF_FDS_EVERY = 60.0
 UNREADABLE_RETRY = 10.0
 # A dry run says `would-reap` for a process again this long after (sooner
 # after a reload): every grace, a DaemonSet left in dry run wrote two lines
@@ -55,19 +52,6 @@ FORGET_EVERY = 60.0
 REMEMBERED = 65536
 
 
-class Case(NamedTuple):
-    """One decision about one process over its limit: its facts read once
-    (right before judging), the rule that judges it, and what the storm
-    bound counts it against.  The same rule decides children first, the
-    rate limit, the re-check and the kill."""
-
-    owner: Owner
-    info: ProcInfo
-    where: Supervisor
-    rule: Rule
-    storm: StormKey
-
-
 class Watcher:
     def __init__(self, source: EventSource, resolver: OwnerResolver, current: Current,
                  killer: KillEngine | None = None, tick=None,
@@ -81,9 +65,7 @@ class Watcher:
         self._boottime = boottime
         self.source = source
         self.resolver = resolver
-        # The settings in force, read by every component through this one
-        # reference (a reload swaps what it holds).
-        self.current = current
+        self.current = current  # the settings in force: one reference, swapped by a reload
         self.proc = resolver.proc
         # Which rule judges each process: one book, asked by every decision;
         # then when each socket counts, and against whom.
@@ -103,28 +85,17 @@ class Watcher:
         self.lineage = Lineage(self.proc)
         self.family = ChildrenFirst(self.sockets, self.lineage)
         self._timer: Callable[[], float] = time.monotonic  # the turn's budget: real time
-        self._out_of_fds_said = float("-inf")
-        # Events lost, namespaces unwatched: said, and reconciled.
         self.losses = Losses(source, self.sockets, resolver.kernel)
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Called once per loop turn (sd_notify pings, config reloads).
         self._tick = tick
         self.tally = Tally()
-        # Told each settled outcome: the outcome line, the tally (the
-        # daemon adds its recent reaps).
+        # Told each settled outcome (the daemon adds its recent reaps).
         self.listeners: list[Listener] = [say, self.tally.heard]
 
     @property
     def table(self):
         return self.sockets.table
-
-    @property
-    def counter(self):
-        return self.sockets.counter
-
-    @property
-    def events_seen(self) -> dict[str, int]:
-        return self.sockets.events_seen
 
     # -- the loop ---------------------------------------------------------
 
@@ -159,15 +130,7 @@ class Watcher:
         try:
             self._turn(batch)
         except OutOfFds as exc:
-            # Loud, and never taken as "the process is gone": what could not
-            # be read decides nothing.  The kernel's table is compared with
-            # ours again soon, so no socket of this turn is lost for good.
-            now = self._clock()
-            if now - self._out_of_fds_said >= OUT_OF_FDS_EVERY:
-                self._out_of_fds_said = now
-                decision(Event.OUT_OF_FDS, logging.ERROR, error=str(exc),
-                         note="this turn's sockets are looked at again shortly")
-            self.losses.reconcile_soon(now + 1.0)
+            self.losses.out_of_fds(exc, self._clock())
         if self._tick is not None:
             self._tick(self)
 
@@ -204,7 +167,7 @@ class Watcher:
         self.sockets.reconfigured()
         self.source.follow(read_latency(self.current.rules.earliest))
         now = self._clock()
-        for owner in list(self.counter.by_owner):
+        for owner in list(self.sockets.counter.by_owner):
             # Judged at once under the new settings (a dry run left by this
             # reload acts now, not at its next reminder); a storm's bound or
             # a children-first wait is checked again then.
@@ -358,13 +321,7 @@ class Watcher:
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
                         bound.count, found, tuple(entry.key for entry, _h, _k in rows),
                         where, rule, case.storm)
-        plan = rule.plan
-        decision(Event.REAP if not plan.dry_run else Event.WOULD_REAP, logging.WARNING,
-                 pid=info.pid, comm=info.comm, **where.fields(), rule=rule.name,
-                 count=len(socks), limit=rule.limits.limit,
-                 **({"needed": bound.count} if bound.why == "fd-percent" else {}),
-                 evidence=found, oldest=round(oldest, 3), sockets=endpoints(socks),
-                 cmd=info.cmdline, plan=plan.describe() + (" (dry run)" if plan.dry_run else ""))
+        announce(target, bound)
         if not self.killer.submit(target):  # only if it filled up just now
             log.warning("pid %d: kill slots full, deciding again shortly", info.pid)
             self._deferred[case.owner] = now + 0.05
@@ -378,7 +335,7 @@ class Watcher:
         any more (exited, or healed): a month of churn, or a process
         renaming itself at every look, must not grow them."""
         self._next_forget = now + FORGET_EVERY
-        holding = {o.ident for o in self.counter.by_owner}
+        holding = {o.ident for o in self.sockets.counter.by_owner}
         running = set(self.killer.running_pids())
         for book in (self._reaped, self._spared):
             book.keep(lambda ident: ident in holding or ident[0] in running)
@@ -386,23 +343,18 @@ class Watcher:
 
     def _threshold(self, owner: Owner, rule: Rule, count: int,
                    now: float) -> Threshold | None:
-        """The rule's bound for this process (policy.threshold: -l, or its
-        --fd-percent share of the process's soft fd limit, read now), if
-        its ``count`` counting sockets cross it; else None, and with
-        --fd-percent it is looked at again after the grace."""
-        fd_limit = None
-        if rule.limits.fd_percent:
-            try:
-                fd_limit = self.proc.fd_soft_limit(owner.pid)
-            except (ProcessGone, AccessDenied):
-                return None  # what cannot be read decides nothing
-        bound = threshold(rule.limits, fd_limit)
-        if bound.crossed_by(count):
+        """The rule's bound for this process (policy.threshold_of: -l, or
+        its --fd-percent share of its soft fd limit, read now), if its
+        ``count`` counting sockets cross it; else None, and it is looked at
+        again after the grace (unreadable: decides nothing)."""
+        bound = threshold_of(rule.limits, owner.pid, self.proc)
+        if bound is None or bound.crossed_by(count):
             return bound
         if self._debug:
             decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm, count=count,
                      rule=rule.name, limit=rule.limits.limit, why=bound.why,
-                     fd_percent=rule.limits.fd_percent, fd_limit=fd_limit, needed=bound.count)
+                     fd_percent=rule.limits.fd_percent, fd_limit=bound.fd_limit,
+                     needed=bound.count)
         self._deferred[owner] = now + max(rule.limits.grace, 1.0)
         return None
 

@@ -198,7 +198,7 @@ def run(st: WatchSettings, *, once: bool, json_out: bool, sort: str,
 
 
 def _events(watcher: Watcher) -> int:
-    return sum(watcher.events_seen.values())
+    return sum(watcher.sockets.events_seen.values())
 
 
 def first_look(watcher: Watcher) -> float:

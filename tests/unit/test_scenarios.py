@@ -251,7 +251,7 @@ def test_ignored_peers_never_count(world):
     world.close_wait(srv, 8080, n=3, at=1.0, peer_port=2049)
     world.watch(limit=2, filters=Filters.parse(None, ("10.0.0.2:2049",), ()))
     world.run(10)
-    assert world.reaped() == [] and world.watcher.events_seen["enter"] == 0
+    assert world.reaped() == [] and world.watcher.sockets.events_seen["enter"] == 0
 
 
 def test_fd_percent_waits_for_the_share_of_the_fd_limit(world):
@@ -743,7 +743,7 @@ def test_each_event_is_counted(world):
     world.closes(socks[0], at=1.5)
     w = world.watch(limit=5)
     world.run(5)
-    assert w.events_seen == {"existing": 0, "enter": 3, "exit": 1}
+    assert w.sockets.events_seen == {"existing": 0, "enter": 3, "exit": 1}
 
 
 def test_the_default_stall_for_a_hung_accept_queue(world):
@@ -800,7 +800,7 @@ def test_many_spared_owners_cost_one_look_each(world, monkeypatch):
                         lambda self, owner, socks: reads.append(owner.pid) or
                         real_decide(self, owner, socks))
     w = world.watch(limit=2, grace=2.0, filters=Filters.parse("^never-matches", (), ()))
-    counter = w.counter
+    counter = w.sockets.counter
     walks = _CountedWalks(set, counter.by_owner)
     counter.by_owner = walks
     world.run(100)   # the counting sockets are looked at again every 30 s
