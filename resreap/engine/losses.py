@@ -1,8 +1,8 @@
 """Events lost, namespaces not watched, resreap out of fds, orphans: said,
-and never taken as "no leak".  The kernel's count of events dropped is read each loop turn; a
-loss (or a count that cannot be read) makes the watch compare its table
-with the kernel's CLOSE_WAIT sockets, as it also does every minute
-(RECONCILE_EVERY) whatever happens."""
+and never taken as "no leak".  The kernel's count of events dropped is
+read each loop turn; a loss (or a count that cannot be read) makes the
+watch compare its table with the kernel's CLOSE_WAIT sockets, as it also
+does every minute (RECONCILE_EVERY) whatever happens."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ class Losses:
         gone = [e for e in self.sockets.table if ((e.netns, e.kid) not in present if e.bound
                                           else e.sock not in tuples)]
         for entry in gone:
-            self._drop(entry)
+            self.sockets.drop(entry)
         claimed = {(e.netns, e.kid) for e in self.sockets.table if e.bound}
         unbound = {e.sock for e in self.sockets.table if not e.bound}
         added = [Transition(Kind.ENTER, ns.diag.sock, now, kid=ns.diag.kid, netns=ns.netns)

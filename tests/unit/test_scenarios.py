@@ -465,6 +465,22 @@ def test_a_lost_exit_never_causes_a_kill(world):
     assert world.reaped() == []
 
 
+def test_reconciling_after_lost_events_drops_the_sockets_that_left(world):
+    """A socket whose exit was lost leaves the table when the watch
+    reconciles with the kernel (lost events make it do so at once), not
+    only at its deadline."""
+    srv = server(world)
+    socks = world.close_wait(srv, 8080, n=2, at=1.0)
+    world.closes(socks[0], at=1.5, event=False)
+    w = world.watch(limit=2, grace=30.0)
+    world.run(3)
+    assert len(w.table) == 2
+    world.lose_events(1, at=4.0)
+    world.run(6)
+    assert len(w.table) == 1
+    assert world.said(Event.RECONCILE)[-1]["removed"] == 1 and world.reaped() == []
+
+
 def test_periodic_reconciliation_without_lost_events(world):
     srv = server(world)
     world.close_wait(srv, 8080, n=2, at=1.0, event=False)
