@@ -19,7 +19,7 @@ from resreap.engine.owners import DUMP_ABOVE, Found, OwnerResolver, Probe, resol
 from resreap.engine.policy import Counter
 from resreap.engine.rulebook import HOLDERS_REMEMBERED, RuleBook
 from resreap.engine.rules import Rule
-from resreap.engine.tracker import CloseWaitTable, Entry
+from resreap.engine.tracker import CloseWaitTable, Entry, KeyedSocks
 from resreap.bounded import BoundedDict
 from resreap.host import procinfo
 from resreap.model import Evidence, Key, Kind, Owner, SockId, Transition
@@ -102,11 +102,13 @@ class Counting:
         (the rule book's cached picks: cheap), and how many they are."""
         return self.book.over(owner, self.counting_socks(owner))
 
-    def counting_socks(self, owner: Owner) -> list[SockId]:
+    def standing(self, owner: Owner) -> list[tuple[Rule, int]]:
+        """``owner``'s counting sockets per rule (RuleBook.standing)."""
+        return self.book.standing(owner, self.counting_socks(owner))
+
+    def counting_socks(self, owner: Owner) -> KeyedSocks:
         """The sockets counting against ``owner`` now."""
-        table = self.table
-        return [e.sock for k in self.counter.by_owner.get(owner, ())
-                if (e := table.get(k)) is not None]
+        return KeyedSocks(self.counter.by_owner.get(owner, ()), self.table)
 
     def due(self, now: float) -> list[Entry]:
         """Sockets whose deadline has come, and those to look at again."""

@@ -9,7 +9,7 @@ what it says."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Collection, NamedTuple
 
 from resreap.bounded import BoundedDict
 from resreap.engine.policy import StormKey
@@ -35,9 +35,8 @@ PICKS_PER_PROCESS = 1024
 
 class Known(NamedTuple):
     read_at: float
-    info: ProcInfo | None  # None: gone or unreadable
-    facts: Facts | None
-    picks: BoundedDict     # local port (0: any) -> Rule | None
+    facts: Facts | None  # None: gone or unreadable
+    picks: BoundedDict   # local port (0: any) -> Rule | None
 
 
 class Reading(NamedTuple):
@@ -95,10 +94,13 @@ class RuleBook:
         if known is not None and now - known.read_at <= UIDS_FRESH:
             return known
         try:
-            info, facts = self._read(owner)
+            _info, facts = self._read(owner)
         except (ProcessGone, AccessDenied, ProcessUnreadable, ProcessReplaced):
-            info = facts = None
-        known = self._known[owner.ident] = Known(now, info, facts, BoundedDict(PICKS_PER_PROCESS))
+            facts = None
+        return self._remember(owner, now, facts)
+
+    def _remember(self, owner: Owner, now: float, facts: Facts | None) -> Known:
+        known = self._known[owner.ident] = Known(now, facts, BoundedDict(PICKS_PER_PROCESS))
         return known
 
     def _read(self, owner: Owner) -> tuple[ProcInfo, Facts]:
@@ -132,13 +134,13 @@ class RuleBook:
             known.picks[port] = rules.pick(known.facts, sock.lport)
         return known.picks[port]
 
-    def standing(self, owner: Owner, socks: Iterable[SockId]) -> list[tuple[Rule, int]]:
+    def standing(self, owner: Owner, socks: Collection[SockId]) -> list[tuple[Rule, int]]:
         """``owner``'s counting sockets ``socks`` per rule they fall under,
-        in the rules' order (usually one rule)."""
+        in the rules' order (usually one rule).  With the default rule
+        alone, only their number is asked (no socket is looked up)."""
         rules = self.current.rules
         if rules.plain:
-            n = sum(1 for _ in socks)
-            return [(rules.default, n)] if n else []  # type: ignore[list-item]
+            return [(rules.default, len(socks))] if socks else []  # type: ignore[list-item]
         counts: dict[int, int] = {}
         for sock in socks:
             rule = self.rule_of(owner, sock)
@@ -146,23 +148,22 @@ class RuleBook:
                 counts[id(rule)] = counts.get(id(rule), 0) + 1
         return [(r, counts[id(r)]) for r in rules.every() if id(r) in counts]
 
-    def over(self, owner: Owner, socks: Iterable[SockId]) -> tuple[Rule, int] | None:
+    def over(self, owner: Owner, socks: Collection[SockId]) -> tuple[Rule, int] | None:
         """The first rule whose limit ``owner``'s counting sockets under it
         reach, and how many they are."""
         return next(((r, n) for r, n in self.standing(owner, socks) if n >= r.limits.limit),
                     None)
 
-    def decide(self, owner: Owner, socks: Callable[[], Iterable[SockId]]) -> Reading | None:
+    def decide(self, owner: Owner, socks: Collection[SockId]) -> Reading | None:
         """A decision's rule: the process read afresh, once, and its rule
         derived from what it is now (argv rewritten, privileges dropped
-        since its sockets counted).  ``socks``: its counting sockets, asked
-        after the read.  None: no rule's limit is reached under the fresh
-        facts.  Raises ProcessGone, ProcessUnreadable, AccessDenied."""
+        since its counting sockets ``socks`` counted).  None: no rule's
+        limit is reached under the fresh facts.  Raises ProcessGone,
+        ProcessUnreadable, AccessDenied."""
         self.refresh(owner)
-        now = self._clock()
         info, facts = self._read(owner)
-        self._known[owner.ident] = Known(now, info, facts, BoundedDict(PICKS_PER_PROCESS))
-        over = self.over(owner, socks())
+        self._remember(owner, self._clock(), facts)
+        over = self.over(owner, socks)
         if over is None:
             return None
         return Reading(info, facts, *over)

@@ -166,3 +166,27 @@ class CloseWaitTable:
                 entry.due = float("inf")
                 out.append(entry)
         return out
+
+
+class KeyedSocks:
+    """The sockets of some of the table's keys (a holder's counting ones),
+    looked up lazily: their number is the keys' (a holder of 20,000 costs
+    no lookup where one rule judges everyone), the sockets come from the
+    table only when a rule is picked per socket."""
+
+    __slots__ = ("_keys", "_table")
+
+    def __init__(self, keys, table: "CloseWaitTable") -> None:
+        self._keys, self._table = keys, table
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self):
+        for key in self._keys:
+            entry = self._table.get(key)
+            if entry is not None:
+                yield entry.sock
+
+    def __contains__(self, sock) -> bool:
+        return any(s == sock for s in self)

@@ -127,8 +127,7 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
         fds = proc.fd_count(owner.pid)
     except ResreapError:
         fds = None
-    counted = dict((id(r), n) for r, n in
-                   watcher.book.standing(owner, watcher.sockets.counting_socks(owner)))
+    counted = dict((id(r), n) for r, n in watcher.sockets.standing(owner))
     best: tuple[float | None, "Rule | None"] = (None, None)
     for key, (rule, mine) in by_rule.items():
         when = _reap_in(mine, rule, counted.get(key, 0), now, limit, readable)

@@ -218,7 +218,7 @@ class Watcher:
         kill slot, and its children looked for only once it is eligible."""
         if self.sockets.over(owner) is None:
             if self._debug:
-                for rule, count in self.book.standing(owner, self.sockets.counting_socks(owner)):
+                for rule, count in self.sockets.standing(owner):
                     decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
                              rule=rule.name, count=count, limit=rule.limits.limit,
                              why="limit")
@@ -256,7 +256,7 @@ class Watcher:
         None: gone, unreadable (looked at again later), under its limit by
         its fresh rule, or spared (said once)."""
         try:
-            reading = self.book.decide(owner, lambda: self.sockets.counting_socks(owner))
+            reading = self.book.decide(owner, self.sockets.counting_socks(owner))
         except ProcessGone:
             return None  # its sockets' exits are on their way
         except (ProcessUnreadable, AccessDenied) as exc:

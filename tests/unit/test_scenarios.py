@@ -951,3 +951,20 @@ def test_top_rows_give_each_process_its_rates_in_and_out_of_close_wait(world):
     assert by_pid[2000].reap_in is None and by_pid[2000].rule == "-"
     world.exit(2000)
     assert [r.pid for r in rows(w, world.clock.now)] == [1000]  # churned, then gone
+
+
+def test_the_default_rule_alone_weighs_a_holder_without_looking_up_its_sockets(world):
+    """Where one rule judges everyone, "over its limit?" is the holder's
+    count: its sockets are not looked up one by one (a holder of 20,000
+    cost 20,000 lookups at every touch, and again as a co-holder)."""
+    srv = server(world)
+    world.close_wait(srv, 8080, n=50, at=1.0)
+    w = world.watch(limit=100)
+    world.run(10)
+    (owner,) = w.sockets.counter.by_owner
+    looked = []
+    real_get = w.table.get
+    w.table.get = lambda key: looked.append(key) or real_get(key)
+    assert w.sockets.over(owner) is None and w.sockets.standing(owner)[0][1] == 50
+    assert looked == []
+    assert world.reaped() == []
