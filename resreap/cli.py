@@ -163,11 +163,17 @@ FdPercentOpt = Annotated[Optional[float], typer.Option(
     "--fd-percent", metavar="P",
     help="Also require the counting sockets to reach P% of the process's soft "
          "RLIMIT_NOFILE (the fd exhaustion that takes a server down).")]
+ActBeforeOpt = Annotated[Optional[float], typer.Option(
+    "--act-before", metavar="SEC",
+    help="Also reap a process, below -l, once its fds are forecast to run out within SEC "
+         "seconds at the pace its counting sockets grow (it needs one counting socket: "
+         "the evidence decides who, the forecast when).")]
 HookOpt = Annotated[Optional[str], typer.Option(
     "--hook", "-c", metavar="CMD",
     help="Run CMD with /bin/sh before any signal; non-zero exit spares the process this "
          "round.  Facts arrive as RESREAP_PID, RESREAP_COMM, RESREAP_CMDLINE, "
-         "RESREAP_COUNT, RESREAP_SOCKETS, RESREAP_OLDEST, RESREAP_SIGNAL, RESREAP_RULE.")]
+         "RESREAP_COUNT, RESREAP_SOCKETS, RESREAP_OLDEST, RESREAP_SIGNAL, RESREAP_RULE, "
+         "RESREAP_REASON, RESREAP_EXHAUSTED_IN.")]
 SignalOpt = Annotated[str, typer.Option(
     "--signal", "-s", metavar="SIG", help="Signal to send (name or number).")]
 FirstSignalOpt = Annotated[Optional[str], typer.Option(
@@ -232,6 +238,8 @@ Examples:
                                      or unread / never accepted 60s)
   resreap watch --stall 300          give busy servers 5 minutes before unread counts
   resreap watch --fd-percent 50      only once the leak is half the process's fd limit
+  resreap watch --act-before 600     also reap a leak that will run out of fds within
+                                     10 minutes at its pace, even below -l
   resreap watch -l 2 -f ^java        only Java processes
   resreap watch --unit nginx.service only nginx's service (a user's units never match)
   resreap watch --container 3f2a9c1b only that container's processes
@@ -257,6 +265,7 @@ def watch(
     grace: GraceOpt = 2.0,
     stall: StallOpt = 60.0,
     fd_percent: FdPercentOpt = None,
+    act_before: ActBeforeOpt = None,
     hook: HookOpt = None,
     sig: SignalOpt = "TERM",
     first_signal: FirstSignalOpt = None,
@@ -304,6 +313,8 @@ Examples:
   sudo resreap top --once            one frame, for scripts
   sudo resreap top --json            the same data as one JSON object
   sudo resreap top --sort churn      who passes sockets through CLOSE_WAIT fastest (IN/OUT)
+  sudo resreap top --sort out        who runs out of fds soonest at its leak's pace (OUT)
+  sudo resreap top --act-before 600  REAP as a watch that acts 10 minutes before EMFILE
 """)
 def top(
     ctx: typer.Context,
@@ -315,6 +326,7 @@ def top(
     limit: LimitOpt = 2,
     grace: GraceOpt = 2.0,
     stall: StallOpt = 60.0,
+    act_before: ActBeforeOpt = None,
     backend: BackendOpt = "auto",
     config_file: ConfigOpt = None,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
@@ -322,12 +334,14 @@ def top(
         "--json", help="Print one frame as a JSON object and exit.")] = False,
     sort: Annotated[str, typer.Option(
         "--sort", metavar="KEY",
-        help="reap-in, close-wait, counting, oldest or churn.")] = "reap-in",
+        help="reap-in, close-wait, counting, oldest, churn or out (out of fds "
+             "soonest).")] = "reap-in",
 ) -> None:
     """Show the processes holding CLOSE_WAIT sockets, and when each would be
     reaped: its sockets now and those that count, their evidence, the
     oldest's age, its sockets in and out of CLOSE_WAIT per second, its fds
-    against its limit, its memory; then the acting watch's last reaps.  It
+    against its limit and when they run out at its leak's pace, its memory;
+    then the acting watch's last reaps.  It
     runs the watch's own event source and policy (settings from flags, then
     the config file), as a dry run: it never signals."""
     from resreap.errors import UsageError

@@ -145,6 +145,8 @@ class Holder(NamedTuple):
     unit: str
     container: str
     count: int
+    # Seconds until its fds run out at its leak's pace (None: no forecast).
+    exhausted_in: float | None = None
 
 
 # Kill durations (seconds), the histogram's upper bounds.
@@ -168,6 +170,8 @@ class Snapshot(NamedTuple):
     kill_seconds: float = 0.0           # their total duration
     rule_outcomes: dict = {}  # (rule name, Result.value) -> kill sequences
     rules: tuple[str, ...] = ("default",)  # the rules in force, by name
+    # The holders whose fds run out first at their leak's pace (engine/forecast).
+    exhausting: tuple[Holder, ...] = ()
 
 
 def format_addr(family: int, raw: bytes) -> str:

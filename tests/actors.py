@@ -578,7 +578,86 @@ def slow_closers(host: str, count: str) -> None:
         pass
 
 
+def limited_server(host: str, fd_limit: str, mode: str = "leak") -> None:
+    """A server whose soft RLIMIT_NOFILE is FD_LIMIT: mode ``leak`` reads
+    each connection to its EOF and keeps it (the article's outage, at its
+    clients' pace), ``healthy`` closes it once read.  Prints ``EMFILE
+    <CLOCK_MONOTONIC>`` at its first accept() refused for want of an fd;
+    ``fds`` prints its fds in use."""
+    import errno
+    import resource
+
+    set_comm(f"lim-{mode}")  # apart in the metrics' per-holder labels
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(fd_limit), hard))
+    srv = listen(host)
+    held = []  # the leak: references kept, so nothing closes them
+
+    def serve(conn):
+        if mode == "leak":
+            held.append(conn)
+
+        def run():
+            try:
+                while conn.recv(65536):
+                    pass
+            except OSError:
+                pass
+            if mode == "healthy":
+                conn.close()
+        threading.Thread(target=run, daemon=True).start()
+
+    def loop():
+        told = False
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError as exc:
+                if exc.errno != errno.EMFILE:
+                    return
+                if not told:
+                    print(f"EMFILE {time.monotonic():.3f}", flush=True)
+                    told = True
+                time.sleep(0.05)
+                continue
+            serve(conn)
+
+    threading.Thread(target=loop, daemon=True).start()
+    say(port=srv.getsockname()[1], pid=os.getpid())
+    for cmd in commands():
+        if cmd[0] == "fds":
+            print(f"FDS {len(os.listdir('/proc/self/fd')) - 1}", flush=True)
+
+
+def paced_clients(host: str, port: str, every: str, burst: str = "1") -> None:
+    """On ``go``: BURST connections every EVERY seconds, each closed at
+    once (a leaking server keeps its end); prints ``GO <CLOCK_MONOTONIC>``.
+    Until stdin closes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    say(pid=os.getpid())
+
+    def pace():
+        began = time.monotonic()
+        print(f"GO {began:.3f}", flush=True)
+        for i in range(1_000_000):
+            for _ in range(int(burst)):
+                c = socket.socket(family, socket.SOCK_STREAM)
+                c.settimeout(1)
+                try:
+                    c.connect((host, int(port)))
+                except OSError:
+                    pass
+                c.close()
+            time.sleep(max(0.0, began + (i + 1) * float(every) - time.monotonic()))
+
+    for cmd in commands():
+        if cmd[0] == "go":
+            threading.Thread(target=pace, daemon=True).start()
+
+
 ROLES = {
+    "limited-server": limited_server,
+    "paced-clients": paced_clients,
     "closing-server": closing_server,
     "churn-server": churn_server,
     "churn-clients": churn_clients,

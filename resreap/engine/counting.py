@@ -97,10 +97,11 @@ class Counting:
         self.book.reconfigured()
         self.table.reschedule_all(lambda e: max(now, e.entered + grace))
 
-    def over(self, owner: Owner) -> tuple[Rule, int] | None:
-        """The first rule whose limit ``owner``'s counting sockets reach
-        (the rule book's cached picks: cheap), and how many they are."""
-        return self.book.over(owner, self.counting_socks(owner))
+    def over(self, owner: Owner, exhausted_in: float | None = None) -> tuple[Rule, int] | None:
+        """The first rule under which ``owner``'s counting sockets make it
+        a target (RuleBook.over: the cached picks, cheap), and how many
+        they are."""
+        return self.book.over(owner, self.counting_socks(owner), exhausted_in)
 
     def standing(self, owner: Owner) -> list[tuple[Rule, int]]:
         """``owner``'s counting sockets per rule (RuleBook.standing)."""

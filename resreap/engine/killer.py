@@ -52,6 +52,11 @@ class Target(NamedTuple):
     # What the storm bound counts this kill against (policy.StormKey): made
     # with the decision, recorded with the outcome, never re-derived.
     storm_key: "StormKey | None" = None
+    # Why it is a target: "limit", "fd-percent" or "exhaustion" (its fds
+    # forecast to run out within --act-before); and that forecast, seconds
+    # (None: none, its leak does not grow).
+    reason: str = "limit"
+    exhausted_in: float | None = None
 
     @property
     def rule_name(self) -> str:
@@ -101,6 +106,11 @@ def hook_env(target: Target, plan: Plan) -> dict[str, str]:
         "RESREAP_UNIT": (target.where or Supervisor()).unit or "",
         "RESREAP_CONTAINER": (target.where or Supervisor()).container or "",
         "RESREAP_RULE": target.rule_name,
+        # limit, fd-percent or exhaustion; seconds until its fds run out
+        # (empty: no forecast).
+        "RESREAP_REASON": target.reason,
+        "RESREAP_EXHAUSTED_IN": f"{target.exhausted_in:.0f}" if target.exhausted_in is not None
+        else "",
     })
     return {k: v.replace("\0", "") for k, v in env.items()}
 

@@ -28,13 +28,16 @@ RULE_OUTCOMES_MAX = 1024  # (rule, result) pairs counted: rules are few
 def announce(target: Target, bound: Threshold) -> None:
     """The `reap` (or `would-reap`) line, as the process is handed to the
     kill engine: who, under which rule, why (its counting sockets, their
-    evidence, the bound they cross), what will be done."""
+    evidence, the bound they cross, or its fds' forecast: ``reason``), when
+    its fds run out at this pace, what will be done."""
     info, rule, where = target.info, target.rule, target.where
     plan = rule.plan
     decision(Event.REAP if not plan.dry_run else Event.WOULD_REAP, logging.WARNING,
              pid=info.pid, comm=info.comm, **where.fields(), rule=rule.name,
-             count=len(target.sockets), limit=rule.limits.limit,
+             count=len(target.sockets), limit=rule.limits.limit, reason=target.reason,
              **({"needed": bound.count} if bound.why == "fd-percent" else {}),
+             **({"exhausted_in": round(target.exhausted_in)}
+                if target.exhausted_in is not None else {}),
              evidence=target.evidence, oldest=round(target.oldest, 3),
              sockets=endpoints(target.sockets),
              cmd=info.cmdline, plan=plan.describe() + (" (dry run)" if plan.dry_run else ""))

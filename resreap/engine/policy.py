@@ -21,28 +21,50 @@ if TYPE_CHECKING:  # config imports rules, as this module does
 
 
 class Threshold(NamedTuple):
-    """How many counting sockets make a process a target, and which bound
-    set that number."""
+    """How many counting sockets make a process a target, which bound set
+    that number, and how close to running out of fds it may come."""
 
     count: int
     why: str   # "limit" (-l) or "fd-percent" (that share of its soft fd limit)
     fd_limit: int | None = None  # the soft fd limit it was computed from
+    act_before: float | None = None  # --act-before: seconds before its fds run out
 
-    def crossed_by(self, count: int) -> bool:
-        return count >= self.count
+    def crossed_by(self, count: int, exhausted_in: float | None = None) -> bool:
+        return self.reason(count, exhausted_in) is not None
+
+    def reason(self, count: int, exhausted_in: float | None = None) -> str | None:
+        """Why ``count`` counting sockets, with fds running out in
+        ``exhausted_in`` seconds (engine/forecast; None: no forecast), make
+        it a target: the bound's ``why``, or "exhaustion" (the forecast
+        fell below --act-before: it still needs one counting socket, the
+        evidence decides, the forecast only when).  None: not a target."""
+        if count >= self.count:
+            return self.why
+        if self.due_in(count, exhausted_in) == 0.0:
+            return "exhaustion"
+        return None
+
+    def due_in(self, count: int, exhausted_in: float | None) -> float | None:
+        """Seconds until the forecast alone makes it a target (0: now);
+        None: never with these sockets (no --act-before, no counting
+        socket, or no forecast)."""
+        if self.act_before is None or count < 1 or exhausted_in is None:
+            return None
+        return max(0.0, exhausted_in - self.act_before)
 
 
 def threshold(limits: Limits, fd_limit: int | None) -> Threshold:
     """The one "crossed its limit" predicate's bound, for a process whose
     soft RLIMIT_NOFILE is ``fd_limit`` (None: unlimited): `-l`, or with
     `--fd-percent` that share of the fd limit where it is larger (the
-    exhaustion that takes a server down).  The decision, the re-check
-    before the first signal (Target.limit) and `top`'s REAP all ask it."""
+    exhaustion that takes a server down); and `--act-before`.  The
+    decision, the re-check before the first signal (Target.limit) and
+    `top`'s REAP all ask it."""
     if limits.fd_percent and fd_limit:
         share = math.ceil(limits.fd_percent * fd_limit / 100)
         if share > limits.limit:
-            return Threshold(share, "fd-percent", fd_limit)
-    return Threshold(limits.limit, "limit", fd_limit)
+            return Threshold(share, "fd-percent", fd_limit, limits.act_before)
+    return Threshold(limits.limit, "limit", fd_limit, limits.act_before)
 
 
 def threshold_of(limits: Limits, pid: int, proc: Proc) -> Threshold | None:
@@ -64,13 +86,17 @@ class Counter:
 
     def __init__(self) -> None:
         self.by_owner: dict[Owner, set[Key]] = collections.defaultdict(set)
+        # Holders whose count changed since the forecaster last sampled it.
+        self.changed: set[Owner] = set()
 
     def add(self, key: Key, owners: Iterable[Owner]) -> None:
         for owner in owners:
             self.by_owner[owner].add(key)
+            self.changed.add(owner)
 
     def remove(self, key: Key, owners: Iterable[Owner]) -> None:
         for owner in owners:
+            self.changed.add(owner)
             keys = self.by_owner.get(owner)
             if keys is not None:
                 keys.discard(key)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Collection, NamedTuple
 
 from resreap.bounded import BoundedDict
-from resreap.engine.policy import StormKey
+from resreap.engine.policy import StormKey, threshold
 from resreap.engine.rules import NO_FACTS, Facts, Rule
 from resreap.errors import AccessDenied, ProcessGone, ProcessReplaced, ProcessUnreadable
 from resreap.host import supervisor
@@ -148,13 +148,18 @@ class RuleBook:
                 counts[id(rule)] = counts.get(id(rule), 0) + 1
         return [(r, counts[id(r)]) for r in rules.every() if id(r) in counts]
 
-    def over(self, owner: Owner, socks: Collection[SockId]) -> tuple[Rule, int] | None:
-        """The first rule whose limit ``owner``'s counting sockets under it
-        reach, and how many they are."""
-        return next(((r, n) for r, n in self.standing(owner, socks) if n >= r.limits.limit),
-                    None)
+    def over(self, owner: Owner, socks: Collection[SockId],
+             exhausted_in: float | None = None) -> tuple[Rule, int] | None:
+        """The first rule under which ``owner``'s counting sockets make it a
+        target (the predicate's count-only bound: -l, or with its fds
+        forecast to run out in ``exhausted_in`` seconds, --act-before;
+        --fd-percent needs a read, made at the decision), and how many they
+        are."""
+        return next(((r, n) for r, n in self.standing(owner, socks)
+                     if threshold(r.limits, None).crossed_by(n, exhausted_in)), None)
 
-    def decide(self, owner: Owner, socks: Collection[SockId]) -> Reading | None:
+    def decide(self, owner: Owner, socks: Collection[SockId],
+               exhausted_in: float | None = None) -> Reading | None:
         """A decision's rule: the process read afresh, once, and its rule
         derived from what it is now (argv rewritten, privileges dropped
         since its counting sockets ``socks`` counted).  None: no rule's
@@ -163,7 +168,7 @@ class RuleBook:
         self.refresh(owner)
         info, facts = self._read(owner)
         self._remember(owner, self._clock(), facts)
-        over = self.over(owner, socks)
+        over = self.over(owner, socks, exhausted_in)
         if over is None:
             return None
         return Reading(info, facts, *over)

@@ -42,6 +42,9 @@ class Limits(NamedTuple):
     per: float = 60.0       # ... per this many seconds
     stall: float = 60.0     # --stall: seconds before an unread or queued one counts
     fd_percent: float | None = None  # --fd-percent: also needed, % of RLIMIT_NOFILE
+    # --act-before: also a target, with one counting socket, once its fds
+    # are forecast to run out within this many seconds (engine/forecast).
+    act_before: float | None = None
 
     @property
     def rules(self) -> Rules:
@@ -204,6 +207,13 @@ class RuleSet(NamedTuple):
         if not every:
             return Rules()
         return Rules(min(r.limits.grace for r in every), min(r.limits.stall for r in every))
+
+    @property
+    def act_before(self) -> float | None:
+        """The longest --act-before of any rule (None: no rule acts on a
+        forecast, and none is computed for decisions)."""
+        return max((r.limits.act_before for r in self.every()
+                    if r.limits.act_before is not None), default=None)
 
     @property
     def longest_window(self) -> float:

@@ -43,6 +43,9 @@ class Row(NamedTuple):
     enter_rate: float = 0.0  # its sockets entering CLOSE_WAIT per second (churn window)
     exit_rate: float = 0.0   # ... and leaving it (its close())
     rss: int | None = None   # resident memory, bytes (None: unreadable)
+    # Seconds until its fds run out at its leak's pace (engine/forecast;
+    # None: its counting sockets do not grow, or no fd limit).
+    exhausted_in: float | None = None
 
 
 def rows(watcher: "Watcher", now: float, top: int = 50) -> list[Row]:
@@ -87,21 +90,26 @@ def _rss(watcher: "Watcher", owner: Owner) -> int | None:
 
 
 def _reap_in(entries: list, rule: "Rule", counting: int, now: float,
-             fd_limit: int | None, readable: bool) -> float | None:
+             fd_limit: int | None, readable: bool, exhausted_in: float | None) -> float | None:
     """When ``rule`` would reap the holder of these sockets: now if
     ``counting`` cross its bound (policy.threshold, as the watch asks it:
-    -l, or the --fd-percent share of ``fd_limit``), else when enough of
+    -l, or the --fd-percent share of ``fd_limit``, or its fds forecast to
+    run out in ``exhausted_in`` within --act-before), else when enough of
     the others would count, by their evidence (the same thresholds as the
-    deadline's judgement).  With --fd-percent and a fd limit that could
-    not be read, never (the watch decides nothing on it either)."""
+    deadline's judgement), or when the forecast reaches --act-before.
+    With --fd-percent and a fd limit that could not be read, never (the
+    watch decides nothing on it either)."""
     if rule.limits.fd_percent and not readable:
         return None
-    need = threshold(rule.limits, fd_limit).count - counting
+    bound = threshold(rule.limits, fd_limit)
+    by_forecast = bound.due_in(counting, exhausted_in)
+    need = bound.count - counting
     if need <= 0:
         return 0.0
     dues = sorted(e.entered + after for e in entries if not e.counted
                   and (after := counts_after(e.evidence, rule.limits.rules)) is not None)
-    return max(0.0, dues[need - 1] - now) if len(dues) >= need else None
+    by_count = max(0.0, dues[need - 1] - now) if len(dues) >= need else None
+    return min((t for t in (by_count, by_forecast) if t is not None), default=None)
 
 
 def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
@@ -128,9 +136,10 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
     except ResreapError:
         fds = None
     counted = dict((id(r), n) for r, n in watcher.sockets.standing(owner))
+    exhausted_in = watcher.forecasts.seconds(owner, now)
     best: tuple[float | None, "Rule | None"] = (None, None)
     for key, (rule, mine) in by_rule.items():
-        when = _reap_in(mine, rule, counted.get(key, 0), now, limit, readable)
+        when = _reap_in(mine, rule, counted.get(key, 0), now, limit, readable, exhausted_in)
         if best[1] is None or (when is not None and (best[0] is None or when < best[0])):
             best = (when, rule)
     reap_in, rule = best
@@ -138,7 +147,7 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
                len(entries), counting, evidence,
                max(0.0, now - min((e.entered for e in entries), default=now)),
                fds, limit, reap_in if rule is not None else None,
-               rule.name if rule is not None else "-")
+               rule.name if rule is not None else "-", exhausted_in=exhausted_in)
 
 
 def snapshot(watcher: "Watcher", top: int) -> Snapshot:
@@ -149,11 +158,14 @@ def snapshot(watcher: "Watcher", top: int) -> Snapshot:
     # cgroup is read once per snapshot.
     wheres: dict[int, "Supervisor"] = {}
 
+    now = watcher.now()
+
     def holder(owner: Owner, n: int) -> Holder:
         where = wheres.get(owner.pid)
         if where is None:
             where = wheres[owner.pid] = supervisor.of(owner.pid, watcher.proc)
-        return Holder(owner.pid, owner.comm, where.unit or "", where.container or "", n)
+        return Holder(owner.pid, owner.comm, where.unit or "", where.container or "", n,
+                      watcher.forecasts.seconds(owner, now))
 
     # Every CLOSE_WAIT socket with a known holder, counting or not yet: a
     # process heading for a reap shows before its sockets count.
@@ -167,11 +179,13 @@ def snapshot(watcher: "Watcher", top: int) -> Snapshot:
     holding = heapq.nlargest(top, ((n, o) for o, n in now_held.items()), key=lambda c: c[0])
     tally = watcher.tally
     return Snapshot(
-        oldest=max(0.0, watcher.now() - oldest) if oldest is not None else 0.0,
+        oldest=max(0.0, now - oldest) if oldest is not None else 0.0,
         holding=tuple(holder(o, n) for n, o in holding),
         kill_buckets=tuple(tally.kill_buckets), kill_seconds=tally.kill_seconds,
         tracked=len(watcher.table),
         top=tuple(holder(o, n) for n, o in best),
+        exhausting=tuple(holder(o, watcher.sockets.counter.count(o))
+                         for _s, o in watcher.forecasts.soonest(top, now)),
         other=sum(n for n, _ in counts) - sum(n for n, _ in best),
         rule_outcomes=dict(tally.rule_results),
         rules=tuple(r.name for r in watcher.current.rules.every()),

@@ -17,6 +17,7 @@ from resreap.engine.config import Current, WatchConfig, read_latency
 from resreap.engine.counting import Counting
 from resreap.engine.decisions import Event, decision
 from resreap.engine.family import ChildrenFirst
+from resreap.engine.forecast import Alarms, Forecaster
 from resreap.engine.losses import Losses
 from resreap.engine.killer import KillEngine, Killer, Outcome, Target
 from resreap.engine.outcomes import Listener, Tally, announce, say
@@ -86,6 +87,10 @@ class Watcher:
         self.family = ChildrenFirst(self.sockets, self.lineage)
         self._timer: Callable[[], float] = time.monotonic  # the turn's budget: real time
         self.losses = Losses(source, self.sockets, resolver.kernel)
+        # When each leaking holder runs out of fds; when to look at those
+        # whose rule acts before that (--act-before).
+        self.forecasts = Forecaster(self.proc, clock)
+        self.alarms = Alarms()
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Called once per loop turn (sd_notify pings, config reloads).
         self._tick = tick
@@ -116,6 +121,9 @@ class Watcher:
             wake = min(wake, deadline)
         if self._deferred:
             wake = min(wake, min(self._deferred.values()))
+        alarm = self.alarms.next()
+        if alarm is not None:
+            wake = min(wake, alarm)
         if self.sockets.recheck or self._backlog:
             wake = now
         return min(wake, self.losses.next_reconcile)
@@ -152,6 +160,7 @@ class Watcher:
             if when <= now:
                 del self._deferred[owner]
                 touched.add(owner)
+        touched.update(self._foresee(now))
         if touched or self._backlog:
             self._decide(touched, now)
         self._collect()
@@ -213,10 +222,32 @@ class Watcher:
             self._decide_one(owner, now)
         self._backlog += left
 
+    def _foresee(self, now: float) -> list[Owner]:
+        """Sample the holders whose count changed this turn (engine/forecast);
+        where a rule acts on forecasts, set each one's alarm at its
+        forecast less the longest --act-before.  The owners whose alarm
+        rang."""
+        changed = self.forecasts.follow(self.sockets.counter.by_owner,
+                                        self.sockets.counter.changed, now)
+        act_before = self.current.rules.act_before
+        if act_before is None:
+            return []
+        for owner in changed:
+            forecast = self.forecasts.of(owner, now)
+            self.alarms.set(owner, forecast.at - act_before if forecast is not None else None)
+        return self.alarms.due(now)
+
+    def _exhausted_in(self, owner: Owner, now: float) -> float | None:
+        """Its forecast, where a rule acts on one (else None: not read)."""
+        if self.current.rules.act_before is None:
+            return None
+        return self.forecasts.seconds(owner, now)
+
     def _decide_one(self, owner: Owner, now: float) -> None:
         """The cheap checks first; the process is read only once it has a
         kill slot, and its children looked for only once it is eligible."""
-        if self.sockets.over(owner) is None:
+        exhausted_in = self._exhausted_in(owner, now)
+        if self.sockets.over(owner, exhausted_in) is None:
             if self._debug:
                 for rule, count in self.sockets.standing(owner):
                     decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
@@ -234,29 +265,22 @@ class Watcher:
             # first: waiting owners cost nothing more while slots are full.
             self._deferred[owner] = now + 0.05
             return
-        case = self._judge(owner, now)
+        case = self._judge(owner, now, exhausted_in)
         if case is None or self._children_first(case, now) or self._rate_limited(case, now):
             return
-        rule = case.rule
-        verified = self.sockets.verify(owner, rule, now)
-        if len(verified) < rule.limits.limit:
-            if self._debug:
-                decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
-                         rule=rule.name, count=len(verified), limit=rule.limits.limit,
-                         why="re-check")
-            return
-        bound = self._threshold(owner, rule, len(verified), now)
+        verified = self.sockets.verify(owner, case.rule, now)
+        bound = self._threshold(owner, case.rule, len(verified), exhausted_in, now)
         if bound is not None:
-            self._reap(case, verified, bound, now)
+            self._reap(case, verified, bound, exhausted_in, now)
 
-    def _judge(self, owner: Owner, now: float) -> Case | None:
+    def _judge(self, owner: Owner, now: float, exhausted_in: float | None) -> Case | None:
         """Read the process once (bounded) and derive its rule from what it
         is right now (the rule book: argv rewritten, privileges dropped
         since its sockets counted), then whether it may be reaped at all.
         None: gone, unreadable (looked at again later), under its limit by
         its fresh rule, or spared (said once)."""
         try:
-            reading = self.book.decide(owner, self.sockets.counting_socks(owner))
+            reading = self.book.decide(owner, self.sockets.counting_socks(owner), exhausted_in)
         except ProcessGone:
             return None  # its sockets' exits are on their way
         except (ProcessUnreadable, AccessDenied) as exc:
@@ -312,15 +336,22 @@ class Watcher:
         self._deferred[case.owner] = allowed
         return True
 
-    def _reap(self, case: Case, verified: dict, bound: Threshold, now: float) -> None:
+    def _reap(self, case: Case, verified: dict, bound: Threshold,
+              exhausted_in: float | None, now: float) -> None:
         info, where, rule = case.info, case.where, case.rule
         rows = sorted(verified.values(), key=lambda r: r[0].sock)
         socks = [entry.sock for entry, _hit, _kind in rows]
         oldest = max(now - entry.entered for entry, _hit, _kind in rows)
         found = evidence.summary(kind for _e, _h, kind in rows)
+        reason = bound.reason(len(rows), exhausted_in)
+        if exhausted_in is None:
+            exhausted_in = self.forecasts.seconds(case.owner, now)  # for the lines
+        # On a forecast, the re-check before the first signal asks for one
+        # of its counting sockets still held (the evidence), not -l.
         target = Target(info, tuple(socks), oldest, tuple(hit.diag.inode for _e, hit, _k in rows),
-                        bound.count, found, tuple(entry.key for entry, _h, _k in rows),
-                        where, rule, case.storm)
+                        1 if reason == "exhaustion" else bound.count, found,
+                        tuple(entry.key for entry, _h, _k in rows), where, rule, case.storm,
+                        reason or bound.why, exhausted_in)
         announce(target, bound)
         if not self.killer.submit(target):  # only if it filled up just now
             log.warning("pid %d: kill slots full, deciding again shortly", info.pid)
@@ -341,15 +372,21 @@ class Watcher:
             book.keep(lambda ident: ident in holding or ident[0] in running)
         self.family.keep(lambda owner: owner.ident in holding)
 
-    def _threshold(self, owner: Owner, rule: Rule, count: int,
+    def _threshold(self, owner: Owner, rule: Rule, count: int, exhausted_in: float | None,
                    now: float) -> Threshold | None:
         """The rule's bound for this process (policy.threshold_of: -l, or
-        its --fd-percent share of its soft fd limit, read now), if its
-        ``count`` counting sockets cross it; else None, and it is looked at
-        again after the grace (unreadable: decides nothing)."""
+        its --fd-percent share of its soft fd limit, read now, or its fds
+        forecast to run out within --act-before), if its ``count``
+        verified counting sockets cross it; else None, and past -l it is
+        looked at again after the grace (unreadable: decides nothing)."""
         bound = threshold_of(rule.limits, owner.pid, self.proc)
-        if bound is None or bound.crossed_by(count):
+        if bound is None or bound.crossed_by(count, exhausted_in):
             return bound
+        if count < rule.limits.limit:
+            if self._debug:
+                decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm,
+                         rule=rule.name, count=count, limit=rule.limits.limit, why="re-check")
+            return None
         if self._debug:
             decision(Event.BELOW, logging.DEBUG, pid=owner.pid, comm=owner.comm, count=count,
                      rule=rule.name, limit=rule.limits.limit, why=bound.why,

@@ -22,7 +22,8 @@ DEFAULT_PATH = "/etc/resreap/resreap.toml"
 # option name -> accepted types
 KEYS: dict[str, tuple[type, ...]] = {
     "filter": (str,), "ignore": (list,), "pid": (list,), "limit": (int,),
-    "grace": (int, float), "stall": (int, float), "fd_percent": (int, float), "hook": (str,), "signal": (str, int), "first_signal": (str, int),
+    "grace": (int, float), "stall": (int, float), "fd_percent": (int, float), "act_before": (int, float),
+    "hook": (str,), "signal": (str, int), "first_signal": (str, int),
     "wait": (int, float), "dry_run": (bool,), "restart_units": (bool,),
     "restart_unit": (list,), "debug": (bool,), "backend": (str,),
     "log_file": (str,), "json": (bool,), "hook_timeout": (int, float), "max_rate": (str,),
@@ -30,7 +31,7 @@ KEYS: dict[str, tuple[type, ...]] = {
 }
 # What a [[rule]] may set besides its name and match: the settings that
 # judge and act on a process (the daemon's own, e.g. backend, stay global).
-RULE_KEYS = ("limit", "grace", "stall", "fd_percent", "signal", "first_signal", "wait", "hook",
+RULE_KEYS = ("limit", "grace", "stall", "fd_percent", "act_before", "signal", "first_signal", "wait", "hook",
              "hook_timeout", "dry_run", "restart_units", "max_rate")
 MATCH_TYPES: dict[str, tuple[type, ...]] = {
     "cmd": (str,), "unit": (str,), "container": (str,), "port": (int,), "user": (str, int)}

@@ -171,7 +171,10 @@ class Daemon:
         decision(Event.START, logging.WARNING, backend=source.name, **how,
                  first_pass=source.first_pass,
                  limit=config.limits.limit, grace=config.limits.grace, stall=config.limits.stall,
-                 fd_percent=config.limits.fd_percent or "-", plan=config.plan.describe(),
+                 fd_percent=config.limits.fd_percent or "-",
+                 **({"act_before": config.limits.act_before}
+                    if config.limits.act_before is not None else {}),
+                 plan=config.plan.describe(),
                  dry_run=config.plan.dry_run, restart_units=config.plan.restart_units,
                  filter=st.command_pattern or "",
                  ignore=list(st.ignore), pid=sorted(config.filters.pids),

@@ -218,6 +218,27 @@ class Exporter:
         return family
 
     @staticmethod
+    def _exhaustion(holders):
+        """Seconds until each leaking holder's fds run out at its pace, the
+        soonest TOP; the same labels as the other per-holder gauges, and
+        where two processes share them, the sooner (what an alert on "out
+        of fds within 30 minutes" is about).  Absent: no forecast."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "resreap_fd_exhaustion_seconds",
+            f"Seconds until a leaking process runs out of fds at the pace its counting "
+            f"sockets grow (the soonest {TOP})", labels=["comm", "unit", "container"])
+        soonest: dict[tuple[str, str, str], float] = {}
+        for h in holders:
+            if h.exhausted_in is not None:
+                key = (h.comm, h.unit, h.container)
+                soonest[key] = min(soonest.get(key, h.exhausted_in), h.exhausted_in)
+        for key, seconds in soonest.items():
+            family.add_metric(list(key), round(seconds, 1))
+        return family
+
+    @staticmethod
     def _durations(snap: Snapshot):
         from prometheus_client.core import HistogramMetricFamily
 
@@ -287,6 +308,7 @@ class Exporter:
         yield self._per_holder("resreap_close_wait_sockets_by_holder",
                                f"CLOSE_WAIT sockets now, counting or not yet, per holder "
                                f"(top {TOP}): a process heading for a reap", snap.holding)
+        yield self._exhaustion(snap.exhausting)
         yield GaugeMetricFamily("resreap_counting_sockets_other",
                                 f"Sockets past the grace held by processes beyond the top {TOP}",
                                 value=snap.other)

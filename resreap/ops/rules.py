@@ -29,7 +29,7 @@ def describe(rule: Rule, default: bool = False) -> dict:
         "trusts": [k for k in TRUSTED_KEYS if k in match] if not default else [],
         "any_user_can_match": not default and not rule.match.trusted,
         "limit": limits.limit, "grace": limits.grace, "stall": limits.stall,
-        "fd_percent": limits.fd_percent, "max_rate": f"{limits.max_kills}/{limits.per:g}",
+        "fd_percent": limits.fd_percent, "act_before": limits.act_before, "max_rate": f"{limits.max_kills}/{limits.per:g}",
         "plan": plan.describe(), "dry_run": plan.dry_run, "hook": plan.hook,
         "restart_units": plan.restart_units,
     }
@@ -41,6 +41,10 @@ def book(st: WatchSettings) -> list[dict]:
     if rules.default is not None:
         out.append(describe(rules.default, default=True))
     return out
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}s"
 
 
 def _when(row: Row) -> str:
@@ -64,7 +68,8 @@ def text(rules: list[dict], rows: list[Row]) -> list[str]:
                                              if r["trusts"] else "")
         lines.append(f"rule {safe(r['rule'])}: {match}{trust}")
         lines.append(f"  limit {r['limit']}, grace {r['grace']:g}s, stall {r['stall']:g}s, "
-                     f"fd_percent {r['fd_percent'] or '-'}, max_rate {r['max_rate']}, "
+                     f"fd_percent {r['fd_percent'] or '-'}, "
+                     f"act_before {_seconds(r['act_before'])}, max_rate {r['max_rate']}, "
                      f"{'dry run' if r['dry_run'] else 'plan ' + r['plan']}"
                      + (", hook" if r["hook"] else ""))
     lines.append("")
@@ -75,8 +80,10 @@ def text(rules: list[dict], rows: list[Row]) -> list[str]:
         # (raw, an OSC title and a newline with a forged line reached root's
         # terminal).
         where = row.container or row.unit or "-"
+        out = "" if row.exhausted_in is None else \
+            f", out of fds in {row.exhausted_in:.0f}s ({row.fds}/{row.fd_limit})"
         lines.append(f"pid {row.pid} {safe(row.comm)} ({safe(where)}): rule {safe(row.rule)}, "
-                     f"CLOSE_WAIT {row.close_wait}, counting {row.counting}; {_when(row)}")
+                     f"CLOSE_WAIT {row.close_wait}, counting {row.counting}{out}; {_when(row)}")
     return lines
 
 

@@ -94,6 +94,7 @@ def resolve(given: dict[str, Any], from_flags: Iterable[str],
 # The flag that names each setting, in errors about the top level (a rule's
 # errors name its key instead: "rule 'edge': limit = 0 ...").
 FLAGS = {"limit": "-l", "grace": "-i", "stall": "--stall", "fd_percent": "--fd-percent",
+         "act_before": "--act-before",
          "wait": "-w", "hook_timeout": "--hook-timeout"}
 
 
@@ -108,6 +109,8 @@ def _limits_plan(st: dict[str, Any], name=FLAGS.__getitem__) -> tuple[Limits, Pl
         if not 0 < st["fd_percent"] <= 100:
             raise UsageError(f"bad {name('fd_percent')} value {st['fd_percent']!r}: must be in "
                              "(0, 100]")
+    if st.get("act_before") is not None:
+        positive(name("act_before"), st["act_before"], strict=True)
     positive(name("wait"), st["wait"])
     positive(name("hook_timeout"), st["hook_timeout"], strict=True)
     max_kills, per = parse_rate(st["max_rate"])
@@ -123,7 +126,9 @@ def _limits_plan(st: dict[str, Any], name=FLAGS.__getitem__) -> tuple[Limits, Pl
                 restart_also=frozenset(also))
     grace = float(st["grace"])
     limits = Limits(int(st["limit"]), grace, max_kills, per, stall=max(grace, float(st["stall"])),
-                    fd_percent=float(st["fd_percent"]) if st["fd_percent"] is not None else None)
+                    fd_percent=float(st["fd_percent"]) if st["fd_percent"] is not None else None,
+                    act_before=float(st["act_before"]) if st.get("act_before") is not None
+                    else None)
     return limits, plan
 
 

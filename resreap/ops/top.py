@@ -31,7 +31,7 @@ from resreap.ops.recent import read as read_recent
 from resreap.ops import stack
 from resreap.ops.settings import WatchSettings
 
-SORTS = ("reap-in", "close-wait", "counting", "oldest", "churn")
+SORTS = ("reap-in", "close-wait", "counting", "oldest", "churn", "out")
 # --once: the first look lasts the grace and a little, so that every socket
 # has been judged once (its evidence says when it would count).
 FIRST_LOOK_EXTRA = 0.5
@@ -40,7 +40,8 @@ FIRST_LOOK_EXTRA = 0.5
 def _key(sort: str):
     return {"close-wait": lambda r: -r.close_wait, "counting": lambda r: -r.counting,
             "oldest": lambda r: -r.oldest, "churn": lambda r: (-r.enter_rate, -r.exit_rate),
-            "reap-in": lambda r: (r.reap_in is None, r.reap_in or 0.0, -r.close_wait)}[sort]
+            "reap-in": lambda r: (r.reap_in is None, r.reap_in or 0.0, -r.close_wait),
+            "out": lambda r: (r.exhausted_in is None, r.exhausted_in or 0.0, -r.counting)}[sort]
 
 
 def start(st: WatchSettings, churn: bool = True) -> Watcher:
@@ -91,11 +92,11 @@ def as_json(data: dict) -> str:
 
 
 # The columns at 80: with rules, RULE takes OLD's and RSS's place (the JSON
-# has them all).
-COLUMNS = (("PID", 7), ("COMM", 9), ("UNIT/CONT", 10), ("CW/CNT", 7), ("EVID", 8),
-           ("OLD", 3), ("IN/OUT", 8), ("FDS", 9), ("RSS", 5), ("REAP", 4))
-RULED = (("PID", 7), ("COMM", 9), ("UNIT/CONT", 10), ("CW/CNT", 7), ("EVID", 8),
-         ("RULE", 9), ("IN/OUT", 8), ("FDS", 9), ("REAP", 4))
+# has them all).  OUT: when its fds run out at its leak's pace.
+COLUMNS = (("PID", 7), ("COMM", 8), ("UNIT/CONT", 9), ("CW/CNT", 7), ("EVID", 6),
+           ("OLD", 3), ("IN/OUT", 8), ("FDS", 9), ("OUT", 3), ("RSS", 5), ("REAP", 4))
+RULED = (("PID", 7), ("COMM", 8), ("UNIT/CONT", 9), ("CW/CNT", 7), ("EVID", 6),
+         ("RULE", 9), ("IN/OUT", 8), ("FDS", 9), ("OUT", 3), ("REAP", 4))
 REAPS_SHOWN = 3
 
 
@@ -145,11 +146,12 @@ def _cells(r: Row, ruled: bool) -> list[str]:
     fds = f"{_count(r.fds) if r.fds is not None else '?'}/{_count(r.fd_limit) if r.fd_limit else '-'}"
     reap = "-" if r.reap_in is None else "now" if r.reap_in == 0 else _age(r.reap_in)
     churn = f"{_rate(r.enter_rate)}/{_rate(r.exit_rate)}"
+    out = "-" if r.exhausted_in is None else "now" if r.exhausted_in == 0 else _age(r.exhausted_in)
     head = [str(r.pid), safe(r.comm), safe(r.container or r.unit or "-"),
             f"{_count(r.close_wait)}/{_count(r.counting)}", evidence]
     if ruled:
-        return head + [safe(r.rule), churn, fds, reap]
-    return head + [_age(r.oldest) if r.close_wait else "-", churn, fds, _bytes(r.rss), reap]
+        return head + [safe(r.rule), churn, fds, out, reap]
+    return head + [_age(r.oldest) if r.close_wait else "-", churn, fds, out, _bytes(r.rss), reap]
 
 
 _EVID = {"eof-ignored": "e", "unread": "u", "queued": "q", "sending": "s"}

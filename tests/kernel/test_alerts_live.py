@@ -106,3 +106,33 @@ def test_a_reap_storm_fires_its_alert_through_prometheus(prometheus, resreap_bin
         assert quiet.alive()
     finally:
         assert run.stop() == 0
+
+
+@pytest.mark.alone  # the per-holder metrics see every process on the host
+def test_a_leak_heading_for_emfile_raises_its_alert_through_prometheus(
+        prometheus, resreap_bin, actors, tag):
+    """#34: a server with a soft fd limit of 200 leaking one socket every
+    0.25 s is forecast to run out within the alert's 30 minutes; the rule,
+    as shipped, goes pending (then firing after its minute) on the
+    forecast Prometheus scraped.  The leaker is not the watch's to reap
+    (another tag): it is watched, not killed."""
+    base, port = prometheus
+    run = WatchRun(resreap_bin, "--backend", "bpf", "-f", tag[4:], "-i", "0.5",
+                   "--metrics", f"127.0.0.1:{port}")
+    try:
+        other = "tag=fc" + tag[6:]
+        leaker = actors("limited-server", "127.0.0.1", 200, "leak", other)
+        actors("paced-clients", "127.0.0.1", leaker.port, 0.25, 1, other).send("go", "GO")
+
+        def raised() -> bool:
+            return any(a["labels"]["alertname"] == "ResreapFdExhaustionSoon"
+                       and a["labels"].get("comm") == "lim-leak"
+                       and a["state"] in ("pending", "firing")
+                       for a in _api(base, "alerts")["alerts"])
+        assert until(raised, 35), _api(base, "query", query="resreap_fd_exhaustion_seconds")
+        (series,) = [r for r in _api(base, "query", query="resreap_fd_exhaustion_seconds")["result"]
+                     if r["metric"].get("comm") == "lim-leak"]
+        assert 0 < float(series["value"][1]) < 60        # it runs out within a minute
+        assert leaker.alive() and not run.find(lambda e: e["event"] == Event.REAP)
+    finally:
+        assert run.stop() == 0

@@ -313,6 +313,15 @@ class World:
         proc = self.procs[pid] = Proc(self, pid, comm)
         return proc
 
+    def set_fd_limit(self, pid: int, fd_limit: int, at: float) -> None:
+        """prlimit at ``at``: its soft RLIMIT_NOFILE changes."""
+        def go():
+            (self.proc / str(pid) / "limits").write_text(
+                f"Limit                     Soft Limit           Hard Limit\n"
+                f"Max open files            {fd_limit}                 {fd_limit}"
+                f"                 files\n")
+        self._at(self.t0 + at, go)
+
     def rename(self, pid: int, comm: str, at: float) -> None:
         """The process sets its own name at ``at`` (prctl PR_SET_NAME)."""
         def go():
@@ -372,7 +381,8 @@ class World:
                 self.kernel.socks[(netns, diag.sock)] = diag
                 if inode:
                     for h in holders:
-                        h.hold(inode)
+                        if self.procs.get(h.pid) is h:  # not after it exited
+                            h.hold(inode)
             self._at(when, arrive)
             if event:
                 self.source.push(Transition(Kind.ENTER, sock, when, kid=cookie + 7))
@@ -430,13 +440,15 @@ class World:
 
     def watch(self, limit: int = 2, grace: float = 2.0, stall: float = 60.0,
               fd_percent: float | None = None, filters: Filters | None = None,
+              act_before: float | None = None,
               max_kills: int = 3, per: float = 60.0, dry_run: bool = False,
               hook: str | None = None, scan_takes: float = 0.0,
               config: WatchConfig | None = None) -> Watcher:
         """The watcher with these settings, or ``config`` (rules)."""
         plan = Plan(wait=2.0, dry_run=dry_run, hook=hook)
         config = config or WatchConfig(Limits(limit, grace, max_kills, per,
-                                              stall=max(grace, stall), fd_percent=fd_percent),
+                                              stall=max(grace, stall), fd_percent=fd_percent,
+                                              act_before=act_before),
                                        plan, filters or Filters.parse(None, (), ()))
         current = Current(config)
         index = FdIndex(procinfo.Proc(str(self.proc)), self.clock)

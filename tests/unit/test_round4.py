@@ -345,7 +345,7 @@ def test_3_5_every_sink_escapes_the_same_hostile_name(tmp_path):
     sock = SockId(4, b"\x7f\0\0\x01", 80, b"\x7f\0\0\x01", 5555)
     where = Supervisor("/x", HOSTILE, None)
     rule = {"rule": HOSTILE, "match": {"cmd": HOSTILE}, "trusts": [], "any_user_can_match": True,
-            "limit": 2, "grace": 2.0, "stall": 60.0, "fd_percent": None, "max_rate": "3/60",
+            "limit": 2, "grace": 2.0, "stall": 60.0, "fd_percent": None, "act_before": None, "max_rate": "3/60",
             "plan": "TERM", "dry_run": False, "hook": None, "restart_units": True}
     texts = []
     texts += rules.text([rule], [row])                                          # rules

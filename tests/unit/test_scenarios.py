@@ -813,8 +813,8 @@ def test_many_spared_owners_cost_one_look_each(world, monkeypatch):
     reads = []
     real_decide = rulebook.RuleBook.decide
     monkeypatch.setattr(rulebook.RuleBook, "decide",
-                        lambda self, owner, socks: reads.append(owner.pid) or
-                        real_decide(self, owner, socks))
+                        lambda self, owner, socks, exhausted_in=None:
+                        reads.append(owner.pid) or real_decide(self, owner, socks, exhausted_in))
     w = world.watch(limit=2, grace=2.0, filters=Filters.parse("^never-matches", (), ()))
     counter = w.sockets.counter
     walks = _CountedWalks(set, counter.by_owner)

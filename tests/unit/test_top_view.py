@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -157,7 +158,7 @@ def _row(**kw) -> Row:
                 container="", close_wait=19999, counting=19999,
                 evidence={"eof-ignored": 9999, "unread": 9999, "queued": 1, "sending": 1},
                 oldest=86400 * 30, fds=19999, fd_limit=20000, reap_in=7200.0, rule="a-long-rule",
-                enter_rate=123456.0, exit_rate=9.94, rss=123 << 30)
+                enter_rate=123456.0, exit_rate=9.94, rss=123 << 30, exhausted_in=840.0)
     base.update(kw)
     return Row(**base)
 
@@ -185,6 +186,7 @@ def test_a_frame_fits_80_by_24_whatever_the_values(rules):
     assert ("RSS" in text) != bool(rules) and ("123G" in text) != bool(rules)
     assert "reaps (watch 4194304), newest first:" in text and "start-failed" in text
     assert "123k/9.9" in text and "now" in text and "2h" in text
+    assert " OUT " in text and re.search(r"19k/20k +14m ", text)  # fds, when they run out
 
 
 def test_without_a_watch_the_frame_says_so():
