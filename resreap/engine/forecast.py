@@ -31,9 +31,15 @@ import collections
 import heapq
 from typing import Callable, NamedTuple
 
+from typing import TYPE_CHECKING
+
 from resreap.errors import AccessDenied, ProcessGone
 from resreap.host.procinfo import Proc
 from resreap.model import Owner
+
+if TYPE_CHECKING:
+    from resreap.engine.config import Current
+    from resreap.engine.policy import Counter
 
 # Seconds of history at most; samples kept per holder; their spacing.
 WINDOW = 300.0
@@ -223,3 +229,41 @@ class Alarms:
             del self._at[owner]
             out.append(owner)
         return out
+
+
+class Foresight:
+    """The watch's side of the forecast: each turn, the holders whose
+    count changed are sampled; where a rule acts on forecasts
+    (--act-before), each one's alarm is set at its forecast less the
+    longest --act-before, and those whose alarm rang are looked at."""
+
+    def __init__(self, current: "Current", counter: "Counter", proc: Proc,
+                 clock: Callable[[], float]) -> None:
+        self.current = current
+        self.counter = counter
+        self.forecasts = Forecaster(proc, clock)
+        self.alarms = Alarms()
+
+    def turn(self, now: float) -> list[Owner]:
+        """Once per loop turn: the owners whose alarm rang."""
+        changed = list(self.counter.changed)
+        self.forecasts.follow(self.counter.by_owner, self.counter.changed, now)
+        act_before = self.current.rules.act_before
+        if act_before is None:
+            return []
+        for owner in changed:
+            # One that holds no counting socket any more has no alarm either
+            # (a month of leaking processes that exited must not pile up).
+            forecast = self.forecasts.of(owner, now) if owner in self.counter.by_owner else None
+            self.alarms.set(owner, forecast.at - act_before if forecast is not None else None)
+        return self.alarms.due(now)
+
+    def exhausted_in(self, owner: Owner, now: float) -> float | None:
+        """Its forecast where a rule acts on one (else None, nothing read)."""
+        if self.current.rules.act_before is None:
+            return None
+        return self.forecasts.seconds(owner, now)
+
+    def reconfigured(self) -> None:
+        """New rules: alarms are set again at each holder's next change."""
+        self.alarms = Alarms()

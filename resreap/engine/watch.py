@@ -17,7 +17,7 @@ from resreap.engine.config import Current, WatchConfig, read_latency
 from resreap.engine.counting import Counting
 from resreap.engine.decisions import Event, decision
 from resreap.engine.family import ChildrenFirst
-from resreap.engine.forecast import Alarms, Forecaster
+from resreap.engine.forecast import Foresight
 from resreap.engine.losses import Losses
 from resreap.engine.killer import KillEngine, Killer, Outcome, Target
 from resreap.engine.outcomes import Listener, Tally, announce, say
@@ -89,8 +89,8 @@ class Watcher:
         self.losses = Losses(source, self.sockets, resolver.kernel)
         # When each leaking holder runs out of fds; when to look at those
         # whose rule acts before that (--act-before).
-        self.forecasts = Forecaster(self.proc, clock)
-        self.alarms = Alarms()
+        self.foresight = Foresight(self.current, self.sockets.counter, self.proc, clock)
+        self.forecasts = self.foresight.forecasts
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Called once per loop turn (sd_notify pings, config reloads).
         self._tick = tick
@@ -121,7 +121,7 @@ class Watcher:
             wake = min(wake, deadline)
         if self._deferred:
             wake = min(wake, min(self._deferred.values()))
-        alarm = self.alarms.next()
+        alarm = self.foresight.alarms.next()
         if alarm is not None:
             wake = min(wake, alarm)
         if self.sockets.recheck or self._backlog:
@@ -160,7 +160,7 @@ class Watcher:
             if when <= now:
                 del self._deferred[owner]
                 touched.add(owner)
-        touched.update(self._foresee(now))
+        touched.update(self.foresight.turn(now))
         if touched or self._backlog:
             self._decide(touched, now)
         self._collect()
@@ -173,6 +173,7 @@ class Watcher:
         decisions; running kill sequences keep the plan they started with."""
         self.current.config = config
         self._spared.clear()
+        self.foresight.reconfigured()
         self.sockets.reconfigured()
         self.source.follow(read_latency(self.current.rules.earliest))
         now = self._clock()
@@ -222,31 +223,10 @@ class Watcher:
             self._decide_one(owner, now)
         self._backlog += left
 
-    def _foresee(self, now: float) -> list[Owner]:
-        """Sample the holders whose count changed this turn (engine/forecast);
-        where a rule acts on forecasts, set each one's alarm at its
-        forecast less the longest --act-before.  The owners whose alarm
-        rang."""
-        changed = self.forecasts.follow(self.sockets.counter.by_owner,
-                                        self.sockets.counter.changed, now)
-        act_before = self.current.rules.act_before
-        if act_before is None:
-            return []
-        for owner in changed:
-            forecast = self.forecasts.of(owner, now)
-            self.alarms.set(owner, forecast.at - act_before if forecast is not None else None)
-        return self.alarms.due(now)
-
-    def _exhausted_in(self, owner: Owner, now: float) -> float | None:
-        """Its forecast, where a rule acts on one (else None: not read)."""
-        if self.current.rules.act_before is None:
-            return None
-        return self.forecasts.seconds(owner, now)
-
     def _decide_one(self, owner: Owner, now: float) -> None:
         """The cheap checks first; the process is read only once it has a
         kill slot, and its children looked for only once it is eligible."""
-        exhausted_in = self._exhausted_in(owner, now)
+        exhausted_in = self.foresight.exhausted_in(owner, now)
         if self.sockets.over(owner, exhausted_in) is None:
             if self._debug:
                 for rule, count in self.sockets.standing(owner):

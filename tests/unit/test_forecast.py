@@ -158,6 +158,8 @@ def test_act_before_reaps_before_the_fds_run_out(world):
     assert reap["exhausted_in"] == pytest.approx(20, abs=1)
     target = world.killer.targets[0]
     assert target.reason == "exhaustion" and target.limit == 1   # re-check: one still held
+    # It exited with its sockets: no history, no alarm left behind.
+    assert len(w.forecasts) == 0 and len(w.foresight.alarms) == 0
 
 
 def test_without_act_before_the_forecast_only_informs(world):
