@@ -121,15 +121,16 @@ def test_top_live_in_tmux_shows_a_hung_and_a_healthy_real_nginx(resreap_bin, tmp
             return []
 
         def churning(cells: list[str]) -> bool:
-            # PID COMM UNIT/CONT CW/CNT EVID OLD IN/OUT FDS RSS REAP
-            return len(cells) == 10 and all(float(x) > 0 for x in cells[6].split("/"))
+            # PID COMM UNIT/CONT CW/CNT EVID OLD IN/OUT FDS OUT RSS REAP
+            return len(cells) == 11 and all(float(x) > 0 for x in cells[6].split("/"))
 
         try:
             assert until(lambda: row(hung_worker)[3:5] == ["3/0", "q3"], 20), screen()
             assert row(hung.pid)[3:5] == ["3/0", "q3"]            # the master holds them too
-            assert re.fullmatch(r"\d+s", row(hung_worker)[9])     # after the stall
+            assert re.fullmatch(r"\d+s", row(hung_worker)[10])    # after the stall
+            assert row(hung_worker)[8] == "-"     # queued, not growing: no forecast
             assert until(lambda: churning(row(healthy_worker)), 20), screen()
-            assert row(healthy_worker)[3] == "0/0" and row(healthy_worker)[9] == "-"
+            assert row(healthy_worker)[3] == "0/0" and row(healthy_worker)[8:11:2] == ["-", "-"]
             text = screen()
             assert "sort reap-in" in text and all(len(line) <= 80 for line in text.splitlines())
             assert "reaps (" in text
