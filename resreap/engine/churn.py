@@ -43,11 +43,8 @@ class Churn:
         """A socket left CLOSE_WAIT: recorded against its holders found, else
         the process whose own close() ran the exit (``closers``: this
         batch's, each looked up once)."""
-        if not owners and t.by_owner and t.cpu_pid:
-            if t.cpu_pid not in closers:
-                found = resolver.owners((t.cpu_pid,))
-                closers[t.cpu_pid] = found[0] if found else None
-            closer = closers[t.cpu_pid]
+        if not owners:
+            closer = resolver.closer(t, closers)
             owners = (closer,) if closer is not None else ()
         if owners:
             self.left(owners, entered, t.ts)

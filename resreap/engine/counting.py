@@ -126,7 +126,11 @@ class Counting:
         for t in batch:
             if filters.ignore and filters.ignores(t.sock):
                 continue
-            entry, new = table.apply(t)
+            if t.kind is Kind.EXIT:
+                entry, again = table.exit_of(t)
+                new = False
+            else:
+                entry, new = table.apply(t)
             self.events_seen[t.kind.value] += 1
             if debug:
                 decision(Event.TRANSITION, logging.DEBUG, kind=t.kind.value,
@@ -137,13 +141,10 @@ class Counting:
                     self._gone(entry)
                     if self.churn is not None:
                         self.churn.exited(entry.owners, entry.entered, t, self.resolver, closers)
-                    if entry.bound and entry.kid != entry.key[1]:
+                    if entry.bound and not entry.by_cookie:
                         self._rebind_twins(t.sock)
                 else:
-                    # Seeded and reconciled sockets are keyed by their cookie,
-                    # the exit event by the kernel's address: check the
-                    # entries with this 4-tuple against the kernel now.
-                    self.recheck.extend(e.key for e in table.same_tuple(t.sock) if e.bound)
+                    self.recheck.extend(e.key for e in again)
             elif new:
                 table.schedule(entry, entry.entered + grace)
                 self.young.append(entry.key)
@@ -155,7 +156,7 @@ class Counting:
         others are bound afresh to what is left in the kernel, so the exit
         of one never ends the other's timer."""
         for twin in self.table.same_tuple(sock):
-            if twin.bound and twin.kid != twin.key[1]:
+            if twin.bound and not twin.by_cookie:
                 self._forget(twin)
                 twin.netns = twin.kid = None
                 self._hold(twin, None)
@@ -213,17 +214,9 @@ class Counting:
         """Which namespace's socket this entry is.  None: no longer in
         CLOSE_WAIT, or it is another entry's socket (seeded at start and
         reported by the kernel too), in which case the entry is dropped."""
-        if entry.bound:
-            return found[0] if found else None
-        claimed = {(e.netns, e.kid) for e in self.table.same_tuple(entry.sock)
-                   if e.bound and e is not entry}
-        free = [f for f in found if (f.netns, f.diag.kid) not in claimed]
-        if not free:
-            if found:
-                self.drop(entry)
-            return None
-        hit = free[0]
-        entry.netns, entry.kid = hit.netns, hit.diag.kid
+        hit, taken = self.table.bind(entry, found)
+        if taken:
+            self.drop(entry)
         return hit
 
     def resolve_young(self, young: list[Key]) -> None:

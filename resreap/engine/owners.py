@@ -24,7 +24,7 @@ from typing import Callable, Iterable, NamedTuple, Protocol
 from resreap.host.procinfo import HOST, Proc
 from resreap.errors import AccessDenied, NotRoot, ProcessGone
 from resreap.engine.fdscan import FullScanner
-from resreap.model import TCP_CLOSE_WAIT, Owner, SockId
+from resreap.model import TCP_CLOSE_WAIT, Kind, Owner, SockId, Transition
 from resreap.host.sockdiag import DiagSock
 from resreap.host.sockets import NsSock
 
@@ -451,6 +451,19 @@ class OwnerResolver:
                 continue
             out.append(Owner(pid, start, comm))
         return out
+
+    def closer(self, t: Transition, cache: dict[int, Owner | None]) -> Owner | None:
+        """The process that ran an exit's CLOSE_WAIT -> LAST_ACK with its
+        own close() (``by_owner``): a holder of the socket, never the peer
+        (at ESTABLISHED -> CLOSE_WAIT the pid is whoever was on the CPU).
+        ``cache``: the batch's, each pid read once.  None: not its own
+        close, or gone."""
+        if t.kind is not Kind.EXIT or not t.by_owner or not t.cpu_pid:
+            return None
+        if t.cpu_pid not in cache:
+            found = self.owners((t.cpu_pid,))
+            cache[t.cpu_pid] = found[0] if found else None
+        return cache[t.cpu_pid]
 
 
 class Probe(NamedTuple):

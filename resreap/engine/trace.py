@@ -114,19 +114,21 @@ class Tracer:
         resolved = resolve_close_wait(self.resolver, list(set(probes.values())), full_scan=False)
         out = []
         for entry in due:
-            hits = [h for h in resolved.get(probes[entry.key], [])
-                    if entry.kid is None or h.diag.kid == entry.kid]
-            if not hits and self.table.look_again(entry, now):
-                continue  # gone (its exit is on the way) or missed: looked for again
+            hit, taken = self.table.bind(entry, resolved.get(probes[entry.key], []))
+            if hit is None:
+                if not taken and self.table.look_again(entry, now):
+                    continue  # gone (its exit is on the way) or missed: looked for again
+                self.table.remove(entry.key)  # gone for good, or another entry's socket
+                continue
             entry.unseen = 0
-            if len(hits) != 1:
-                continue  # gone for good, or ambiguous
-            hit = hits[0]
+            if entry.evidence is not None:
+                continue  # looked at again (a twin left): its line was said
             owners = hit.owners or entry.owners or ()
             if not self._wanted(owners):
                 continue
             age = now - entry.entered
             judged = evidence.judge(hit.diag, age, self.rules)
+            entry.evidence = judged.evidence
             out.append(TraceRecord(now + self._wall_offset, TraceKind.STAYED, entry.sock, owners,
                                    age, hit.netns, judged.evidence, self._where(owners),
                                    Via.FD if hit.owners else self._via.get(entry.key, Via.FD)))
@@ -165,7 +167,7 @@ class Tracer:
         # /proc: the process whose close() took it out of CLOSE_WAIT.
         pids: dict[int, Owner | None] = {}
         closers = {entry.key: owner for t, entry in order
-                   if entry is not None and (owner := self._closer(t, pids)) is not None}
+                   if entry is not None and (owner := self.resolver.closer(t, pids)) is not None}
         self._resolve(fresh, closers)
         out = []
         for t, entry in order:
@@ -182,18 +184,17 @@ class Tracer:
         for t in batch:
             if self.filters.ignores(t.sock):
                 continue
-            entry, new = self.table.apply(t)
             if t.kind is Kind.EXIT:
+                entry, again = self.table.exit_of(t)
                 if entry is not None and entry.inode:
                     self.resolver.index.forget(entry.inode)
-                if entry is None:
-                    # A socket seeded at start is keyed by its cookie, its
-                    # exit event by the kernel's address.
-                    twins = [e for e in self.table.same_tuple(t.sock) if e.existing]
-                    if len(twins) == 1:
-                        entry = self.table.remove(twins[0].key)
+                now = self._clock()
+                for twin in again:  # which twin left: the kernel says at the next look
+                    self.table.schedule(twin, now)
                 order.append((t, entry))
-            elif new:
+                continue
+            entry, new = self.table.apply(t)
+            if new:
                 fresh.append(entry)
                 order.append((t, entry))
                 self.table.schedule(entry, entry.entered + self.rules.grace)
@@ -208,15 +209,15 @@ class Tracer:
         listeners: dict[tuple, tuple[Owner, ...]] = {}  # one lookup per port and batch
         for entry in fresh:
             hits = resolved.get(probes[entry.key], [])
-            hit = hits[0] if len(hits) == 1 else None
-            if hit is None and hits:
-                # The same 4-tuple in several namespaces: every holder.
-                owners = tuple(sorted({o for h in hits for o in h.owners}))
-                entry.owners = owners
+            if len(hits) > 1:
+                # The same 4-tuple in several namespaces: every holder (bound
+                # at its stayed look, when one of them is still there).
+                entry.owners = tuple(sorted({o for h in hits for o in h.owners}))
             else:
+                hit, _taken = self.table.bind(entry, hits)
                 entry.owners = hit.owners if hit else ()
                 if hit is not None:
-                    entry.netns, entry.kid, entry.inode = hit.netns, hit.diag.kid, hit.diag.inode
+                    entry.inode = hit.diag.inode
             if not entry.owners:
                 self._attribute(entry, closers.get(entry.key), listeners)
             for owner in entry.owners:
@@ -231,7 +232,8 @@ class Tracer:
         if t.kind is Kind.EXIT:
             if entry is not None:
                 self._via.pop(entry.key, None)
-            closer = closers.get(entry.key) if entry is not None else self._closer(t, pids)
+            closer = closers.get(entry.key) if entry is not None \
+                else self.resolver.closer(t, pids)
             if closer is not None and (not owners or via is Via.LISTENER):
                 owners, via = (closer,), Via.CLOSE
         if not owners:
@@ -251,16 +253,6 @@ class Tracer:
         return TraceRecord(t.ts + self._wall_offset, _EVENT[t.kind], t.sock, owners, age,
                            entry.netns if entry is not None else None,
                            where=self._where(owners), via=via)
-
-    def _closer(self, t: Transition, cache: dict[int, Owner | None]) -> Owner | None:
-        """The process that ran CLOSE_WAIT -> LAST_ACK: its own close()
-        (``by_owner``), so a holder of the socket, never the peer."""
-        if t.kind is not Kind.EXIT or not t.by_owner or not t.cpu_pid:
-            return None
-        if t.cpu_pid not in cache:
-            found = self.resolver.owners((t.cpu_pid,))
-            cache[t.cpu_pid] = found[0] if found else None
-        return cache[t.cpu_pid]
 
     def _attribute(self, entry, closer: Owner | None, listeners: dict) -> None:
         """An entry whose fd was gone before it could be read: its closer,

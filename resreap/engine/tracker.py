@@ -58,6 +58,12 @@ class Entry:
     def bound(self) -> bool:
         return self.kid is not None
 
+    @property
+    def by_cookie(self) -> bool:
+        """Keyed by its sock_diag cookie (seeded at start, or added by a
+        reconcile), not by the address the events carry."""
+        return self.kid is not None and self.kid == self.key[1]
+
 
 class CloseWaitTable:
     def __init__(self) -> None:
@@ -81,12 +87,11 @@ class CloseWaitTable:
 
     def apply(self, t: Transition) -> tuple[Entry | None, bool]:
         """Record a transition.  Returns (entry, new): on EXIT the removed
-        entry (None if no entry has this key: seeded or reconciled
-        sockets are keyed by cookie, their exit event by address); else
-        the entry and whether it was not known before."""
+        entry (exit_of; None: not known); else the entry and whether it
+        was not known before."""
         key = (t.sock, t.kid)
         if t.kind is Kind.EXIT:
-            return self.remove(key), False
+            return self.exit_of(t)[0], False
         entry = self.entries.get(key)
         if entry is not None:
             # Reported twice (seeded, then polled): the earlier time is truer.
@@ -100,6 +105,45 @@ class CloseWaitTable:
         self.entries[key] = entry
         self._by_sock.setdefault(t.sock, []).append(key)
         return entry, True
+
+    def exit_of(self, t: Transition) -> tuple[Entry | None, list[Entry]]:
+        """Which socket an exit took, the one strategy of watch and trace:
+        (the entry, removed; the entries to ask the kernel about now).
+        The entry its key names; else, since a socket seeded at start or
+        added by a reconcile is keyed by its cookie while its exit event
+        carries the kernel's address, the one entry of its 4-tuple if it
+        is keyed so (no other socket of that 4-tuple is known, so no other
+        can have left); else none, and every bound entry of the 4-tuple is
+        looked at again (the same 4-tuple in several namespaces: only the
+        kernel knows which one left)."""
+        entry = self.remove((t.sock, t.kid))
+        if entry is not None:
+            return entry, []
+        twins = self.same_tuple(t.sock)
+        if len(twins) == 1 and twins[0].by_cookie:
+            return self.remove(twins[0].key), []
+        return None, [e for e in twins if e.bound]
+
+    def bind(self, entry: Entry, found: list) -> tuple[object | None, bool]:
+        """Which of the kernel's sockets of its 4-tuple an entry is, the one
+        binding of watch and trace (``found``: each with ``netns`` and its
+        sock_diag answer ``diag``).  A bound entry is the one with its
+        cookie; else the first that no other entry of the 4-tuple is bound
+        to, and the entry is bound to it (the same 4-tuple in two
+        namespaces: which entry took which socket is a guess, undone when
+        one leaves).  Returns (that one, or None; ``taken``: every socket
+        found is another entry's, this one is a duplicate to drop: seeded
+        at start and reported by the kernel too)."""
+        if entry.bound:
+            return next((f for f in found if f.diag.kid == entry.kid), None), False
+        claimed = {(e.netns, e.kid) for e in self.same_tuple(entry.sock)
+                   if e.bound and e is not entry}
+        free = [f for f in found if (f.netns, f.diag.kid) not in claimed]
+        if not free:
+            return None, bool(found)
+        hit = free[0]
+        entry.netns, entry.kid = hit.netns, hit.diag.kid
+        return hit, False
 
     def remove(self, key: Key) -> Entry | None:
         entry = self.entries.pop(key, None)

@@ -82,3 +82,58 @@ def test_polled_entries_are_bound_at_once():
 def test_unknown_exit_is_harmless():
     table = CloseWaitTable()
     assert table.apply(t(Kind.EXIT, A, 1.0)) == (None, False)
+
+
+# -- one socket book for watch and trace: which socket an exit took, which
+# kernel socket an entry is ----------------------------------------------------
+
+NS1, NS2 = 4026531840, 4026532999
+
+
+def test_the_exit_of_a_seeded_socket_finds_it_by_its_4_tuple():
+    """Seeded at start, keyed by its cookie; its exit event carries the
+    kernel's address: alone with its 4-tuple, it is the one that left."""
+    table = CloseWaitTable()
+    seeded, _ = table.apply(Transition(Kind.EXISTING, A, 1.0, kid=77, netns=NS1))
+    gone, again = table.exit_of(t(Kind.EXIT, A, 5.0, kid=0xFFFF0000))
+    assert gone is seeded and again == [] and len(table) == 0
+
+
+def test_an_exit_that_could_be_either_twin_removes_neither():
+    """Two seeded twins of one 4-tuple (two namespaces): only the kernel
+    knows which left; both are looked at again, none is dropped on a guess."""
+    table = CloseWaitTable()
+    a, _ = table.apply(Transition(Kind.EXISTING, A, 1.0, kid=77, netns=NS1))
+    b, _ = table.apply(Transition(Kind.EXISTING, A, 1.0, kid=78, netns=NS2))
+    gone, again = table.exit_of(t(Kind.EXIT, A, 5.0, kid=0xFFFF0000))
+    assert gone is None and set(again) == {a, b} and len(table) == 2
+
+
+def test_an_exit_never_takes_an_event_keyed_socket_by_its_4_tuple():
+    """An entry keyed by its own event's address has its own exit; another
+    exit of its 4-tuple (another namespace's socket) is not its."""
+    table = CloseWaitTable()
+    mine = enter(table, A, 1.0, kid=0xAAAA)
+    mine.netns, mine.kid = NS1, 77                     # bound since
+    gone, again = table.exit_of(t(Kind.EXIT, A, 5.0, kid=0xBBBB))
+    assert gone is None and again == [mine] and len(table) == 1
+
+
+class _Found:
+    def __init__(self, netns, kid):
+        self.netns = netns
+        self.diag = type("Diag", (), {"kid": kid})()
+
+
+def test_binding_takes_a_socket_no_twin_holds_and_drops_a_duplicate():
+    table = CloseWaitTable()
+    first = enter(table, A, 1.0, kid=0xAAAA)
+    second = enter(table, A, 1.0, kid=0xBBBB)
+    found = [_Found(NS1, 77), _Found(NS2, 78)]
+    hit, taken = table.bind(first, found)
+    assert (hit.netns, first.kid, taken) == (NS1, 77, False)
+    hit, taken = table.bind(second, found)
+    assert (hit.netns, second.kid, taken) == (NS2, 78, False)   # not the first's
+    third = enter(table, A, 1.0, kid=0xCCCC)
+    assert table.bind(third, found) == (None, True)            # both taken: a duplicate
+    assert table.bind(first, found[1:]) == (None, False)       # its own socket left
