@@ -35,6 +35,10 @@ SORTS = ("reap-in", "close-wait", "counting", "oldest", "churn", "out")
 # --once: the first look lasts the grace and a little, so that every socket
 # has been judged once (its evidence says when it would count).
 FIRST_LOOK_EXTRA = 0.5
+# ... and where a rule acts on forecasts (--act-before), this long at least:
+# a forecast needs some seconds of growth (engine/forecast: 3 sockets over
+# 4 s after the grace), so that a fast leak's shows in one frame.
+FORECAST_LOOK = 8.0
 
 
 def _key(sort: str):
@@ -207,7 +211,10 @@ def first_look(watcher: Watcher) -> float:
     """Run the watcher until every socket has been judged once; the
     events per second meanwhile."""
     began, seen = time.monotonic(), _events(watcher)
-    look = watcher.current.rules.earliest + FIRST_LOOK_EXTRA
+    rules = watcher.current.rules
+    look = rules.earliest + FIRST_LOOK_EXTRA
+    if rules.act_before is not None:
+        look = max(look, FORECAST_LOOK)
     while time.monotonic() - began < look:
         watcher.step()
     return (_events(watcher) - seen) / max(0.001, time.monotonic() - began)
