@@ -35,6 +35,12 @@ class BoundedDict(Generic[K, V]):
             return self._items[key]
         return default
 
+    def peek(self, key: K, default: V | None = None) -> V | None:
+        """``get`` without refreshing the entry: for caches read per event,
+        where a hit's bookkeeping cost more than a miss now and then (the
+        ceiling then drops the oldest inserted first)."""
+        return self._items.get(key, default)
+
     def __getitem__(self, key: K) -> V:
         self._items.move_to_end(key)
         return self._items[key]

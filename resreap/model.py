@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from typing import NamedTuple
 
@@ -174,6 +175,8 @@ class Snapshot(NamedTuple):
     exhausting: tuple[Holder, ...] = ()
 
 
+# Addresses repeat (a server's own, its few peers): each formatted once.
+@functools.lru_cache(maxsize=4096)
 def format_addr(family: int, raw: bytes) -> str:
     if family == 4:
         return str(ipaddress.IPv4Address(raw))

@@ -80,6 +80,7 @@ class Tracer:
         self.source = source
         self.resolver = resolver
         self.filters = filters
+        self._selects = filters.selects_processes  # asked per line: once
         self.rules = rules._replace(grace=min_age) if min_age else rules
         self.min_age = min_age
         self.table = CloseWaitTable()
@@ -149,13 +150,13 @@ class Tracer:
         if not owners:
             return None
         owner = owners[0]
-        where = self._wheres.get(owner.ident)
+        where = self._wheres.peek(owner.ident)
         if where is None:
             where = self._wheres[owner.ident] = supervisor.of(owner.pid, self.resolver.proc)
         return where
 
     def _wanted(self, owners: tuple[Owner, ...]) -> bool:
-        if not self.filters.selects_processes:
+        if not self._selects:
             return True
         return any(self.filters.wants(o.pid, self._cmdline(o), self._where((o,))
                                       if self.filters.selects_places else None)
@@ -182,7 +183,7 @@ class Tracer:
         fresh = []
         order: list[tuple[Transition, object]] = []
         for t in batch:
-            if self.filters.ignores(t.sock):
+            if self.filters.ignore and self.filters.ignores(t.sock):
                 continue
             if t.kind is Kind.EXIT:
                 entry, again = self.table.exit_of(t)
@@ -204,20 +205,28 @@ class Tracer:
         """Owners of the batch's new sockets, all at once; a socket that
         entered and left inside one batch is gone already and is attributed
         to its closer, else (likely) to its listener's holders."""
-        probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in fresh}
-        resolved = resolve_close_wait(self.resolver, list(set(probes.values())))
+        # Those that left within the batch are gone from the kernel too: no
+        # lookup can find them (under churn, nearly every one: a netlink
+        # round trip each was most of trace's cost).
+        probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in fresh
+                  if self.table.get(e.key) is e}
+        resolved = resolve_close_wait(self.resolver, list(set(probes.values()))) \
+            if probes else {}
         listeners: dict[tuple, tuple[Owner, ...]] = {}  # one lookup per port and batch
         for entry in fresh:
-            hits = resolved.get(probes[entry.key], [])
+            probe = probes.get(entry.key)
+            hits = resolved.get(probe, []) if probe is not None else []
             if len(hits) > 1:
                 # The same 4-tuple in several namespaces: every holder (bound
                 # at its stayed look, when one of them is still there).
                 entry.owners = tuple(sorted({o for h in hits for o in h.owners}))
-            else:
+            elif hits:
                 hit, _taken = self.table.bind(entry, hits)
                 entry.owners = hit.owners if hit else ()
                 if hit is not None:
                     entry.inode = hit.diag.inode
+            else:
+                entry.owners = ()
             if not entry.owners:
                 self._attribute(entry, closers.get(entry.key), listeners)
             for owner in entry.owners:

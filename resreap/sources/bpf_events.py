@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import operator
 import os
 import platform
 import socket
@@ -250,16 +251,15 @@ class BpfSource(EventSource):
         self._unpack = decoder.unpack_from
         want = ("ts_ns", "cpu_pid", "family", "sport", "dport", "newstate", "saddr", "daddr",
                 "skaddr")
-        self._pick = [names.index(n) for n in want]
+        self._pick = operator.itemgetter(*(names.index(n) for n in want))
         self._batch: list[Transition] = []
         self._lost = 0
         self._unsure = False
         self._warned_at = float("-inf")
 
     def _on_record(self, buf, offset: int) -> None:
-        rec = self._unpack(buf, offset)
-        ts, cpu_pid, family, sport, dport, newstate, saddr, daddr, skaddr = (
-            rec[i] for i in self._pick)
+        ts, cpu_pid, family, sport, dport, newstate, saddr, daddr, skaddr = \
+            self._pick(self._unpack(buf, offset))
         if family == socket.AF_INET:
             sock = SockId(4, saddr[:4], sport, daddr[:4], dport)
         else:

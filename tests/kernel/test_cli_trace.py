@@ -129,6 +129,62 @@ def test_bcc_missing_is_one_line_with_the_fix(resreap_bin, tmp_path):
     assert "python3-bpfcc" in run.stderr and run.stderr.count("\n") == 1
 
 
+def test_ctrl_c_first_shows_what_the_kernel_had_queued(resreap_bin, actors, tmp_path):
+    """A trace that fell behind (here: stopped while thousands of
+    connections churn) shows, after Ctrl-C, every transition the kernel had
+    queued before it, then its summary: nothing that happened before the
+    stop is dropped unsaid."""
+    out = tmp_path / "trace.jsonl"
+    server = actors("churn-server", "127.0.0.1")
+    with open(out, "w") as sink:
+        trace = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf"],
+                                 stdout=sink, stderr=subprocess.PIPE, text=True)
+        try:
+            assert "Tracing" in trace.stderr.readline()
+            os.kill(trace.pid, signal.SIGSTOP)
+            clients = actors("churn-clients", "127.0.0.1", server.port, "2", "paced")
+            made = int(clients.expect("DONE", timeout=30).split()[1])
+            os.kill(trace.pid, signal.SIGINT)       # pending until it runs again
+        finally:
+            os.kill(trace.pid, signal.SIGCONT)
+            _out, err = trace.communicate(timeout=patience(60))
+    assert trace.returncode == 0 and made >= 500 and "lost" not in err
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    mine = [e for e in events if e.get("lport") == server.port]
+    assert len([e for e in mine if e["event"] == "enter"]) == made
+    assert len([e for e in mine if e["event"] == "exit"]) == made
+    (row,) = [r for r in events[-1]["summary"] if r["pid"] == server.pid]
+    assert row["entered"] == made and row["open"] == 0
+
+
+def test_min_age_filters_in_the_kernel(resreap_bin, actors, tmp_path):
+    """--min-age: sockets that leave CLOSE_WAIT within a take never reach
+    user space (the kernel's first pass): a churn's thousands (each in
+    CLOSE_WAIT well under a millisecond) are not even entered in the
+    summary; the leak's sockets that stayed are shown."""
+    out = tmp_path / "trace.jsonl"
+    leaky = actors("leaky-server", "127.0.0.1")
+    with open(out, "w") as sink:
+        trace = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf",
+                                  "--min-age", "0.5"],
+                                 stdout=sink, stderr=subprocess.PIPE, text=True)
+        try:
+            assert "Tracing" in trace.stderr.readline()
+            server = actors("churn-server", "127.0.0.1")
+            churn = actors("churn-clients", "127.0.0.1", server.port, str(patience(2)), "paced")
+            actors("clients", "127.0.0.1", leaky.port, 2).send("close", "CLOSED")
+            made = int(churn.expect("DONE", timeout=30).split()[1])
+            time.sleep(patience(1))
+        finally:
+            trace.send_signal(signal.SIGINT)
+            trace.communicate(timeout=patience(30))
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    stayed = [e for e in events if e.get("lport") == leaky.port and e["event"] == "stayed"]
+    assert len(stayed) == 2 and {p for e in stayed for p in e["pids"]} == {leaky.pid}
+    entered = sum(r["entered"] for r in events[-1]["summary"] if r["pid"] == server.pid)
+    assert made >= 1000 and entered < made / 10, (entered, made)
+
+
 @pytest.mark.alone
 def test_trace_keeps_up_with_churn(resreap_bin, actors, tmp_path):
     """Every transition of a flood of short connections (as fast as Python

@@ -3,7 +3,7 @@ import json
 
 from resreap.ops.escaping import safe
 from resreap.ops.formatting import summary_json, summary_lines, trace_json, trace_line
-from resreap.model import Evidence, Owner, SockId
+from resreap.model import Evidence, Owner, SockId, format_addr
 from resreap.host.supervisor import parse
 from resreap.engine.trace import TraceKind as Event, ProcSummary, TraceRecord, Via
 
@@ -115,3 +115,43 @@ def test_lines_to_the_journal_carry_their_priority(tmp_path, monkeypatch):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("<4>") and " reap pid=7" in lines[0]
     assert lines[1].startswith("<3>") and lines[2][0].isdigit()
+
+
+def _reference_json(r) -> str:
+    """What trace_json made with json.dumps of a dict (before #35): the
+    pieces must make the same bytes."""
+    obj = {"ts": round(r.ts, 6), "event": r.kind.value, "pids": [o.pid for o in r.owners],
+           "comms": [o.comm for o in r.owners], "owner_from": r.via.value,
+           "family": r.sock.family, "laddr": format_addr(r.sock.family, r.sock.laddr),
+           "lport": r.sock.lport, "raddr": format_addr(r.sock.family, r.sock.raddr),
+           "rport": r.sock.rport}
+    if r.age is not None:
+        obj["age"] = round(r.age, 6)
+    if r.evidence is not None:
+        obj["evidence"] = r.evidence.value
+    if r.netns is not None:
+        obj["netns"] = r.netns
+    if r.where is not None:
+        obj.update(r.where.fields())
+    return json.dumps(obj, ensure_ascii=True)
+
+
+def test_json_lines_are_what_json_dumps_makes_whatever_the_fields():
+    from resreap.host.supervisor import Supervisor
+
+    hostile = ['a"b\\c', "tab\there", "\x1b[31mred", "nl\nx", "日本", "\u2028", ""]
+    six = SockId(6, bytes(15) + b"\1", 443, b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 2]), 5)
+    wheres = [None, Supervisor("/x", "nginx.service", None),
+              Supervisor("/y", None, 'ma"chine\\'), Supervisor("/z", "a.service", "3f2a9c81d0e4")]
+    seen = 0
+    for i, comm in enumerate(hostile):
+        owners = (Owner(100 + i, 7, comm),) + ((Owner(9, 8, "x"),) if i % 2 else ())
+        for where in wheres:
+            for base in (rec(), rec(kind=Event.ENTER, age=None), rec()._replace(sock=six)):
+                r = base._replace(owners=owners, where=where, ts=1796641528.1234567 + i,
+                                  netns=None if i % 3 else 4026531840,
+                                  evidence=Evidence.UNREAD if i == 2 else None)
+                assert trace_json(r) == _reference_json(r)
+                seen += 1
+    assert seen == len(hostile) * len(wheres) * 3
+    assert trace_json(rec(owners=())) == _reference_json(rec(owners=()))
