@@ -47,6 +47,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -140,13 +141,50 @@ class Tool:
         self.name = name
         self.events: list[dict] = []
         self.start_s: float | None = None
-        if name == "tcpstates":
-            # bcc's tool, as shipped (bpfcc-tools): every TCP transition, printed.
-            self.proc = subprocess.Popen(["/usr/sbin/tcpstates-bpfcc"], stdout=subprocess.PIPE,
+        if name in ("tcpstates", "tcpstates-libbpf"):
+            # bcc's tool (bpfcc-tools, Python) and libbpf-tools' (C), as
+            # shipped: every TCP transition, printed into a pipe we drain.
+            binary = "/usr/sbin/tcpstates-bpfcc" if name == "tcpstates" else "/usr/sbin/tcpstates"
+            self.proc = subprocess.Popen([binary], stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, text=True)
-            if expect(self.proc, "SKADDR", 120) is None:
-                raise RuntimeError("tcpstates did not start")
+            if name == "tcpstates-libbpf":
+                # C stdio into a pipe: its header waits in a buffer.
+                time.sleep(3.0)
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{name} did not start")
+            elif expect(self.proc, "SKADDR", 120) is None:
+                raise RuntimeError(f"{name} did not start")
             threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        elif name == "trace":
+            # What an operator runs in an incident: every entry and exit,
+            # JSON lines into a file.
+            self._sink = tempfile.TemporaryFile()
+            self.proc = subprocess.Popen([resreap, "trace", "--json", "--backend", "bpf"],
+                                         stdout=self._sink, stderr=subprocess.PIPE, text=True)
+            if "Tracing" not in self.proc.stderr.readline():
+                raise RuntimeError("resreap trace did not start")
+            threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        elif name == "top":
+            # Live, on a terminal of its own (a pty we drain), narrowed to
+            # the churn generator as an operator would narrow it.
+            master, slave = os.openpty()
+            self.proc = subprocess.Popen([resreap, "top", "-f", "churn"], stdin=slave,
+                                         stdout=slave, stderr=slave, start_new_session=True,
+                                         env=dict(os.environ, TERM="xterm", COLUMNS="80",
+                                                  LINES="24"))
+            os.close(slave)
+
+            def drain(fd=master):
+                while True:
+                    try:
+                        if not os.read(fd, 65536):
+                            return
+                    except OSError:
+                        return
+            threading.Thread(target=drain, daemon=True).start()
+            time.sleep(3.0)  # its first look
+            if self.proc.poll() is not None:
+                raise RuntimeError("resreap top did not start")
         elif name in RESREAP_TOOLS:
             # -f: the leakers and the churn generator are eligible, so a
             # false kill of the churn server would show.
@@ -181,8 +219,8 @@ class Tool:
 
     def stop(self) -> dict:
         rss = peak_rss_mb(self.proc.pid)
-        self.proc.send_signal(signal.SIGINT if self.name in (*RESREAP_TOOLS, "tcpstates")
-                              else signal.SIGKILL)
+        self.proc.send_signal(signal.SIGINT if self.name in (
+            *RESREAP_TOOLS, "tcpstates", "tcpstates-libbpf", "trace", "top") else signal.SIGKILL)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -295,7 +333,8 @@ def plot(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     names = {"bpf": "resreap watch (kernel first pass)", "bpf-full": "resreap watch (before: "
              "every transition)", "proc": "resreap watch --backend proc",
-             "tcpstates": "bcc tcpstates"}
+             "tcpstates": "bcc tcpstates (Python)", "tcpstates-libbpf": "libbpf-tools tcpstates (C)",
+             "trace": "resreap trace --json > file", "top": "resreap top (live, on a pty)"}
     for tool in dict.fromkeys(r["tool"] for r in rows):
         pts = [(r["rate"], r["cpu_pct"]) for r in rows if r["tool"] == tool]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=names.get(tool, tool))
