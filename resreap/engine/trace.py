@@ -124,6 +124,10 @@ class Tracer:
             entry.unseen = 0
             if entry.evidence is not None:
                 continue  # looked at again (a twin left): its line was said
+            if now - entry.entered < self.rules.grace:
+                # Looked at early (a twin left): its line comes at the grace.
+                self.table.schedule(entry, entry.entered + self.rules.grace)
+                continue
             owners = hit.owners or entry.owners or ()
             if not self._wanted(owners):
                 continue
@@ -192,6 +196,10 @@ class Tracer:
                 now = self._clock()
                 for twin in again:  # which twin left: the kernel says at the next look
                     self.table.schedule(twin, now)
+                if entry is None and len(again) == 1 and again[0].by_cookie:
+                    # A socket seeded at start, most likely: its line is
+                    # named after it (the entry stays until the kernel says).
+                    entry = again[0]
                 order.append((t, entry))
                 continue
             entry, new = self.table.apply(t)

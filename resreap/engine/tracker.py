@@ -108,21 +108,19 @@ class CloseWaitTable:
 
     def exit_of(self, t: Transition) -> tuple[Entry | None, list[Entry]]:
         """Which socket an exit took, the one strategy of watch and trace:
-        (the entry, removed; the entries to ask the kernel about now).
-        The entry its key names; else, since a socket seeded at start or
-        added by a reconcile is keyed by its cookie while its exit event
-        carries the kernel's address, the one entry of its 4-tuple if it
-        is keyed so (no other socket of that 4-tuple is known, so no other
-        can have left); else none, and every bound entry of the 4-tuple is
-        looked at again (the same 4-tuple in several namespaces: only the
-        kernel knows which one left)."""
+        (the entry its key names, removed; else None, and the bound entries
+        of its 4-tuple, to ask the kernel about now).  A socket seeded at
+        start or added by a reconcile is keyed by its cookie while its exit
+        event carries the kernel's address: the exit finds no entry, and
+        its 4-tuple's entries are looked at again, never dropped on the
+        guess.  The same 4-tuple can leave CLOSE_WAIT in a namespace past
+        the caps (unwatched, its entry never seen) or one whose entry was
+        lost with a flood of events: taken by its 4-tuple, such an exit
+        erased a leak's timer."""
         entry = self.remove((t.sock, t.kid))
         if entry is not None:
             return entry, []
-        twins = self.same_tuple(t.sock)
-        if len(twins) == 1 and twins[0].by_cookie:
-            return self.remove(twins[0].key), []
-        return None, [e for e in twins if e.bound]
+        return None, [e for e in self.same_tuple(t.sock) if e.bound]
 
     def bind(self, entry: Entry, found: list) -> tuple[object | None, bool]:
         """Which of the kernel's sockets of its 4-tuple an entry is, the one

@@ -21,6 +21,14 @@ def start_trace(resreap_bin, *args, env=None):
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
+def trace_into(resreap_bin, sink, *args):
+    """``trace --json`` (BPF) writing into ``sink``, once it says it traces."""
+    proc = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf", *args],
+                            stdout=sink, stderr=subprocess.PIPE, text=True)
+    assert "Tracing" in proc.stderr.readline()
+    return proc
+
+
 def wait_for_stderr(proc, text: str, timeout: float = 15) -> str:
     seen = ""
     deadline = time.monotonic() + patience(timeout)
@@ -137,10 +145,8 @@ def test_ctrl_c_first_shows_what_the_kernel_had_queued(resreap_bin, actors, tmp_
     out = tmp_path / "trace.jsonl"
     server = actors("churn-server", "127.0.0.1")
     with open(out, "w") as sink:
-        trace = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf"],
-                                 stdout=sink, stderr=subprocess.PIPE, text=True)
+        trace = trace_into(resreap_bin, sink)
         try:
-            assert "Tracing" in trace.stderr.readline()
             os.kill(trace.pid, signal.SIGSTOP)
             clients = actors("churn-clients", "127.0.0.1", server.port, "2", "paced")
             made = int(clients.expect("DONE", timeout=30).split()[1])
@@ -165,11 +171,8 @@ def test_min_age_filters_in_the_kernel(resreap_bin, actors, tmp_path):
     out = tmp_path / "trace.jsonl"
     leaky = actors("leaky-server", "127.0.0.1")
     with open(out, "w") as sink:
-        trace = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf",
-                                  "--min-age", "0.5"],
-                                 stdout=sink, stderr=subprocess.PIPE, text=True)
+        trace = trace_into(resreap_bin, sink, "--min-age", "0.5")
         try:
-            assert "Tracing" in trace.stderr.readline()
             server = actors("churn-server", "127.0.0.1")
             churn = actors("churn-clients", "127.0.0.1", server.port, str(patience(2)), "paced")
             actors("clients", "127.0.0.1", leaky.port, 2).send("close", "CLOSED")
@@ -192,10 +195,8 @@ def test_trace_keeps_up_with_churn(resreap_bin, actors, tmp_path):
     none lost in the kernel."""
     out = tmp_path / "trace.jsonl"
     with open(out, "w") as sink:
-        trace = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf"],
-                                 stdout=sink, stderr=subprocess.PIPE, text=True)
+        trace = trace_into(resreap_bin, sink)
         try:
-            assert "Tracing" in trace.stderr.readline()
             flood = actors("flood", "127.0.0.1", str(patience(3)))
             made = int(flood.expect("DONE", timeout=30).split()[1])
             time.sleep(patience(1))
@@ -221,10 +222,8 @@ def test_churned_sockets_name_their_owner_never_the_peer(resreap_bin, actors, tm
     out = tmp_path / "trace.jsonl"
     server = actors("churn-server", "127.0.0.1")
     with open(out, "w") as sink:
-        trace = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf"],
-                                 stdout=sink, stderr=subprocess.PIPE, text=True)
+        trace = trace_into(resreap_bin, sink)
         try:
-            assert "Tracing" in trace.stderr.readline()
             clients = actors("churn-clients", "127.0.0.1", server.port, str(patience(3)))
             _done, made, rate = clients.expect("DONE", timeout=30).split()
             time.sleep(patience(1))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from fakehost import World
 from resreap.engine import view
 from resreap.engine.decisions import Event
 from resreap.engine.forecast import Alarms, Forecaster
@@ -17,13 +16,6 @@ from resreap.engine.rules import Limits
 from resreap.model import Owner
 
 LIMIT = 200
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def server(world, pid=1000, fd_limit=LIMIT):

@@ -27,13 +27,6 @@ HOSTILE = ("evil\x1b]0;owned\x07\x1b[8m\n2026-12-07T00:00:00 warning reap pid=1 
 RAW = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
 
 
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.close()
-
-
 class StatReads:
     """/proc/PID/stat reads per loop turn, and those of them that asked for
     ancestry (the turn's lineage)."""

@@ -12,7 +12,6 @@ import signal
 import pytest
 import typer
 
-from fakehost import World
 from resreap.engine import view
 from resreap.cli import app
 from resreap.engine.decisions import Event
@@ -45,13 +44,6 @@ match = { unit = "nginx.service" }
 limit = 2
 grace = 2
 """
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def resolve(tmp_path, text: str, typed=(), **flags):

@@ -6,20 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from fakehost import InlineScanner, World
+from fakehost import InlineScanner
 from resreap.engine import tracker
 from resreap.engine.evidence import Rules
 from resreap.engine.filters import Filters
 from resreap.engine.owners import FdIndex, OwnerResolver
 from resreap.host.procinfo import Proc
 from resreap.engine.trace import TraceKind as Event, Tracer
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def tracer(world, monkeypatch, misses: int):
