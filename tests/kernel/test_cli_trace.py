@@ -58,7 +58,9 @@ def test_json_stream_and_summary(resreap_bin, actors):
     server = actors("leaky-server", "127.0.0.1")
     early = actors("clients", "127.0.0.1", server.port, 1)
     early.send("close", "CLOSED")
-    proc = start_trace(resreap_bin, "--json")
+    # -i 30: no socket here may stay long enough for a STAYED line, however
+    # slowly the actors start (the 6.1 guest's emulation: seconds each).
+    proc = start_trace(resreap_bin, "--json", "-i", "30")
     try:
         wait_for_stderr(proc, "Ctrl-C to end")
         client = actors("clients", "127.0.0.1", server.port, 2)
