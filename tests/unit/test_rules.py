@@ -102,6 +102,10 @@ def test_dry_run_on_the_command_line_makes_every_rule_a_dry_run(tmp_path):
     ('name = "default"\nmatch = { unit = "a.service" }\n', "rule 'default': name ="),
     ('match = { unit = "a.service" }\n', "rule #1: name = None"),
     ('name = "has space"\nmatch = { unit = "a.service" }\n', "name = 'has space'"),
+    ('name = "edge"\nmatch = { unit = "a.service" }\nact_before = 0\n',
+     "rule 'edge': bad act_before value 0"),
+    ('name = "edge"\nmatch = { unit = "a.service" }\nact_before = "10m"\n',
+     "rule 'edge': act_before"),
 ])
 def test_a_bad_rule_is_one_line_naming_it(tmp_path, rule, error):
     with pytest.raises(UsageError) as exc:
@@ -386,3 +390,13 @@ def test_the_example_config_holds_rules_that_load(tmp_path):
     st = resolve(tmp_path, text + "\n" + rules + "\n")
     assert [r.name for r in st.engine.rules] == ["java-backend", "edge"]
     assert st.engine.rules[1].match.port == 443
+
+
+def test_act_before_in_a_rule_and_at_the_top_level(tmp_path):
+    """A rule's act_before judges its processes; the top level's, the
+    rest; the longest is what the watch sets its alarms by."""
+    st = resolve(tmp_path, '[watch]\nlimit = 2\nact_before = 60\n\n[[rule]]\nname = "edge"\n'
+                           'match = { unit = "a.service" }\nact_before = 600\n')
+    rules = st.engine.ruleset()
+    assert [r.limits.act_before for r in rules.every()] == [600.0, 60.0]
+    assert rules.act_before == 600.0
