@@ -4,6 +4,7 @@ ResreapError; only this module prints and chooses exit codes."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated, NoReturn, Optional
 
@@ -80,13 +81,21 @@ def _setup_logging(debug: bool) -> None:
 
 
 def _print(line: str) -> None:
+    """``line`` and its newline, all of it: written straight to fd 1 until
+    every byte is out.  print() wrote the line and the newline apart (a
+    Ctrl-C between the two left trace's summary on the same line as its
+    last event), and a Ctrl-C into a write blocked on a full pipe lost the
+    rest of a batch inside the io stack: lines cut in the middle (in CI)."""
     try:
-        # One write with its newline: print() writes the line and the
-        # newline apart, and a Ctrl-C between the two left trace's summary
-        # on the same line as the last event (one unparsable JSON line, in
-        # CI).
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        sys.stdout.flush()  # anything written through the io stack first
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (embedded, captured)
+            sys.stdout.write(line + "\n")
+            return
+        data = memoryview((line + "\n").encode("utf-8", "backslashreplace"))
+        while data:
+            data = data[os.write(fd, data):]
     except BrokenPipeError:  # `resreap trace | head`
         raise KeyboardInterrupt from None
 

@@ -186,6 +186,7 @@ class Tracer:
         order, for the lines)."""
         fresh = []
         order: list[tuple[Transition, object]] = []
+        asked: list = []  # twins of an exit that found no entry of its own
         for t in batch:
             if self.filters.ignore and self.filters.ignores(t.sock):
                 continue
@@ -193,12 +194,10 @@ class Tracer:
                 entry, again = self.table.exit_of(t)
                 if entry is not None and entry.inode:
                     self.resolver.index.forget(entry.inode)
-                now = self._clock()
-                for twin in again:  # which twin left: the kernel says at the next look
-                    self.table.schedule(twin, now)
+                asked += again
                 if entry is None and len(again) == 1 and again[0].by_cookie:
                     # A socket seeded at start, most likely: its line is
-                    # named after it (the entry stays until the kernel says).
+                    # named after it (the entry goes once the kernel says).
                     entry = again[0]
                 order.append((t, entry))
                 continue
@@ -207,7 +206,20 @@ class Tracer:
                 fresh.append(entry)
                 order.append((t, entry))
                 self.table.schedule(entry, entry.entered + self.rules.grace)
+        if asked:
+            self._ask_again(asked)
         return fresh, order
+
+    def _ask_again(self, twins: list) -> None:
+        """Which of an exit's 4-tuple's entries left: the kernel says, now,
+        in one batch; those it no longer shows in CLOSE_WAIT go (no look
+        again: an exit event for the 4-tuple says one of them left)."""
+        probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in twins}
+        resolved = resolve_close_wait(self.resolver, list(set(probes.values())), full_scan=False)
+        for entry in twins:
+            if self.table.get(entry.key) is entry and \
+                    self.table.bind(entry, resolved.get(probes[entry.key], []))[0] is None:
+                self.table.remove(entry.key)
 
     def _resolve(self, fresh: list, closers: dict) -> None:
         """Owners of the batch's new sockets, all at once; a socket that

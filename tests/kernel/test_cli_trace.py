@@ -21,6 +21,17 @@ def start_trace(resreap_bin, *args, env=None):
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
+def json_lines(text: str) -> list[dict]:
+    """Every line one JSON object (a line that is not names itself)."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"not one JSON object: {line!r}") from None
+    return out
+
+
 def trace_into(resreap_bin, sink, *args):
     """``trace --json`` (BPF) writing into ``sink``, once it says it traces."""
     proc = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf", *args],
@@ -71,7 +82,7 @@ def test_json_stream_and_summary(resreap_bin, actors):
     finally:
         rc, out, err = stop(proc)
     assert rc == 0, err
-    objs = [json.loads(line) for line in out.splitlines()]
+    objs = json_lines(out)
     mine = [o for o in objs if o.get("lport") == server.port]
     events = sorted(o["event"] for o in mine)
     assert events == ["enter", "enter", "existing", "exit", "exit", "exit"]
@@ -157,12 +168,31 @@ def test_ctrl_c_first_shows_what_the_kernel_had_queued(resreap_bin, actors, tmp_
             os.kill(trace.pid, signal.SIGCONT)
             _out, err = trace.communicate(timeout=patience(60))
     assert trace.returncode == 0 and made >= 500 and "lost" not in err
-    events = [json.loads(line) for line in out.read_text().splitlines()]
+    events = json_lines(out.read_text())
     mine = [e for e in events if e.get("lport") == server.port]
     assert len([e for e in mine if e["event"] == "enter"]) == made
     assert len([e for e in mine if e["event"] == "exit"]) == made
     (row,) = [r for r in events[-1]["summary"] if r["pid"] == server.pid]
     assert row["entered"] == made and row["open"] == 0
+
+
+def test_ctrl_c_into_a_full_pipe_cuts_no_line(resreap_bin, actors):
+    """trace writing into a pipe nobody reads yet (it fills and blocks),
+    then Ctrl-C: a write interrupted there lost the rest of a batch inside
+    Python's io stack, a line cut in the middle (one in three runs, and in
+    CI beside other tests' churn).  Every line is whole, and the summary
+    comes last."""
+    server = actors("churn-server", "127.0.0.1")
+    proc = start_trace(resreap_bin, "--json")
+    try:
+        wait_for_stderr(proc, "Ctrl-C to end")
+        churn = actors("churn-clients", "127.0.0.1", server.port, str(patience(2)))
+        churn.expect("DONE", timeout=30)
+    finally:
+        rc, out, err = stop(proc, timeout=patience(60))
+    assert rc == 0, err
+    objs = json_lines(out)
+    assert len(objs) > 1000 and "summary" in objs[-1]
 
 
 def test_min_age_filters_in_the_kernel(resreap_bin, actors, tmp_path):
@@ -183,7 +213,7 @@ def test_min_age_filters_in_the_kernel(resreap_bin, actors, tmp_path):
         finally:
             trace.send_signal(signal.SIGINT)
             trace.communicate(timeout=patience(30))
-    events = [json.loads(line) for line in out.read_text().splitlines()]
+    events = json_lines(out.read_text())
     stayed = [e for e in events if e.get("lport") == leaky.port and e["event"] == "stayed"]
     assert len(stayed) == 2 and {p for e in stayed for p in e["pids"]} == {leaky.pid}
     entered = sum(r["entered"] for r in events[-1]["summary"] if r["pid"] == server.pid)
@@ -206,7 +236,7 @@ def test_trace_keeps_up_with_churn(resreap_bin, actors, tmp_path):
             trace.send_signal(signal.SIGINT)
             _out, err = trace.communicate(timeout=patience(30))
     assert made >= 1000
-    events = [json.loads(line) for line in out.read_text().splitlines()]
+    events = json_lines(out.read_text())
     mine = [e for e in events if e.get("lport") == flood.port]
     assert len([e for e in mine if e["event"] == "enter"]) == made
     assert len([e for e in mine if e["event"] == "exit"]) == made
@@ -232,7 +262,7 @@ def test_churned_sockets_name_their_owner_never_the_peer(resreap_bin, actors, tm
         finally:
             trace.send_signal(signal.SIGINT)
             trace.communicate(timeout=patience(30))
-    events = [json.loads(line) for line in out.read_text().splitlines()]
+    events = json_lines(out.read_text())
     mine = [e for e in events if e.get("lport") == server.port and "pids" in e]
     moves = [e for e in mine if e["event"] in ("enter", "exit")]
     assert int(rate) >= 1000 * (1 if patience(1) == 1 else 0) and len(moves) == 2 * int(made)
