@@ -189,7 +189,7 @@ def cost(holders: int = 10_000) -> dict:
         def fd_soft_limit(self, pid):
             return 1024
 
-    f = forecast.Forecaster(Stub(), time.monotonic)
+    f = forecast.Forecaster(Stub())
     counter = Counter()
     owners = [Owner(10_000 + i, i, "leaker") for i in range(holders)]
     key = 0

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import collections
 import heapq
-from typing import Callable, NamedTuple
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from resreap.errors import AccessDenied, ProcessGone
 from resreap.host.procinfo import Proc
@@ -91,9 +89,8 @@ class _Fds(NamedTuple):
 
 
 class Forecaster:
-    def __init__(self, proc: Proc, clock: Callable[[], float]) -> None:
+    def __init__(self, proc: Proc) -> None:
         self.proc = proc
-        self._clock = clock
         # Per holder with counting sockets: (time, count) samples; gone with
         # its last counting socket, so bounded by the counter's holders.
         self._history: dict[Owner, _History] = {}
@@ -157,14 +154,12 @@ class Forecaster:
     def follow(self, counts: dict[Owner, set], changed: set[Owner], now: float) -> list[Owner]:
         """Sample the holders whose count changed (the counter's
         ``changed``, emptied), from ``counts`` (its ``by_owner``): once per
-        loop turn, whatever the events.  Returns those still holding."""
-        out = []
-        for owner in changed:
-            n = len(counts.get(owner, ()))
-            self.sample(owner, n, now)
-            if n:
-                out.append(owner)
+        loop turn, whatever the events.  Returns them (those that hold
+        none any more have no history, so no forecast)."""
+        out = list(changed)
         changed.clear()
+        for owner in out:
+            self.sample(owner, len(counts.get(owner, ())), now)
         return out
 
     def soonest(self, n: int, now: float) -> list[tuple[float, Owner]]:
@@ -237,24 +232,23 @@ class Foresight:
     (--act-before), each one's alarm is set at its forecast less the
     longest --act-before, and those whose alarm rang are looked at."""
 
-    def __init__(self, current: "Current", counter: "Counter", proc: Proc,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, current: "Current", counter: "Counter", proc: Proc) -> None:
         self.current = current
         self.counter = counter
-        self.forecasts = Forecaster(proc, clock)
+        self.forecasts = Forecaster(proc)
         self.alarms = Alarms()
 
     def turn(self, now: float) -> list[Owner]:
         """Once per loop turn: the owners whose alarm rang."""
-        changed = list(self.counter.changed)
-        self.forecasts.follow(self.counter.by_owner, self.counter.changed, now)
+        changed = self.forecasts.follow(self.counter.by_owner, self.counter.changed, now)
         act_before = self.current.rules.act_before
         if act_before is None:
             return []
         for owner in changed:
-            # One that holds no counting socket any more has no alarm either
-            # (a month of leaking processes that exited must not pile up).
-            forecast = self.forecasts.of(owner, now) if owner in self.counter.by_owner else None
+            # One that holds no counting socket any more has no forecast, so
+            # no alarm either (a month of leaking processes that exited must
+            # not pile up).
+            forecast = self.forecasts.of(owner, now)
             self.alarms.set(owner, forecast.at - act_before if forecast is not None else None)
         return self.alarms.due(now)
 

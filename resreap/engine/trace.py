@@ -108,32 +108,19 @@ class Tracer:
 
     def _stayed(self, now: float) -> list[TraceRecord]:
         """Sockets in CLOSE_WAIT for the grace: what the kernel says of them."""
-        due = self.table.due(now)
-        if not due:
-            return []
-        probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in due}
-        resolved = resolve_close_wait(self.resolver, list(set(probes.values())), full_scan=False)
         out = []
-        for entry in due:
-            hit, taken = self.table.bind(entry, resolved.get(probes[entry.key], []))
+        for entry, hit, taken in self._ask(self.table.due(now)):
             if hit is None:
                 if not taken and self.table.look_again(entry, now):
                     continue  # gone (its exit is on the way) or missed: looked for again
                 self.table.remove(entry.key)  # gone for good, or another entry's socket
                 continue
             entry.unseen = 0
-            if entry.evidence is not None:
-                continue  # looked at again (a twin left): its line was said
-            if now - entry.entered < self.rules.grace:
-                # Looked at early (a twin left): its line comes at the grace.
-                self.table.schedule(entry, entry.entered + self.rules.grace)
-                continue
             owners = hit.owners or entry.owners or ()
             if not self._wanted(owners):
                 continue
             age = now - entry.entered
             judged = evidence.judge(hit.diag, age, self.rules)
-            entry.evidence = judged.evidence
             out.append(TraceRecord(now + self._wall_offset, TraceKind.STAYED, entry.sock, owners,
                                    age, hit.netns, judged.evidence, self._where(owners),
                                    Via.FD if hit.owners else self._via.get(entry.key, Via.FD)))
@@ -210,15 +197,23 @@ class Tracer:
             self._ask_again(asked)
         return fresh, order
 
-    def _ask_again(self, twins: list) -> None:
-        """Which of an exit's 4-tuple's entries left: the kernel says, now,
-        in one batch; those it no longer shows in CLOSE_WAIT go (no look
-        again: an exit event for the 4-tuple says one of them left)."""
-        probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in twins}
+    def _ask(self, entries: list) -> list[tuple]:
+        """What the kernel says of these entries now, in one batch: (entry,
+        its socket or None, taken: another entry's) for each still in the
+        table (CloseWaitTable.bind, as the watch binds)."""
+        if not entries:
+            return []
+        probes = {e.key: Probe(e.sock, e.netns, e.kid) for e in entries}
         resolved = resolve_close_wait(self.resolver, list(set(probes.values())), full_scan=False)
-        for entry in twins:
-            if self.table.get(entry.key) is entry and \
-                    self.table.bind(entry, resolved.get(probes[entry.key], []))[0] is None:
+        return [(e, *self.table.bind(e, resolved.get(probes[e.key], [])))
+                for e in entries if self.table.get(e.key) is e]
+
+    def _ask_again(self, twins: list) -> None:
+        """Which of an exit's 4-tuple's entries left: those the kernel no
+        longer shows in CLOSE_WAIT go, now (no look again: an exit event
+        for the 4-tuple says one of them left)."""
+        for entry, hit, _taken in self._ask(twins):
+            if hit is None:
                 self.table.remove(entry.key)
 
     def _resolve(self, fresh: list, closers: dict) -> None:

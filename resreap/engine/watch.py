@@ -89,7 +89,7 @@ class Watcher:
         self.losses = Losses(source, self.sockets, resolver.kernel)
         # When each leaking holder runs out of fds; when to look at those
         # whose rule acts before that (--act-before).
-        self.foresight = Foresight(self.current, self.sockets.counter, self.proc, clock)
+        self.foresight = Foresight(self.current, self.sockets.counter, self.proc)
         self.forecasts = self.foresight.forecasts
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Called once per loop turn (sd_notify pings, config reloads).

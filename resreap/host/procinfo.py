@@ -86,15 +86,6 @@ _lock = threading.Lock()
 _stuck: set[int] = set()
 
 
-def _release() -> tuple[int, int]:
-    """The running kernel's (major, minor)."""
-    parts = os.uname().release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1][:3] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
-
-
 class Proc:
     """The /proc edge: every read of a process's files goes through one of
     these, its root given once (the real /proc, or a fixture tree in
@@ -234,8 +225,8 @@ class Proc:
         """How many fds ``pid`` has open; raises ProcessGone or
         AccessDenied.  Since Linux 6.2 procfs gives the number as the size
         of /proc/PID/fd (one stat, whatever the table's size: a listing of
-        20,000 fds takes milliseconds); elsewhere, and in a fixture tree
-        (whose directory sizes mean nothing), one listing."""
+        20,000 fds takes milliseconds); elsewhere (size 0), and in a
+        fixture tree (whose directory sizes mean nothing), one listing."""
         with proc_errors(pid, "/fd"):
             if self._sized_fds():
                 size = os.stat(self.path(pid, "fd")).st_size
@@ -244,9 +235,14 @@ class Proc:
             return len(os.listdir(self.path(pid, "fd")))
 
     def _sized_fds(self) -> bool:
+        """Asked once, of procfs itself (no kernel version to parse: a
+        backport counts too): our own fd directory has a size."""
         if self._fd_sizes is None:
-            self._fd_sizes = os.path.realpath(self.root) == "/proc" and \
-                _release() >= (6, 2)
+            try:
+                self._fd_sizes = os.path.realpath(self.root) == "/proc" and \
+                    os.stat("/proc/self/fd").st_size > 0
+            except OSError:
+                self._fd_sizes = False
         return self._fd_sizes
 
     def rss(self, pid: int) -> int:

@@ -79,22 +79,23 @@ def trace_json(rec: TraceRecord) -> str:
 _VALUE = {**{k: k.value for k in TraceKind}, **{v: v.value for v in Via}}
 # Each set of owners and each unit/container, as JSON once (names are
 # anyone's text: json.dumps escapes them).
-_JSON_PIECES: BoundedDict = BoundedDict(4096)
+_OWNERS_JSON: BoundedDict[tuple[Owner, ...], str] = BoundedDict(4096)
+_WHERE_JSON: BoundedDict[Supervisor, str] = BoundedDict(4096)
 
 
 def _owners_json(owners: tuple[Owner, ...]) -> str:
-    piece = _JSON_PIECES.peek(owners)
+    piece = _OWNERS_JSON.peek(owners)
     if piece is None:
-        piece = _JSON_PIECES[owners] = (
+        piece = _OWNERS_JSON[owners] = (
             f'"pids": {json.dumps([o.pid for o in owners])}, '
             f'"comms": {json.dumps([o.comm for o in owners], ensure_ascii=True)}')
     return piece
 
 
 def _where_json(where: Supervisor) -> str:
-    piece = _JSON_PIECES.peek(where)
+    piece = _WHERE_JSON.peek(where)
     if piece is None:
-        piece = _JSON_PIECES[where] = "".join(
+        piece = _WHERE_JSON[where] = "".join(
             f", {json.dumps(k)}: {json.dumps(v, ensure_ascii=True)}"
             for k, v in where.fields().items())
     return piece

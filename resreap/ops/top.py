@@ -148,9 +148,8 @@ def _cells(r: Row, ruled: bool) -> list[str]:
     evidence = "".join(f"{_EVID.get(k, k[:1])}{_count(n)}"
                        for k, n in sorted(r.evidence.items())) or "-"
     fds = f"{_count(r.fds) if r.fds is not None else '?'}/{_count(r.fd_limit) if r.fd_limit else '-'}"
-    reap = "-" if r.reap_in is None else "now" if r.reap_in == 0 else _age(r.reap_in)
+    reap, out = _when(r.reap_in), _when(r.exhausted_in)
     churn = f"{_rate(r.enter_rate)}/{_rate(r.exit_rate)}"
-    out = "-" if r.exhausted_in is None else "now" if r.exhausted_in == 0 else _age(r.exhausted_in)
     head = [str(r.pid), safe(r.comm), safe(r.container or r.unit or "-"),
             f"{_count(r.close_wait)}/{_count(r.counting)}", evidence]
     if ruled:
@@ -159,6 +158,11 @@ def _cells(r: Row, ruled: bool) -> list[str]:
 
 
 _EVID = {"eof-ignored": "e", "unread": "u", "queued": "q", "sending": "s"}
+
+
+def _when(seconds: float | None) -> str:
+    """In how long: "-" never, "now", else an age."""
+    return "-" if seconds is None else "now" if seconds == 0 else _age(seconds)
 
 
 def _age(seconds: float) -> str:

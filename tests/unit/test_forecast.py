@@ -186,7 +186,7 @@ def test_the_predicate_needs_a_counting_socket_and_a_forecast():
 def test_samples_are_kept_a_step_apart_and_bounded():
     from resreap.engine import forecast
 
-    f = Forecaster(proc=None, clock=lambda: 0.0)
+    f = Forecaster(proc=None)
     owner = Owner(1, 1, "x")
     for i in range(10_000):
         f.sample(owner, i + 1, i * 0.1)
