@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 600.0
-CHECK_EVERY = 32  # processes read between looks at new requests
+CHECK_EVERY = 32  # processes read between looks at new requests ...
+CHECK_SECONDS = 0.05  # ... or seconds, whichever comes first
 
 
 class FullScanner:
@@ -135,10 +136,16 @@ class FullScanner:
         while True:
             restart = False
             order = index.scan_order()
+            looked = time.monotonic()
             for i, pid in enumerate(order):
-                if i and i % CHECK_EVERY == 0 and self._more(wanted):
-                    restart = True
-                    break
+                # New requests are taken in every CHECK_EVERY processes, or
+                # every CHECK_SECONDS: past the small ones come the fd hogs,
+                # and 32 of 20,000 fds each were seconds a new leak waited.
+                if i and (i % CHECK_EVERY == 0 or time.monotonic() - looked >= CHECK_SECONDS):
+                    looked = time.monotonic()
+                    if self._more(wanted):
+                        restart = True
+                        break
                 if not wanted - found.keys():
                     break
                 if pid in done:
