@@ -54,6 +54,17 @@ UnitOpt = Annotated[Optional[str], typer.Option(
 ContainerOpt = Annotated[Optional[str], typer.Option(
     "--container", metavar="ID",
     help="Only processes of this container: 4+ hex digits of its id, or a machine name.")]
+NamespaceOpt = Annotated[Optional[str], typer.Option(
+    "--namespace", metavar="GLOB",
+    help="Only processes in pods of the Kubernetes namespaces matching GLOB (shop, "
+         "'team-*'), as the container runtime's records name them.")]
+PodOpt = Annotated[Optional[str], typer.Option(
+    "--pod", metavar="GLOB",
+    help="Only processes in the pods whose name matches GLOB ('checkout-*').")]
+RuntimeDirOpt = Annotated[Optional[list[str]], typer.Option(
+    "--runtime-dir", metavar="DIR",
+    help="Read pods' names from the container runtime's state under DIR instead of "
+         "/run/containerd, /run/k3s/containerd and /run/containers/storage.  Repeatable.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", "-D", help="Log every event and decision.")]
 
@@ -109,6 +120,8 @@ Examples:
   resreap trace --unit 'nginx*.service'
                                      only the processes of those system units
   resreap trace --container 3f2a9c1b only that container's processes
+  resreap trace --namespace shop --pod 'checkout-*'
+                                     only those pods' processes (Kubernetes)
   resreap trace -F 127.0.0.1:2049 -F '[::1]:*'
                                      ignore these foreign endpoints
   resreap trace --json | jq .        JSON lines (fields: docs/observing.md)
@@ -128,6 +141,9 @@ def trace(
     pid: PidOpt = None,
     unit: UnitOpt = None,
     container: ContainerOpt = None,
+    namespace: NamespaceOpt = None,
+    pod: PodOpt = None,
+    runtime_dir: RuntimeDirOpt = None,
     json_out: JsonOpt = False,
     backend: BackendOpt = "auto",
     debug: DebugOpt = False,
@@ -150,7 +166,8 @@ def trace(
 
             raise UsageError("stdout is closed: nowhere to print (redirect it, e.g. > trace.log)")
         st = settings.resolve_trace(command_pattern, ignore or (), pid or (), grace, min_age,
-                                    json_out, backend, unit, container)
+                                    json_out, backend, unit, container, namespace, pod,
+                                    runtime_dir)
         tracing.run(st, _print, lambda line: typer.echo(line, err=True))
     except ResreapError as exc:
         fail(exc)
@@ -217,6 +234,11 @@ ConfigOpt = Annotated[Optional[str], typer.Option(
     "--config", metavar="PATH",
     help="Settings file (TOML); default /etc/resreap/resreap.toml when it exists.  "
          "Flags override it; SIGHUP reloads it.")]
+KillOpt = Annotated[str, typer.Option(
+    "--kill", metavar="WHOM",
+    help="process: signal the process (the default); container: in a Kubernetes pod, "
+         "signal its container's main process, so that the whole container is restarted "
+         "(outside a pod, the process).")]
 MetricsOpt = Annotated[Optional[str], typer.Option(
     "--metrics", metavar="ADDR:PORT",
     help="Serve Prometheus metrics (/metrics) and a liveness check (/healthz) there, "
@@ -252,6 +274,8 @@ Examples:
   resreap watch -l 2 -f ^java        only Java processes
   resreap watch --unit nginx.service only nginx's service (a user's units never match)
   resreap watch --container 3f2a9c1b only that container's processes
+  resreap watch --namespace shop     only the pods of the shop namespace (Kubernetes)
+  resreap watch --kill container     in a pod, restart the leaking process's whole container
   resreap watch --config rules.toml  a policy per service: [[rule]] sections (docs/rules.md)
   resreap watch -F 127.0.0.1:2049    ignore sockets whose peer is 127.0.0.1:2049
   resreap watch -d -D                dry run with every event and timer logged
@@ -270,6 +294,8 @@ def watch(
     pid: PidOpt = None,
     unit: UnitOpt = None,
     container: ContainerOpt = None,
+    namespace: NamespaceOpt = None,
+    pod: PodOpt = None,
     limit: LimitOpt = 2,
     grace: GraceOpt = 2.0,
     stall: StallOpt = 60.0,
@@ -282,6 +308,8 @@ def watch(
     dry_run: DryRunOpt = False,
     restart_units: RestartUnitsOpt = True,
     restart_unit: RestartUnitOpt = None,
+    kill: KillOpt = "process",
+    runtime_dir: RuntimeDirOpt = None,
     debug: DebugOpt = False,
     backend: BackendOpt = "auto",
     log_file: LogFileOpt = None,
@@ -332,10 +360,13 @@ def top(
     pid: PidOpt = None,
     unit: UnitOpt = None,
     container: ContainerOpt = None,
+    namespace: NamespaceOpt = None,
+    pod: PodOpt = None,
     limit: LimitOpt = 2,
     grace: GraceOpt = 2.0,
     stall: StallOpt = 60.0,
     act_before: ActBeforeOpt = None,
+    runtime_dir: RuntimeDirOpt = None,
     backend: BackendOpt = "auto",
     config_file: ConfigOpt = None,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,

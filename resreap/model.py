@@ -148,6 +148,8 @@ class Holder(NamedTuple):
     count: int
     # Seconds until its fds run out at its leak's pace (None: no forecast).
     exhausted_in: float | None = None
+    namespace: str = ""  # its pod's namespace and name (Kubernetes; "" if none)
+    pod: str = ""
 
 
 # Kill durations (seconds), the histogram's upper bounds.
@@ -169,7 +171,7 @@ class Snapshot(NamedTuple):
     holding: tuple[Holder, ...] = ()  # the largest holders of CLOSE_WAIT sockets now
     kill_buckets: tuple[int, ...] = ()  # kills per KILL_BUCKETS bound (not cumulative)
     kill_seconds: float = 0.0           # their total duration
-    rule_outcomes: dict = {}  # (rule name, Result.value) -> kill sequences
+    rule_outcomes: dict = {}  # (rule, Result.value, namespace, container) -> kill sequences
     rules: tuple[str, ...] = ("default",)  # the rules in force, by name
     # The holders whose fds run out first at their leak's pace (engine/forecast).
     exhausting: tuple[Holder, ...] = ()

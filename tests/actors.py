@@ -655,7 +655,26 @@ def paced_clients(host: str, port: str, every: str, burst: str = "1") -> None:
             threading.Thread(target=pace, daemon=True).start()
 
 
+def pod_leaker(host: str, port: str) -> None:
+    """The leaky server as it runs in a pod: on a port the test chose (a
+    hostNetwork pod), with no stdin to obey; it reads each EOF and keeps the
+    socket until it is killed.  It claims to be another pod in every way a
+    process can (its environment, and its comm): none of it may count."""
+    os.environ.update(HOSTNAME="victim-0", POD_NAME="victim-0", POD_NAMESPACE="other")
+    set_comm("victim-0")
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, int(port)))
+    srv.listen(64)
+    held = []
+    while True:
+        conn, _ = srv.accept()
+        held.append(conn)
+        read_to_eof(conn)
+
+
 ROLES = {
+    "pod-leaker": pod_leaker,
     "limited-server": limited_server,
     "paced-clients": paced_clients,
     "closing-server": closing_server,

@@ -131,6 +131,25 @@ def container_matches(value: str, where: Any) -> bool:
     return where.container == value
 
 
+def pod_matches(namespace: str | None, pod: str | None, where: Any) -> bool:
+    """Its pod's namespace and name match the globs given (None: any);
+    only a process whose pod the runtime's records name (host/pods)."""
+    found = where.pod
+    if found is None or found.sandbox:
+        return False
+    return (namespace is None or fnmatch.fnmatchcase(found.namespace, namespace)) and \
+        (pod is None or fnmatch.fnmatchcase(found.name, pod))
+
+
+def check_kube_glob(glob: str, what: str) -> str:
+    """A namespace or pod name glob: Kubernetes names (lower-case letters,
+    digits, '-', '.') and * ? [] (shop, 'checkout-*')."""
+    if not re.fullmatch(r"[a-z0-9.*?\[\]!-]{1,253}", glob):
+        raise UsageError(f"bad {what} {glob!r}: expected a Kubernetes name or glob, "
+                         "e.g. shop or 'checkout-*'")
+    return glob
+
+
 def check_unit_glob(glob: str, what: str = "--unit") -> str:
     """A unit glob: a system unit's name, * ? [] allowed (nginx.service,
     backend*.service)."""
@@ -156,17 +175,22 @@ class Filters(NamedTuple):
     pids: frozenset[int] = frozenset()
     unit: str | None = None       # --unit GLOB: the system unit (see engine/rules)
     container: str | None = None  # --container ID
+    namespace: str | None = None  # --namespace GLOB: its pod's namespace (host/pods)
+    pod: str | None = None        # --pod GLOB: its pod's name
 
     @classmethod
     def parse(cls, command: str | None, ignore: Iterable[str], pids: Iterable[int],
-              unit: str | None = None, container: str | None = None) -> "Filters":
+              unit: str | None = None, container: str | None = None,
+              namespace: str | None = None, pod: str | None = None) -> "Filters":
         pids = frozenset(pids)
         for pid in pids:
             if pid <= 0:
                 raise UsageError(f"bad -p value {pid}: a pid is a positive number")
         return cls(parse_command_pattern(command), tuple(parse_endpoint(t) for t in ignore), pids,
                    check_unit_glob(unit) if unit is not None else None,
-                   check_container(container) if container is not None else None)
+                   check_container(container) if container is not None else None,
+                   check_kube_glob(namespace, "--namespace") if namespace is not None else None,
+                   check_kube_glob(pod, "--pod") if pod is not None else None)
 
     def ignores(self, sock: SockId) -> bool:
         return any(p.matches(sock) for p in self.ignore)
@@ -177,8 +201,9 @@ class Filters(NamedTuple):
 
     @property
     def selects_places(self) -> bool:
-        """--unit or --container: the process's cgroup must be read."""
-        return self.unit is not None or self.container is not None
+        """--unit, --container, --namespace or --pod: the process's cgroup
+        must be read."""
+        return any(v is not None for v in (self.unit, self.container, self.namespace, self.pod))
 
     def wants(self, pid: int, cmdline: str, where: Any = None) -> bool:
         """``where``: the process's Supervisor, needed with --unit or
@@ -191,5 +216,8 @@ class Filters(NamedTuple):
             if self.unit is not None and not unit_matches(self.unit, where):
                 return False
             if self.container is not None and not container_matches(self.container, where):
+                return False
+            if (self.namespace is not None or self.pod is not None) and \
+                    not pod_matches(self.namespace, self.pod, where):
                 return False
         return self.command is None or self.command.search(cmdline)

@@ -57,6 +57,11 @@ class Target(NamedTuple):
     # (None: none, its leak does not grow).
     reason: str = "limit"
     exhausted_in: float | None = None
+    # Whom the plan's signals go to when not the process itself (a rule's
+    # kill = "container": its container's main process, engine/containers),
+    # and why (said on the reap line; also when it fell back).
+    signalled: ProcInfo | None = None
+    kill_why: str = ""
 
     @property
     def rule_name(self) -> str:
@@ -90,6 +95,7 @@ def hook_env(target: Target, plan: Plan) -> dict[str, str]:
     into the command string, which is attacker-controlled text.  Every value
     is bounded."""
     env = dict(os.environ)
+    where = target.where or Supervisor()
     socks = [f"{s.local}->{s.remote}" for s in target.sockets[:HOOK_SOCKETS_MAX]]
     if len(target.sockets) > HOOK_SOCKETS_MAX:
         socks.append(f"+{len(target.sockets) - HOOK_SOCKETS_MAX}")
@@ -102,9 +108,14 @@ def hook_env(target: Target, plan: Plan) -> dict[str, str]:
         "RESREAP_SOCKETS": _bounded(" ".join(socks)),
         "RESREAP_EVIDENCE": target.evidence,
         "RESREAP_SIGNAL": plan.signal.name,
-        # Its supervisor, as its cgroup names it (empty: none known).
-        "RESREAP_UNIT": (target.where or Supervisor()).unit or "",
-        "RESREAP_CONTAINER": (target.where or Supervisor()).container or "",
+        # Its supervisor, as its cgroup names it (empty: none known); in a
+        # pod, who the runtime's records say it is (host/pods).
+        "RESREAP_UNIT": where.unit or "",
+        "RESREAP_CONTAINER": where.container_name,
+        "RESREAP_CONTAINER_ID": where.container or "",
+        "RESREAP_NAMESPACE": where.pod.namespace if where.pod else "",
+        "RESREAP_POD": where.pod.name if where.pod else "",
+        "RESREAP_POD_UID": where.ref.pod_uid if where.ref else "",
         "RESREAP_RULE": target.rule_name,
         # limit, fd-percent or exhaustion; seconds until its fds run out
         # (empty: no forecast).
@@ -131,8 +142,9 @@ def execute(target: Target, plan: Plan, proc: Proc = HOST) -> Outcome:
 
     if plan.dry_run:
         return done(Result.DRY_RUN)
+    victim = target.signalled or info
     try:
-        handle = Pinned(info.pid, info.start, proc)
+        handle = Pinned(victim.pid, victim.start, proc)
     except ProcessReplaced:
         return done(Result.REPLACED)
     except ProcessGone:

@@ -22,7 +22,10 @@ Listener = Callable[[Outcome, dict], None]
 # make the outcome line an error.
 FINE = (Revival.BY_SYSTEMD, Revival.STARTED, Revival.RUNNING, Revival.STOPPED,
         Revival.WAS_DOWN, Revival.NOT_MAIN, Revival.NOT_RESTARTABLE)
-RULE_OUTCOMES_MAX = 1024  # (rule, result) pairs counted: rules are few
+# (rule, result, namespace, container) counted: rules are few, and a pod's
+# container names are its tenant's to choose (past the bound, outcomes
+# still count in results and the log).
+RULE_OUTCOMES_MAX = 1024
 
 
 def announce(target: Target, bound: Threshold) -> None:
@@ -40,7 +43,19 @@ def announce(target: Target, bound: Threshold) -> None:
                 if target.exhausted_in is not None else {}),
              evidence=target.evidence, oldest=round(target.oldest, 3),
              sockets=endpoints(target.sockets),
-             cmd=info.cmdline, plan=plan.describe() + (" (dry run)" if plan.dry_run else ""))
+             cmd=info.cmdline, plan=plan.describe() + (" (dry run)" if plan.dry_run else ""),
+             **_kill_fields(target))
+
+
+def _kill_fields(target: Target) -> dict:
+    """Under kill = "container": whom the signals go to, and why (or why
+    they go to the process after all)."""
+    if not target.kill_why:
+        return {}
+    main = target.signalled
+    return {"kill": "container" if main is not None else "process",
+            **({"signalled": main.pid, "signalled_comm": main.comm} if main is not None else {}),
+            "kill_detail": target.kill_why}
 
 
 def say(outcome: Outcome, added: dict) -> None:
@@ -60,6 +75,12 @@ def say(outcome: Outcome, added: dict) -> None:
         fields["hook"] = outcome.hook_status
     if outcome.detail:
         fields["detail"] = outcome.detail
+    main = target.signalled
+    if main is not None:
+        fields["signalled"], fields["signalled_comm"] = main.pid, main.comm
+        if result.killed_it:
+            # A container lives as long as its main process.
+            fields["container_exited"] = True
     fields.update(added)
     decision(Event.OUTCOME, level if result is not Result.DRY_RUN else logging.INFO, **fields)
 
@@ -71,7 +92,8 @@ class Tally:
 
     def __init__(self) -> None:
         self.results: dict[Result, int] = {}
-        self.rule_results: dict[tuple[str, str], int] = {}  # (rule, result) -> outcomes
+        # (rule, result, pod's namespace, container name) -> outcomes
+        self.rule_results: dict[tuple[str, str, str, str], int] = {}
         # Kill durations for the histogram: per bucket, and their sum.
         self.kill_buckets = [0] * (len(KILL_BUCKETS) + 1)
         self.kill_seconds = 0.0
@@ -87,7 +109,9 @@ class Tally:
     def heard(self, outcome: Outcome, _added: dict) -> None:
         result = outcome.result
         self.results[result] = self.results.get(result, 0) + 1
-        by = (outcome.target.rule_name, result.value)
+        pod = outcome.target.where.pod if outcome.target.where is not None else None
+        by = (outcome.target.rule_name, result.value, pod.namespace if pod else "",
+              pod.container if pod else "")
         if by in self.rule_results or len(self.rule_results) < RULE_OUTCOMES_MAX:
             self.rule_results[by] = self.rule_results.get(by, 0) + 1
         if result.killed_it:

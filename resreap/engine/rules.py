@@ -15,10 +15,16 @@ inputs it reads):
 | container | the outermost container cgroup         | root (the container runtime, machined) |
 | port      | the leaked socket's local port         | whoever may bind it: below 1024 root, in the host's namespace; any user in a namespace of their own |
 | user      | every uid of the process (real, effective, saved, fs) | root, or that user |
+| namespace | its pod's namespace, from the runtime's record (host/pods) | whoever may create pods in that namespace |
+| pod       | its pod's name (glob), ditto           | whoever creates the pod |
+| container_name | its container's name in the pod   | whoever creates the pod |
+| labels    | its pod's labels (CRI-O's records; containerd keeps none on disk) | whoever creates the pod |
 
-So `unit`, `container` and `user` select what a user cannot enter; `cmd`
-and `port` only narrow them.  A rule that matches on cmd or port alone
-can be entered by any user's process (`resreap rules` says so)."""
+So `unit`, `container`, `user` and `namespace` select what a user cannot
+enter (a namespace: no one outside it); `cmd`, `port`, `pod`,
+`container_name` and `labels` only narrow them.  A rule that matches on
+those alone can be entered by any user's process, or any tenant's pod
+(`resreap rules` says so)."""
 
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ import signal
 from typing import NamedTuple
 
 from resreap.engine.evidence import Rules
-from resreap.engine.filters import CommandPattern, container_matches, unit_matches
+from resreap.engine.filters import CommandPattern, container_matches, pod_matches, \
+    unit_matches
 from resreap.errors import UsageError
 from resreap.host.supervisor import Supervisor
 
@@ -87,20 +94,30 @@ class Plan(NamedTuple):
     restart_units: bool = True
     # Units started again even though their Restart= would not (--restart-unit).
     restart_also: frozenset = frozenset()
+    # Whom the signals go to: the process ("process"), or, in a pod, its
+    # container's main process ("container": the runtime and the kubelet
+    # then restart the whole container; engine/containers).
+    kill: str = "process"
 
     def describe(self) -> str:
         """The sequence in one line, e.g. 'hook > SIGQUIT > SIGTERM > wait 2s > SIGKILL'."""
         steps = ["hook"] if self.hook else []
         if self.first_signal:
             steps.append(self.first_signal.name)
-        return " > ".join(steps + [self.signal.name, f"wait {self.wait:g}s", "SIGKILL"])
+        steps += [self.signal.name, f"wait {self.wait:g}s", "SIGKILL"]
+        return " > ".join(steps) + (" to its container's main process"
+                                    if self.kill == "container" else "")
+
+
+KILLS = ("process", "container")
 
 
 
 DEFAULT = "default"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# Keys that a user cannot make their own process match.
-TRUSTED_KEYS = ("unit", "container", "user")
+# Keys that a user cannot make their own process match (a namespace: no
+# tenant of another namespace).
+TRUSTED_KEYS = ("unit", "container", "user", "namespace")
 
 
 class Facts(NamedTuple):
@@ -123,6 +140,12 @@ class Match(NamedTuple):
     port: int | None = None
     uid: int | None = None
     user: str | None = None  # as written (a name or a number), for output
+    namespace: str | None = None  # its pod's namespace (glob)
+    pod: str | None = None        # its pod's name (glob)
+    container_name: str | None = None  # its container's name in the pod
+    # Its pod's labels must include these (sorted pairs); a pod whose
+    # labels are unknown (containerd) never matches.
+    labels: tuple[tuple[str, str], ...] | None = None
 
     def wants(self, facts: Facts, lport: int) -> bool:
         if self.port is not None and lport != self.port:
@@ -133,25 +156,48 @@ class Match(NamedTuple):
             return False
         if self.container is not None and not container_matches(self.container, facts.where):
             return False
+        if self.in_pods and not self._pod_wants(facts.where):
+            return False
         return self.cmd is None or self.cmd.search(facts.cmdline)
+
+    def _pod_wants(self, where: Supervisor) -> bool:
+        if not pod_matches(self.namespace, self.pod, where):
+            return False
+        pod = where.pod
+        if self.container_name is not None and pod.container != self.container_name:
+            return False
+        if self.labels is not None:
+            have = dict(pod.labels) if pod.labels is not None else None
+            return have is not None and all(have.get(k) == v for k, v in self.labels)
+        return True
+
+    @property
+    def in_pods(self) -> bool:
+        """Does it select by Kubernetes identity?"""
+        return any(v is not None for v in (self.namespace, self.pod, self.container_name,
+                                            self.labels))
 
     @property
     def needs_facts(self) -> bool:
-        return any(v is not None for v in (self.cmd, self.unit, self.container, self.uid))
+        return self.in_pods or any(v is not None for v in (self.cmd, self.unit, self.container,
+                                                           self.uid))
 
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = {}
         if self.cmd is not None:
             out["cmd"] = self.cmd.text
-        for key in ("unit", "container", "port", "user"):
+        for key in ("unit", "container", "port", "user", "namespace", "pod", "container_name"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.labels is not None:
+            out["labels"] = dict(self.labels)
         return out
 
     @property
     def trusted(self) -> bool:
         """Does it select by an input a user cannot enter (unit,
-        container, user)?  Otherwise any user's process can match it."""
+        container, user, namespace)?  Otherwise any user's process (or any
+        tenant's pod) can match it."""
         return any(getattr(self, key) is not None for key in TRUSTED_KEYS)
 
 

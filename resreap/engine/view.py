@@ -46,6 +46,13 @@ class Row(NamedTuple):
     # Seconds until its fds run out at its leak's pace (engine/forecast;
     # None: its counting sockets do not grow, or no fd limit).
     exhausted_in: float | None = None
+    namespace: str = ""      # its pod's namespace and name (Kubernetes; "" if none)
+    pod: str = ""
+
+    @property
+    def place(self) -> str:
+        """namespace/pod, else its container, else its unit ("" if none)."""
+        return f"{self.namespace}/{self.pod}" if self.pod else self.container or self.unit
 
 
 def rows(watcher: "Watcher", now: float, top: int = 50) -> list[Row]:
@@ -143,11 +150,13 @@ def _row(watcher: "Watcher", owner: Owner, entries: list, now: float,
         if best[1] is None or (when is not None and (best[0] is None or when < best[0])):
             best = (when, rule)
     reap_in, rule = best
-    return Row(owner.pid, owner.comm, where.unit or "", where.container or "",
+    pod = where.pod
+    return Row(owner.pid, owner.comm, where.unit or "", where.container_name,
                len(entries), counting, evidence,
                max(0.0, now - min((e.entered for e in entries), default=now)),
                fds, limit, reap_in if rule is not None else None,
-               rule.name if rule is not None else "-", exhausted_in=exhausted_in)
+               rule.name if rule is not None else "-", exhausted_in=exhausted_in,
+               namespace=pod.namespace if pod else "", pod=pod.name if pod else "")
 
 
 def snapshot(watcher: "Watcher", top: int) -> Snapshot:
@@ -164,8 +173,9 @@ def snapshot(watcher: "Watcher", top: int) -> Snapshot:
         where = wheres.get(owner.pid)
         if where is None:
             where = wheres[owner.pid] = supervisor.of(owner.pid, watcher.proc)
-        return Holder(owner.pid, owner.comm, where.unit or "", where.container or "", n,
-                      watcher.forecasts.seconds(owner, now))
+        return Holder(owner.pid, owner.comm, where.unit or "", where.container_name, n,
+                      watcher.forecasts.seconds(owner, now),
+                      where.pod.namespace if where.pod else "", where.pod.name if where.pod else "")
 
     # Every CLOSE_WAIT socket with a known holder, counting or not yet: a
     # process heading for a reap shows before its sockets count.

@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 from resreap.bounded import BoundedDict
-from resreap.engine import evidence
+from resreap.engine import containers, evidence
 from resreap.engine.config import Current, WatchConfig, read_latency
 from resreap.engine.counting import Counting
 from resreap.engine.decisions import Event, decision
@@ -332,6 +332,9 @@ class Watcher:
                         1 if reason == "exhaustion" else bound.count, found,
                         tuple(entry.key for entry, _h, _k in rows), where, rule, case.storm,
                         reason or bound.why, exhausted_in)
+        if rule.plan.kill == "container":
+            chosen = containers.main_process(where, info, self.proc)
+            target = target._replace(signalled=chosen.main, kill_why=chosen.why)
         announce(target, bound)
         if not self.killer.submit(target):  # only if it filled up just now
             log.warning("pid %d: kill slots full, deciding again shortly", info.pid)

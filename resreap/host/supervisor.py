@@ -12,6 +12,11 @@ The system manager's unit is the first component below the slices: only
 root (systemd) creates cgroups at that level, so a user cannot make resreap
 start a system unit by naming a cgroup after it.  Deeper components (a user
 unit, a container id) are labels: shown, escaped, never acted on.
+
+Kubernetes' pods are named by two components the kubelet and the runtime
+make: ``pod<UID>`` (cgroupfs) or ``kubepods-<qos>-pod<UID>.slice`` (systemd
+driver), with the container's cgroup right below it.  The names those stand
+for are in the runtime's records (host/pods), read once per container.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import re
 from typing import NamedTuple
 
 from resreap.errors import AccessDenied, ProcessGone, ResreapError
+from resreap.host import pods
+from resreap.host.pods import Pod, Ref
 from resreap.host.procinfo import HOST, Proc
 
 # /proc/PID/cgroup is a few short lines; a path is at most PATH_MAX.
@@ -29,8 +36,16 @@ _UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,255}\.(service|scope)$")
 _CONTAINER = [
     # docker, containerd (Kubernetes' systemd driver), CRI-O, podman
     re.compile(r"^(?:docker|cri-containerd|crio|libpod|containerd)-([0-9a-f]{64})\.scope$"),
-    # cgroupfs drivers: /docker/<id>, /kubepods/burstable/pod<uid>/<id>
-    re.compile(r"^([0-9a-f]{64})$"),
+    # cgroupfs drivers: /docker/<id>, /kubepods/burstable/pod<uid>/<id>,
+    # CRI-O's /kubepods/burstable/pod<uid>/crio-<id>
+    re.compile(r"^(?:crio-)?([0-9a-f]{64})$"),
+]
+# The pod's cgroup, right above its containers': cgroupfs, then the systemd
+# driver (the UID's dashes escaped as underscores).
+_POD = [
+    re.compile(r"^pod([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"),
+    re.compile(r"^kubepods(?:-besteffort|-burstable)?-pod"
+               r"([0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12})\.slice$"),
 ]
 _MACHINE = re.compile(r"^machine-(.{1,200})\.scope$")  # systemd-nspawn, libvirt
 _MACHINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -43,15 +58,41 @@ class Supervisor(NamedTuple):
     cgroup: str = ""
     unit: str | None = None       # the system manager's unit (nginx.service)
     container: str | None = None  # 12 hex digits of a container id, or a machine name
+    ref: Ref | None = None        # a pod's container, as the cgroup path names it
+    pod: Pod | None = None        # who that is, from the runtime's records (host/pods)
 
     def fields(self) -> dict[str, str]:
-        """For decision lines: only what is known."""
+        """For decision lines: only what is known.  In a pod, ``container``
+        is the container's name in the pod and ``container_id`` its id."""
         out = {}
         if self.unit:
             out["unit"] = self.unit
+        if self.pod is not None:
+            out["namespace"] = self.pod.namespace
+            out["pod"] = self.pod.name
+            if self.pod.container:
+                out["container"] = self.pod.container
+        if self.ref is not None:
+            out["pod_uid"] = self.ref.pod_uid
         if self.container:
-            out["container"] = self.container
+            out["container_id" if self.ref is not None else "container"] = self.container
         return out
+
+    @property
+    def container_name(self) -> str:
+        """The container as named in one word: its name in its pod, else a
+        machine name or 12 hex digits of its id ("" if none)."""
+        if self.pod is not None and self.pod.container:
+            return self.pod.container
+        return self.container or ""
+
+    @property
+    def shown(self) -> str:
+        """In one column: namespace/pod, else the container, else the
+        unit ("" if none)."""
+        if self.pod is not None:
+            return self.pod.shown
+        return self.container or self.unit or ""
 
     @property
     def unit_cgroup(self) -> str | None:
@@ -101,14 +142,15 @@ def parse(text: str, named: bool = True) -> Supervisor:
         if _UNIT.match(part):
             unit = part
         break
-    container = None
-    for part in parts:
+    container = ref = None
+    for i, part in enumerate(parts):
         if _USER_MANAGER.match(part):
             # Below a user's manager every name is the user's to choose (a
             # rootless container, or a cgroup named like one): no container
             # id is taken from there.
             break
-        found = [m.group(1)[:12] for pattern in _CONTAINER if (m := pattern.match(part))]
+        ids = [m.group(1) for pattern in _CONTAINER if (m := pattern.match(part))]
+        found = [i[:12] for i in ids]
         if m := _MACHINE.match(part):
             name = _unescape(m.group(1))
             # Unescaped, \xNN may be anything: a control character or a
@@ -120,8 +162,12 @@ def parse(text: str, named: bool = True) -> Supervisor:
             # or systemd inside it, with delegation): one named like another
             # container must not make its processes that container's.
             container = found[0] or None
+            # A pod's container: its cgroup right below the pod's.
+            uid = [m.group(1) for pattern in _POD if i and (m := pattern.match(parts[i - 1]))]
+            if ids and uid:
+                ref = Ref(ids[0], uid[0].replace("_", "-"))
             break
-    return Supervisor(path, unit, container)
+    return Supervisor(path, unit, container, ref)
 
 
 _HOST_NAMED: dict[str, bool] = {}
@@ -143,7 +189,10 @@ def host_keeps_named(proc: Proc = HOST) -> bool:
 def read(pid: int, proc: Proc = HOST) -> Supervisor:
     """``pid``'s supervisor; raises ProcessGone or AccessDenied."""
     raw = proc.cgroup(pid, CGROUP_MAX)
-    return parse(raw.decode("utf-8", "backslashreplace"), host_keeps_named(proc))
+    where = parse(raw.decode("utf-8", "backslashreplace"), host_keeps_named(proc))
+    if where.ref is not None and (records := pods.records(proc.root)) is not None:
+        where = where._replace(pod=records.pod(where.ref))
+    return where
 
 
 def of(pid: int, proc: Proc = HOST) -> Supervisor:

@@ -28,17 +28,19 @@ KEYS: dict[str, tuple[type, ...]] = {
     "restart_unit": (list,), "debug": (bool,), "backend": (str,),
     "log_file": (str,), "json": (bool,), "hook_timeout": (int, float), "max_rate": (str,),
     "poll_interval": (int, float), "metrics": (str,), "unit": (str,), "container": (str,),
+    "namespace": (str,), "pod": (str,), "kill": (str,), "runtime_dir": (list,),
 }
 # What a [[rule]] may set besides its name and match: the settings that
 # judge and act on a process (the daemon's own, e.g. backend, stay global).
 RULE_KEYS = ("limit", "grace", "stall", "fd_percent", "act_before", "signal", "first_signal", "wait", "hook",
-             "hook_timeout", "dry_run", "restart_units", "max_rate")
+             "hook_timeout", "dry_run", "restart_units", "max_rate", "kill")
 MATCH_TYPES: dict[str, tuple[type, ...]] = {
-    "cmd": (str,), "unit": (str,), "container": (str,), "port": (int,), "user": (str, int)}
+    "cmd": (str,), "unit": (str,), "container": (str,), "port": (int,), "user": (str, int),
+    "namespace": (str,), "pod": (str,), "container_name": (str,), "labels": (dict,)}
 _TYPE = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-         list: "a list"}
+         list: "a list", dict: "a table"}
 # What the items of a list setting must be.
-ITEMS: dict[str, type] = {"ignore": str, "pid": int, "restart_unit": str}
+ITEMS: dict[str, type] = {"ignore": str, "pid": int, "restart_unit": str, "runtime_dir": str}
 
 
 def check_trusted(path: str) -> os.stat_result:

@@ -115,7 +115,7 @@ def summary_lines(rows: Iterable[ProcSummary]) -> list[str]:
 def _supervised(row: ProcSummary) -> str:
     if row.where is None:
         return "-"
-    return safe(row.where.container or row.where.unit or "-")[:28]
+    return safe(row.where.shown or "-")[:28]
 
 
 def summary_json(rows: Iterable[ProcSummary]) -> str:

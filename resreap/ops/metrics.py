@@ -58,6 +58,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, number
 
 
+
+# Per-holder gauges name the pod: only the largest holders have a series,
+# gone with them.  Counters do not: a counter's series lives as long as the
+# watch, and pod names change with every rollout and restart (a Deployment's
+# hash and a random suffix), so a crash-looping pod would add one per kill;
+# a namespace and a container name stay.
+HOLDER_LABELS = ["comm", "unit", "container", "namespace", "pod"]
+OUTCOME_LABELS = ["result", "rule", "namespace", "container"]
+
+
+def _holder_key(h) -> tuple[str, ...]:
+    return (h.comm, h.unit, h.container, h.namespace, h.pod)
+
 class Endpoint:
     """A bounded HTTP/1.0 server for GET requests: ``routes`` maps a path to
     a function returning (status, content type, body)."""
@@ -208,10 +221,10 @@ class Exporter:
     def _per_holder(name: str, text: str, holders):
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily(name, text, labels=["comm", "unit", "container"])
-        summed: dict[tuple[str, str, str], int] = {}
+        family = GaugeMetricFamily(name, text, labels=HOLDER_LABELS)
+        summed: dict[tuple[str, ...], int] = {}
         for h in holders:
-            key = (h.comm, h.unit, h.container)
+            key = _holder_key(h)
             summed[key] = summed.get(key, 0) + h.count
         for key, n in summed.items():
             family.add_metric(list(key), n)
@@ -228,11 +241,11 @@ class Exporter:
         family = GaugeMetricFamily(
             "resreap_fd_exhaustion_seconds",
             f"Seconds until a leaking process runs out of fds at the pace its counting "
-            f"sockets grow (the soonest {TOP})", labels=["comm", "unit", "container"])
-        soonest: dict[tuple[str, str, str], float] = {}
+            f"sockets grow (the soonest {TOP})", labels=HOLDER_LABELS)
+        soonest: dict[tuple[str, ...], float] = {}
         for h in holders:
             if h.exhausted_in is not None:
-                key = (h.comm, h.unit, h.container)
+                key = _holder_key(h)
                 soonest[key] = min(soonest.get(key, h.exhausted_in), h.exhausted_in)
         for key, seconds in soonest.items():
             family.add_metric(list(key), round(seconds, 1))
@@ -318,19 +331,24 @@ class Exporter:
         from prometheus_client.core import CounterMetricFamily
 
         kills = CounterMetricFamily("resreap_kills", "Processes killed, by how (terminated, "
-                                    "killed: SIGKILL was needed) and the rule that judged them",
-                                    labels=["result", "rule"])
+                                    "killed: SIGKILL was needed), the rule that judged them and "
+                                    "their pod's namespace and container name",
+                                    labels=OUTCOME_LABELS)
         outcomes = CounterMetricFamily("resreap_outcomes", "Every kill sequence's outcome, "
                                        "kills included (spared, dry-run, resolved, replaced...), "
-                                       "by rule", labels=["result", "rule"])
+                                       "by rule, namespace and container", labels=OUTCOME_LABELS)
         by_rule = snap.rule_outcomes
-        for (rule, result), n in sorted(by_rule.items()):
-            outcomes.add_metric([result, rule], n)
+        for (rule, result, namespace, container), n in sorted(by_rule.items()):
+            outcomes.add_metric([result, rule, namespace, container], n)
         # Kills exist from the start, at 0, for every rule in force (and any
-        # that killed before a reload): increase() then counts the first.
-        for rule in sorted(set(snap.rules) | {rule for rule, _ in by_rule}):
+        # that killed before a reload), outside pods: increase() then counts
+        # the first.  In a pod, a series starts with its first outcome.
+        places = {(rule, ns, c) for rule, _, ns, c in by_rule}
+        places |= {(rule, "", "") for rule in snap.rules}
+        for rule, namespace, container in sorted(places):
             for result in sorted(KILLED):
-                kills.add_metric([result, rule], by_rule.get((rule, result), 0))
+                kills.add_metric([result, rule, namespace, container],
+                                 by_rule.get((rule, result, namespace, container), 0))
         yield kills
         yield outcomes
         yield self._durations(snap)

@@ -54,7 +54,7 @@ class Recent(NamedTuple):
 def from_outcome(outcome, now: float) -> Reap:
     info, where = outcome.target.info, outcome.target.where
     return Reap(round(now, 3), info.pid, info.comm,
-                (where.container or where.unit or "") if where is not None else "",
+                where.shown if where is not None else "",
                 outcome.target.rule_name, outcome.result.value, round(outcome.took, 3),
                 outcome.revive[0].value if outcome.revive is not None else "")
 

@@ -79,7 +79,7 @@ def text(rules: list[dict], rows: list[Row]) -> list[str]:
         # A process's name and its cgroup's are anyone's: escaped, as top does
         # (raw, an OSC title and a newline with a forged line reached root's
         # terminal).
-        where = row.container or row.unit or "-"
+        where = row.place or "-"
         out = "" if row.exhausted_in is None else \
             f", out of fds in {row.exhausted_in:.0f}s ({row.fds}/{row.fd_limit})"
         lines.append(f"pid {row.pid} {safe(row.comm)} ({safe(where)}): rule {safe(row.rule)}, "

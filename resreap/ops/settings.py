@@ -9,13 +9,15 @@ json_out)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, NamedTuple
 
-from resreap.engine.filters import Filters, check_container, check_unit_glob, \
+from resreap.engine.filters import Filters, check_container, check_kube_glob, check_unit_glob, \
     parse_command_pattern
-from resreap.engine.rules import Limits, Match, Plan, Rule, parse_rate, parse_signal
+from resreap.engine.rules import KILLS, Limits, Match, Plan, Rule, parse_rate, parse_signal
 from resreap.engine.config import WatchConfig
 from resreap.errors import UsageError
+from resreap.host.trust import check_chain
 from resreap.ops import config
 from resreap.sources.choice import BACKENDS
 
@@ -35,6 +37,9 @@ class WatchSettings(NamedTuple):
     metrics: str | None
     command_pattern: str | None
     ignore: tuple[str, ...]
+    # Where the container runtimes keep their records (host/pods; None: the
+    # usual places).
+    runtime_dirs: tuple[str, ...] | None = None
 
 
 def positive(name: str, value: Any, minimum: float = 0.0, *, strict: bool = False) -> None:
@@ -54,22 +59,25 @@ class TraceSettings(NamedTuple):
     min_age: float | None
     json_out: bool
     backend: str
+    runtime_dirs: tuple[str, ...] | None = None
 
 
 def resolve_trace(command_pattern: str | None, ignore: Iterable[str], pids: Iterable[int],
                   grace: Any, min_age: Any, json_out: bool, backend: str,
-                  unit: str | None = None, container: str | None = None):
+                  unit: str | None = None, container: str | None = None,
+                  namespace: str | None = None, pod: str | None = None,
+                  runtime_dirs: Iterable[str] | None = None):
     """trace's options, validated before anything opens (compiling the
     BPF program for a bad -i was seconds wasted): the same checks as
     watch's."""
     filters = Filters.parse(command_pattern, tuple(ignore or ()), tuple(pids or ()), unit,
-                            container)
+                            container, namespace, pod)
     positive("-i", grace, strict=True)
     if min_age is not None:
         positive("--min-age", min_age, strict=True)
     _backend(backend)
     return TraceSettings(filters, float(grace), float(min_age) if min_age is not None else None,
-                         bool(json_out), backend)
+                         bool(json_out), backend, _runtime_dirs(runtime_dirs))
 
 
 def _backend(name: str) -> None:
@@ -94,7 +102,7 @@ def resolve(given: dict[str, Any], from_flags: Iterable[str],
 # The flag that names each setting, in errors about the top level (a rule's
 # errors name its key instead: "rule 'edge': limit = 0 ...").
 FLAGS = {"limit": "-l", "grace": "-i", "stall": "--stall", "fd_percent": "--fd-percent",
-         "act_before": "--act-before",
+         "act_before": "--act-before", "kill": "kill",
          "wait": "-w", "hook_timeout": "--hook-timeout"}
 
 
@@ -123,13 +131,29 @@ def _limits_plan(st: dict[str, Any], name=FLAGS.__getitem__) -> tuple[Limits, Pl
                 first_signal=parse_signal(str(st["first_signal"])) if st["first_signal"] else None,
                 wait=float(st["wait"]), hook=st["hook"], hook_timeout=float(st["hook_timeout"]),
                 dry_run=bool(st["dry_run"]), restart_units=bool(st["restart_units"]),
-                restart_also=frozenset(also))
+                restart_also=frozenset(also), kill=_kill(st.get("kill") or "process", name))
     grace = float(st["grace"])
     limits = Limits(int(st["limit"]), grace, max_kills, per, stall=max(grace, float(st["stall"])),
                     fd_percent=float(st["fd_percent"]) if st["fd_percent"] is not None else None,
                     act_before=float(st["act_before"]) if st.get("act_before") is not None
                     else None)
     return limits, plan
+
+
+def _kill(kill: str, name) -> str:
+    if kill not in KILLS:
+        raise UsageError(f"bad {name('kill')} {kill!r}: process (the process, the default) or "
+                         "container (its container's main process, in a pod)")
+    return kill
+
+
+def _labels(raw: dict) -> tuple[tuple[str, str], ...]:
+    """A rule's labels: each a Kubernetes label key and a string value."""
+    for key, value in raw.items():
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9./_-]{1,316}", key):
+            raise UsageError(f"match labels: {key} = {value!r}: expected label = \"value\", "
+                             "e.g. labels = { app = \"checkout\" }")
+    return tuple(sorted(raw.items()))
 
 
 def _match(raw: dict[str, Any]) -> Match:
@@ -143,7 +167,13 @@ def _match(raw: dict[str, Any]) -> Match:
     return Match(parse_command_pattern(cmd) if cmd is not None else None,
                  check_unit_glob(raw["unit"], "match unit") if "unit" in raw else None,
                  check_container(raw["container"], "match container") if "container" in raw
-                 else None, port, uid, str(user) if user is not None else None)
+                 else None, port, uid, str(user) if user is not None else None,
+                 check_kube_glob(raw["namespace"], "match namespace") if "namespace" in raw
+                 else None,
+                 check_kube_glob(raw["pod"], "match pod") if "pod" in raw else None,
+                 check_kube_glob(raw["container_name"], "match container_name")
+                 if "container_name" in raw else None,
+                 _labels(raw["labels"]) if "labels" in raw else None)
 
 
 def _uid(user: str | int) -> int:
@@ -184,7 +214,7 @@ def validate(st: dict[str, Any], force_dry_run: bool = False,
     raises UsageError, naming the option (or the rule), for the first bad
     one."""
     filters = Filters.parse(st["command_pattern"], st["ignore"] or (), st["pid"] or (),
-                            st.get("unit"), st.get("container"))
+                            st.get("unit"), st.get("container"), st.get("namespace"), st.get("pod"))
     limits, plan = _limits_plan(st)
     if st["poll_interval"] is not None:
         positive("--poll-interval", st["poll_interval"], 0.01)
@@ -198,4 +228,15 @@ def validate(st: dict[str, Any], force_dry_run: bool = False,
         poll_interval=float(st["poll_interval"]) if st["poll_interval"] is not None else None,
         log_file=st["log_file"], json_out=bool(st["json_out"]), debug=bool(st["debug"]),
         metrics=st["metrics"], command_pattern=st["command_pattern"],
-        ignore=tuple(st["ignore"] or ()))
+        ignore=tuple(st["ignore"] or ()),
+        runtime_dirs=_runtime_dirs(st.get("runtime_dir")))
+
+
+def _runtime_dirs(dirs) -> tuple[str, ...] | None:
+    """--runtime-dir: each root's alone (what is read there names the
+    processes that rules select by namespace)."""
+    if not dirs:
+        return None
+    for d in dirs:
+        check_chain(d, "--runtime-dir", "pods would be named by whoever writes it")
+    return tuple(dirs)

@@ -13,6 +13,8 @@ from resreap.engine.config import Current, WatchConfig
 from resreap.engine.owners import OwnerResolver
 from resreap.engine.config import read_latency
 from resreap.engine.watch import Watcher
+from resreap.host import pods
+from resreap.host.procinfo import HOST
 from resreap.host.sockets import SocketTable
 from resreap.ops.settings import WatchSettings
 from resreap.sources.choice import Selected, open_source
@@ -41,6 +43,8 @@ def build(st: WatchSettings, config: WatchConfig, *, first_pass: bool,
     transition arrives (top's per-process rates).  ``tick``: called once
     per loop turn."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+    if st.runtime_dirs is not None:
+        pods.use(HOST.root, pods.Records(st.runtime_dirs))
     earliest = config.ruleset().earliest
     table = SocketTable()
     # Events may wait in the ring this long; deadlines use kernel

@@ -150,7 +150,7 @@ def _cells(r: Row, ruled: bool) -> list[str]:
     fds = f"{_count(r.fds) if r.fds is not None else '?'}/{_count(r.fd_limit) if r.fd_limit else '-'}"
     reap, out = _when(r.reap_in), _when(r.exhausted_in)
     churn = f"{_rate(r.enter_rate)}/{_rate(r.exit_rate)}"
-    head = [str(r.pid), safe(r.comm), safe(r.container or r.unit or "-"),
+    head = [str(r.pid), safe(r.comm), safe(r.place or "-"),
             f"{_count(r.close_wait)}/{_count(r.counting)}", evidence]
     if ruled:
         return head + [safe(r.rule), churn, fds, out, reap]

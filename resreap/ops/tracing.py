@@ -11,6 +11,8 @@ from resreap import tunables
 from resreap.engine.evidence import Rules
 from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.trace import Tracer
+from resreap.host import pods
+from resreap.host.procinfo import HOST
 from resreap.host.sockets import SocketTable
 from resreap.ops import formatting
 from resreap.ops.settings import TraceSettings
@@ -46,6 +48,8 @@ def run(st: TraceSettings, out: Callable[[str], None], note: Callable[[str], Non
     tracer = None
     try:
         check_privileges()
+        if st.runtime_dirs is not None:
+            pods.use(HOST.root, pods.Records(st.runtime_dirs))
         table = SocketTable()
         # With --min-age, the kernel's first pass: a socket that leaves
         # CLOSE_WAIT before the next take (a tenth of a second) never

@@ -211,8 +211,8 @@ def test_two_services_each_reaped_under_its_own_rule(world, tmp_path):
     assert targets[1000].rule.name == "java-backend"
     outcomes = {o["pid"]: o["rule"] for o in world.said(Event.OUTCOME)}
     assert outcomes == {1000: "java-backend", 2000: "edge"}
-    assert view.snapshot(world.watcher, 5).rule_outcomes == {("edge", "terminated"): 1,
-                                                      ("java-backend", "terminated"): 1}
+    assert view.snapshot(world.watcher, 5).rule_outcomes == {
+        ("edge", "terminated", "", ""): 1, ("java-backend", "terminated", "", ""): 1}
 
 
 def test_a_rule_with_a_higher_limit_spares_what_the_default_would_reap(world, tmp_path):
@@ -388,7 +388,7 @@ def test_the_example_config_holds_rules_that_load(tmp_path):
     rules = "\n".join(ln[1:] for ln in text.splitlines() if ln.startswith("#") and
                       not ln.startswith("# ") and ln != "#")
     st = resolve(tmp_path, text + "\n" + rules + "\n")
-    assert [r.name for r in st.engine.rules] == ["java-backend", "edge"]
+    assert [r.name for r in st.engine.rules] == ["java-backend", "edge", "checkout"]
     assert st.engine.rules[1].match.port == 443
 
 

@@ -272,24 +272,39 @@ def test_metrics_label_holders_with_unit_and_container():
     exporter.reload_ok, exporter.reload_at = False, 1234.5
     exporter._snapshot = Snapshot(
         top=(Holder(7, "srv", "leaky.service", "", 3), Holder(9, "srv", "leaky.service", "", 1),
-             Holder(8, "app", "", "abcdef012345", 2)),
+             Holder(8, "app", "", "abcdef012345", 2),
+             Holder(10, "node", "", "fe", 6, None, "shop", "checkout-7d9f6")),
         holding=(Holder(7, "srv", "leaky.service", "", 5),), oldest=42.25,
-        rule_outcomes={("default", "terminated"): 2, ("default", "killed"): 1,
-                       ("default", "dry-run"): 4, ("default", "spared"): 1},
+        rule_outcomes={("default", "terminated", "", ""): 2, ("default", "killed", "", ""): 1,
+                       ("default", "dry-run", "", ""): 4, ("default", "spared", "", ""): 1,
+                       ("default", "terminated", "shop", "fe"): 1},
         kill_buckets=(0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0), kill_seconds=3.2,
         revivals={"started": 1})
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in exporter.collect() for s in f.samples}
-    srv = (("comm", "srv"), ("container", ""), ("unit", "leaky.service"))
+    srv = (("comm", "srv"), ("container", ""), ("namespace", ""), ("pod", ""),
+           ("unit", "leaky.service"))
     assert samples[("resreap_counting_sockets", srv)] == 4
     assert samples[("resreap_counting_sockets", (("comm", "app"), ("container", "abcdef012345"),
-                                                 ("unit", "")))] == 2
+                                                 ("namespace", ""), ("pod", ""), ("unit", "")))] == 2
+    # In a pod: its namespace and pod on the holder's gauges ...
+    assert samples[("resreap_counting_sockets", (("comm", "node"), ("container", "fe"),
+                                                 ("namespace", "shop"), ("pod", "checkout-7d9f6"),
+                                                 ("unit", "")))] == 6
+    # ... its namespace and container name, never the pod, on the counters.
+    assert samples[("resreap_kills_total", (("container", "fe"), ("namespace", "shop"),
+                                            ("result", "terminated"), ("rule", "default")))] == 1
+    assert not any("pod" in dict(labels) for name, labels in samples
+                   if name in ("resreap_kills_total", "resreap_outcomes_total"))
     assert not any("pid" in dict(labels) for _name, labels in samples)
     assert samples[("resreap_close_wait_sockets_by_holder", srv)] == 5
     assert samples[("resreap_close_wait_oldest_seconds", ())] == 42.25
-    assert samples[("resreap_kills_total", (("result", "terminated"), ("rule", "default")))] == 2
-    assert ("resreap_kills_total", (("result", "dry-run"), ("rule", "default"))) not in samples
-    assert samples[("resreap_outcomes_total", (("result", "dry-run"), ("rule", "default")))] == 4
+    assert samples[("resreap_kills_total", (("container", ""), ("namespace", ""), ("result", "terminated"),
+                                            ("rule", "default")))] == 2
+    assert ("resreap_kills_total", (("container", ""), ("namespace", ""), ("result", "dry-run"),
+                                    ("rule", "default"))) not in samples
+    assert samples[("resreap_outcomes_total", (("container", ""), ("namespace", ""),
+                                               ("result", "dry-run"), ("rule", "default")))] == 4
     assert samples[("resreap_kill_duration_seconds_bucket", (("le", "0.05"),))] == 1
     assert samples[("resreap_kill_duration_seconds_bucket", (("le", "+Inf"),))] == 3
     assert samples[("resreap_kill_duration_seconds_count", ())] == 3

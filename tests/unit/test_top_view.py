@@ -65,7 +65,7 @@ def test_memory_is_bounded_however_many_processes_churn(monkeypatch):
 
 def _outcome(pid: int, comm: str, result: Result = Result.TERMINATED, unit: str | None = None):
     info = ProcInfo(pid, 1, 1, comm, comm, False)
-    where = SimpleNamespace(unit=unit, container=None)
+    where = SimpleNamespace(unit=unit, container=None, shown=unit or "")
     return Outcome(Target(info, (), 0.0, where=where), result, ("SIGTERM",), None, 0.25)
 
 
