@@ -157,7 +157,8 @@ class StormKey(NamedTuple):
     next leak waited the whole window.  The rule, the uids, the unit and
     the container are not the process's to choose (the uids and the
     cgroup are the kernel's; the rule follows from them where it matches
-    on trusted keys)."""
+    on trusted keys).  A pod's container is counted by its pod and name,
+    which outlive the ids a restart changes (Supervisor.restarts_as)."""
 
     rule: str
     uids: tuple[int, ...]
@@ -168,8 +169,8 @@ class StormKey(NamedTuple):
     @classmethod
     def of(cls, rule: str, uids, where: "supervisor.Supervisor | None",
            cmdline: str) -> "StormKey":
-        return cls(rule, tuple(sorted(uids or ())), (where.unit or "") if where else "",
-                   (where.container or "") if where else "", cmdline)
+        unit, container = where.restarts_as if where else ("", "")
+        return cls(rule, tuple(sorted(uids or ())), unit, container, cmdline)
 
 
 class StormGuard:

@@ -100,9 +100,12 @@ class Records:
     """The runtime records under ``dirs``, read once per container."""
 
     def __init__(self, dirs: Sequence[str] = DEFAULT_DIRS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, owner: int = 0) -> None:
+        """``owner``: whose records are believed (root's; a test's tree is
+        its user's)."""
         self.dirs = tuple(dirs)
         self._clock = clock
+        self.owner = owner
         self._known: BoundedDict[str, Known] = BoundedDict(CONTAINERS_REMEMBERED)
         self.reads = 0  # records read (for tests and the benchmark)
 
@@ -129,7 +132,7 @@ class Records:
         for base in self.dirs:
             for runtime, layout in (("containerd", _CONTAINERD), ("cri-o", _CRIO)):
                 where = os.path.join(base, layout.format(id=ref.container_id))
-                spec = _load(os.path.join(where, "config.json"))
+                spec = _load(os.path.join(where, "config.json"), self.owner)
                 if spec is None:
                     continue
                 self.reads += 1
@@ -150,7 +153,7 @@ class Records:
         if pod_labels is None and _ID.match(sandbox_id):
             # The pod's own labels are on its sandbox's record.
             spec = _load(os.path.join(os.path.dirname(os.path.dirname(where)), sandbox_id,
-                                      "userdata", "config.json"))
+                                      "userdata", "config.json"), self.owner)
             if spec is not None:
                 pod_labels = _json_labels(_annotations(spec).get("io.kubernetes.cri-o.Labels"))
         return _pod(labels.get("io.kubernetes.pod.namespace"), labels.get("io.kubernetes.pod.name"),
@@ -162,7 +165,7 @@ class Records:
         """The container's main process as its runtime recorded it (its
         init: ``runc``'s first process), or None."""
         name = "init.pid" if pod.runtime == "containerd" else "pidfile"
-        raw = _read_trusted(os.path.join(pod.record, name), 64)
+        raw = _read_trusted(os.path.join(pod.record, name), 64, self.owner)
         try:
             return int(raw) if raw is not None else None
         except ValueError:
@@ -220,16 +223,16 @@ def _own_labels(labels: dict | None) -> tuple[tuple[str, str], ...] | None:
     return tuple(own[:LABELS_MAX])
 
 
-def _read_trusted(path: str, most: int) -> bytes | None:
-    """The file's first ``most`` bytes if it is a regular file of root's
-    that nobody else may write; else None."""
+def _read_trusted(path: str, most: int, owner: int) -> bytes | None:
+    """The file, if it is a regular file of ``owner``'s (root's) that
+    nobody else may write, of at most ``most`` bytes; else None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022 \
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner or st.st_mode & 0o022 \
                 or st.st_size > most:
             return None
         chunks, left = [], most
@@ -243,8 +246,8 @@ def _read_trusted(path: str, most: int) -> bytes | None:
         os.close(fd)
 
 
-def _load(path: str) -> dict | None:
-    raw = _read_trusted(path, RECORD_MAX)
+def _load(path: str, owner: int) -> dict | None:
+    raw = _read_trusted(path, RECORD_MAX, owner)
     if raw is None:
         return None
     try:

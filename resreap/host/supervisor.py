@@ -79,6 +79,18 @@ class Supervisor(NamedTuple):
         return out
 
     @property
+    def restarts_as(self) -> tuple[str, str]:
+        """(unit, container) as they stay across a restart by its
+        supervisor: what the storm bound counts kills against.  In a pod,
+        the kubelet restarts a container under a new id (and, with the
+        systemd driver, a new scope): the pod and the container's name stay."""
+        if self.pod is not None:
+            return "", f"{self.pod.namespace}/{self.pod.name}/{self.pod.container}"
+        if self.ref is not None:
+            return "", f"pod {self.ref.pod_uid}"
+        return self.unit or "", self.container or ""
+
+    @property
     def container_name(self) -> str:
         """The container as named in one word: its name in its pod, else a
         machine name or 12 hex digits of its id ("" if none)."""

@@ -31,7 +31,7 @@ def describe(rule: Rule, default: bool = False) -> dict:
         "limit": limits.limit, "grace": limits.grace, "stall": limits.stall,
         "fd_percent": limits.fd_percent, "act_before": limits.act_before, "max_rate": f"{limits.max_kills}/{limits.per:g}",
         "plan": plan.describe(), "dry_run": plan.dry_run, "hook": plan.hook,
-        "restart_units": plan.restart_units,
+        "restart_units": plan.restart_units, "kill": plan.kill,
     }
 
 
@@ -63,9 +63,13 @@ def text(rules: list[dict], rows: list[Row]) -> list[str]:
         # The match is root's config; escaped all the same (one escaping).
         match = safe(r["match"] if isinstance(r["match"], str) else " ".join(
             f"{k}={v}" for k, v in r["match"].items()))
-        trust = "; ANY USER'S PROCESS CAN MATCH IT (cmd/port only)" \
+        trust = "; ANY USER'S PROCESS CAN MATCH IT (cmd/port/pod names only)" \
             if r["any_user_can_match"] else (f"; trusts {','.join(r['trusts'])}"
                                              if r["trusts"] else "")
+        if "namespace" in r["trusts"]:
+            trust += " (any pod of that namespace can match it)"
+        if isinstance(r["match"], dict) and "labels" in r["match"]:
+            trust += "; labels are known from CRI-O's records only (never a containerd pod)"
         lines.append(f"rule {safe(r['rule'])}: {match}{trust}")
         lines.append(f"  limit {r['limit']}, grace {r['grace']:g}s, stall {r['stall']:g}s, "
                      f"fd_percent {r['fd_percent'] or '-'}, "

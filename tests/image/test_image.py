@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+import cri
 from debtree import debian_tree
-from procs import patience
+from procs import patience, until
 from sidebyside import host_share
 from watchrun import WatchRun
 from resreap.engine.decisions import Event
@@ -94,7 +95,7 @@ def run_dir(tmp_path):
 
 
 def daemonset(image: str, configmap: Path, run_dir: Path, read_only_config: bool = True,
-              port: int | None = None) -> tuple[str, ...]:
+              port: int | None = None, tasks: str | None = None) -> tuple[str, ...]:
     """`podman run` as the DaemonSet runs the pod (the image's entrypoint
     is resreap: WatchRun appends `watch --json ...`)."""
     argv = ["podman", *ENGINE, "run", "--rm", "-i", "--name", f"resreap-test-{uuid.uuid4().hex[:8]}",
@@ -107,7 +108,10 @@ def daemonset(image: str, configmap: Path, run_dir: Path, read_only_config: bool
             "--security-opt", "no-new-privileges",
             "-v", f"{configmap}:/etc/resreap{':ro' if read_only_config else ''}",
             "-v", f"{run_dir}:/run/resreap",
-            "-v", "/sys/kernel/tracing:/sys/kernel/tracing:ro", image]
+            "-v", "/sys/kernel/tracing:/sys/kernel/tracing:ro",
+            # containerd's task bundles, read-only, at the host's path
+            # (docs/kubernetes.md): what names a pod's processes.
+            *(["-v", f"{tasks}:{tasks}:ro"] if tasks else []), image]
     return tuple(argv)
 
 
@@ -179,3 +183,58 @@ def test_one_watch_per_node_beside_a_host_installed_resreap(image, configmap, ru
         assert pod.returncode != 0 and "another resreap watch is running" in pod.stderr
     finally:
         assert host.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def runtime(root_ready, tmp_path_factory):
+    work = tmp_path_factory.mktemp("containerd")
+    daemon = cri.start(work)
+    client = cri.Cri(daemon.socket)
+    try:
+        yield daemon, client, work
+    finally:
+        client.close()
+        cri.stop(daemon)
+
+
+def test_the_image_names_a_leaking_pods_namespace_pod_and_container(
+        image, configmap, run_dir, runtime, actors, tag):
+    """A leaking server in a real containerd pod, reaped by the image as the
+    DaemonSet runs it, with containerd's task bundles mounted read-only."""
+    daemon, client, work = runtime
+    port = _metrics_port()
+    uid = str(uuid.uuid4())
+    logs = work / f"logs-{uid}"
+    logs.mkdir()
+    spec = cri.PodSpec("checkout-7d9f6", "shop", uid, {}, f"/kubepods/besteffort/pod{uid}",
+                       str(logs))
+    pod_id = client.run_pod(spec)
+    try:
+        cid = client.create(pod_id, spec, "fe", daemon.image, [
+            "python3", "/actors/actors.py", "pod-leaker", "127.0.0.1", str(port), tag],
+            mounts=[("/actors", str(ROOT / "tests"))])
+        client.start(cid)
+        tasks = f"{daemon.state}/io.containerd.runtime.v2.task"
+        pod = daemonset(image, configmap, run_dir, tasks=tasks)
+        run = WatchRun(image, "--config", "/etc/resreap/resreap.toml", "-f", tag[4:],
+                       "--runtime-dir", daemon.state, timeout=120, wrap=pod[:-1])
+        try:
+            listening = patience(30) + time.monotonic()
+            while time.monotonic() < listening and subprocess.run(
+                    ["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                    text=True).stdout.strip() == "":
+                time.sleep(0.1)
+            actors("clients", "127.0.0.1", port, 3).send("close", "CLOSED")
+            reap = run.wait_for(lambda e: e["event"] == Event.REAP, timeout=30)
+            assert (reap["namespace"], reap["pod"], reap["container"]) == \
+                ("shop", "checkout-7d9f6", "fe")
+            assert reap["container_id"] == cid[:12] and reap["pod_uid"] == uid
+            # The leaker is its container's pid 1, deaf to SIGTERM without
+            # a handler: SIGKILL after the wait ends it.
+            assert run.outcome(reap["pid"], 20)["result"] == "killed"
+            assert until(lambda: client.state(cid) == cri.EXITED, 20)
+        finally:
+            assert run.stop() == 0
+    finally:
+        client.remove_pod(pod_id)
+

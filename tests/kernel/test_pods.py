@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
+import signal
 import socket
 import subprocess
 import time
@@ -150,9 +150,30 @@ limit = 2
 grace = 1
 hook = "env | grep ^RESREAP_ > {env_file}"
 """)
+    # A runtime that hangs changes nothing: resreap never asks it, it reads
+    # the records it left (containerd stopped dead until the test ends).
+    daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        _reaped_and_named(run_and_leak(watch_runs, conf, actors, shop_port, other_port),
+                          leaker, bystander, cid, shop, env_file, conf, resreap_bin)
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    top = subprocess.run([resreap_bin, "top", "--json", "-f", tag, "--runtime-dir", daemon.state,
+                          "--namespace", "other"], capture_output=True, text=True, timeout=120)
+    assert top.returncode == 0, top.stderr
+    rows = json.loads(top.stdout)["rows"]
+    assert [(r["pid"], r["namespace"], r["pod"]) for r in rows] == [
+        (bystander, "other", "victim-0")]
+
+
+def run_and_leak(watch_runs, conf, actors, *ports):
     run = watch_runs.start("--config", conf)
-    leak(actors, shop_port, 3)
-    leak(actors, other_port, 3)
+    for port in ports:
+        leak(actors, port, 3)
+    return run
+
+
+def _reaped_and_named(run, leaker, bystander, cid, shop, env_file, conf, resreap_bin):
     reap = run.wait_for(lambda e: e["event"] == Event.REAP and e["pid"] == leaker, 30)
     # Named by the runtime's record, not by what the process claims.
     assert (reap["namespace"], reap["pod"], reap["container"]) == ("shop", "checkout-7d9f6", "fe")
@@ -178,12 +199,6 @@ hook = "env | grep ^RESREAP_ > {env_file}"
     assert (holders[bystander]["namespace"], holders[bystander]["pod"],
             holders[bystander]["container"]) == ("other", "victim-0", "fe")
     run.stop()
-    top = subprocess.run([resreap_bin, "top", "--json", "-f", tag, "--runtime-dir", daemon.state,
-                          "--namespace", "other"], capture_output=True, text=True, timeout=120)
-    assert top.returncode == 0, top.stderr
-    rows = json.loads(top.stdout)["rows"]
-    assert [(r["pid"], r["namespace"], r["pod"]) for r in rows] == [
-        (bystander, "other", "victim-0")]
 
 
 def test_kill_container_ends_the_container_through_its_main_process(
