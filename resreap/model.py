@@ -108,7 +108,7 @@ class SpareReason(enum.Enum):
 
     PROTECTED = "protected (init, resreap or one of its ancestors)"
     KTHREAD = "a kernel thread"
-    NOT_SELECTED = "does not match -f/-p/--unit/--container"
+    NOT_SELECTED = "does not match -f/-p/--unit/--container/--namespace/--pod"
 
 
 class Evidence(enum.Enum):

@@ -41,7 +41,9 @@ def main_process(where: Supervisor, holder: ProcInfo, proc: Proc) -> Choice:
     if pid == holder.pid:
         return Choice(holder, "it is its container's main process")
     try:
-        main = proc.read_bounded(pid)  # a tenant's process: its reads may hang
+        # Its stat only: a tenant's process, whose command line a read
+        # could hang on (the mmap lock); pid, start and comm pin it.
+        start, ppid, comm, kthread = proc.read_stat(pid)
         main_where = supervisor.read(pid, proc)
     except ResreapError:
         return Choice(None, f"its container's main process {pid} cannot be read: the "
@@ -50,4 +52,5 @@ def main_process(where: Supervisor, holder: ProcInfo, proc: Proc) -> Choice:
         # A stale record whose pid now names someone else.
         return Choice(None, f"pid {pid}, recorded as its container's main process, is not "
                             "in its container: the process itself is signalled")
-    return Choice(main, f"its container's main process, pid {pid} ({main.comm})")
+    main = ProcInfo(pid, start, ppid, comm, "", kthread)
+    return Choice(main, f"its container's main process, pid {pid} ({comm})")

@@ -160,7 +160,13 @@ def execute(target: Target, plan: Plan, proc: Proc = HOST) -> Outcome:
         if target.limit and target.inodes:
             # The hook may have taken seconds: is it still guilty?
             queued = sum(1 for i in target.inodes if not i)
-            held = queued + held_count(info.pid, [i for i in target.inodes if i], proc)
+            try:
+                held = queued + held_count(info.pid, [i for i in target.inodes if i], proc)
+            except ProcessGone:
+                # The holder went on the way (not the process signalled,
+                # under kill = "container"): nothing is left to end.
+                return done(Result.EXITED if target.signalled is None else Result.RESOLVED,
+                            hook_status, "the process holding them exited")
             if held < target.limit:
                 return done(Result.RESOLVED, hook_status, f"holds {held} of them now")
         signals = [s for s in (plan.first_signal, plan.signal) if s is not None]

@@ -107,12 +107,16 @@ class Records:
         self._clock = clock
         self.owner = owner
         self._known: BoundedDict[str, Known] = BoundedDict(CONTAINERS_REMEMBERED)
+        self._pruned_at = clock()
         self.reads = 0  # records read (for tests and the benchmark)
 
     def pod(self, ref: Ref) -> Pod | None:
         """The pod and container ``ref`` names (None: no record of it that
         can be believed)."""
         now = self._clock()
+        if now - self._pruned_at > RECHECK:
+            self._pruned_at = now
+            self.forget_gone()
         known = self._known.get(ref.container_id)
         if known is not None and now - known.checked_at <= RECHECK:
             return known.pod

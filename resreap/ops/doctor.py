@@ -188,6 +188,34 @@ def _bcc_checks(core: bool) -> list[Check]:
     return out
 
 
+def _pods(cgroup_root: str = "/sys/fs/cgroup", dirs=None) -> Check:
+    """On a Kubernetes node (the kubelet's kubepods cgroup), can pods be
+    named: are the runtime's records there to read (host/pods)?"""
+    import glob
+
+    from resreap.host import pods
+
+    kubepods = glob.glob(f"{cgroup_root}/kubepods*") + glob.glob(f"{cgroup_root}/*/kubepods*")
+    if not kubepods:
+        return Check("pods", OK, "not a Kubernetes node (no kubepods cgroup)")
+    found = []
+    for base in dirs if dirs is not None else pods.DEFAULT_DIRS:
+        for layout in ("io.containerd.runtime.v2.task/k8s.io", "overlay-containers"):
+            try:
+                found.append(f"{len(os.listdir(os.path.join(base, layout)))} under "
+                             f"{os.path.join(base, layout)}")
+            except OSError:
+                continue
+    if not found:
+        return Check("pods", WARN, "a Kubernetes node, but no container runtime's records are "
+                     "readable: pods are named by their UID and container id only",
+                     "mount /run/containerd/io.containerd.runtime.v2.task (or CRI-O's "
+                     "/run/containers/storage/overlay-containers) read-only, as the DaemonSet "
+                     "does, or give --runtime-dir")
+    return Check("pods", OK, "pods named from the runtime's records: containers " +
+                 ", ".join(found))
+
+
 def _host_checks() -> list[Check]:
     """sock_diag, other processes' fds, pidfds, the supervisor."""
     from resreap.errors import ResreapError
@@ -211,6 +239,7 @@ def _host_checks() -> list[Check]:
     out.append(Check("pidfd", OK if pidfd else WARN, "pidfd_open works" if pidfd else "unavailable",
                      "" if pidfd else "Linux 5.3+; without it pid+start time are re-checked"))
     out.append(_supervisor())
+    out.append(_pods())
     return out
 
 

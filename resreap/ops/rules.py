@@ -24,8 +24,9 @@ def describe(rule: Rule, default: bool = False) -> dict:
     match = rule.match.describe()
     return {
         "rule": rule.name,
-        "match": match if not default else "every process no rule matches (the top level and "
-                                           "the flags, narrowed by -f, -p, --unit, --container)",
+        "match": match if not default else (
+            "every process no rule matches (the top level and the flags, narrowed by -f, -p, "
+            "--unit, --container, --namespace, --pod)"),
         "trusts": [k for k in TRUSTED_KEYS if k in match] if not default else [],
         "any_user_can_match": not default and not rule.match.trusted,
         "limit": limits.limit, "grace": limits.grace, "stall": limits.stall,

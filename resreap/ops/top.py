@@ -104,8 +104,13 @@ RULED = (("PID", 7), ("COMM", 8), ("UNIT/CONT", 9), ("CW/CNT", 7), ("EVID", 6),
 REAPS_SHOWN = 3
 
 
-def render(data: dict, height: int = 24):
-    """A rich renderable that fits ``height`` lines (80 columns)."""
+# Past 80 columns, UNIT/CONT takes the room (a pod's namespace/name is long).
+PLACE_MAX = 48
+
+
+def render(data: dict, height: int = 24, width: int = 80):
+    """A rich renderable that fits ``height`` lines and ``width`` columns
+    (80 at least)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -119,8 +124,10 @@ def render(data: dict, height: int = 24):
                 "q=queued s=sending", no_wrap=True, overflow="ellipsis")
     ruled = bool(data.get("rules"))
     table = Table(box=None, pad_edge=False, expand=False, padding=(0, 1, 0, 0))
-    for name, width in RULED if ruled else COLUMNS:
-        table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
+    extra = min(max(0, width - 80), PLACE_MAX - 9)
+    for name, size in RULED if ruled else COLUMNS:
+        size += extra if name == "UNIT/CONT" else 0
+        table.add_column(name, width=size, no_wrap=True, overflow="ellipsis")
     reaps = _reap_lines(data)
     for r in data["rows"][:max(1, height - 4 - len(reaps))]:
         table.add_row(*_cells(r, ruled))
@@ -255,7 +262,8 @@ def _live(watcher: Watcher, sort: str, plans: dict[str, str]) -> None:
                 if now - last >= 1.0:
                     rate = (_events(watcher) - seen) / max(0.001, now - last) if last else 0.0
                     seen, last = _events(watcher), now
-                    live.update(render(frame(watcher, now, rate, sort, plans), console.height),
+                    live.update(render(frame(watcher, now, rate, sort, plans), console.height,
+                                       console.width),
                                 refresh=True)
                 if select.select([fd], [], [], 0)[0]:
                     key = os.read(fd, 1)

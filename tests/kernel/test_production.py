@@ -61,7 +61,8 @@ def test_metrics_are_scraped(resreap_bin, actors, tag):
         assert run.outcome_result(server.pid, "terminated")
         deadline = time.monotonic() + patience(10)
         text = ""
-        while 'resreap_kills_total{result="terminated",rule="default"} 1.0' not in text:
+        while ('resreap_kills_total{container="",namespace="",result="terminated",'
+               'rule="default"} 1.0') not in text:
             assert time.monotonic() < deadline, text
             time.sleep(0.3)
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

@@ -242,3 +242,45 @@ def test_kill_container_signals_only_its_own_containers_main_process(state, tmp_
     assert (chosen.main.pid if chosen.main else None) == signalled, chosen.why
     if signalled is None:
         assert "the process itself is signalled" in chosen.why
+
+
+def test_a_container_kill_whose_holder_went_sends_nothing():
+    """Under kill = "container", the holder exiting before the first signal
+    leaves its container alone (it was alive, and is again a healthy one)."""
+    import subprocess
+    import sys
+
+    from resreap.engine.killer import Target, execute
+    from resreap.engine.rules import Plan
+    from resreap.host.procinfo import HOST
+    from resreap.model import Result
+
+    main = subprocess.Popen(["sleep", "30"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE)
+    try:
+        holder_info = HOST.read(holder.pid)
+        holder.stdin.close()
+        holder.wait()
+        target = Target(holder_info, (), 0.0, inodes=(12345,), limit=1,
+                        signalled=HOST.read(main.pid), kill_why="its container's main process")
+        outcome = execute(target, Plan(wait=0.1), HOST)
+        assert outcome.result is Result.RESOLVED and outcome.signals == ()
+        assert main.poll() is None
+    finally:
+        main.kill()
+        main.wait()
+
+
+def test_doctor_says_whether_pods_can_be_named(tmp_path, state):
+    from resreap.ops.doctor import OK, WARN, _pods
+
+    cgroups = tmp_path / "cgroup"
+    cgroups.mkdir()
+    assert _pods(str(cgroups), [str(state)]).detail.startswith("not a Kubernetes node")
+    (cgroups / "kubepods.slice").mkdir()
+    blind = _pods(str(cgroups), [str(state)])
+    assert blind.status == WARN and "--runtime-dir" in blind.fix
+    containerd_record(state, CID)
+    seen = _pods(str(cgroups), [str(state)])
+    assert seen.status == OK and "1 under" in seen.detail

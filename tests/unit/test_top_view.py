@@ -195,3 +195,18 @@ def test_without_a_watch_the_frame_says_so():
     console = Console(width=80, record=True, force_terminal=False)
     console.print(top.render({**_frame(0, []), "watch": None}, height=24))
     assert "reaps (no watch running): none recorded" in console.export_text()
+
+
+def test_a_pods_row_shows_namespace_and_pod_and_a_wider_terminal_shows_more():
+    from rich.console import Console
+
+    pod = _row(pid=7, unit="", container="fe", namespace="shop", pod="checkout-7d9f6")
+    data = {**_frame(0, []), "rows": [pod]}
+    narrow = Console(width=80, record=True, force_terminal=False)
+    narrow.print(top.render(data, height=24))
+    assert "shop/che…" in narrow.export_text()
+    wide = Console(width=120, record=True, force_terminal=False)
+    wide.print(top.render(data, height=24, width=120))
+    lines = wide.export_text().splitlines()
+    assert any("shop/checkout-7d9f6 " in line for line in lines)
+    assert all(len(line) <= 120 for line in lines)
