@@ -125,6 +125,23 @@ def netns(make_netns):
     return make_netns()
 
 
+@pytest.fixture(scope="module")
+def runtime(root_ready, tmp_path_factory):
+    """A real containerd (tests/cri.py), for one module: (the daemon, a CRI
+    client, a work directory).  Its store is shared between runs, so the
+    modules that use it share an xdist group ("image")."""
+    import cri
+
+    work = tmp_path_factory.mktemp("containerd")
+    daemon = cri.start(work)
+    client = cri.Cri(daemon.socket)
+    try:
+        yield daemon, client, work
+    finally:
+        client.close()
+        cri.stop(daemon)
+
+
 @pytest.fixture
 def resreap_bin() -> str:
     exe = Path(sys.executable).with_name("resreap")

@@ -185,18 +185,6 @@ def test_one_watch_per_node_beside_a_host_installed_resreap(image, configmap, ru
         assert host.stop() == 0
 
 
-@pytest.fixture(scope="module")
-def runtime(root_ready, tmp_path_factory):
-    work = tmp_path_factory.mktemp("containerd")
-    daemon = cri.start(work)
-    client = cri.Cri(daemon.socket)
-    try:
-        yield daemon, client, work
-    finally:
-        client.close()
-        cri.stop(daemon)
-
-
 def test_the_image_names_a_leaking_pods_namespace_pod_and_container(
         image, configmap, run_dir, runtime, actors, tag):
     """A leaking server in a real containerd pod, reaped by the image as the

@@ -30,18 +30,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.xdist_group("image")]
 TESTS = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def runtime(root_ready, tmp_path_factory):
-    work = tmp_path_factory.mktemp("containerd")
-    daemon = cri.start(work)
-    client = cri.Cri(daemon.socket)
-    try:
-        yield daemon, client, work
-    finally:
-        client.close()
-        cri.stop(daemon)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
