@@ -660,8 +660,15 @@ def pod_leaker(host: str, port: str) -> None:
     hostNetwork pod), with no stdin to obey; it reads each EOF and keeps the
     socket until it is killed.  It claims to be another pod in every way a
     process can (its environment, and its comm): none of it may count."""
+    import ctypes
+
     os.environ.update(HOSTNAME="victim-0", POD_NAME="victim-0", POD_NAMESPACE="other")
     set_comm("victim-0")
+    # Its own hostname too: a user and UTS namespace of its own (no
+    # privilege needed), where it may name itself anything.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000 | 0x04000000) == 0:  # CLONE_NEWUSER | CLONE_NEWUTS
+        libc.sethostname(b"victim-0", 8)
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, int(port)))

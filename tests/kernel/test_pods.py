@@ -119,6 +119,9 @@ def test_a_leak_in_a_pod_is_reaped_under_its_namespaces_rule_and_named_everywher
     other = pods.pod("other", "victim-0")
     pods.leaker(other, "fe", other_port, tag)
     leaker, bystander = listening_pid(shop_port), listening_pid(other_port)
+    hostname = subprocess.run(["nsenter", "-t", str(leaker), "-u", "hostname"],
+                              capture_output=True, text=True)
+    assert hostname.stdout.strip() == "victim-0", hostname.stderr  # it claims another pod
     env_file = tmp_path / "hook.env"
     conf = config(tmp_path, f"""\
 [watch]

@@ -141,8 +141,14 @@ def test_json_lines_are_what_json_dumps_makes_whatever_the_fields():
 
     hostile = ['a"b\\c', "tab\there", "\x1b[31mred", "nl\nx", "日本", "\u2028", ""]
     six = SockId(6, bytes(15) + b"\1", 443, b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 2]), 5)
+    from resreap.host.pods import Pod, Ref
+
+    uid = "6b0e2d6c-1a4f-4b8e-9d5e-2f7c1c0b3a11"
+    pod = Pod("shop", "checkout-7d9f6", uid, "fe", "containerd", "/run/x", None)
     wheres = [None, Supervisor("/x", "nginx.service", None),
-              Supervisor("/y", None, 'ma"chine\\'), Supervisor("/z", "a.service", "3f2a9c81d0e4")]
+              Supervisor("/y", None, 'ma"chine\\'), Supervisor("/z", "a.service", "3f2a9c81d0e4"),
+              Supervisor("/k", None, "3f2a9c81d0e4", Ref("3f2a9c81d0e4" + "0" * 52, uid), pod),
+              Supervisor("/k", None, "3f2a9c81d0e4", Ref("3f2a9c81d0e4" + "0" * 52, uid))]
     seen = 0
     for i, comm in enumerate(hostile):
         owners = (Owner(100 + i, 7, comm),) + ((Owner(9, 8, "x"),) if i % 2 else ())
