@@ -32,6 +32,7 @@ typedef unsigned long long u64;
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,

@@ -16,7 +16,10 @@
  * pending map, which user space takes in batches; one that leaves before
  * it is taken (churn: nearly all) costs no event at all.  The exits of
  * taken sockets, and of sockets never seen entering, go through the ring.
- * Without it (trace) every transition goes through the ring.
+ * Without it (trace) every transition goes through the ring.  With credit
+ * (top), one that leaves in its owner's close() is counted for that
+ * process in the closers map (its tgid: the owner, in process context),
+ * which user space takes once a turn: per-process rates, no event.
  */
 #ifdef RESREAP_CORE
 #include "core.h"
@@ -43,6 +46,14 @@ struct {
 	__type(value, struct event);
 } pending SEC(".maps");
 
+/* tgid -> pending sockets it closed before user space took them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
+	__type(value, u64);
+} closers SEC(".maps");
+
 /* Per-CPU counters, one slot per enum resreap_counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -52,9 +63,11 @@ struct {
 } counts SEC(".maps");
 
 /* Read-only once loaded: the verifier drops the code a setting turns off. */
-const volatile struct resreap_config config = { .first_pass = 0, .wakeup_every = 256 };
+const volatile struct resreap_config config = { .first_pass = 0, .wakeup_every = 256,
+						  .credit = 0 };
 
 #define FIRST_PASS_ON (config.first_pass)
+#define CREDIT_ON (config.credit)
 #define WAKEUP (config.wakeup_every)
 #define PROBE SEC("tracepoint/sock/inet_sock_set_state") \
 	int resreap_set_state(struct trace_event_raw_inet_sock_set_state *args)
@@ -68,6 +81,11 @@ static __always_inline int pending_take(u64 *key) { return bpf_map_delete_elem(&
 static __always_inline int pending_put(u64 *key, struct event *e)
 {
 	return bpf_map_update_elem(&pending, key, e, BPF_NOEXIST);
+}
+static __always_inline u64 *closer_count(u32 *tgid) { return bpf_map_lookup_elem(&closers, tgid); }
+static __always_inline int closer_add(u32 *tgid, u64 *n)
+{
+	return bpf_map_update_elem(&closers, tgid, n, BPF_NOEXIST);
 }
 static __always_inline struct event *ring_reserve(void)
 {
@@ -99,6 +117,12 @@ BPF_HASH(pending, u64, struct event, PENDING_MAX);
 #else
 #define FIRST_PASS_ON 0
 #endif
+#ifdef CREDIT
+BPF_HASH(closers, u32, u64, 8192);
+#define CREDIT_ON 1
+#else
+#define CREDIT_ON 0
+#endif
 BPF_PERCPU_ARRAY(counts, u64, COUNTER_SLOTS);
 
 #define WAKEUP WAKEUP_EVERY
@@ -116,6 +140,13 @@ static __always_inline int pending_put(u64 *key, struct event *e) { return pendi
 static __always_inline int pending_take(u64 *key) { return -1; }
 static __always_inline int pending_put(u64 *key, struct event *e) { return -1; }
 #endif
+#ifdef CREDIT
+static __always_inline u64 *closer_count(u32 *tgid) { return closers.lookup(tgid); }
+static __always_inline int closer_add(u32 *tgid, u64 *n) { return closers.insert(tgid, n); }
+#else
+static __always_inline u64 *closer_count(u32 *tgid) { return 0; }
+static __always_inline int closer_add(u32 *tgid, u64 *n) { return -1; }
+#endif
 static __always_inline struct event *ring_reserve(void)
 {
 	return events.ringbuf_reserve(sizeof(struct event));
@@ -124,6 +155,21 @@ static __always_inline void ring_submit(struct event *e, u64 flags) { events.rin
 #define COPY_FIELD(dst, src, n) __builtin_memcpy(dst, src, n)
 
 #endif
+
+/* One more socket its owner closed unseen (a second CPU may insert the
+ * same process first: then add to its entry). */
+static __always_inline void credit_closer(void)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u64 one = 1;
+	u64 *n = closer_count(&tgid);
+	if (!n && closer_add(&tgid, &one) == 0)
+		return;
+	if (!n)
+		n = closer_count(&tgid);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
 
 /* When and on which CPU's task: the only fields not from the tracepoint. */
 static __always_inline void stamp(struct event *e)
@@ -149,8 +195,13 @@ PROBE
 	 * copy of it. */
 	struct event rec = {};
 	rec.skaddr = (u64)args->skaddr;
-	if (FIRST_PASS_ON && oldstate == TCP_CLOSE_WAIT && pending_take(&rec.skaddr) == 0)
-		return 0;	/* left before user space took it */
+	if (FIRST_PASS_ON && oldstate == TCP_CLOSE_WAIT && pending_take(&rec.skaddr) == 0) {
+		/* left before user space took it: only counted, in its owner's
+		 * close() (any other way out runs on whatever task is there) */
+		if (CREDIT_ON && newstate == TCP_LAST_ACK)
+			credit_closer();
+		return 0;
+	}
 	rec.family = family;
 	rec.sport = args->sport;
 	rec.dport = args->dport;

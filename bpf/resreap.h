@@ -30,6 +30,8 @@ enum resreap_counter {
 struct resreap_config {
 	u32 first_pass;   /* 1: new CLOSE_WAIT sockets wait in the pending map */
 	u32 wakeup_every; /* wake the reader once per this many ring events */
+	u32 credit;       /* 1: count, per closing process, the pending sockets
+			   * that left before user space took them (top's rates) */
 };
 
 #endif

@@ -3,7 +3,9 @@ IN/s and OUT/s.  A healthy server closes what its peers close (in = out); a
 leaking one does not (in > out, out near 0).
 
 Only sockets that left are recorded here, each with its holders, when it
-entered and when it left; those still in CLOSE_WAIT are counted from the
+entered and when it left (or, counted by the kernel for the process that
+closed them before they were seen one by one, as many in and out at the
+second they were taken: ``credit``); those still in CLOSE_WAIT are counted from the
 table when the rates are asked for, so nothing is recorded twice.  A
 socket's holders are the ones the watcher found, else the process whose
 own close() took it out of CLOSE_WAIT (the exit's ``by_owner`` pid: a
@@ -66,6 +68,24 @@ class Churn:
             seconds.setdefault(math.floor(left), [0, 0])[1] += 1
             if len(seconds) > self.window + 2:
                 self._trim(seconds, left)
+
+    def credit(self, owner: Owner, n: int, at: float) -> None:
+        """``n`` sockets ``owner`` closed in its own close() that entered
+        and left CLOSE_WAIT before they were seen one by one (the kernel
+        counted them: sources' ``closers``), by ``at``: in and out at once."""
+        seconds = self._seconds.get(owner)
+        if seconds is None:
+            if len(self._seconds) >= MAX_OWNERS:
+                self._prune(at)
+                if len(self._seconds) >= MAX_OWNERS:
+                    self.dropped += 1
+                    return
+            seconds = self._seconds[owner] = {}
+        bucket = seconds.setdefault(math.floor(at), [0, 0])
+        bucket[0] += n
+        bucket[1] += n
+        if len(seconds) > self.window + 2:
+            self._trim(seconds, at)
 
     def _trim(self, seconds: dict[int, list[int]], now: float) -> None:
         for second in [s for s in seconds if s <= now - self.window - 1]:

@@ -149,6 +149,18 @@ class Counting:
                 table.schedule(entry, entry.entered + grace)
                 self.young.append(entry.key)
 
+    def credit(self, closers: dict[int, int], now: float) -> None:
+        """The kernel's counts of sockets each process (pid) closed before
+        they were seen one by one (a source with ``credits``): into the
+        rates, and the transitions seen (an entry and an exit each)."""
+        if self.churn is None or not closers:
+            return
+        for owner in self.resolver.owners(closers):
+            n = closers[owner.pid]
+            self.churn.credit(owner, n, now)
+            self.events_seen["enter"] += n
+            self.events_seen["exit"] += n
+
     def _rebind_twins(self, sock: SockId) -> None:
         """An event's socket (the kernel's address) cannot be matched to
         sock_diag's cookie: with the same 4-tuple in two namespaces, which

@@ -135,6 +135,8 @@ class Watcher:
     def step(self) -> None:
         now = self._clock()
         batch = self.source.read(max(0.0, self._wake_at(now) - now))
+        if self.source.credits:
+            self.sockets.credit(self.source.closers(), self._clock())
         try:
             self._turn(batch)
         except OutOfFds as exc:

@@ -34,14 +34,15 @@ class Stack(NamedTuple):
     watcher: Watcher
 
 
-def build(st: WatchSettings, config: WatchConfig, *, first_pass: bool,
+def build(st: WatchSettings, config: WatchConfig, *, first_pass: bool, credit: bool = False,
           tick: Callable | None = None) -> Stack:
     """The caller has checked its privileges first (before the lock, the
     log, anything that would fail less clearly for a user).
     ``first_pass``: the kernel drops sockets that leave CLOSE_WAIT before
     user space took them (watch: churn costs nothing); without it every
-    transition arrives (top's per-process rates).  ``tick``: called once
-    per loop turn."""
+    transition arrives.  ``credit`` (top's per-process rates): it counts
+    them per process that closed them instead.  ``tick``: called once per
+    loop turn."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     if st.runtime_dirs is not None:
         pods.use(HOST.root, pods.Records(st.runtime_dirs))
@@ -51,6 +52,6 @@ def build(st: WatchSettings, config: WatchConfig, *, first_pass: bool,
     # timestamps, so this bounds work per wakeup, not timer accuracy.
     selected = open_source(st.backend, table, latency=read_latency(earliest),
                            poll_interval=st.poll_interval or max(0.05, earliest / 2),
-                           first_pass=first_pass)
+                           first_pass=first_pass, credit=credit)
     watcher = Watcher(selected.source, OwnerResolver(table), Current(config), tick=tick)
     return Stack(selected, table, watcher)

@@ -51,15 +51,15 @@ def _key(sort: str):
 def start(st: WatchSettings, churn: bool = True) -> Watcher:
     """The watch's stack, as a dry run.  Its decision lines are what top
     shows: they are not printed too (a stray `would-reap` on stderr).
-    ``churn``: see every transition and record each process's rates (top);
-    without, the watch's own kernel first pass (`rules`: holders only)."""
+    ``churn``: record each process's rates (top); without, holders only
+    (`rules`).  Both run the watch's kernel first pass: a socket that leaves
+    CLOSE_WAIT before it is taken never reaches user space, and with churn
+    the kernel counts it for the process that closed it (its IN and OUT)."""
     decisions = logging.getLogger("resreap.engine.decisions")
     decisions.addHandler(logging.NullHandler())
     decisions.propagate = False
     check_privileges()
-    # With churn, every transition (the watch's kernel first pass drops
-    # the sockets that leave at once: their rates would read 0).
-    watcher = stack.build(st, st.engine.dry_run(), first_pass=not churn).watcher
+    watcher = stack.build(st, st.engine.dry_run(), first_pass=True, credit=churn).watcher
     if churn:
         watcher.sockets.churn = Churn(time.monotonic())
     watcher.start()

@@ -24,6 +24,7 @@ import socket
 import struct
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from typing import NamedTuple
@@ -140,7 +141,7 @@ class Loaded(NamedTuple):
     why: str | None      # why bcc ran instead of the prebuilt program
 
 
-def load(pending_max: int, ring_pages: int) -> Loaded:
+def load(pending_max: int, ring_pages: int, credit: bool = False) -> Loaded:
     """The program loaded and attached: the prebuilt CO-RE object where it
     loads, else bcc (unless RESREAP_BPF_LOADER says which).  Raises
     BackendUnavailable."""
@@ -150,7 +151,8 @@ def load(pending_max: int, ring_pages: int) -> Loaded:
         why = core_loader.unusable(OBJECT)
         if why is None:
             try:
-                info, fds = core_loader.load(OBJECT, ring_pages, WAKEUP_EVERY, pending_max)
+                info, fds = core_loader.load(OBJECT, ring_pages, WAKEUP_EVERY, pending_max,
+                                             credit)
                 return Loaded(info, fds, "core", None)
             except core_loader.NotPermitted:
                 raise  # bcc would be refused the same way
@@ -160,7 +162,7 @@ def load(pending_max: int, ring_pages: int) -> Loaded:
             raise BackendUnavailable(f"the prebuilt program cannot load: {why}")
     try:
         check_bcc()
-        info, fds = _load_bcc(pending_max, ring_pages)
+        info, fds = _load_bcc(pending_max, ring_pages, credit)
     except BackendUnavailable as exc:
         if choice == "bcc":
             raise
@@ -172,13 +174,14 @@ def load(pending_max: int, ring_pages: int) -> Loaded:
     return Loaded(info, fds, "bcc", why)
 
 
-def _load_bcc(pending_max: int, ring_pages: int) -> tuple[dict, list[int]]:
+def _load_bcc(pending_max: int, ring_pages: int, credit: bool) -> tuple[dict, list[int]]:
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with mine, loader_env() as env:
         try:
             helper = subprocess.Popen(
                 child_python("-m", "resreap.sources.bpf_loader", str(theirs.fileno()),
-                             str(ring_pages), str(WAKEUP_EVERY), str(pending_max)),
+                             str(ring_pages), str(WAKEUP_EVERY), str(pending_max),
+                             str(int(credit))),
                 pass_fds=[theirs.fileno()], cwd=CHILD_CWD, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         finally:
@@ -216,19 +219,21 @@ class BpfSource(EventSource):
     name = "bpf"
 
     def __init__(self, table: SocketTable, *, latency: float = 0.1,
-                 first_pass: bool = False) -> None:
+                 first_pass: bool = False, credit: bool = False) -> None:
         """``first_pass``: the kernel keeps new CLOSE_WAIT sockets in a map
         that ``read`` takes in one batch; those that leave before (churn)
         cost nothing here.  Linux 5.6+ (batch map operations); elsewhere
-        every transition comes through the ring, as for trace."""
+        every transition comes through the ring, as for trace.  ``credit``
+        (with it): those are counted per process that closed them
+        (``closers``)."""
         check_usable()
         self.table = table
         self.latency = latency
         knobs = tunables.get()
         first_pass = first_pass and knobs.first_pass
         pages = knobs.ringbuf_pages or (WATCH_RING_PAGES if first_pass else TRACE_RING_PAGES)
-        loaded = load(knobs.pending_max if first_pass else 0, pages)
-        self._taker = None
+        loaded = load(knobs.pending_max if first_pass else 0, pages, credit)
+        self._taker = self._closers = None
         if first_pass:
             self._taker = BatchTaker(loaded.fds[3], loaded.info["layout"]["size"])
             try:
@@ -239,6 +244,9 @@ class BpfSource(EventSource):
                 loaded = load(0, knobs.ringbuf_pages or TRACE_RING_PAGES)
                 self._taker = None
         self.first_pass = self._taker is not None
+        if self.first_pass and credit:
+            self._closers = BatchTaker(loaded.fds[4], 8, key_size=4)
+        self.credits = self._closers is not None
         self.loader, self.loader_why = loaded.loader, loaded.why
         info, fds = loaded.info, loaded.fds
         # The perf event fd keeps the program attached for as long as we live.
@@ -299,6 +307,16 @@ class BpfSource(EventSource):
 
     def follow(self, latency: float) -> None:
         self.latency = latency
+
+    def closers(self) -> dict[int, int]:
+        if self._closers is None:
+            return {}
+        try:
+            items = self._closers.take_items()
+        except BpfCallError as exc:
+            self._warn(exc)
+            return {}
+        return {int.from_bytes(k, sys.byteorder): int.from_bytes(v, sys.byteorder) for k, v in items}
 
     def lost(self) -> int | None:
         """None: unknown (the counter could not be read, or the pending

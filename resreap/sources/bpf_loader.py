@@ -78,10 +78,13 @@ def _layout(event_class) -> dict:
     return {"size": ct.sizeof(event_class), "fields": fields}
 
 
-def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0) -> tuple[dict, list[int]]:
+def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0,
+         credit: bool = False) -> tuple[dict, list[int]]:
     """Compile, load and attach; (facts, fds: perf event, ring, counters
-    [, pending]).  ``pending_max``: the first pass (FIRST_PASS) with a
-    pending map of that many sockets; 0: every transition through the ring."""
+    [, pending [, closers]]).  ``pending_max``: the first pass (FIRST_PASS)
+    with a pending map of that many sockets; 0: every transition through
+    the ring.  ``credit`` (CREDIT, with the first pass): each process's
+    unseen closes counted."""
     try:
         from bcc import BPF
     except ImportError:
@@ -90,6 +93,9 @@ def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0) -> tuple[d
     cflags = [f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DWAKEUP_EVERY={wakeup_every}"]
     if pending_max:
         cflags += ["-DFIRST_PASS", f"-DPENDING_MAX={pending_max}"]
+    credit = bool(credit and pending_max)
+    if credit:
+        cflags.append("-DCREDIT")
     with tempfile.NamedTemporaryFile("w+", prefix="resreap-bcc-") as diag:
         try:
             with _stderr_to(diag.name):
@@ -112,6 +118,8 @@ def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0) -> tuple[d
     fds = [perf_fd, events.map_fd, counts.map_fd]
     if pending_max:
         fds.append(bpf[b"pending"].map_fd)
+    if credit:
+        fds.append(bpf[b"closers"].map_fd)
     return info, fds
 
 
@@ -122,10 +130,10 @@ def _event_class(table):
 
 
 def main() -> None:
-    fd, pages, wakeup, pending_max = (int(a) for a in sys.argv[1:5])
+    fd, pages, wakeup, pending_max, credit = (int(a) for a in sys.argv[1:6])
     chan = socket.socket(fileno=fd)
     try:
-        info, fds = load(pages, wakeup, pending_max)
+        info, fds = load(pages, wakeup, pending_max, bool(credit))
     except Exception as exc:  # report, never hang the parent
         info, fds = {"error": f"BPF loader failed: {exc!r}"}, []
     socket.send_fds(chan, [json.dumps(info).encode()], fds)

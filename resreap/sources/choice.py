@@ -20,7 +20,8 @@ class Selected(NamedTuple):
 
 
 def open_source(backend: str, table: SocketTable, *, latency: float,
-                poll_interval: float | None = None, first_pass: bool = False) -> Selected:
+                poll_interval: float | None = None, first_pass: bool = False,
+                credit: bool = False) -> Selected:
     """Build the source asked for; ``auto`` prefers BPF and falls back to
     polling with the reason."""
     if backend not in BACKENDS:
@@ -29,7 +30,8 @@ def open_source(backend: str, table: SocketTable, *, latency: float,
         try:
             from resreap.sources.bpf_events import BpfSource
 
-            return Selected(BpfSource(table, latency=latency, first_pass=first_pass), None)
+            return Selected(BpfSource(table, latency=latency, first_pass=first_pass,
+                                      credit=credit), None)
         except BackendUnavailable as exc:
             if backend == "bpf":
                 raise BackendUnavailable(f"{exc}; --backend proc polls instead") from exc

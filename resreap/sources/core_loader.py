@@ -117,12 +117,17 @@ def _fail(what: str, err: int, bpf: _Libbpf) -> BackendUnavailable:
     return BackendUnavailable(f"the CO-RE program did not {what}: {why}")
 
 
+# Processes whose unseen closes are counted between two takes (one a turn).
+CLOSERS_MAX = 8192
+
 def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
-         pending_max: int = 0) -> tuple[dict, list[int]]:
+         pending_max: int = 0, credit: bool = False) -> tuple[dict, list[int]]:
     """Open, size, load and attach; (facts, fds: attachment, ring, counters
-    [, pending]), as the bcc helper hands them over.  ``pending_max``: the
-    first pass with a pending map of that many sockets; 0: every transition
-    through the ring.  Raises BackendUnavailable."""
+    [, pending [, closers]]), as the bcc helper hands them over.
+    ``pending_max``: the first pass with a pending map of that many
+    sockets; 0: every transition through the ring.  ``credit`` (with the
+    first pass): count the sockets each process closed before they were
+    taken.  Raises BackendUnavailable."""
     bpf = _Libbpf()
     lib = bpf.lib
     obj = lib.bpf_object__open_file(str(object_path).encode(), None)
@@ -132,7 +137,7 @@ def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
     link = None
     try:
         maps = {}
-        for name in (b"events", b"counts", b"pending", b".rodata"):
+        for name in (b"events", b"counts", b"pending", b"closers", b".rodata"):
             maps[name] = lib.bpf_object__find_map_by_name(obj, name)
             if not maps[name]:
                 raise BackendUnavailable(f"the CO-RE object has no {name.decode()} map: "
@@ -141,7 +146,9 @@ def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
         lib.bpf_map__set_max_entries(maps[b"events"], ring_bytes)
         # Without the first pass the map is never used: one entry.
         lib.bpf_map__set_max_entries(maps[b"pending"], pending_max or 1)
-        config = (ct.c_uint32 * 2)(1 if pending_max else 0, wakeup_every)
+        credit = bool(credit and pending_max)
+        lib.bpf_map__set_max_entries(maps[b"closers"], CLOSERS_MAX if credit else 1)
+        config = (ct.c_uint32 * 3)(1 if pending_max else 0, wakeup_every, 1 if credit else 0)
         if lib.bpf_map__set_initial_value(maps[b".rodata"], ct.addressof(config),
                                           ct.sizeof(config)) != 0:
             raise BackendUnavailable("the CO-RE object's settings do not match this "
@@ -153,7 +160,8 @@ def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
         link = lib.bpf_program__attach(prog) if prog else None
         if not link:
             raise _fail("attach", ct.get_errno() or errno.ENOENT, bpf)
-        names = [b"events", b"counts"] + ([b"pending"] if pending_max else [])
+        names = [b"events", b"counts"] + ([b"pending"] if pending_max else []) + \
+            ([b"closers"] if credit else [])
         fds = [os.dup(lib.bpf_link__fd(link))] + [os.dup(lib.bpf_map__fd(maps[n])) for n in names]
         # Ours now: libbpf's copies go, the attachment stays with our fd.
         lib.bpf_link__disconnect(link)

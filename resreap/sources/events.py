@@ -23,7 +23,9 @@ class EventSource(abc.ABC):
     ``timeout`` seconds and returns everything that arrived, oldest first.
     ``latency`` is the longest an event may wait before ``read`` returns it.
     ``first_pass``: the kernel drops sockets that leave CLOSE_WAIT before
-    ``read`` takes them (BPF, for watch).  ``loader``: how the BPF program
+    ``read`` takes them (BPF, for watch).  ``credits``: it counts them
+    instead, per process that closed them (BPF, for top): ``closers``
+    hands those counts over.  ``loader``: how the BPF program
     was loaded (core: the prebuilt object; bcc: compiled at start, with
     ``loader_why``); empty for polling.
     """
@@ -31,6 +33,7 @@ class EventSource(abc.ABC):
     name: str = ""
     latency: float = 0.0
     first_pass: bool = False
+    credits: bool = False
     loader: str = ""
     loader_why: str | None = None
 
@@ -39,6 +42,11 @@ class EventSource(abc.ABC):
 
     @abc.abstractmethod
     def read(self, timeout: float) -> list[Transition]: ...
+
+    def closers(self) -> dict[int, int]:
+        """Per process (pid), the sockets it closed that left CLOSE_WAIT
+        before ``read`` took them, since the last call (with ``credits``)."""
+        return {}
 
     def lost(self) -> int | None:
         """Events dropped before they reached us, since start; None when

@@ -133,19 +133,19 @@ class _BatchAttr(ctypes.Structure):
 
 
 class BatchTaker:
-    """Takes every entry of a BPF hash map (u64 keys) and deletes it, in a
-    few system calls: BPF_MAP_LOOKUP_AND_DELETE_BATCH.  An entry the BPF
-    program deletes concurrently is either taken here or deleted there,
-    never both (the kernel holds the bucket's lock for each)."""
+    """Takes every entry of a BPF hash map and deletes it, in a few system
+    calls: BPF_MAP_LOOKUP_AND_DELETE_BATCH.  An entry the BPF program
+    deletes concurrently is either taken here or deleted there, never both
+    (the kernel holds the bucket's lock for each)."""
 
     CHUNK = 4096
 
-    def __init__(self, map_fd: int, value_size: int) -> None:
+    def __init__(self, map_fd: int, value_size: int, key_size: int = 8) -> None:
         nr = _SYS_BPF.get(platform.machine())
         if nr is None:
             raise BackendUnavailable(f"no bpf() syscall number known for {platform.machine()}")
-        self.fd, self._nr, self.value_size = map_fd, nr, value_size
-        self._keys = (ctypes.c_uint64 * self.CHUNK)()
+        self.fd, self._nr, self.value_size, self.key_size = map_fd, nr, value_size, key_size
+        self._keys = ctypes.create_string_buffer(key_size * self.CHUNK)
         self._values = ctypes.create_string_buffer(value_size * self.CHUNK)
         self._in = ctypes.c_uint64(0)
         self._out = ctypes.c_uint64(0)
@@ -154,7 +154,12 @@ class BatchTaker:
         """The values of every entry, removed from the map.  Raises
         BpfCallError (EINVAL where the kernel has no batch operations,
         before Linux 5.6)."""
-        out: list[bytes] = []
+        return [value for _key, value in self.take_items()]
+
+    def take_items(self) -> list[tuple[bytes, bytes]]:
+        """Every entry's key and value, removed from the map (raises as
+        ``take``)."""
+        out: list[tuple[bytes, bytes]] = []
         first = True
         while True:
             attr = _BatchAttr(0 if first else ctypes.addressof(self._in),
@@ -163,9 +168,10 @@ class BatchTaker:
             rc = _libc.syscall(self._nr, BPF_MAP_LOOKUP_AND_DELETE_BATCH, ctypes.byref(attr),
                                ctypes.sizeof(attr))
             err = ctypes.get_errno() if rc != 0 else 0
-            raw = self._values.raw
-            size = self.value_size
-            out.extend(raw[i * size:(i + 1) * size] for i in range(attr.count))
+            raw, keys = self._values.raw, self._keys.raw
+            size, ksize = self.value_size, self.key_size
+            out.extend((keys[i * ksize:(i + 1) * ksize], raw[i * size:(i + 1) * size])
+                       for i in range(attr.count))
             if err == errno.ENOENT:   # the whole map was walked
                 return out
             if err:

@@ -109,3 +109,53 @@ def test_the_exits_of_thousands_of_taken_sockets_fit_the_ring(resreap_bin, actor
     stop = run.find(lambda e: e["event"] == Event.STOP)[0]
     assert stop["lost_events"] == 0
     assert not run.find(lambda e: e["event"] == Event.LOST_EVENTS)
+
+
+@pytest.mark.parametrize("loader", ["core", "bcc"])
+def test_the_kernel_counts_each_unseen_close_for_the_process_that_closed_it(
+        loader, actors, tag, monkeypatch):
+    """#35, top's rates: with credit, every socket the server closed is
+    counted exactly once, either seen one by one (taken, its exit through
+    the ring) or counted in the kernel for the server's pid; none for the
+    clients (the peers), none lost.  Both builds of the one program."""
+    from resreap import tunables
+    from resreap.host.sockets import SocketTable
+    from resreap.model import Kind
+    from resreap.sources.bpf_events import BpfSource
+
+    monkeypatch.setenv("RESREAP_BPF_LOADER", loader)
+    monkeypatch.setattr(tunables, "_current", None)
+    source = BpfSource(SocketTable(), latency=0.1, first_pass=True, credit=True)
+    try:
+        assert source.credits and source.loader == loader
+        churn = actors("churn-server", "127.0.0.1", tag)
+        clients = actors("churn-clients", "127.0.0.1", churn.port, str(patience(2)), "paced",
+                         tag)
+        counted: dict[int, int] = {}
+        seen = 0
+
+        def turn() -> None:
+            nonlocal seen
+            seen += sum(1 for t in source.read(0.1) if t.kind is Kind.EXIT and t.by_owner
+                        and t.sock.lport == churn.port)
+            for pid, n in source.closers().items():
+                counted[pid] = counted.get(pid, 0) + n
+
+        deadline = time.monotonic() + patience(30)
+        done = None
+        while done is None and time.monotonic() < deadline:
+            turn()
+            try:
+                done = clients.expect("DONE", timeout=0.01)
+            except TimeoutError:
+                pass
+        assert done is not None
+        made = int(done.split()[1])
+        for _ in range(5):
+            turn()
+        assert source.lost() == 0
+        assert counted.get(churn.pid, 0) + seen == made, (counted, seen, made)
+        assert counted.get(churn.pid, 0) > made // 2   # most never came one by one
+        assert clients.pid not in counted             # the peers close no CLOSE_WAIT socket
+    finally:
+        source.close()

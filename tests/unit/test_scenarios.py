@@ -967,6 +967,37 @@ def test_top_rows_give_each_process_its_rates_in_and_out_of_close_wait(world):
     assert [r.pid for r in rows(w, world.clock.now)] == [1000]  # churned, then gone
 
 
+@pytest.mark.parametrize("pace", [0.2, 0.01, 0.3])
+def test_the_kernels_counts_give_top_the_rates_every_event_gives(make_world, pace):
+    """#35: with the first pass and credit (the kernel counts, per process
+    that closed them, the sockets that left before they were taken), top's
+    rows hold the very rates the per-event path computes: sockets that stay
+    arrive one by one either way, and nothing is counted twice."""
+    from resreap.engine.churn import Churn
+    from resreap.engine.view import rows
+
+    def run(credits: bool) -> dict:
+        world = make_world()
+        world.source.credits = credits
+        leaky, healthy = server(world), world.process(2000, "healthy")
+        world.close_wait(leaky, 8080, n=2, at=1.0, evidence="unread")
+        for i in range(30):
+            (sock,) = world.close_wait(healthy, 9090, at=1.0 + i * pace)
+            world.closes(sock, at=1.0 + i * pace + pace / 2, closer=healthy)
+        w = world.watch(limit=5, grace=2.0)
+        w.sockets.churn = Churn(world.clock.now - 10)
+        world.run(1.0 + 30 * pace + 1)
+        seen = sum(w.sockets.events_seen.values())
+        return {r.pid: (r.close_wait, r.enter_rate, r.exit_rate) for r in
+                rows(w, world.clock.now)}, seen, world.source.credited
+
+    each, seen_each, _ = run(False)
+    counted, seen_counted, credited = run(True)
+    assert counted == each and each[2000][1] == each[2000][2] >= 2.9  # about 30 in, 30 out
+    assert seen_counted == seen_each
+    assert credited > 0  # some never arrived one by one: the kernel counted them
+
+
 def test_the_default_rule_alone_weighs_a_holder_without_looking_up_its_sockets(world):
     """Where one rule judges everyone, "over its limit?" is the holder's
     count: its sockets are not looked up one by one (a holder of 20,000
