@@ -155,11 +155,14 @@ class Tool:
             elif expect(self.proc, "SKADDR", 120) is None:
                 raise RuntimeError(f"{name} did not start")
             threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-        elif name == "trace":
+        elif name in ("trace", "trace-summary"):
             # What an operator runs in an incident: every entry and exit,
-            # JSON lines into a file.
+            # JSON lines into a file; or above 2000 transitions/s one line
+            # per process per second (--summary, a terminal's default).
             self._sink = tempfile.TemporaryFile()
-            self.proc = subprocess.Popen([resreap, "trace", "--json", "--backend", "bpf"],
+            summary = ["--summary", "2000"] if name == "trace-summary" else []
+            self.proc = subprocess.Popen([resreap, "trace", "--json", "--backend", "bpf",
+                                          *summary],
                                          stdout=self._sink, stderr=subprocess.PIPE, text=True)
             if "Tracing" not in self.proc.stderr.readline():
                 raise RuntimeError("resreap trace did not start")
@@ -220,7 +223,8 @@ class Tool:
     def stop(self) -> dict:
         rss = peak_rss_mb(self.proc.pid)
         self.proc.send_signal(signal.SIGINT if self.name in (
-            *RESREAP_TOOLS, "tcpstates", "tcpstates-libbpf", "trace", "top") else signal.SIGKILL)
+            *RESREAP_TOOLS, "tcpstates", "tcpstates-libbpf", "trace", "trace-summary", "top")
+            else signal.SIGKILL)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -334,7 +338,9 @@ def plot(rows: list[dict], path: str) -> None:
     names = {"bpf": "resreap watch (kernel first pass)", "bpf-full": "resreap watch (before: "
              "every transition)", "proc": "resreap watch --backend proc",
              "tcpstates": "bcc tcpstates (Python)", "tcpstates-libbpf": "libbpf-tools tcpstates (C)",
-             "trace": "resreap trace --json > file", "top": "resreap top (live, on a pty)"}
+             "trace": "resreap trace --json > file",
+             "trace-summary": "resreap trace --json --summary 2000 > file",
+             "top": "resreap top (live, on a pty)"}
     for tool in dict.fromkeys(r["tool"] for r in rows):
         pts = [(r["rate"], r["cpu_pct"]) for r in rows if r["tool"] == tool]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=names.get(tool, tool))

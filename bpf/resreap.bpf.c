@@ -54,6 +54,14 @@ struct {
 	__type(value, u64);
 } closers SEC(".maps");
 
+/* [0]: 1 while the first pass applies (with config.switchable). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u32);
+} pass_now SEC(".maps");
+
 /* Per-CPU counters, one slot per enum resreap_counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -64,9 +72,19 @@ struct {
 
 /* Read-only once loaded: the verifier drops the code a setting turns off. */
 const volatile struct resreap_config config = { .first_pass = 0, .wakeup_every = 256,
-						  .credit = 0 };
+						  .credit = 0, .switchable = 0 };
 
-#define FIRST_PASS_ON (config.first_pass)
+static __always_inline int first_pass_on(void)
+{
+	if (!config.first_pass)
+		return 0;
+	if (!config.switchable)
+		return 1;
+	u32 zero = 0;
+	u32 *on = bpf_map_lookup_elem(&pass_now, &zero);
+	return on && *on;
+}
+#define FIRST_PASS_ON first_pass_on()
 #define CREDIT_ON (config.credit)
 #define WAKEUP (config.wakeup_every)
 #define PROBE SEC("tracepoint/sock/inet_sock_set_state") \
@@ -113,7 +131,18 @@ char LICENSE[] SEC("license") = "GPL";
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #ifdef FIRST_PASS
 BPF_HASH(pending, u64, struct event, PENDING_MAX);
+#ifdef SWITCHABLE
+BPF_ARRAY(pass_now, u32, 1);
+static __always_inline int first_pass_on(void)
+{
+	u32 zero = 0;
+	u32 *on = pass_now.lookup(&zero);
+	return on && *on;
+}
+#define FIRST_PASS_ON first_pass_on()
+#else
 #define FIRST_PASS_ON 1
+#endif
 #else
 #define FIRST_PASS_ON 0
 #endif
@@ -193,9 +222,10 @@ PROBE
 	 * a field read again through a computed ctx pointer is refused by the
 	 * verifier, and both destinations (the pending map, the ring) take a
 	 * copy of it. */
+	int first_pass = FIRST_PASS_ON;
 	struct event rec = {};
 	rec.skaddr = (u64)args->skaddr;
-	if (FIRST_PASS_ON && oldstate == TCP_CLOSE_WAIT && pending_take(&rec.skaddr) == 0) {
+	if (first_pass && oldstate == TCP_CLOSE_WAIT && pending_take(&rec.skaddr) == 0) {
 		/* left before user space took it: only counted, in its owner's
 		 * close() (any other way out runs on whatever task is there) */
 		if (CREDIT_ON && newstate == TCP_LAST_ACK)
@@ -215,7 +245,7 @@ PROBE
 		COPY_FIELD(rec.daddr, args->daddr_v6, 16);
 	}
 	stamp(&rec);
-	if (FIRST_PASS_ON && newstate == TCP_CLOSE_WAIT && pending_put(&rec.skaddr, &rec) == 0)
+	if (first_pass && newstate == TCP_CLOSE_WAIT && pending_put(&rec.skaddr, &rec) == 0)
 		return 0;	/* full: through the ring, as without the first pass */
 
 	struct event *e = ring_reserve();

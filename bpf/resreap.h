@@ -32,6 +32,8 @@ struct resreap_config {
 	u32 wakeup_every; /* wake the reader once per this many ring events */
 	u32 credit;       /* 1: count, per closing process, the pending sockets
 			   * that left before user space took them (top's rates) */
+	u32 switchable;   /* 1: the first pass applies only while the pass_now
+			   * map says so (trace turns it on above a rate) */
 };
 
 #endif

@@ -125,6 +125,7 @@ Examples:
   resreap trace -F 127.0.0.1:2049 -F '[::1]:*'
                                      ignore these foreign endpoints
   resreap trace --json | jq .        JSON lines (fields: docs/observing.md)
+  resreap trace --summary 500        per-process lines each second above 500 transitions/s
   resreap trace --backend proc       poll sock_diag instead of BPF
 """)
 def trace(
@@ -144,6 +145,11 @@ def trace(
     namespace: NamespaceOpt = None,
     pod: PodOpt = None,
     runtime_dir: RuntimeDirOpt = None,
+    summary: Annotated[Optional[float], typer.Option(
+        "--summary", metavar="RATE",
+        help="Above RATE transitions a second, one SUMMARY line per process per second "
+             "instead of ENTER and EXIT lines (STAYED lines stay); every line again under "
+             "half of it.  Default: 2000 on a terminal, 0 (every line, always) otherwise.")] = None,
     json_out: JsonOpt = False,
     backend: BackendOpt = "auto",
     debug: DebugOpt = False,
@@ -167,10 +173,23 @@ def trace(
             raise UsageError("stdout is closed: nowhere to print (redirect it, e.g. > trace.log)")
         st = settings.resolve_trace(command_pattern, ignore or (), pid or (), grace, min_age,
                                     json_out, backend, unit, container, namespace, pod,
-                                    runtime_dir)
+                                    runtime_dir, _summary_default(summary, min_age))
         tracing.run(st, _print, lambda line: typer.echo(line, err=True))
     except ResreapError as exc:
         fail(exc)
+
+
+# A person reads a few lines a second; past this, trace on a terminal sums.
+SUMMARY_ON_A_TERMINAL = 2000.0
+
+
+def _summary_default(summary: float | None, min_age: float | None) -> float:
+    """--summary as given, else on a terminal (without --min-age, which
+    already shows only what stays) SUMMARY_ON_A_TERMINAL, else 0: a file or
+    a program reads every line."""
+    if summary is not None:
+        return summary
+    return SUMMARY_ON_A_TERMINAL if min_age is None and sys.stdout.isatty() else 0.0
 
 
 LimitOpt = Annotated[int, typer.Option(

@@ -55,14 +55,9 @@ class Churn:
         """A socket held by ``owners`` left CLOSE_WAIT: one in at
         ``entered`` (if inside the window), one out at ``left``."""
         for owner in owners:
-            seconds = self._seconds.get(owner)
+            seconds = self._of(owner, left)
             if seconds is None:
-                if len(self._seconds) >= MAX_OWNERS:
-                    self._prune(left)
-                    if len(self._seconds) >= MAX_OWNERS:
-                        self.dropped += 1
-                        continue
-                seconds = self._seconds[owner] = {}
+                continue
             if entered > left - self.window:
                 seconds.setdefault(math.floor(entered), [0, 0])[0] += 1
             seconds.setdefault(math.floor(left), [0, 0])[1] += 1
@@ -73,19 +68,27 @@ class Churn:
         """``n`` sockets ``owner`` closed in its own close() that entered
         and left CLOSE_WAIT before they were seen one by one (the kernel
         counted them: sources' ``closers``), by ``at``: in and out at once."""
-        seconds = self._seconds.get(owner)
+        seconds = self._of(owner, at)
         if seconds is None:
-            if len(self._seconds) >= MAX_OWNERS:
-                self._prune(at)
-                if len(self._seconds) >= MAX_OWNERS:
-                    self.dropped += 1
-                    return
-            seconds = self._seconds[owner] = {}
+            return
         bucket = seconds.setdefault(math.floor(at), [0, 0])
         bucket[0] += n
         bucket[1] += n
         if len(seconds) > self.window + 2:
             self._trim(seconds, at)
+
+    def _of(self, owner: Owner, now: float) -> dict[int, list[int]] | None:
+        """``owner``'s seconds, made if there is room (None: MAX_OWNERS
+        are kept, and this one is dropped and counted)."""
+        seconds = self._seconds.get(owner)
+        if seconds is None:
+            if len(self._seconds) >= MAX_OWNERS:
+                self._prune(now)
+                if len(self._seconds) >= MAX_OWNERS:
+                    self.dropped += 1
+                    return None
+            seconds = self._seconds[owner] = {}
+        return seconds
 
     def _trim(self, seconds: dict[int, list[int]], now: float) -> None:
         for second in [s for s in seconds if s <= now - self.window - 1]:

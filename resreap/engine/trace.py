@@ -146,6 +146,15 @@ class Tracer:
             where = self._wheres[owner.ident] = supervisor.of(owner.pid, self.resolver.proc)
         return where
 
+    def credit(self, owner: Owner, n: int) -> None:
+        """``n`` sockets ``owner`` closed before they were seen one by one
+        (the kernel counted them, engine/summary): in its summary."""
+        self.stats.setdefault(owner, _Stats()).entered += n
+
+    def wanted(self, owners: tuple[Owner, ...]) -> bool:
+        """Do -f, -p, --unit... select any of these processes?"""
+        return self._wanted(owners)
+
     def _wanted(self, owners: tuple[Owner, ...]) -> bool:
         if not self._selects:
             return True

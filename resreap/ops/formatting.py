@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from resreap.bounded import BoundedDict
 from resreap.host.supervisor import Supervisor
 from resreap.model import Evidence, Owner, format_addr
 from resreap.ops.escaping import safe
+from resreap.engine.summary import Counted, Switched
 from resreap.engine.trace import ProcSummary, TraceKind, TraceRecord, Via
 
 def clock(ts: float) -> str:
@@ -99,6 +100,34 @@ def _where_json(where: Supervisor) -> str:
             f", {json.dumps(k)}: {json.dumps(v, ensure_ascii=True)}"
             for k, v in where.fields().items())
     return piece
+
+
+def any_line(trace: Callable[[TraceRecord], str], rec) -> str:
+    """A trace line, or a SUMMARY line or a switch (engine/summary)."""
+    if isinstance(rec, Counted):
+        return (f"{clock(rec.ts)} {'SUMMARY':<8} {rec.owner.pid:>7} {_safe(rec.owner.comm):<12.12} "
+                f"{rec.entered} in, {rec.left} out in {rec.seconds:g}s")
+    if isinstance(rec, Switched):
+        if rec.on:
+            return (f"{clock(rec.ts)} {'SUMMARY':<8} {rec.rate:.0f} transitions/s, over "
+                    f"{rec.threshold:g}: one line per process per second (--summary 0: every line)")
+        return (f"{clock(rec.ts)} {'EVERY':<8} {rec.rate:.0f} transitions/s, under "
+                f"{rec.threshold / 2:g}: every line again")
+    return trace(rec)
+
+
+def any_json(trace: Callable[[TraceRecord], str], rec) -> str:
+    """A trace JSON line, or a summary one: {"event": "summary", "pid",
+    "comm", "in", "out", "seconds"}, or a switch: {"event": "mode",
+    "summary": true|false, "rate", "threshold"}."""
+    if isinstance(rec, Counted):
+        return json.dumps({"ts": round(rec.ts, 6), "event": "summary", "pid": rec.owner.pid,
+                           "comm": rec.owner.comm, "in": rec.entered, "out": rec.left,
+                           "seconds": rec.seconds})
+    if isinstance(rec, Switched):
+        return json.dumps({"ts": round(rec.ts, 6), "event": "mode", "summary": rec.on,
+                           "rate": rec.rate, "threshold": rec.threshold})
+    return trace(rec)
 
 
 def summary_lines(rows: Iterable[ProcSummary]) -> list[str]:

@@ -60,13 +60,16 @@ class TraceSettings(NamedTuple):
     json_out: bool
     backend: str
     runtime_dirs: tuple[str, ...] | None = None
+    # --summary: above this many transitions a second, one SUMMARY line per
+    # process per second (engine/summary); 0: every line, always.
+    summary: float = 0.0
 
 
 def resolve_trace(command_pattern: str | None, ignore: Iterable[str], pids: Iterable[int],
                   grace: Any, min_age: Any, json_out: bool, backend: str,
                   unit: str | None = None, container: str | None = None,
                   namespace: str | None = None, pod: str | None = None,
-                  runtime_dirs: Iterable[str] | None = None):
+                  runtime_dirs: Iterable[str] | None = None, summary: Any = 0.0):
     """trace's options, validated before anything opens (compiling the
     BPF program for a bad -i was seconds wasted): the same checks as
     watch's."""
@@ -75,9 +78,13 @@ def resolve_trace(command_pattern: str | None, ignore: Iterable[str], pids: Iter
     positive("-i", grace, strict=True)
     if min_age is not None:
         positive("--min-age", min_age, strict=True)
+    positive("--summary", summary)
+    if summary and min_age is not None:
+        raise UsageError("--summary and --min-age do not go together: --min-age already shows "
+                         "only the sockets that stay (--summary 0 with it)")
     _backend(backend)
     return TraceSettings(filters, float(grace), float(min_age) if min_age is not None else None,
-                         bool(json_out), backend, _runtime_dirs(runtime_dirs))
+                         bool(json_out), backend, _runtime_dirs(runtime_dirs), float(summary))
 
 
 def _backend(name: str) -> None:

@@ -4,12 +4,15 @@ the lines, and at the end the per-process summary.  Lines are handed to
 
 from __future__ import annotations
 
+import functools
 import signal
+import time
 from typing import Callable
 
 from resreap import tunables
 from resreap.engine.evidence import Rules
 from resreap.engine.owners import OwnerResolver, check_privileges
+from resreap.engine.summary import Summarizer
 from resreap.engine.trace import Tracer
 from resreap.host import pods
 from resreap.host.procinfo import HOST
@@ -54,30 +57,48 @@ def run(st: TraceSettings, out: Callable[[str], None], note: Callable[[str], Non
         # With --min-age, the kernel's first pass: a socket that leaves
         # CLOSE_WAIT before the next take (a tenth of a second) never
         # reaches user space; only the lines of those that stay are shown.
+        # With --summary, the first pass with credit, off until the rate
+        # calls for it (engine/summary).
+        summary = bool(st.summary)
         selected = open_source(st.backend, table, latency=0.1,
-                               first_pass=st.min_age is not None)
+                               first_pass=st.min_age is not None or summary, credit=summary,
+                               switchable=summary)
         if selected.fallback_reason:
             note(f"resreap: BPF unavailable ({selected.fallback_reason}); "
                  f"polling every {selected.source.latency:g}s instead")
         tracer = Tracer(selected.source, OwnerResolver(table, scan_wait=TRACE_SCAN_WAIT),
                         st.filters, Rules(grace=st.grace), min_age=st.min_age)
         existing = tracer.start()
+        above = (f" Above {st.summary:g} transitions/s, one line per process per second "
+                 "(--summary)." if summary else "")
         note(f"Tracing TCP CLOSE_WAIT transitions ({selected.source.name} backend, "
-             f"{len(table.namespaces)} network namespace(s)). Ctrl-C to end.")
+             f"{len(table.namespaces)} network namespace(s)).{above} Ctrl-C to end.")
         if table.skipped:
             note(f"resreap: warning: {table.skipped} network namespace(s) past the caps are "
                  "not traced (those made in other user namespaces go first)")
         emit = formatting.trace_json if st.json_out else formatting.trace_line
+        if summary:
+            emit = functools.partial(formatting.any_json if st.json_out else formatting.any_line,
+                                     emit)
+            summarizer = Summarizer(tracer, st.summary, time.monotonic,
+                                    time.time() - time.monotonic())
+            shown, last = summarizer.pass_through, summarizer.flush
+        else:
+            shown, last = _every, list
         if not st.json_out:
             out(formatting.HEADER)
         _emit(existing, emit, out)
         while not stop.asked:
-            _emit(tracer.step(selected.source.latency), emit, out)
-        _emit(tracer.step(0), emit, out)  # what was queued before the stop
+            _emit(shown(tracer.step(selected.source.latency)), emit, out)
+        _emit(shown(tracer.step(0)) + last(), emit, out)  # what was queued before the stop
     except KeyboardInterrupt:
         pass
     if tracer is not None:
         _summary(tracer, st.json_out, out, note)
+
+
+def _every(records):
+    return records
 
 
 def _emit(records, emit, out) -> None:

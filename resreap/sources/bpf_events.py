@@ -36,7 +36,7 @@ from resreap.sources.program import OBJECT, SOURCE, counter_slots, event_layout,
 from resreap.errors import BackendUnavailable, BpfCallError, NotRoot
 from resreap.sources.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, TCP_LAST_ACK, Kind, SockId, Transition
-from resreap.sources.ringbuf import BatchTaker, PerCpuCounters, RingBuffer
+from resreap.sources.ringbuf import BatchTaker, PerCpuCounters, RingBuffer, Switch
 from resreap.host.sockets import SocketTable
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,8 @@ class Loaded(NamedTuple):
     why: str | None      # why bcc ran instead of the prebuilt program
 
 
-def load(pending_max: int, ring_pages: int, credit: bool = False) -> Loaded:
+def load(pending_max: int, ring_pages: int, credit: bool = False,
+         switchable: bool = False) -> Loaded:
     """The program loaded and attached: the prebuilt CO-RE object where it
     loads, else bcc (unless RESREAP_BPF_LOADER says which).  Raises
     BackendUnavailable."""
@@ -152,7 +153,7 @@ def load(pending_max: int, ring_pages: int, credit: bool = False) -> Loaded:
         if why is None:
             try:
                 info, fds = core_loader.load(OBJECT, ring_pages, WAKEUP_EVERY, pending_max,
-                                             credit)
+                                             credit, switchable)
                 return Loaded(info, fds, "core", None)
             except core_loader.NotPermitted:
                 raise  # bcc would be refused the same way
@@ -162,7 +163,7 @@ def load(pending_max: int, ring_pages: int, credit: bool = False) -> Loaded:
             raise BackendUnavailable(f"the prebuilt program cannot load: {why}")
     try:
         check_bcc()
-        info, fds = _load_bcc(pending_max, ring_pages, credit)
+        info, fds = _load_bcc(pending_max, ring_pages, credit, switchable)
     except BackendUnavailable as exc:
         if choice == "bcc":
             raise
@@ -174,14 +175,15 @@ def load(pending_max: int, ring_pages: int, credit: bool = False) -> Loaded:
     return Loaded(info, fds, "bcc", why)
 
 
-def _load_bcc(pending_max: int, ring_pages: int, credit: bool) -> tuple[dict, list[int]]:
+def _load_bcc(pending_max: int, ring_pages: int, credit: bool,
+              switchable: bool) -> tuple[dict, list[int]]:
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with mine, loader_env() as env:
         try:
             helper = subprocess.Popen(
                 child_python("-m", "resreap.sources.bpf_loader", str(theirs.fileno()),
                              str(ring_pages), str(WAKEUP_EVERY), str(pending_max),
-                             str(int(credit))),
+                             str(int(credit)), str(int(switchable))),
                 pass_fds=[theirs.fileno()], cwd=CHILD_CWD, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         finally:
@@ -219,21 +221,26 @@ class BpfSource(EventSource):
     name = "bpf"
 
     def __init__(self, table: SocketTable, *, latency: float = 0.1,
-                 first_pass: bool = False, credit: bool = False) -> None:
+                 first_pass: bool = False, credit: bool = False,
+                 switchable: bool = False) -> None:
         """``first_pass``: the kernel keeps new CLOSE_WAIT sockets in a map
         that ``read`` takes in one batch; those that leave before (churn)
         cost nothing here.  Linux 5.6+ (batch map operations); elsewhere
         every transition comes through the ring, as for trace.  ``credit``
         (with it): those are counted per process that closed them
-        (``closers``)."""
+        (``closers``).  ``switchable`` (with both, for trace): the first
+        pass is off until ``set_first_pass`` turns it on (the full stream
+        and its ring meanwhile)."""
         check_usable()
         self.table = table
         self.latency = latency
         knobs = tunables.get()
         first_pass = first_pass and knobs.first_pass
-        pages = knobs.ringbuf_pages or (WATCH_RING_PAGES if first_pass else TRACE_RING_PAGES)
-        loaded = load(knobs.pending_max if first_pass else 0, pages, credit)
-        self._taker = self._closers = None
+        switchable = switchable and first_pass and credit
+        pages = knobs.ringbuf_pages or (WATCH_RING_PAGES if first_pass and not switchable
+                                        else TRACE_RING_PAGES)
+        loaded = load(knobs.pending_max if first_pass else 0, pages, credit, switchable)
+        self._taker = self._closers = self._switch = None
         if first_pass:
             self._taker = BatchTaker(loaded.fds[3], loaded.info["layout"]["size"])
             try:
@@ -246,7 +253,10 @@ class BpfSource(EventSource):
         self.first_pass = self._taker is not None
         if self.first_pass and credit:
             self._closers = BatchTaker(loaded.fds[4], 8, key_size=4)
+            if switchable:
+                self._switch = Switch(loaded.fds[5])
         self.credits = self._closers is not None
+        self.switchable = self._switch is not None
         self.loader, self.loader_why = loaded.loader, loaded.why
         info, fds = loaded.info, loaded.fds
         # The perf event fd keeps the program attached for as long as we live.
@@ -307,6 +317,18 @@ class BpfSource(EventSource):
 
     def follow(self, latency: float) -> None:
         self.latency = latency
+
+    def set_first_pass(self, on: bool) -> bool:
+        """Turn the kernel's first pass (with credit) on or off; False: it
+        cannot be (not switchable, or the map refused)."""
+        if self._switch is None:
+            return False
+        try:
+            self._switch.set(on)
+        except BpfCallError as exc:
+            self._warn(exc)
+            return False
+        return True
 
     def closers(self) -> dict[int, int]:
         if self._closers is None:

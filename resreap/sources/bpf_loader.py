@@ -79,12 +79,13 @@ def _layout(event_class) -> dict:
 
 
 def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0,
-         credit: bool = False) -> tuple[dict, list[int]]:
+         credit: bool = False, switchable: bool = False) -> tuple[dict, list[int]]:
     """Compile, load and attach; (facts, fds: perf event, ring, counters
     [, pending [, closers]]).  ``pending_max``: the first pass (FIRST_PASS)
     with a pending map of that many sockets; 0: every transition through
     the ring.  ``credit`` (CREDIT, with the first pass): each process's
-    unseen closes counted."""
+    unseen closes counted.  ``switchable`` (SWITCHABLE, with both): the
+    first pass only while the pass_now map says so."""
     try:
         from bcc import BPF
     except ImportError:
@@ -96,6 +97,9 @@ def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0,
     credit = bool(credit and pending_max)
     if credit:
         cflags.append("-DCREDIT")
+    switchable = bool(switchable and credit)
+    if switchable:
+        cflags.append("-DSWITCHABLE")
     with tempfile.NamedTemporaryFile("w+", prefix="resreap-bcc-") as diag:
         try:
             with _stderr_to(diag.name):
@@ -120,6 +124,8 @@ def load(ringbuf_pages: int, wakeup_every: int, pending_max: int = 0,
         fds.append(bpf[b"pending"].map_fd)
     if credit:
         fds.append(bpf[b"closers"].map_fd)
+    if switchable:
+        fds.append(bpf[b"pass_now"].map_fd)
     return info, fds
 
 
@@ -130,10 +136,10 @@ def _event_class(table):
 
 
 def main() -> None:
-    fd, pages, wakeup, pending_max, credit = (int(a) for a in sys.argv[1:6])
+    fd, pages, wakeup, pending_max, credit, switchable = (int(a) for a in sys.argv[1:7])
     chan = socket.socket(fileno=fd)
     try:
-        info, fds = load(pages, wakeup, pending_max, bool(credit))
+        info, fds = load(pages, wakeup, pending_max, bool(credit), bool(switchable))
     except Exception as exc:  # report, never hang the parent
         info, fds = {"error": f"BPF loader failed: {exc!r}"}, []
     socket.send_fds(chan, [json.dumps(info).encode()], fds)

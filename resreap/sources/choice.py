@@ -21,7 +21,7 @@ class Selected(NamedTuple):
 
 def open_source(backend: str, table: SocketTable, *, latency: float,
                 poll_interval: float | None = None, first_pass: bool = False,
-                credit: bool = False) -> Selected:
+                credit: bool = False, switchable: bool = False) -> Selected:
     """Build the source asked for; ``auto`` prefers BPF and falls back to
     polling with the reason."""
     if backend not in BACKENDS:
@@ -31,7 +31,7 @@ def open_source(backend: str, table: SocketTable, *, latency: float,
             from resreap.sources.bpf_events import BpfSource
 
             return Selected(BpfSource(table, latency=latency, first_pass=first_pass,
-                                      credit=credit), None)
+                                      credit=credit, switchable=switchable), None)
         except BackendUnavailable as exc:
             if backend == "bpf":
                 raise BackendUnavailable(f"{exc}; --backend proc polls instead") from exc

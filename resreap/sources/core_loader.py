@@ -121,13 +121,15 @@ def _fail(what: str, err: int, bpf: _Libbpf) -> BackendUnavailable:
 CLOSERS_MAX = 8192
 
 def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
-         pending_max: int = 0, credit: bool = False) -> tuple[dict, list[int]]:
+         pending_max: int = 0, credit: bool = False,
+         switchable: bool = False) -> tuple[dict, list[int]]:
     """Open, size, load and attach; (facts, fds: attachment, ring, counters
     [, pending [, closers]]), as the bcc helper hands them over.
     ``pending_max``: the first pass with a pending map of that many
     sockets; 0: every transition through the ring.  ``credit`` (with the
     first pass): count the sockets each process closed before they were
-    taken.  Raises BackendUnavailable."""
+    taken.  ``switchable`` (with both): the first pass applies only while
+    the pass_now map's slot is 1 (its fd last).  Raises BackendUnavailable."""
     bpf = _Libbpf()
     lib = bpf.lib
     obj = lib.bpf_object__open_file(str(object_path).encode(), None)
@@ -137,7 +139,7 @@ def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
     link = None
     try:
         maps = {}
-        for name in (b"events", b"counts", b"pending", b"closers", b".rodata"):
+        for name in (b"events", b"counts", b"pending", b"closers", b"pass_now", b".rodata"):
             maps[name] = lib.bpf_object__find_map_by_name(obj, name)
             if not maps[name]:
                 raise BackendUnavailable(f"the CO-RE object has no {name.decode()} map: "
@@ -148,7 +150,9 @@ def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
         lib.bpf_map__set_max_entries(maps[b"pending"], pending_max or 1)
         credit = bool(credit and pending_max)
         lib.bpf_map__set_max_entries(maps[b"closers"], CLOSERS_MAX if credit else 1)
-        config = (ct.c_uint32 * 3)(1 if pending_max else 0, wakeup_every, 1 if credit else 0)
+        switchable = bool(switchable and credit)
+        config = (ct.c_uint32 * 4)(1 if pending_max else 0, wakeup_every, 1 if credit else 0,
+                                   1 if switchable else 0)
         if lib.bpf_map__set_initial_value(maps[b".rodata"], ct.addressof(config),
                                           ct.sizeof(config)) != 0:
             raise BackendUnavailable("the CO-RE object's settings do not match this "
@@ -161,7 +165,7 @@ def load(object_path: Path, ringbuf_pages: int, wakeup_every: int,
         if not link:
             raise _fail("attach", ct.get_errno() or errno.ENOENT, bpf)
         names = [b"events", b"counts"] + ([b"pending"] if pending_max else []) + \
-            ([b"closers"] if credit else [])
+            ([b"closers"] if credit else []) + ([b"pass_now"] if switchable else [])
         fds = [os.dup(lib.bpf_link__fd(link))] + [os.dup(lib.bpf_map__fd(maps[n])) for n in names]
         # Ours now: libbpf's copies go, the attachment stays with our fd.
         lib.bpf_link__disconnect(link)

@@ -34,6 +34,7 @@ class EventSource(abc.ABC):
     latency: float = 0.0
     first_pass: bool = False
     credits: bool = False
+    switchable: bool = False  # set_first_pass can turn the first pass on and off
     loader: str = ""
     loader_why: str | None = None
 
@@ -42,6 +43,11 @@ class EventSource(abc.ABC):
 
     @abc.abstractmethod
     def read(self, timeout: float) -> list[Transition]: ...
+
+    def set_first_pass(self, on: bool) -> bool:
+        """Turn the kernel's first pass on or off (a ``switchable``
+        source); False: this source cannot."""
+        return False
 
     def closers(self) -> dict[int, int]:
         """Per process (pid), the sockets it closed that left CLOSE_WAIT

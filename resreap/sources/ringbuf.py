@@ -32,6 +32,7 @@ _U32 = struct.Struct("=I")
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351,
             "armv7l": 386, "i686": 357}
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25  # Linux 5.6+
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -100,6 +101,33 @@ class _LookupAttr(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
+def _elem(nr: int, cmd: int, fd: int, key, value, what: str) -> None:
+    """One element's bpf() call (lookup or update) on map ``fd``; raises
+    BpfCallError saying ``what`` failed."""
+    attr = _LookupAttr(fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
+    if _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        err = ctypes.get_errno()
+        raise BpfCallError(what, err, os.strerror(err))
+
+
+class Switch:
+    """Slot 0 of a one-entry BPF array of u32: a setting the program reads
+    at each event (the first pass, turned on and off by trace)."""
+
+    def __init__(self, map_fd: int) -> None:
+        nr = _SYS_BPF.get(platform.machine())
+        if nr is None:
+            raise BackendUnavailable(f"no bpf() syscall number known for {platform.machine()}")
+        self.fd, self._nr = map_fd, nr
+        self._key, self._value = ctypes.c_uint32(0), ctypes.c_uint32(0)
+
+    def set(self, on: bool) -> None:
+        """Raises BpfCallError."""
+        self._value.value = 1 if on else 0
+        _elem(self._nr, BPF_MAP_UPDATE_ELEM, self.fd, self._key, self._value,
+              "switching the first pass")
+
+
 class PerCpuCounters:
     """A BPF_PERCPU_ARRAY of u64: each slot summed over CPUs."""
 
@@ -116,12 +144,8 @@ class PerCpuCounters:
         """Raises BpfCallError: a count that cannot be read is unknown,
         never 0."""
         self._key.value = slot
-        attr = _LookupAttr(self.fd, 0, ctypes.addressof(self._key),
-                           ctypes.addressof(self._values), 0)
-        if _libc.syscall(self._nr, BPF_MAP_LOOKUP_ELEM, ctypes.byref(attr),
-                         ctypes.sizeof(attr)) != 0:
-            err = ctypes.get_errno()
-            raise BpfCallError("reading a counter", err, os.strerror(err))
+        _elem(self._nr, BPF_MAP_LOOKUP_ELEM, self.fd, self._key, self._values,
+              "reading a counter")
         return sum(self._values)
 
 

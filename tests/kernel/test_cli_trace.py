@@ -221,6 +221,36 @@ def test_min_age_filters_in_the_kernel(resreap_bin, actors, tmp_path):
 
 
 @pytest.mark.alone
+def test_above_its_rate_trace_sums_each_process_each_second_and_misses_none(
+        resreap_bin, actors, tag, tmp_path):
+    """#35: --summary: above the rate, one SUMMARY line per process per
+    second (the kernel counting what it never sends), and every line again
+    once it is quiet; every connection the server closed is in an EXIT
+    line or a SUMMARY line's count, exactly once, and nothing is lost."""
+    out = tmp_path / "trace.jsonl"
+    with open(out, "w") as sink:
+        trace = trace_into(resreap_bin, sink, "--summary", "50", "-f", tag[4:])
+        try:
+            churn = actors("churn-server", "127.0.0.1", tag)
+            clients = actors("churn-clients", "127.0.0.1", churn.port, str(patience(3)),
+                             "paced", tag)
+            made = int(clients.expect("DONE", timeout=30).split()[1])
+            time.sleep(patience(5))  # quiet: under half the rate for 3 s
+        finally:
+            trace.send_signal(signal.SIGINT)
+            _out, err = trace.communicate(timeout=patience(30))
+    events = json_lines(out.read_text())
+    modes = [e["summary"] for e in events if e.get("event") == "mode"]
+    assert modes[0] is True and modes[-1] is False, modes  # on with the churn, off after
+    sums = [e for e in events if e.get("event") == "summary"]
+    assert sums and {e["pid"] for e in sums} == {churn.pid}
+    assert all(e["in"] >= 0 and e["out"] >= 0 and e["comm"] == "churn-srv" for e in sums)
+    exits = [e for e in events if e.get("event") == "exit" and e.get("lport") == churn.port]
+    assert sum(e["out"] for e in sums) + len(exits) == made, (len(sums), len(exits), made)
+    assert sum(e["out"] for e in sums) > made // 2  # most of them never came one by one
+    assert "lost" not in err
+
+
 def test_trace_keeps_up_with_churn(resreap_bin, actors, tmp_path):
     """Every transition of a flood of short connections (as fast as Python
     makes them, thousands a second) reaches the output: two per connection,

@@ -67,11 +67,12 @@ def test_why_the_prebuilt_object_cannot_load(tmp_path, monkeypatch):
 
 
 def test_the_shipped_header_declares_the_settings_the_loader_writes():
-    """core_loader writes three u32 (first_pass, wakeup_every, credit) as
-    the program's .rodata: the header's struct must be exactly that."""
+    """core_loader writes four u32 (first_pass, wakeup_every, credit,
+    switchable) as the program's .rodata: the header's struct must be
+    exactly that."""
     layout = struct_layout((BPF_DIR / "resreap.h").read_text(), "resreap_config")
-    assert layout == {"size": 12, "fields": [["first_pass", 0, "I"], ["wakeup_every", 4, "I"],
-                                             ["credit", 8, "I"]]}
+    assert layout == {"size": 16, "fields": [["first_pass", 0, "I"], ["wakeup_every", 4, "I"],
+                                             ["credit", 8, "I"], ["switchable", 12, "I"]]}
 
 
 def test_a_program_file_others_may_rewrite_is_never_loaded(tmp_path, monkeypatch):
