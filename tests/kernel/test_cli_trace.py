@@ -32,10 +32,10 @@ def json_lines(text: str) -> list[dict]:
     return out
 
 
-def trace_into(resreap_bin, sink, *args):
+def trace_into(resreap_bin, sink, *args, env=None):
     """``trace --json`` (BPF) writing into ``sink``, once it says it traces."""
     proc = subprocess.Popen([resreap_bin, "trace", "--json", "--backend", "bpf", *args],
-                            stdout=sink, stderr=subprocess.PIPE, text=True)
+                            stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
     assert "Tracing" in proc.stderr.readline()
     return proc
 
@@ -221,15 +221,17 @@ def test_min_age_filters_in_the_kernel(resreap_bin, actors, tmp_path):
 
 
 @pytest.mark.alone
+@pytest.mark.parametrize("loader", ["core", "bcc"])
 def test_above_its_rate_trace_sums_each_process_each_second_and_misses_none(
-        resreap_bin, actors, tag, tmp_path):
+        resreap_bin, actors, tag, tmp_path, loader):
     """#35: --summary: above the rate, one SUMMARY line per process per
     second (the kernel counting what it never sends), and every line again
     once it is quiet; every connection the server closed is in an EXIT
     line or a SUMMARY line's count, exactly once, and nothing is lost."""
     out = tmp_path / "trace.jsonl"
     with open(out, "w") as sink:
-        trace = trace_into(resreap_bin, sink, "--summary", "50", "-f", tag[4:])
+        trace = trace_into(resreap_bin, sink, "--summary", "50", "-f", tag[4:],
+                           env=dict(os.environ, RESREAP_BPF_LOADER=loader))
         try:
             churn = actors("churn-server", "127.0.0.1", tag)
             clients = actors("churn-clients", "127.0.0.1", churn.port, str(patience(3)),
