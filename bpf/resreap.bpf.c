@@ -19,7 +19,7 @@
  * Without it (trace) every transition goes through the ring.  With credit
  * (top), one that leaves in its owner's close() is counted for that
  * process in the closers map (its tgid: the owner, in process context),
- * which user space takes once a turn: per-process rates, no event.
+ * which user space reads once a turn: per-process rates, no event.
  */
 #ifdef RESREAP_CORE
 #include "core.h"
@@ -186,7 +186,9 @@ static __always_inline void ring_submit(struct event *e, u64 flags) { events.rin
 #endif
 
 /* One more socket its owner closed unseen (a second CPU may insert the
- * same process first: then add to its entry). */
+ * same process first: then add to its entry).  The counts only grow: user
+ * space reads them and keeps the differences (an entry deleted under an
+ * increment would lose it).  A full map is a lost event, as a full ring. */
 static __always_inline void credit_closer(void)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -196,8 +198,13 @@ static __always_inline void credit_closer(void)
 		return;
 	if (!n)
 		n = closer_count(&tgid);
-	if (n)
+	if (n) {
 		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	u64 *lost = counter(COUNTER_LOST);
+	if (lost)
+		(*lost)++;
 }
 
 /* When and on which CPU's task: the only fields not from the tracepoint. */

@@ -36,7 +36,7 @@ from resreap.sources.program import OBJECT, SOURCE, counter_slots, event_layout,
 from resreap.errors import BackendUnavailable, BpfCallError, NotRoot
 from resreap.sources.events import EventSource, seed_transitions
 from resreap.model import TCP_CLOSE_WAIT, TCP_LAST_ACK, Kind, SockId, Transition
-from resreap.sources.ringbuf import BatchTaker, PerCpuCounters, RingBuffer, Switch
+from resreap.sources.ringbuf import BatchTaker, PerCpuCounters, RingBuffer, Switch, delete_key
 from resreap.host.sockets import SocketTable
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,9 @@ def _record_struct(layout: dict) -> tuple[struct.Struct, list[str]]:
     return struct.Struct(fmt), names
 
 
+# How often the closers' entries of processes gone are deleted (seconds).
+CLOSERS_PRUNE = 60.0
+
 class BpfSource(EventSource):
     name = "bpf"
 
@@ -241,6 +244,8 @@ class BpfSource(EventSource):
                                         else TRACE_RING_PAGES)
         loaded = load(knobs.pending_max if first_pass else 0, pages, credit, switchable)
         self._taker = self._closers = self._switch = None
+        self._closed: dict[int, int] = {}  # the kernel's counts at the last read
+        self._pruned_at = time.monotonic()
         if first_pass:
             self._taker = BatchTaker(loaded.fds[3], loaded.info["layout"]["size"])
             try:
@@ -331,14 +336,41 @@ class BpfSource(EventSource):
         return True
 
     def closers(self) -> dict[int, int]:
+        """The kernel's counts only grow (a take that deleted an entry
+        under an increment lost it): each call hands over what each grew
+        by since the last; the entries of processes gone are deleted once a
+        minute."""
         if self._closers is None:
             return {}
         try:
-            items = self._closers.take_items()
+            items = self._closers.take_items(delete=False)
         except BpfCallError as exc:
             self._warn(exc)
             return {}
-        return {int.from_bytes(k, sys.byteorder): int.from_bytes(v, sys.byteorder) for k, v in items}
+        now = {int.from_bytes(k, sys.byteorder): int.from_bytes(v, sys.byteorder)
+               for k, v in items}
+        grew = {}
+        for pid, count in now.items():
+            before = self._closed.get(pid, 0)
+            # Smaller: deleted (gone) and made again by a process that
+            # took its pid: all of it is new.
+            added = count - before if count >= before else count
+            if added:
+                grew[pid] = added
+        self._closed = now
+        if time.monotonic() - self._pruned_at > CLOSERS_PRUNE:
+            self._prune_closers()
+        return grew
+
+    def _prune_closers(self) -> None:
+        self._pruned_at = time.monotonic()
+        for pid in [p for p in self._closed if not os.path.exists(f"/proc/{p}")]:
+            try:
+                delete_key(self._closers.fd, pid.to_bytes(4, sys.byteorder))
+            except BpfCallError as exc:
+                self._warn(exc)
+                return
+            del self._closed[pid]
 
     def lost(self) -> int | None:
         """None: unknown (the counter could not be read, or the pending

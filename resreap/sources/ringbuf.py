@@ -33,6 +33,8 @@ _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390
             "armv7l": 386, "i686": 357}
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_LOOKUP_BATCH = 24            # Linux 5.6+
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25  # Linux 5.6+
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -110,6 +112,17 @@ def _elem(nr: int, cmd: int, fd: int, key, value, what: str) -> None:
         raise BpfCallError(what, err, os.strerror(err))
 
 
+def delete_key(map_fd: int, key: bytes) -> None:
+    """Delete one entry (gone already: nothing); raises BpfCallError."""
+    nr = _SYS_BPF.get(platform.machine())
+    buf = ctypes.create_string_buffer(key, len(key))
+    attr = _LookupAttr(map_fd, 0, ctypes.addressof(buf), 0, 0)
+    if _libc.syscall(nr, BPF_MAP_DELETE_ELEM, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        err = ctypes.get_errno()
+        if err != errno.ENOENT:
+            raise BpfCallError("deleting a map entry", err, os.strerror(err))
+
+
 class Switch:
     """Slot 0 of a one-entry BPF array of u32: a setting the program reads
     at each event (the first pass, turned on and off by trace)."""
@@ -180,17 +193,17 @@ class BatchTaker:
         before Linux 5.6)."""
         return [value for _key, value in self.take_items()]
 
-    def take_items(self) -> list[tuple[bytes, bytes]]:
-        """Every entry's key and value, removed from the map (raises as
-        ``take``)."""
+    def take_items(self, delete: bool = True) -> list[tuple[bytes, bytes]]:
+        """Every entry's key and value, removed from the map unless not
+        ``delete`` (raises as ``take``)."""
+        cmd = BPF_MAP_LOOKUP_AND_DELETE_BATCH if delete else BPF_MAP_LOOKUP_BATCH
         out: list[tuple[bytes, bytes]] = []
         first = True
         while True:
             attr = _BatchAttr(0 if first else ctypes.addressof(self._in),
                               ctypes.addressof(self._out), ctypes.addressof(self._keys),
                               ctypes.addressof(self._values), self.CHUNK, self.fd, 0, 0)
-            rc = _libc.syscall(self._nr, BPF_MAP_LOOKUP_AND_DELETE_BATCH, ctypes.byref(attr),
-                               ctypes.sizeof(attr))
+            rc = _libc.syscall(self._nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
             err = ctypes.get_errno() if rc != 0 else 0
             raw, keys = self._values.raw, self._keys.raw
             size, ksize = self.value_size, self.key_size
@@ -199,6 +212,7 @@ class BatchTaker:
             if err == errno.ENOENT:   # the whole map was walked
                 return out
             if err:
-                raise BpfCallError("taking the pending sockets", err, os.strerror(err))
+                raise BpfCallError("taking the pending sockets" if delete else "reading a map",
+                                   err, os.strerror(err))
             first = False
             self._in.value = self._out.value
