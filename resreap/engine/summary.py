@@ -13,7 +13,7 @@ polling backend) every transition still arrives and is only summed."""
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from resreap.engine.trace import TraceKind, TraceRecord, Tracer
 from resreap.model import Owner
@@ -44,14 +44,15 @@ class Switched(NamedTuple):
 
 
 class Summarizer:
-    def __init__(self, tracer: Tracer, threshold: float, clock: Callable[[], float],
-                 wall_offset: float) -> None:
+    def __init__(self, tracer: Tracer, threshold: float) -> None:
+        """The tracer's clock (its events') and wall-clock offset are its
+        lines'."""
         self.tracer = tracer
         self.threshold = threshold
         self.on = False
-        self._clock = clock
-        self._wall = wall_offset
-        self._began = clock()
+        self._clock = tracer.clock
+        self._wall = tracer.wall_offset
+        self._began = self._clock()
         self._seen = 0
         self._per: dict[Owner, list[int]] = {}
         # Of those, the kernel's counts: sockets that have no line of their

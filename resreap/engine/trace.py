@@ -92,8 +92,8 @@ class Tracer:
         self._via: dict[tuple, Via] = {}
         # Due sockets the kernel's table did not show: how often, so far.
         # Kernel timestamps are CLOCK_MONOTONIC; show wall-clock time.
-        self._clock = clock
-        self._wall_offset = time.time() - clock()
+        self.clock = clock
+        self.wall_offset = time.time() - clock()
 
     def start(self) -> list[TraceRecord]:
         self.resolver.learn_listeners()
@@ -102,9 +102,9 @@ class Tracer:
     def step(self, timeout: float) -> list[TraceRecord]:
         deadline = self.table.next_deadline()
         if deadline is not None:
-            timeout = max(0.0, min(timeout, deadline - self._clock()))
+            timeout = max(0.0, min(timeout, deadline - self.clock()))
         out = self._handle(self.source.read(timeout))
-        return out + self._stayed(self._clock())
+        return out + self._stayed(self.clock())
 
     def _stayed(self, now: float) -> list[TraceRecord]:
         """Sockets in CLOSE_WAIT for the grace: what the kernel says of them."""
@@ -117,11 +117,11 @@ class Tracer:
                 continue
             entry.unseen = 0
             owners = hit.owners or entry.owners or ()
-            if not self._wanted(owners):
+            if not self.wanted(owners):
                 continue
             age = now - entry.entered
             judged = evidence.judge(hit.diag, age, self.rules)
-            out.append(TraceRecord(now + self._wall_offset, TraceKind.STAYED, entry.sock, owners,
+            out.append(TraceRecord(now + self.wall_offset, TraceKind.STAYED, entry.sock, owners,
                                    age, hit.netns, judged.evidence, self._where(owners),
                                    Via.FD if hit.owners else self._via.get(entry.key, Via.FD)))
         return out
@@ -153,9 +153,6 @@ class Tracer:
 
     def wanted(self, owners: tuple[Owner, ...]) -> bool:
         """Do -f, -p, --unit... select any of these processes?"""
-        return self._wanted(owners)
-
-    def _wanted(self, owners: tuple[Owner, ...]) -> bool:
         if not self._selects:
             return True
         return any(self.filters.wants(o.pid, self._cmdline(o), self._where((o,))
@@ -271,7 +268,7 @@ class Tracer:
                 owners, via = (closer,), Via.CLOSE
         if not owners:
             via = Via.NONE
-        if not self._wanted(owners):
+        if not self.wanted(owners):
             return None
         age = None
         if t.kind is Kind.EXIT and entry is not None:
@@ -283,7 +280,7 @@ class Tracer:
         if self.min_age and (t.kind is Kind.ENTER or (t.kind is Kind.EXIT and (
                 age is None or age < self.min_age))):
             return None  # counted in the summary, not shown
-        return TraceRecord(t.ts + self._wall_offset, _EVENT[t.kind], t.sock, owners, age,
+        return TraceRecord(t.ts + self.wall_offset, _EVENT[t.kind], t.sock, owners, age,
                            entry.netns if entry is not None else None,
                            where=self._where(owners), via=via)
 
@@ -303,7 +300,7 @@ class Tracer:
             self._via[entry.key] = Via.LISTENER
 
     def summary(self) -> list[ProcSummary]:
-        now = self._clock()
+        now = self.clock()
         open_count: dict[Owner, int] = {}
         longest: dict[Owner, float] = {o: s.longest for o, s in self.stats.items()}
         for entry in self.table:
@@ -312,6 +309,6 @@ class Tracer:
                 longest[owner] = max(longest.get(owner, 0.0), now - entry.entered)
         rows = [ProcSummary(o, s.entered, open_count.get(o, 0), longest.get(o, 0.0),
                             self._where((o,)))
-                for o, s in self.stats.items() if self._wanted((o,))]
+                for o, s in self.stats.items() if self.wanted((o,))]
         rows.sort(key=lambda r: (-r.still_open, -r.entered, r.owner.pid))
         return rows

@@ -273,6 +273,13 @@ def records(root: str) -> Records | None:
     return known
 
 
+def read_from(dirs: Sequence[str] | None) -> None:
+    """The node's runtimes keep their records under ``dirs`` (--runtime-dir;
+    None: the usual places, DEFAULT_DIRS)."""
+    if dirs is not None:
+        use("/proc", Records(dirs))
+
+
 def use(root: str, where: Records) -> None:
     """Read pods for the /proc ``root``'s processes from ``where`` (config
     ``runtime_dir``; tests)."""

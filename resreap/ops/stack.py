@@ -14,7 +14,6 @@ from resreap.engine.owners import OwnerResolver
 from resreap.engine.config import read_latency
 from resreap.engine.watch import Watcher
 from resreap.host import pods
-from resreap.host.procinfo import HOST
 from resreap.host.sockets import SocketTable
 from resreap.ops.settings import WatchSettings
 from resreap.sources.choice import Selected, open_source
@@ -44,8 +43,7 @@ def build(st: WatchSettings, config: WatchConfig, *, first_pass: bool, credit: b
     them per process that closed them instead.  ``tick``: called once per
     loop turn."""
     sys.setswitchinterval(SWITCH_INTERVAL)
-    if st.runtime_dirs is not None:
-        pods.use(HOST.root, pods.Records(st.runtime_dirs))
+    pods.read_from(st.runtime_dirs)
     earliest = config.ruleset().earliest
     table = SocketTable()
     # Events may wait in the ring this long; deadlines use kernel

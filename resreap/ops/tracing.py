@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import signal
-import time
 from typing import Callable
 
 from resreap import tunables
@@ -15,7 +14,6 @@ from resreap.engine.owners import OwnerResolver, check_privileges
 from resreap.engine.summary import Summarizer
 from resreap.engine.trace import Tracer
 from resreap.host import pods
-from resreap.host.procinfo import HOST
 from resreap.host.sockets import SocketTable
 from resreap.ops import formatting
 from resreap.ops.settings import TraceSettings
@@ -51,8 +49,7 @@ def run(st: TraceSettings, out: Callable[[str], None], note: Callable[[str], Non
     tracer = None
     try:
         check_privileges()
-        if st.runtime_dirs is not None:
-            pods.use(HOST.root, pods.Records(st.runtime_dirs))
+        pods.read_from(st.runtime_dirs)
         table = SocketTable()
         # With --min-age, the kernel's first pass: a socket that leaves
         # CLOSE_WAIT before the next take (a tenth of a second) never
@@ -80,8 +77,7 @@ def run(st: TraceSettings, out: Callable[[str], None], note: Callable[[str], Non
         if summary:
             emit = functools.partial(formatting.any_json if st.json_out else formatting.any_line,
                                      emit)
-            summarizer = Summarizer(tracer, st.summary, time.monotonic,
-                                    time.time() - time.monotonic())
+            summarizer = Summarizer(tracer, st.summary)
             shown, last = summarizer.pass_through, summarizer.flush
         else:
             shown, last = _every, list

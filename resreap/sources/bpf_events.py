@@ -364,7 +364,8 @@ class BpfSource(EventSource):
 
     def _prune_closers(self) -> None:
         self._pruned_at = time.monotonic()
-        for pid in [p for p in self._closed if not os.path.exists(f"/proc/{p}")]:
+        proc = self.table.proc
+        for pid in [p for p in self._closed if not os.path.exists(proc.path(p))]:
             try:
                 delete_key(self._closers.fd, pid.to_bytes(4, sys.byteorder))
             except BpfCallError as exc:

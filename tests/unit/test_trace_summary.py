@@ -31,10 +31,10 @@ class FakeSource:
         return True
 
 
-def tracer(source: FakeSource):
+def tracer(source: FakeSource, clock):
     credited: dict[Owner, int] = {}
     return SimpleNamespace(
-        source=source, wanted=lambda owners: True,
+        source=source, wanted=lambda owners: True, clock=clock, wall_offset=1000.0,
         resolver=SimpleNamespace(owners=lambda pids: [SRV] if SRV.pid in pids else []),
         credit=lambda owner, n: credited.__setitem__(owner, credited.get(owner, 0) + n),
         credited=credited)
@@ -47,8 +47,8 @@ def rec(kind: TraceKind) -> TraceRecord:
 def test_it_sums_above_the_rate_and_shows_every_line_again_when_quiet():
     now = [0.0]
     source = FakeSource()
-    t = tracer(source)
-    s = Summarizer(t, 100.0, lambda: now[0], 1000.0)
+    t = tracer(source, lambda: now[0])
+    s = Summarizer(t, 100.0)
     lines = [rec(TraceKind.ENTER), rec(TraceKind.EXIT)] * 75
     now[0] = 1.0
     out = s.pass_through(lines)                      # 150 a second: over 100
