@@ -19,7 +19,9 @@ phases and prints one table:
          the tool's CPU as % of one core, and as % of the CPU the traffic
          itself took (the generator's client and server), events lost,
          false kills
-  costs  one sock_diag poll and one full fd scan at this size (bench/costs.py)
+  costs  one sock_diag poll, where its time goes per namespace, one poll
+         once quiet namespaces are skipped, and one full fd scan at this
+         size (bench/costs.py)
 
 Tools: bpf (the prebuilt CO-RE program, loaded by libbpf), bpf-bcc (the same
 program compiled by bcc at start: the fallback), proc (polling), netstat
@@ -236,10 +238,22 @@ class Tool:
                 "lost_events": stop[0]["lost_events"] if stop else None}
 
 
-def phase_idle(tool: Tool, seconds: float) -> float:
-    c0 = cpu_seconds(tool.proc.pid)
-    time.sleep(seconds)
-    return (cpu_seconds(tool.proc.pid) - c0) / seconds * 60
+def phase_idle(tool: Tool, seconds: float, chatter: float = 0.0) -> float:
+    """``chatter``: meanwhile a connection in the host's namespace (the
+    tools run there) exchanges a byte that often, so its TCP counters never
+    stand still and the polling fallback dumps it at every poll."""
+    talker = None
+    if chatter:
+        talker = spawn([sys.executable, str(HERE / "workload.py"), "chatter", str(chatter)])
+        if expect(talker, "READY", 10) is None:
+            raise RuntimeError("the chatter did not start")
+    try:
+        c0 = cpu_seconds(tool.proc.pid)
+        time.sleep(seconds)
+        return (cpu_seconds(tool.proc.pid) - c0) / seconds * 60
+    finally:
+        if talker is not None:
+            reap([talker])
 
 
 def phase_leak(tool: Tool, tag: str, leakers: int, gap: float, wait_cap: float) -> dict:
@@ -430,6 +444,13 @@ def run_size(n: int, args, churn_bin: str, resreap: str) -> list[dict]:
         cost = costs.measure()
         print(f"  N={n:>7} one sock_diag poll {cost['poll_s']:.4f} s, one full fd scan "
               f"{cost['scan_s']:.3f} s ({cost['scan_sockets']} sockets)", file=sys.stderr)
+        for part in cost["poll_parts"]:
+            print(f"  N={n:>7}   netns {part['netns']}: counters {part['counters_us']} us, "
+                  f"sockstat {part['sockstat_us']} us, dump {part['dump_ms']} ms "
+                  f"({part['close_wait']} CLOSE_WAIT)", file=sys.stderr)
+        print(f"  N={n:>7} a settled poll {cost['quiet_poll_s'] * 1000:.3f} ms "
+              f"({cost['quiet_poll_dumps']} dumped, {cost['quiet_poll_skips']} quiet)",
+              file=sys.stderr)
         for name in args.tools:
             most = {"netstat": args.netstat_max, "ss": args.ss_max}.get(name)
             if most is not None and n > most:
@@ -443,7 +464,7 @@ def run_size(n: int, args, churn_bin: str, resreap: str) -> list[dict]:
                 # after the start line (15 s at a million connections); the
                 # idle phase measures the steady state after it.
                 time.sleep(2 * cost["scan_s"])
-                idle = phase_idle(tool, args.idle)
+                idle = phase_idle(tool, args.idle, args.chatter)
                 leak = phase_leak(tool, tag, args.leakers, args.gap, args.wait_cap)
                 churn = phase_churn(tool, churn_bin, args.churn, args.churn_secs, set())
             finally:
@@ -495,6 +516,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,20000,100000")
     ap.add_argument("--tools", default="bpf,bpf-bcc,proc,netstat,ss")
     ap.add_argument("--idle", type=float, default=15.0, help="idle phase seconds")
+    ap.add_argument("--chatter", type=float, default=0.0, metavar="SECONDS",
+                    help="during the idle phase, a byte each way every SECONDS on a "
+                         "connection in the host's namespace (never quiet: the polling "
+                         "fallback dumps it every poll)")
     ap.add_argument("--leakers", type=int, default=12)
     ap.add_argument("--netstat-max", type=int, default=20000,
                     help="skip the netstat poller above this size (18 s per call at 100k)")

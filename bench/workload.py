@@ -12,6 +12,10 @@
                                  RATE connections/s for SECONDS, each closed by
                                  its server 0.5-1 s after the client closed:
                                  slow but healthy (soak.py --slow-close)
+  workload.py chatter EVERY      one loopback connection that exchanges a
+                                 byte every EVERY seconds: a namespace whose
+                                 TCP counters never stand still (bench.py
+                                 --chatter runs it in the host's)
 """
 
 from __future__ import annotations
@@ -68,6 +72,20 @@ def leak(port: str) -> None:
             clients = []
 
 
+def chatter(every: float) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    client = socket.create_connection(srv.getsockname())
+    server, _ = srv.accept()
+    print("READY", flush=True)
+    while True:
+        client.sendall(b"x")
+        server.sendall(server.recv(1))
+        client.recv(1)
+        time.sleep(every)
+
+
 def slowclose(rate: float, seconds: float) -> None:
     import random
     import threading
@@ -103,4 +121,5 @@ def slowclose(rate: float, seconds: float) -> None:
 if __name__ == "__main__":
     {"hold": lambda a: hold(int(a[0])), "leaker": lambda a: leaker(a[0]),
      "leak": lambda a: leak(a[0]),
-     "slowclose": lambda a: slowclose(float(a[0]), float(a[1]))}[sys.argv[1]](sys.argv[2:])
+     "slowclose": lambda a: slowclose(float(a[0]), float(a[1])),
+     "chatter": lambda a: chatter(float(a[0]))}[sys.argv[1]](sys.argv[2:])

@@ -68,9 +68,33 @@ def user_namespace_of(pid: int, proc: Proc = HOST) -> int | None:
         return None
 
 
-def netlink_socket_in(pid: int | None, proc: Proc = HOST) -> socket.socket:
+def read_net_file(pid: int | str, ino: int, name: str, proc: Proc = HOST) -> str:
+    """``/proc/PID/net/NAME`` of the network namespace ``ino``, read through
+    its process ``pid`` ("self": ours).  The file is bound to the namespace
+    the pid had when it was opened, so the pid is confirmed to be in ``ino``
+    right after: a pid reused by a process of another namespace (another
+    tenant's, a quiet one) would otherwise answer for this one.  Raises
+    NamespaceGone (the process left, or its pid is now another's),
+    FileNotFoundError (no such file in this kernel) or OSError."""
+    try:
+        with open(proc.path(pid, "net", name)) as f:
+            text = f.read()
+        same = pid == "self" or proc.namespace(pid, "net") == ino
+    except FileNotFoundError:
+        if not os.path.isdir(proc.path(pid)):
+            raise NamespaceGone(f"pid {pid}, through which its network namespace was "
+                                "reached, has left") from None
+        raise
+    if not same:
+        raise NamespaceGone(f"pid {pid} is no longer in network namespace {ino}")
+    return text
+
+
+def netlink_socket_in(pid: int | None, proc: Proc = HOST, ino: int | None = None) -> socket.socket:
     """A NETLINK_SOCK_DIAG socket in the network namespace of ``pid``
-    (``None``: our own)."""
+    (``None``: our own), confirmed to be ``ino`` where given (the pid may
+    have been reused by a process of another namespace since it was
+    picked)."""
     if pid is None:
         try:
             return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
@@ -84,6 +108,8 @@ def netlink_socket_in(pid: int | None, proc: Proc = HOST) -> socket.socket:
         try:
             fd = os.open(proc.path(pid, "ns", "net"), os.O_RDONLY | os.O_CLOEXEC)
             try:
+                if ino is not None and os.fstat(fd).st_ino != ino:
+                    raise OSError(errno.ESRCH, "the pid is now in another network namespace")
                 if _libc.setns(fd, CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
                     raise OSError(err, os.strerror(err))

@@ -15,6 +15,7 @@ from typing import Iterable
 
 from resreap.errors import KernelQueryError, NamespaceGone
 from resreap.model import SockId
+from resreap.host import netns
 from resreap.host.procinfo import HOST, Proc
 from resreap.host.sockdiag import DiagSock
 
@@ -73,10 +74,12 @@ def parse(text: str, family: int, states: frozenset[int] | None = None,
 
 
 class ProcNetTcp:
-    """The same queries as SockDiag, for the namespace of ``pid``."""
+    """The same queries as SockDiag, for the namespace of ``pid`` (``ino``:
+    that namespace, confirmed at every read: the pid may be reused)."""
 
-    def __init__(self, pid: int | str, proc: Proc = HOST) -> None:
+    def __init__(self, pid: int | str, proc: Proc = HOST, ino: int | None = None) -> None:
         self.base = proc.path(pid, "net")
+        self._pid, self._proc, self._ino = pid, proc, ino
 
     def close(self) -> None:
         pass
@@ -84,6 +87,8 @@ class ProcNetTcp:
     def _read(self, family: int) -> str:
         name = "tcp" if family == 4 else "tcp6"
         try:
+            if self._ino is not None:
+                return netns.read_net_file(self._pid, self._ino, name, self._proc)
             with open(f"{self.base}/{name}") as f:
                 return f.read()
         except FileNotFoundError:

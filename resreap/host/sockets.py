@@ -78,28 +78,51 @@ class SocketTable:
         self.skipped = 0  # namespaces in use but not watched (the caps)
         self.refresh()
 
+    def _net_file(self, ino: int, name: str) -> str | None:
+        """A /proc/PID/net file of the namespace, read through its process
+        and confirmed to be that namespace's (None: unreadable now)."""
+        where = "self" if ino == self._own else self._pid.get(ino)
+        if where is None:
+            return None
+        try:
+            return netns.read_net_file(where, ino, name, self.proc)
+        except (OSError, NamespaceGone):
+            return None
+
     def _families(self, ino: int) -> tuple[int, ...]:
         """The families with TCP sockets in this namespace.  A sock_diag dump
         walks the kernel's whole (global) established hash whatever it
         returns, so skipping an empty family or namespace halves the cost of
         a poll on an IPv4-only host."""
-        where = "self" if ino == self._own else self._pid.get(ino, "self")
         families = []
         for family, name, tag in ((4, "sockstat", "TCP:"), (6, "sockstat6", "TCP6:")):
             self._inuse.pop((ino, family), None)
+            text = self._net_file(ino, name)
             try:
-                with open(self.proc.path(where, "net", name)) as f:
-                    for line in f:
-                        if line.startswith(tag):
-                            fields = line.split()
-                            inuse = int(fields[fields.index("inuse") + 1])
-                            if inuse > 0:
-                                families.append(family)
-                                self._inuse[(ino, family)] = inuse
-                            break
-            except (OSError, ValueError, IndexError):
+                line = next(line for line in (text or "").splitlines() if line.startswith(tag))
+                fields = line.split()
+                inuse = int(fields[fields.index("inuse") + 1])
+            except (StopIteration, ValueError, IndexError):
                 families.append(family)  # unknown: look
+                continue
+            if inuse > 0:
+                families.append(family)
+                self._inuse[(ino, family)] = inuse
         return tuple(families)
+
+    def activity(self, ino: int) -> str | None:
+        """The namespace's TCP counters (the Tcp line of its net/snmp:
+        segments in and out, resets, connections), per namespace and shared
+        by IPv4 and IPv6.  A socket enters CLOSE_WAIT only on a received
+        FIN, counted as it arrives, so where this has not moved since a
+        dump that came after the last move, no socket of the namespace has
+        entered CLOSE_WAIT since (the poller's reason to skip a dump).
+        None: unreadable now (the process it is read through left)."""
+        text = self._net_file(ino, "snmp")
+        if text is None:
+            return None
+        lines = [line for line in text.splitlines() if line.startswith("Tcp:")]
+        return lines[-1] if len(lines) == 2 else None
 
     def _with_established(self, ino: int, diag, families: tuple[int, ...]) -> tuple[int, ...]:
         """Drop the families whose sockets are all listeners.  A LISTEN-only
@@ -137,7 +160,7 @@ class SocketTable:
         mine = ino == self._own
         if self.mode != "procfs":
             try:
-                diag = SockDiag(netns.netlink_socket_in(None if mine else pid, self.proc),
+                diag = SockDiag(netns.netlink_socket_in(None if mine else pid, self.proc, ino),
                                 self._buf)
                 try:
                     diag.dump(())  # an empty-filter probe: fails where sock_diag is missing
@@ -153,7 +176,7 @@ class SocketTable:
                     raise KernelQueryError(f"sock_diag unavailable: {exc}") from exc
                 log.debug("netns %d: sock_diag unavailable (%s), reading /proc", ino, exc)
         self._kinds.add("procfs")
-        return ProcNetTcp("self" if mine else pid, self.proc)
+        return ProcNetTcp("self", self.proc) if mine else ProcNetTcp(pid, self.proc, ino)
 
     def _reader(self, ino: int) -> SockDiag | ProcNetTcp | None:
         """The namespace's reader, opened now if need be (None: the
@@ -245,7 +268,7 @@ class SocketTable:
                 self._open.pop(ino).close()
             elif isinstance(self._open[ino], ProcNetTcp) and ino != self._own:
                 # Read through a process of that namespace: keep it a live one.
-                self._open[ino] = ProcNetTcp(self._pid[ino], self.proc)
+                self._open[ino] = ProcNetTcp(self._pid[ino], self.proc, ino)
         self._tcp.clear()
 
     def _admit(self, found: dict[int, int]) -> None:
@@ -320,24 +343,43 @@ class SocketTable:
             known = self._tcp[ino] = (now, self._families(ino))
         return known[1]
 
-    def dump(self, states: Iterable[int], info: bool = False) -> list[NsSock]:
+    def watched(self) -> list[int]:
+        """The namespaces to look at now, after the periodic refresh and a
+        look for new ones (what every dump does first)."""
         self._maybe_refresh()
         self._notice_new()
+        return list(self._pid)
+
+    def dump_in(self, ino: int, states: Iterable[int], info: bool = False) -> list[NsSock] | None:
+        """One namespace's TCP sockets in ``states`` (empty: it has no TCP
+        socket at all, and no connection is opened for it; None: it did not
+        answer: it is not watched, its last process left, or the dump
+        failed)."""
+        states = tuple(states)
+        families = self._families(ino)
+        self._tcp[ino] = (time.monotonic(), families)
+        if not families:
+            return []
+
+        def ask(diag):
+            wanted = families
+            if TCP_LISTEN not in states:
+                wanted = self._with_established(ino, diag, wanted)
+            return diag.dump(states, wanted, info) if wanted else []
+        try:
+            found = self._query(ino, ask)
+        except KernelQueryError as exc:
+            log.debug("netns %d dump failed: %s", ino, exc)
+            return None
+        return None if found is None else [NsSock(ino, d) for d in found]
+
+    def dump(self, states: Iterable[int], info: bool = False) -> list[NsSock]:
+        """Every watched namespace's TCP sockets in ``states`` (the ones
+        that did not answer are left out)."""
         states = tuple(states)
         out: list[NsSock] = []
-        for ino in list(self._pid):
-            families = self._families(ino)
-            self._tcp[ino] = (time.monotonic(), families)
-            if not families:
-                continue  # no TCP socket at all: no connection opened for it
-            def ask(diag, families=families):
-                if TCP_LISTEN not in states:
-                    families = self._with_established(ino, diag, families)
-                return diag.dump(states, families, info) if families else []
-            try:
-                out.extend(NsSock(ino, d) for d in self._query(ino, ask) or ())
-            except KernelQueryError as exc:
-                log.debug("netns %d dump failed: %s", ino, exc)
+        for ino in self.watched():
+            out.extend(self.dump_in(ino, states, info) or ())
         return out
 
     def close_wait(self, info: bool = True) -> list[NsSock]:
