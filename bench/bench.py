@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import select
 import signal
 import subprocess
@@ -136,6 +137,9 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+LOST = re.compile(r"lost (\d+) events|Possibly lost (\d+) samples|(\d+) event\(s\) were lost")
+
+
 class Tool:
     """One contender, started and stopped around the three phases."""
 
@@ -148,7 +152,8 @@ class Tool:
             # shipped: every TCP transition, printed into a pipe we drain.
             binary = "/usr/sbin/tcpstates-bpfcc" if name == "tcpstates" else "/usr/sbin/tcpstates"
             self.proc = subprocess.Popen([binary], stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, text=True)
+                                         stderr=subprocess.PIPE, text=True)
+            self._drain_stderr()
             if name == "tcpstates-libbpf":
                 # C stdio into a pipe: its header waits in a buffer.
                 time.sleep(3.0)
@@ -168,7 +173,7 @@ class Tool:
                                          stdout=self._sink, stderr=subprocess.PIPE, text=True)
             if "Tracing" not in self.proc.stderr.readline():
                 raise RuntimeError("resreap trace did not start")
-            threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+            self._drain_stderr()
         elif name == "top":
             # Live, on a terminal of its own (a pty we drain), narrowed to
             # the churn generator as an operator would narrow it.
@@ -215,6 +220,19 @@ class Tool:
             if expect(self.proc, "READY", 600) is None:
                 raise RuntimeError(f"{name} poller did not start")
 
+    def _drain_stderr(self) -> None:
+        """Keep what the tool says of lost events: libbpf-tools' "lost N
+        events on CPU #C", bcc's "Possibly lost N samples", resreap trace's
+        "N event(s) were lost"."""
+        self.lost = 0
+
+        def drain():
+            for line in self.proc.stderr:
+                found = LOST.search(line)
+                if found:
+                    self.lost += int(next(g for g in found.groups() if g))
+        threading.Thread(target=drain, daemon=True).start()
+
     def _read(self) -> None:
         for line in self.proc.stderr:
             try:
@@ -234,8 +252,9 @@ class Tool:
             self.proc.wait()
         time.sleep(0.2)
         stop = [e for e in self.events if e.get("event") == "stop"]
+        lost = stop[0]["lost_events"] if stop else getattr(self, "lost", None)
         return {"peak_rss_mb": round(rss, 1), "start_s": fmt(self.start_s, ".3f"),
-                "lost_events": stop[0]["lost_events"] if stop else None}
+                "lost_events": lost}
 
 
 def phase_idle(tool: Tool, seconds: float, chatter: float = 0.0) -> float:
@@ -322,23 +341,25 @@ def sweep(args, churn_bin: str, resreap: str) -> list[dict]:
                 time.sleep(1.0)  # past start-up
                 churn = phase_churn(tool, churn_bin, rate, args.churn_secs, set())
             finally:
-                tool.stop()
+                end = tool.stop()
             row = {"tool": name, "asked": rate, "rate": round(churn["rate"]),
+                   "lost_events": end["lost_events"],
                    "cpu_pct": round(churn["cpu_pct"], 2),
                    "traffic_cpu_pct": fmt(churn["traffic_cpu_pct"], ".1f"),
                    "vs_traffic_pct": fmt(churn["vs_traffic_pct"], ".2f")}
             rows.append(row)
             print(f"  {name:<10} {row['rate']:>7} conn/s: {row['cpu_pct']:.2f}% of a core, "
-                  f"{row['vs_traffic_pct']}% of the traffic's CPU", file=sys.stderr)
+                  f"{row['vs_traffic_pct']}% of the traffic's CPU, lost "
+                  f"{fmt(row['lost_events'])}", file=sys.stderr)
     return rows
 
 
 def sweep_table(rows: list[dict]) -> list[str]:
-    lines = ["| tool | conn/s | tool CPU % core | traffic CPU % core | tool / traffic CPU |",
-             "|---|---|---|---|---|"]
+    lines = ["| tool | conn/s | tool CPU % core | traffic CPU % core | tool / traffic CPU | lost |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['tool']} | {r['rate']} | {r['cpu_pct']:.2f} | {r['traffic_cpu_pct']} | "
-                     f"{r['vs_traffic_pct']}% |")
+                     f"{r['vs_traffic_pct']}% | {fmt(r.get('lost_events'))} |")
     return lines
 
 
