@@ -328,6 +328,11 @@ class SocketTable:
         """The watched namespaces."""
         return list(self._pid)
 
+    def made_by_a_user(self, ino: int) -> bool:
+        """Was the namespace made in another user namespace (anyone's:
+        `unshare -Urn`, a rootless container) rather than by root?"""
+        return ino in self._user_inos
+
     @property
     def open_readers(self) -> int:
         return len(self._open)

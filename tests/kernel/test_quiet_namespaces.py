@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -83,3 +84,39 @@ def test_a_namespace_is_read_only_through_a_process_still_inside_it(make_netns):
         holder.wait()
     with pytest.raises(NamespaceGone):
         netns.read_net_file(holder.pid, ino, "snmp")
+
+
+USER_NAMESPACE = r"""
+import ctypes, os, signal, socket
+if ctypes.CDLL(None, use_errno=True).unshare(0x10000000 | 0x40000000) != 0:  # USER | NET
+    raise SystemExit(1)
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print(os.readlink("/proc/self/ns/net"), flush=True)
+signal.pause()
+"""
+
+
+def test_a_users_namespace_is_told_from_roots(make_netns):
+    """The poller dumps root's namespaces at every poll and shares half an
+    interval among those made in other user namespaces (anyone's)."""
+    here = make_netns()
+    root_made = os.stat(f"/run/netns/{here}").st_ino
+    holder = subprocess.Popen(["ip", "netns", "exec", here, "sleep", "30"])
+    user = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "--", sys.executable, "-c", USER_NAMESPACE],
+                            stdout=subprocess.PIPE, text=True, cwd="/")
+    table = SocketTable()
+    try:
+        users = int(user.stdout.readline().strip().split("[")[1].rstrip("]"))
+        assert until(lambda: {root_made, users} <= set(table.watched()), 5)
+        assert table.made_by_a_user(users)
+        assert not table.made_by_a_user(root_made)
+        assert not table.made_by_a_user(os.stat("/proc/self/ns/net").st_ino)
+    finally:
+        table.close()
+        for proc in (holder, user):
+            proc.kill()
+            proc.wait()
+        user.stdout.close()

@@ -7,7 +7,7 @@ sets; tests/kernel/test_quiet_namespaces.py does it on real namespaces."""
 from resreap.host.sockdiag import DiagSock
 from resreap.host.sockets import NsSock
 from resreap.model import TCP_CLOSE_WAIT, Kind, SockId
-from resreap.sources.poll_events import RECHECK_QUIET, PollSource
+from resreap.sources.poll_events import RECHECK_QUIET, USERS_SHARE, PollSource
 
 INTERVAL = 1.0
 QUIET, BUSY = 4026531840, 4026532000
@@ -26,9 +26,15 @@ class Table:
         self.counters: dict[int, str | None] = {QUIET: "Tcp: 1 0", BUSY: "Tcp: 1 0"}
         self.failing: set[int] = set()
         self.dumped: list[int] = []
+        self.users: set[int] = set()   # made in other user namespaces
+        self.clock = None              # a dump advances it by dump_costs
+        self.dump_costs = 0.0
 
     def watched(self) -> list[int]:
         return list(self.sockets)
+
+    def made_by_a_user(self, ino: int) -> bool:
+        return ino in self.users
 
     def activity(self, ino: int) -> str | None:
         return self.counters[ino]
@@ -36,6 +42,8 @@ class Table:
     def dump_in(self, ino: int, states, info=False):
         assert tuple(states) == (TCP_CLOSE_WAIT,)
         self.dumped.append(ino)
+        if self.clock is not None:
+            self.clock.now += self.dump_costs
         if ino in self.failing:
             return None
         return [NsSock(ino, DiagSock(s, TCP_CLOSE_WAIT, 7, s.rport, 1, 0))
@@ -56,7 +64,7 @@ class Clock:
 
 
 def poller(table: Table):
-    clock = Clock()
+    clock = table.clock = Clock()
     source = PollSource(table, interval=INTERVAL, clock=clock)
     source.start()
 
@@ -143,3 +151,37 @@ def test_a_namespace_that_did_not_answer_or_whose_counters_are_unreadable_is_alw
     table.counters[QUIET] = None  # its process left: read again through another
     for _ in range(3):
         assert poll() == [] and QUIET in table.dumped
+
+
+def test_users_namespaces_share_half_an_interval_oldest_first_and_roots_are_always_dumped():
+    """Anyone can make namespaces and keep traffic in them; each dump walks
+    the host's whole hash.  Six busy ones of a user's, each dump 0.2 of an
+    interval: a poll dumps root's, then the user's until half the interval
+    is spent (three); the others keep their last answer and go first next
+    time, so each is dumped every other poll."""
+    table = Table()
+    users = [QUIET + 100 + i for i in range(6)]
+    for ino in users:
+        table.sockets[ino] = []
+        table.counters[ino] = "Tcp: 1 0"
+        table.users.add(ino)
+    table.dump_costs = 0.2 * INTERVAL
+    source, _clock, poll = poller(table)
+
+    def busy_poll() -> list:
+        for ino in [BUSY, *users]:
+            table.move(ino)
+        return poll()
+    rounds, deferred = [], source.deferred
+    for _ in range(4):
+        busy_poll()
+        assert BUSY in table.dumped  # root's: at every poll
+        rounds.append([i for i in table.dumped if i in users])
+    assert all(len(r) == 3 for r in rounds), rounds
+    assert set(rounds[0] + rounds[1]) == set(users) == set(rounds[2] + rounds[3])
+    assert source.deferred - deferred == 4 * 3
+    # A leak in one of them is seen within two polls, whatever its turn.
+    for late in (rounds[3][0], rounds[2][0]):
+        table.sockets[late].append(sock(late % 1000))
+        seen = busy_poll() or busy_poll()
+        assert seen == [(Kind.ENTER, late % 1000)]
