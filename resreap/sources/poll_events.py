@@ -25,7 +25,7 @@ and the rest keep their last answer until their turn."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from resreap.sources.events import EventSource
 from resreap.model import TCP_CLOSE_WAIT, Kind, SockId, Transition
@@ -122,7 +122,7 @@ class PollSource(EventSource):
             if turn and self._clock() >= budget:
                 last = self._namespaces.get(ino)
                 if last is not None:  # its last answer stands; due first next poll
-                    seen[ino] = _Namespace(last.counters, last.dumped, last.sockets, False)
+                    seen[ino] = replace(last, settled=False)
                 self.deferred += 1
                 continue
             last = self._dump(ino, counters, now)

@@ -103,24 +103,23 @@ class _LookupAttr(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
-def _elem(nr: int, cmd: int, fd: int, key, value, what: str) -> None:
-    """One element's bpf() call (lookup or update) on map ``fd``; raises
-    BpfCallError saying ``what`` failed."""
-    attr = _LookupAttr(fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
+def _elem(nr: int, cmd: int, fd: int, key, value, what: str, absent_ok: bool = False) -> None:
+    """One element's bpf() call (lookup, update or delete: ``value`` None)
+    on map ``fd``; raises BpfCallError saying ``what`` failed (``absent_ok``:
+    not for a key that is not there)."""
+    attr = _LookupAttr(fd, 0, ctypes.addressof(key),
+                       0 if value is None else ctypes.addressof(value), 0)
     if _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
         err = ctypes.get_errno()
-        raise BpfCallError(what, err, os.strerror(err))
+        if not (absent_ok and err == errno.ENOENT):
+            raise BpfCallError(what, err, os.strerror(err))
 
 
 def delete_key(map_fd: int, key: bytes) -> None:
     """Delete one entry (gone already: nothing); raises BpfCallError."""
-    nr = _SYS_BPF.get(platform.machine())
-    buf = ctypes.create_string_buffer(key, len(key))
-    attr = _LookupAttr(map_fd, 0, ctypes.addressof(buf), 0, 0)
-    if _libc.syscall(nr, BPF_MAP_DELETE_ELEM, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        err = ctypes.get_errno()
-        if err != errno.ENOENT:
-            raise BpfCallError("deleting a map entry", err, os.strerror(err))
+    _elem(_SYS_BPF.get(platform.machine()), BPF_MAP_DELETE_ELEM, map_fd,
+          ctypes.create_string_buffer(key, len(key)), None, "deleting a map entry",
+          absent_ok=True)
 
 
 class Switch:
